@@ -1,0 +1,177 @@
+"""Build the index table of the study from the fetched sources.
+
+One row per usable frontal X-ray: its path (relative to ``data/raw``), source,
+patient, view, modality, license, upstream finding, hierarchical labels
+(multi-hot ``y_*`` columns), size, pixel hashes and its lung mask if one exists.
+Rows listed upstream whose file is missing, and files that do not decode, are
+reported and skipped, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from .images import DECODE_ERRORS, load_grey
+from .labels import LabelTable
+from .params import ParamError, check_int, check_nonempty_list, section
+
+COVID = "covid_chestxray"
+KERMANY = "kermany"
+MASKS = "v7_masks"
+
+# Kermany et al. file-name conventions (upstream layout of ChestXRay2017/chest_xray):
+#   PNEUMONIA/personN_bacteria_M.jpeg, PNEUMONIA/personN_virus_M.jpeg  (patient: personN)
+#   NORMAL/IM-NNNN-MMMM.jpeg, NORMAL/NORMAL2-IM-NNNN-MMMM.jpeg        (patient: name less -MMMM)
+KERMANY_PNEUMONIA = re.compile(r"^(person\d+)_(bacteria|virus)_\d+\.jpe?g$", re.IGNORECASE)
+KERMANY_NORMAL = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+\.jpe?g$", re.IGNORECASE)
+KERMANY_CLASSES = ("NORMAL", "bacteria", "virus")
+
+
+@dataclass
+class IndexReport:
+    """What the index stage saw besides the rows it kept."""
+    missing: list[str] = field(default_factory=list)      # listed upstream, file absent
+    corrupt: list[str] = field(default_factory=list)      # present, does not decode
+    excluded_view_modality: int = 0
+    kermany_available: dict[str, int] = field(default_factory=dict)
+    unparsed_kermany: list[str] = field(default_factory=list)
+
+
+def validate(params: dict) -> dict:
+    """Check ``params: index`` before any work; return it."""
+    p = section(params, "index")
+    check_nonempty_list("index.views", p.get("views"))
+    check_nonempty_list("index.modalities", p.get("modalities"))
+    if not isinstance(p.get("kermany_view"), str):
+        raise ParamError("index.kermany_view", "expected a view name such as AP")
+    subset = p.get("kermany_subset")
+    if not isinstance(subset, dict) or set(subset) != set(KERMANY_CLASSES):
+        raise ParamError("index.kermany_subset", f"expected a mapping with exactly the keys {list(KERMANY_CLASSES)}"
+                                                 f" (null takes all images of a class), got {subset!r}")
+    for k, v in subset.items():
+        if v is not None:
+            check_int(f"index.kermany_subset.{k}", v, minimum=1)
+    check_int("index.kermany_seed", p.get("kermany_seed"), minimum=0)
+    return p
+
+
+def covid_rows(raw: Path, p: dict, table: LabelTable, report: IndexReport) -> list[dict]:
+    meta_path = raw / COVID / "metadata.csv"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} not found: run the download stage (dvc repro download)")
+    meta = pd.read_csv(meta_path, dtype=str, keep_default_na=False, encoding_errors="replace")
+    known_views = set(meta["view"])
+    unknown = [v for v in p["views"] if v not in known_views]
+    if unknown:
+        raise ParamError("index.views", f"view(s) {unknown} never occur in {meta_path}; "
+                                        f"valid views are {sorted(known_views)}")
+    keep = meta["view"].isin(p["views"]) & meta["modality"].isin(p["modalities"])
+    report.excluded_view_modality = int((~keep).sum())
+    rows = []
+    for r in meta[keep].itertuples(index=False):
+        rel = Path(COVID) / r.folder / r.filename
+        if not (raw / rel).is_file():
+            report.missing.append(rel.as_posix())
+            continue
+        labels = table.labels_of(COVID, r.finding)
+        rows.append(dict(path=rel.as_posix(), source=COVID, patient=f"cc:{r.patientid}", view=r.view,
+                         modality=r.modality, license=r.license.strip(), finding=r.finding, labels=labels))
+    return rows
+
+
+def kermany_rows(raw: Path, p: dict, table: LabelTable, report: IndexReport) -> list[dict]:
+    root = raw / KERMANY / "train"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} not found: run the download stage (dvc repro download)")
+    by_class: dict[str, list[tuple[str, str]]] = {c: [] for c in KERMANY_CLASSES}
+    for folder in ("NORMAL", "PNEUMONIA"):
+        for f in sorted((root / folder).glob("*")):
+            if not f.is_file():
+                continue
+            m_p, m_n = KERMANY_PNEUMONIA.match(f.name), KERMANY_NORMAL.match(f.name)
+            if folder == "PNEUMONIA" and m_p:
+                by_class[m_p.group(2).lower()].append((f.name, m_p.group(1)))
+            elif folder == "NORMAL" and m_n:
+                by_class["NORMAL"].append((f.name, m_n.group(1)))
+            else:
+                report.unparsed_kermany.append(f"{KERMANY}/train/{folder}/{f.name}")
+    rng = np.random.default_rng(p["kermany_seed"])
+    rows = []
+    for cls in KERMANY_CLASSES:
+        files = by_class[cls]
+        report.kermany_available[cls] = len(files)
+        n = p["kermany_subset"][cls]
+        if n is not None:
+            if n > len(files):
+                raise ParamError(f"index.kermany_subset.{cls}",
+                                 f"asks for {n} images but the source has {len(files)}; lower it or use null")
+            files = [files[i] for i in sorted(rng.choice(len(files), size=n, replace=False))]
+        folder = "NORMAL" if cls == "NORMAL" else "PNEUMONIA"
+        labels = table.labels_of(KERMANY, cls)
+        for name, patient in files:
+            rows.append(dict(path=f"{KERMANY}/train/{folder}/{name}", source=KERMANY, patient=f"km:{patient}",
+                             view=p["kermany_view"], modality="X-ray", license="CC BY 4.0", finding=cls,
+                             labels=labels))
+    return rows
+
+
+def _describe(path: str) -> tuple[str, int, int, str, str] | tuple[str, str]:
+    """Decode one image; return (path, w, h, exact hash, perceptual hash) or (path, error)."""
+    try:
+        grey = load_grey(path)
+    except DECODE_ERRORS as err:
+        return path, f"{type(err).__name__}: {err}"
+    u8 = np.round(grey * 255).astype(np.uint8)
+    exact = hashlib.sha1(u8.tobytes() + str(u8.shape).encode()).hexdigest()
+    phash = str(imagehash.phash(Image.fromarray(u8)))
+    return path, grey.shape[1], grey.shape[0], exact, phash
+
+
+def describe_images(raw: Path, rows: list[dict], workers: int, report: IndexReport) -> list[dict]:
+    """Decode every image in parallel; add size and hashes, drop and report corrupt files."""
+    paths = [str(raw / r["path"]) for r in rows]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        results = list(tqdm(pool.map(_describe, paths, chunksize=16), total=len(paths),
+                            desc="decode + hash", unit="img"))
+    kept = []
+    for row, res in zip(rows, results):
+        if len(res) == 2:
+            report.corrupt.append(f"{row['path']} ({res[1]})")
+            warnings.warn(f"skipping corrupt image {raw / row['path']}: {res[1]}", stacklevel=2)
+            continue
+        _, w, h, exact, phash = res
+        kept.append({**row, "width": w, "height": h, "exact_hash": exact, "phash": phash})
+    return kept
+
+
+def attach_masks(raw: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """Column ``mask``: the V7 Labs lung mask of a covid image (same file name), or ''."""
+    mask_dir = raw / MASKS
+    names = {f.name for f in mask_dir.iterdir()} if mask_dir.is_dir() else set()
+    frame = frame.copy()
+    frame["mask"] = [f"{MASKS}/{Path(p).name}" if s == COVID and Path(p).name in names else ""
+                     for p, s in zip(frame["path"], frame["source"])]
+    return frame
+
+
+def to_frame(rows: list[dict], table: LabelTable) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    for i, name in enumerate(table.names):
+        frame[f"y_{name}"] = [int(name in r) for r in frame["labels"]]
+    frame["labels"] = ["|".join(r) for r in frame["labels"]]
+    return frame.sort_values("path", kind="stable").reset_index(drop=True)
+
+
+def label_matrix(frame: pd.DataFrame, names) -> np.ndarray:
+    return frame[[f"y_{n}" for n in names]].to_numpy(dtype=np.float32)

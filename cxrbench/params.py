@@ -1,0 +1,89 @@
+"""Read ``params.yaml`` and validate each section before any work starts.
+
+Every check raises :class:`ParamError` naming the key, the bad value and what to
+do, in the spirit of scikit-learn's argument validation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+PARAMS_FILE = "params.yaml"
+
+
+class ParamError(ValueError):
+    """An invalid value in params.yaml; the message names the key and the fix."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"params.yaml: `{key}`: {message}")
+        self.key = key
+
+
+def load(path: str | Path = PARAMS_FILE) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the stage from the repository root")
+    with open(path, encoding="utf-8") as f:
+        params = yaml.safe_load(f)
+    if not isinstance(params, dict):
+        raise ParamError("<root>", f"{path} must hold a mapping of sections")
+    return params
+
+
+def section(params: Mapping, key: str) -> Any:
+    """``params['a']['b']`` for key ``'a.b'``, with an error naming the missing key."""
+    node: Any = params
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise ParamError(key, "missing; add it to params.yaml (see the README for its meaning)")
+        node = node[part]
+    return node
+
+
+# --- small checks -----------------------------------------------------------
+
+def check_fraction(key: str, value: Any, *, open_low: bool = True, open_high: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ParamError(key, f"expected a number in (0, 1), got {value!r}")
+    low_ok = value > 0 if open_low else value >= 0
+    high_ok = value < 1 if open_high else value <= 1
+    if not (low_ok and high_ok):
+        lo, hi = ("(" if open_low else "["), (")" if open_high else "]")
+        raise ParamError(key, f"expected a fraction in {lo}0, 1{hi}, got {value!r}")
+    return float(value)
+
+
+def check_int(key: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParamError(key, f"expected an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ParamError(key, f"must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ParamError(key, f"must be <= {maximum}, got {value}")
+    return value
+
+
+def check_choice(key: str, value: Any, choices: Iterable[str]) -> str:
+    choices = list(choices)
+    if value not in choices:
+        raise ParamError(key, f"unknown value {value!r}; valid values are {choices}")
+    return value
+
+
+def check_subset(key: str, values: Any, choices: Iterable[str]) -> list:
+    choices = list(choices)
+    if not isinstance(values, list) or not values:
+        raise ParamError(key, f"expected a non-empty list drawn from {choices}, got {values!r}")
+    bad = [v for v in values if v not in choices]
+    if bad:
+        raise ParamError(key, f"unknown value(s) {bad}; valid values are {choices}")
+    return values
+
+
+def check_nonempty_list(key: str, values: Any) -> list:
+    if not isinstance(values, list) or not values:
+        raise ParamError(key, f"expected a non-empty list, got {values!r}")
+    return values

@@ -1,0 +1,130 @@
+"""Run the pipeline under a profile: params overrides kept in ``profiles/NAME.yaml``.
+
+A profile is a flat mapping ``dotted.param.key: value``. It never edits the
+committed params.yaml: it becomes ``dvc exp run -S key=value ...``, a DVC
+experiment that ``dvc exp show`` / ``dvc metrics diff`` compare like any other.
+
+    python -m cxrbench.profiles show ci
+    python -m cxrbench.profiles run sample --temp      # the embedded demo, workspace untouched
+    python -m cxrbench.profiles run ci                 # CI: results land in the workspace
+    python -m cxrbench.profiles run mirror -- preprocess   # extra args go to dvc exp run
+
+Relative mirror paths that lie outside the repository (``../shared/data``) are
+made absolute, because ``--temp`` and queued experiments run in a copy of the
+repository elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .params import ParamError, load, section
+
+PROFILE_DIR = Path("profiles")
+
+
+def read_profile(name: str, root: Path = Path(".")) -> dict[str, Any]:
+    path = root / PROFILE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (root / PROFILE_DIR).glob("*.yaml"))
+        raise FileNotFoundError(f"profile {name!r}: {path} not found; known profiles are {known}")
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of dotted param keys to values")
+    return flatten(raw)
+
+
+def flatten(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{'a.b': {'c': 1}}`` -> ``{'a.b.c': 1}``: DVC's -S sets one leaf at a time."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, full + "."))
+        else:
+            out[full] = value
+    return out
+
+
+def check_keys(overrides: dict[str, Any], params: dict, profile: str) -> None:
+    for key in overrides:
+        try:
+            section(params, key)
+        except ParamError as err:
+            raise ParamError(key, f"profile {profile!r} overrides a key that params.yaml does not have") from err
+
+
+def resolve_paths(overrides: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Mirror paths outside the repository become absolute; paths inside stay relative."""
+    out = dict(overrides)
+    root = root.resolve()
+    for key, value in overrides.items():
+        if key.endswith(".mirror") and isinstance(value, str) and not Path(value).is_absolute():
+            target = (root / value).resolve()
+            if not target.is_relative_to(root):
+                out[key] = str(target)
+    return out
+
+
+def hydra_value(value: Any) -> str:
+    """A value in the override syntax of ``dvc exp run -S`` (Hydra's grammar)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, list):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot express {value!r} as a -S override")
+
+
+def exp_command(name: str, overrides: dict[str, Any], extra: list[str], temp: bool, exp_name: str | None) -> list[str]:
+    cmd = ["dvc", "exp", "run"]
+    if temp:
+        cmd.append("--temp")
+    if exp_name:
+        cmd += ["--name", exp_name]
+    for key, value in overrides.items():
+        cmd += ["-S", f"{key}={hydra_value(value)}"]
+    return cmd + extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cxrbench.profiles", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("action", choices=["show", "run"])
+    ap.add_argument("profile")
+    ap.add_argument("--temp", action="store_true", help="run in a temporary copy; the workspace is untouched")
+    ap.add_argument("--name", help="experiment name (default: DVC's)")
+    ap.add_argument("extra", nargs="*", help="after --: more arguments of dvc exp run (e.g. stage targets)")
+    args = ap.parse_args(argv)
+    root = Path(".")
+    overrides = resolve_paths(read_profile(args.profile, root), root)
+    check_keys(overrides, load(), args.profile)
+    cmd = exp_command(args.profile, overrides, args.extra, args.temp, args.name)
+    if args.action == "show":
+        print(" ".join(_quote(c) for c in cmd))
+        return 0
+    print("+", " ".join(_quote(c) for c in cmd), flush=True)
+    return subprocess.call(cmd)
+
+
+def _quote(s: str) -> str:
+    import shlex
+    return shlex.quote(s)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

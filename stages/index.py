@@ -1,0 +1,50 @@
+"""Stage index: one table of the usable frontal X-rays, their labels, hashes and duplicates.
+
+Reads data/raw/{covid_chestxray,kermany,v7_masks}; writes data/index.csv and
+data/index_report.json (missing, corrupt, duplicate files).
+"""
+
+import sys
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cxrbench import dedupe, indexing  # noqa: E402
+from cxrbench import params as P  # noqa: E402
+from cxrbench.io import write_csv, write_json  # noqa: E402
+from cxrbench.labels import LabelTable  # noqa: E402
+from cxrbench.runtime import workers  # noqa: E402
+
+RAW = Path("data/raw")
+
+
+def main() -> None:
+    params = P.load()
+    table = LabelTable.from_params(params)
+    p = indexing.validate(params)
+    d = dedupe.validate(params)
+
+    report = indexing.IndexReport()
+    rows = indexing.covid_rows(RAW, p, table, report) + indexing.kermany_rows(RAW, p, table, report)
+    for path in report.missing:
+        warnings.warn(f"listed in metadata.csv but missing from the source: {RAW / path}", stacklevel=1)
+    rows = indexing.describe_images(RAW, rows, workers(), report)
+    frame = indexing.attach_masks(RAW, indexing.to_frame(rows, table))
+    frame, dup = dedupe.dedupe(frame, d["phash_max_distance"], d["near_action"])
+
+    write_csv("data/index.csv", frame)
+    write_json("data/index_report.json", {
+        "images": len(frame), "missing_files": len(report.missing), "missing": report.missing,
+        "corrupt_files": len(report.corrupt), "corrupt": report.corrupt,
+        "excluded_by_view_or_modality": report.excluded_view_modality,
+        "kermany_available": report.kermany_available, "kermany_unparsed_names": report.unparsed_kermany,
+        "duplicates": dup})
+    print(f"index: {len(frame)} images, {frame['patient'].nunique()} patients, {dup['groups']} groups; "
+          f"{len(report.missing)} missing, {len(report.corrupt)} corrupt, "
+          f"{dup['exact_copies_dropped']} exact copies dropped, "
+          f"{dup['near_duplicate_pairs_across_patients']} near-duplicate pairs across patients")
+
+
+if __name__ == "__main__":
+    main()

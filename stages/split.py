@@ -1,0 +1,58 @@
+"""Stage split: held-out test set and K group-stratified folds, by patient group.
+
+Writes data/splits.csv, metrics/data.json and plots/label_distribution.png.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+
+from cxrbench import params as P  # noqa: E402
+from cxrbench import splitting  # noqa: E402
+from cxrbench.io import read_json, write_csv, write_json  # noqa: E402
+from cxrbench.labels import LabelTable  # noqa: E402
+from cxrbench.plotting import label_distribution  # noqa: E402
+
+
+def main() -> None:
+    params = P.load()
+    table = LabelTable.from_params(params)
+    s = splitting.validate(params)
+    index = pd.read_csv("data/index.csv", keep_default_na=False)
+    splits = splitting.split(index, table, s["test_fraction"], s["folds"], s["seed"])
+    leaks = splitting.leakage(splits)
+    if any(leaks.values()):
+        raise RuntimeError(f"split leaks patients across sides: {leaks}")  # a bug, never expected
+    write_csv("data/splits.csv", splits)
+
+    full = index.merge(splits[["path", "split", "fold"]], on="path", validate="one_to_one")
+    counts = {}
+    for src, sub in full.groupby("source"):
+        counts[src] = {}
+        for part, sel in [("test", sub["split"] == "test"), ("dev", sub["split"] == "dev")]:
+            counts[src][part] = {n: int(sub.loc[sel, f"y_{n}"].sum()) for n in table.names}
+            counts[src][part]["images"] = int(sel.sum())
+            counts[src][part]["patients"] = int(sub.loc[sel, "patient"].nunique())
+    folds = {str(k): int((full["fold"] == k).sum()) for k in range(s["folds"])}
+    rep = read_json("data/index_report.json")
+    dup = rep["duplicates"]
+    write_json("metrics/data.json", {
+        "images": len(full), "patients": int(full["patient"].nunique()), "groups": int(full["group"].nunique()),
+        "test_images": int((full["split"] == "test").sum()), "dev_images": int((full["split"] == "dev").sum()),
+        "fold_images": folds,
+        "missing_files": rep["missing_files"], "corrupt_files": rep["corrupt_files"],
+        "exact_copies_dropped": dup["exact_copies_dropped"],
+        "near_duplicate_pairs_across_patients": dup["near_duplicate_pairs_across_patients"],
+        "patients_merged_into_shared_groups": dup["patients_merged_into_shared_groups"],
+        "leaked_patients": leaks["patients_in_test_and_dev"] + leaks["patients_in_several_folds"],
+        "leaked_groups": leaks["groups_in_test_and_dev"] + leaks["groups_in_several_folds"],
+        "counts": counts})
+    label_distribution(full, table.names, "plots/label_distribution.png")
+    print(f"split: test {int((full['split'] == 'test').sum())} images, folds {folds}, leaks {leaks}")
+
+
+if __name__ == "__main__":
+    main()
