@@ -2,8 +2,8 @@
 
 * exact duplicates: identical decoded pixels (``exact_hash``); every copy but
   the first (by path) is dropped.
-* near duplicates: perceptual hashes (``phash``, 64 bits) within a Hamming
-  distance. ``merge`` puts their patients in one group; ``drop`` keeps only the
+* near duplicates: perceptual hashes (``phash``, ``phash_size``\ :sup:`2` bits)
+  within a Hamming distance. ``merge`` puts their patients in one group; ``drop`` keeps only the
   first image of each cluster.
 
 Patients linked by any duplicate share one ``group``; splits are made by group,
@@ -15,14 +15,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .params import check_choice, check_int, section
+from .params import ParamError, check_choice, check_int, section
 
 NEAR_ACTIONS = ("merge", "drop")
 
 
 def validate(params: dict) -> dict:
     p = section(params, "dedupe")
-    check_int("dedupe.phash_max_distance", p.get("phash_max_distance"), minimum=0, maximum=64)
+    size = check_int("dedupe.phash_size", p.get("phash_size"), minimum=8, maximum=32)
+    if size % 8:
+        raise ParamError("dedupe.phash_size", f"must be a multiple of 8 (8, 16, 24, 32), got {size}")
+    check_int("dedupe.phash_max_distance", p.get("phash_max_distance"), minimum=0, maximum=size * size)
     check_choice("dedupe.near_action", p.get("near_action"), NEAR_ACTIONS)
     return p
 
@@ -46,21 +49,26 @@ class UnionFind:
 
 
 def phash_bits(hexes) -> np.ndarray:
-    """64-bit perceptual hashes (hex strings) as a uint64 array."""
-    return np.array([int(h, 16) for h in hexes], dtype=np.uint64)
+    """Perceptual hashes (hex strings of equal length) as an (N, words) uint64 array."""
+    hexes = list(hexes)
+    width = max((len(h) for h in hexes), default=16)
+    if width % 16 or any(len(h) != width for h in hexes):
+        raise ValueError("perceptual hashes must all have the same length, a multiple of 64 bits")
+    return np.array([[int(h[i:i + 16], 16) for i in range(0, width, 16)] for h in hexes],
+                    dtype=np.uint64).reshape(len(hexes), width // 16)
 
 
 def near_pairs(hashes: np.ndarray, max_distance: int, block: int = 1024) -> list[tuple[int, int, int]]:
     """All pairs (i < j) whose Hamming distance is <= ``max_distance``, with the distance.
 
-    Vectorised in blocks: N=6000 images take well under a second.
+    ``hashes`` is (N, words) uint64. Vectorised in blocks of rows.
     """
     pairs = []
+    hashes = hashes.reshape(len(hashes), -1)
     n = len(hashes)
     for start in range(0, n, block):
-        a = hashes[start:start + block, None]
-        x = np.bitwise_xor(a, hashes[None, :])
-        dist = np.bitwise_count(x)
+        a = hashes[start:start + block, None, :]
+        dist = np.bitwise_count(np.bitwise_xor(a, hashes[None, :, :])).sum(axis=-1, dtype=np.int64)
         ii, jj = np.nonzero(dist <= max_distance)
         for i, j in zip(ii + start, jj):
             if i < j:
@@ -74,7 +82,12 @@ def dedupe(frame: pd.DataFrame, max_distance: int, near_action: str) -> tuple[pd
     Returns the kept rows (sorted by path) and a report for metrics/data.json.
     """
     frame = frame.sort_values("path", kind="stable").reset_index(drop=True)
-    uf = UnionFind(frame["patient"].unique())
+    linked = [[q for q in str(s).split("|") if q] for s in frame.get("linked_patients", [""] * len(frame))]
+    uf = UnionFind(set(frame["patient"]) | {q for qs in linked for q in qs})
+    # one file listed upstream under several patient ids: the same person
+    for p, qs in zip(frame["patient"], linked):
+        for q in qs:
+            uf.union(p, q)
 
     # exact: keep the first copy, link the patients of every copy
     first = frame.groupby("exact_hash", sort=False)["path"].transform("first")

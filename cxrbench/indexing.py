@@ -14,6 +14,7 @@ import re
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import imagehash
@@ -46,6 +47,7 @@ class IndexReport:
     excluded_view_modality: int = 0
     kermany_available: dict[str, int] = field(default_factory=dict)
     unparsed_kermany: list[str] = field(default_factory=list)
+    relisted: list[dict] = field(default_factory=list)    # one file in several metadata rows
 
 
 def validate(params: dict) -> dict:
@@ -78,16 +80,24 @@ def covid_rows(raw: Path, p: dict, table: LabelTable, report: IndexReport) -> li
                                         f"valid views are {sorted(known_views)}")
     keep = meta["view"].isin(p["views"]) & meta["modality"].isin(p["modalities"])
     report.excluded_view_modality = int((~keep).sum())
-    rows = []
+    rows: dict[str, dict] = {}
     for r in meta[keep].itertuples(index=False):
-        rel = Path(COVID) / r.folder / r.filename
+        rel = (Path(COVID) / r.folder / r.filename).as_posix()
         if not (raw / rel).is_file():
-            report.missing.append(rel.as_posix())
+            report.missing.append(rel)
             continue
         labels = table.labels_of(COVID, r.finding)
-        rows.append(dict(path=rel.as_posix(), source=COVID, patient=f"cc:{r.patientid}", view=r.view,
-                         modality=r.modality, license=r.license.strip(), finding=r.finding, labels=labels))
-    return rows
+        patient = f"cc:{r.patientid}"
+        if rel in rows:  # upstream lists this file again (seen under two patient ids): one image
+            first = rows[rel]
+            first["labels"] = [n for n in table.names if n in set(first["labels"]) | set(labels)]
+            if patient != first["patient"] and patient not in first["linked_patients"]:
+                first["linked_patients"].append(patient)
+            report.relisted.append({"path": rel, "patient": patient, "finding": r.finding})
+            continue
+        rows[rel] = dict(path=rel, source=COVID, patient=patient, linked_patients=[], view=r.view,
+                         modality=r.modality, license=r.license.strip(), finding=r.finding, labels=labels)
+    return list(rows.values())
 
 
 def kermany_rows(raw: Path, p: dict, table: LabelTable, report: IndexReport) -> list[dict]:
@@ -121,12 +131,12 @@ def kermany_rows(raw: Path, p: dict, table: LabelTable, report: IndexReport) -> 
         labels = table.labels_of(KERMANY, cls)
         for name, patient in files:
             rows.append(dict(path=f"{KERMANY}/train/{folder}/{name}", source=KERMANY, patient=f"km:{patient}",
-                             view=p["kermany_view"], modality="X-ray", license="CC BY 4.0", finding=cls,
+                             linked_patients=[], view=p["kermany_view"], modality="X-ray", license="CC BY 4.0", finding=cls,
                              labels=labels))
     return rows
 
 
-def _describe(path: str) -> tuple[str, int, int, str, str] | tuple[str, str]:
+def _describe(path: str, hash_size: int = 8) -> tuple[str, int, int, str, str] | tuple[str, str]:
     """Decode one image; return (path, w, h, exact hash, perceptual hash) or (path, error)."""
     try:
         grey = load_grey(path)
@@ -134,15 +144,16 @@ def _describe(path: str) -> tuple[str, int, int, str, str] | tuple[str, str]:
         return path, f"{type(err).__name__}: {err}"
     u8 = np.round(grey * 255).astype(np.uint8)
     exact = hashlib.sha1(u8.tobytes() + str(u8.shape).encode()).hexdigest()
-    phash = str(imagehash.phash(Image.fromarray(u8)))
+    phash = str(imagehash.phash(Image.fromarray(u8), hash_size=hash_size))
     return path, grey.shape[1], grey.shape[0], exact, phash
 
 
-def describe_images(raw: Path, rows: list[dict], workers: int, report: IndexReport) -> list[dict]:
+def describe_images(raw: Path, rows: list[dict], workers: int, report: IndexReport,
+                    hash_size: int = 8) -> list[dict]:
     """Decode every image in parallel; add size and hashes, drop and report corrupt files."""
     paths = [str(raw / r["path"]) for r in rows]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        results = list(tqdm(pool.map(_describe, paths, chunksize=16), total=len(paths),
+        results = list(tqdm(pool.map(partial(_describe, hash_size=hash_size), paths, chunksize=16), total=len(paths),
                             desc="decode + hash", unit="img"))
     kept = []
     for row, res in zip(rows, results):
@@ -170,6 +181,7 @@ def to_frame(rows: list[dict], table: LabelTable) -> pd.DataFrame:
     for i, name in enumerate(table.names):
         frame[f"y_{name}"] = [int(name in r) for r in frame["labels"]]
     frame["labels"] = ["|".join(r) for r in frame["labels"]]
+    frame["linked_patients"] = ["|".join(r) for r in frame["linked_patients"]]
     return frame.sort_values("path", kind="stable").reset_index(drop=True)
 
 

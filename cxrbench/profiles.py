@@ -1,13 +1,19 @@
 """Run the pipeline under a profile: params overrides kept in ``profiles/NAME.yaml``.
 
 A profile is a flat mapping ``dotted.param.key: value``. It never edits the
-committed params.yaml: it becomes ``dvc exp run -S key=value ...``, a DVC
-experiment that ``dvc exp show`` / ``dvc metrics diff`` compare like any other.
+committed params.yaml: it becomes ``dvc exp run --temp -S key=value ...``, a DVC
+experiment run in a temporary copy of the repository, that ``dvc exp show`` and
+``dvc exp diff`` compare like any other (``dvc exp apply NAME`` brings its
+results into the workspace).
 
     python -m cxrbench.profiles show ci
-    python -m cxrbench.profiles run sample --temp      # the embedded demo, workspace untouched
-    python -m cxrbench.profiles run ci                 # CI: results land in the workspace
-    python -m cxrbench.profiles run mirror -- preprocess   # extra args go to dvc exp run
+    python -m cxrbench.profiles run sample               # the embedded demo
+    python -m cxrbench.profiles run ci --workspace       # CI: results land in the workspace
+    python -m cxrbench.profiles run mirror -- preprocess # extra args go to dvc exp run
+
+``--workspace`` runs in the workspace instead: DVC then rewrites params.yaml
+with the profile's values (and drops its comments), so use it only in a
+throwaway clone (CI), and ``git checkout params.yaml`` afterwards.
 
 Relative mirror paths that lie outside the repository (``../shared/data``) are
 made absolute, because ``--temp`` and queued experiments run in a copy of the
@@ -106,14 +112,15 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("action", choices=["show", "run"])
     ap.add_argument("profile")
-    ap.add_argument("--temp", action="store_true", help="run in a temporary copy; the workspace is untouched")
+    ap.add_argument("--workspace", action="store_true",
+                    help="run in the workspace (rewrites params.yaml; for throwaway clones such as CI)")
     ap.add_argument("--name", help="experiment name (default: DVC's)")
     ap.add_argument("extra", nargs="*", help="after --: more arguments of dvc exp run (e.g. stage targets)")
     args = ap.parse_args(argv)
     root = Path(".")
     overrides = resolve_paths(read_profile(args.profile, root), root)
     check_keys(overrides, load(), args.profile)
-    cmd = exp_command(args.profile, overrides, args.extra, args.temp, args.name)
+    cmd = exp_command(args.profile, overrides, args.extra, not args.workspace, args.name)
     if args.action == "show":
         print(" ".join(_quote(c) for c in cmd))
         return 0

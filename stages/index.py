@@ -27,9 +27,10 @@ def main() -> None:
 
     report = indexing.IndexReport()
     rows = indexing.covid_rows(RAW, p, table, report) + indexing.kermany_rows(RAW, p, table, report)
-    for path in report.missing:
-        warnings.warn(f"listed in metadata.csv but missing from the source: {RAW / path}", stacklevel=1)
-    rows = indexing.describe_images(RAW, rows, workers(), report)
+    if report.missing:
+        warnings.warn(f"{len(report.missing)} file(s) listed in metadata.csv are missing from the source and "
+                      f"skipped (listed in data/index_report.json): " + ", ".join(report.missing), stacklevel=1)
+    rows = indexing.describe_images(RAW, rows, workers(), report, hash_size=d["phash_size"])
     frame = indexing.attach_masks(RAW, indexing.to_frame(rows, table))
     frame, dup = dedupe.dedupe(frame, d["phash_max_distance"], d["near_action"])
 
@@ -38,6 +39,7 @@ def main() -> None:
         "images": len(frame), "missing_files": len(report.missing), "missing": report.missing,
         "corrupt_files": len(report.corrupt), "corrupt": report.corrupt,
         "excluded_by_view_or_modality": report.excluded_view_modality,
+        "relisted_in_metadata": report.relisted,
         "kermany_available": report.kermany_available, "kermany_unparsed_names": report.unparsed_kermany,
         "duplicates": dup})
     print(f"index: {len(frame)} images, {frame['patient'].nunique()} patients, {dup['groups']} groups; "
