@@ -2,7 +2,7 @@
 
 * exact duplicates: identical decoded pixels (``exact_hash``); every copy but
   the first (by path) is dropped.
-* near duplicates: perceptual hashes (``phash``, ``phash_size``\ :sup:`2` bits)
+* near duplicates: perceptual hashes (``phash``, ``phash_size`` squared bits)
   within a Hamming distance. ``merge`` puts their patients in one group; ``drop`` keeps only the
   first image of each cluster.
 

@@ -1,0 +1,54 @@
+"""Shared fixtures: the embedded real sample (data/sample) fetched, indexed and split once."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cxrbench import dedupe, indexing, params as P, splitting
+from cxrbench.labels import LabelTable
+from cxrbench.sources import SourceSpec, fetch
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample"
+SAMPLE_MIRRORS = {"covid_chestxray": SAMPLE / "covid-chestxray-dataset", "kermany": SAMPLE / "chest_xray",
+                  "v7_masks": SAMPLE / "semantic_masks_v7labs_lungs"}
+
+
+@pytest.fixture(scope="session")
+def params() -> dict:
+    """params.yaml with the sample profile's index settings."""
+    p = copy.deepcopy(P.load(ROOT / "params.yaml"))
+    p["index"]["kermany_subset"] = {"NORMAL": None, "virus": None, "bacteria": None}
+    p["split"]["folds"] = 2
+    return p
+
+
+@pytest.fixture(scope="session")
+def table(params) -> LabelTable:
+    return LabelTable.from_params(params)
+
+
+@pytest.fixture(scope="session")
+def raw(tmp_path_factory, params) -> Path:
+    """data/raw as the download stage makes it, from the sample mirror."""
+    raw = tmp_path_factory.mktemp("raw")
+    for name, mirror in SAMPLE_MIRRORS.items():
+        spec = SourceSpec.from_params(name, {**params["sources"][name], "mirror": str(mirror)})
+        fetch(spec, raw / name)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def index_frame(raw, params, table) -> pd.DataFrame:
+    report = indexing.IndexReport()
+    p = indexing.validate(params)
+    rows = indexing.covid_rows(raw, p, table, report) + indexing.kermany_rows(raw, p, table, report)
+    rows = indexing.describe_images(raw, rows, 1, report, hash_size=params["dedupe"]["phash_size"])
+    frame = indexing.attach_masks(raw, indexing.to_frame(rows, table))
+    frame, _ = dedupe.dedupe(frame, params["dedupe"]["phash_max_distance"], params["dedupe"]["near_action"])
+    frame.attrs["report"] = report
+    return frame
