@@ -33,9 +33,10 @@ MASKS = "v7_masks"
 
 # Kermany et al. file-name conventions (upstream layout of ChestXRay2017/chest_xray):
 #   PNEUMONIA/personN_bacteria_M.jpeg, PNEUMONIA/personN_virus_M.jpeg  (patient: personN)
-#   NORMAL/IM-NNNN-MMMM.jpeg, NORMAL/NORMAL2-IM-NNNN-MMMM.jpeg        (patient: name less -MMMM)
-KERMANY_PNEUMONIA = re.compile(r"^(person\d+)_(bacteria|virus)_\d+\.jpe?g$", re.IGNORECASE)
-KERMANY_NORMAL = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+\.jpe?g$", re.IGNORECASE)
+#   NORMAL/IM-NNNN-MMMM[-KKKK].jpeg, NORMAL/NORMAL2-IM-NNNN-MMMM[-KKKK].jpeg
+#                                                  (patient: IM-NNNN or NORMAL2-IM-NNNN)
+KERMANY_PNEUMONIA = re.compile(r"^(person\d+)_(bacteria|virus)_\d+(?:_\d+)?\.jpe?g$", re.IGNORECASE)
+KERMANY_NORMAL = re.compile(r"^((?:NORMAL2-)?IM-\d+)(?:-\d+)+\.jpe?g$", re.IGNORECASE)
 KERMANY_CLASSES = ("NORMAL", "bacteria", "virus")
 
 

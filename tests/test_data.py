@@ -161,6 +161,25 @@ def test_index_of_the_sample(index_frame, table):
     assert (index_frame["mask"] != "").sum() == 26
 
 
+@pytest.mark.parametrize("name,patient", [("IM-0115-0001.jpeg", "IM-0115"), ("IM-0497-0001-0002.jpeg", "IM-0497"),
+                                          ("NORMAL2-IM-1102-0001-0002.jpeg", "NORMAL2-IM-1102"),
+                                          ("NORMAL2-IM-0416-0001.jpeg", "NORMAL2-IM-0416")])
+def test_kermany_normal_file_names_give_the_patient(name, patient):
+    assert indexing.KERMANY_NORMAL.match(name).group(1) == patient
+
+
+def test_kermany_pneumonia_file_names_give_patient_and_class():
+    for name, patient, cls in [("person1000_bacteria_2931.jpeg", "person1000", "bacteria"),
+                               ("person447_virus_921_1.jpeg", "person447", "virus")]:
+        m = indexing.KERMANY_PNEUMONIA.match(name)
+        assert (m.group(1), m.group(2)) == (patient, cls)
+
+
+def test_every_sample_kermany_file_is_indexed(index_frame):
+    assert index_frame.attrs["report"].unparsed_kermany == []
+    assert (index_frame["source"] == "kermany").sum() == 60
+
+
 def test_corrupt_image_is_skipped_and_reported(tmp_path, table, params):
     raw = tmp_path / "raw"
     (raw / "kermany/train/NORMAL").mkdir(parents=True)
