@@ -43,7 +43,8 @@ def group_strata(frame: pd.DataFrame, table: LabelTable, min_count: int) -> pd.S
 
 
 def split(frame: pd.DataFrame, table: LabelTable, test_fraction: float, folds: int, seed: int) -> pd.DataFrame:
-    """Return ``path, patient, group, split ('test'|'dev'), fold (-1 for test)``."""
+    """Return ``path, patient, group, split ('test'|'dev'), fold (-1 for test)`` and one
+    ``part_f{k}`` column per fold (train / val / test)."""
     strata = group_strata(frame, table, min_count=2)
     groups = strata.index.to_numpy()
     n_test = int(round(test_fraction * len(groups)))
@@ -63,15 +64,35 @@ def split(frame: pd.DataFrame, table: LabelTable, test_fraction: float, folds: i
     cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     for k, (_, val_idx) in enumerate(cv.split(np.zeros(len(dev)), y, groups=dev["group"].to_numpy())):
         out.loc[dev.index[val_idx], "fold"] = k
+    for k in range(folds):
+        out[part_column(k)] = np.where(out["split"] == "test", "test", np.where(out["fold"] == k, "val", "train"))
     return out
 
 
+PARTS = ("train", "val", "test")
+
+
+def part_column(fold: int) -> str:
+    """Column of splits.csv that says which part (train/val/test/unused) each image is in for ``fold``."""
+    return f"part_f{fold}"
+
+
+def n_folds(splits: pd.DataFrame) -> int:
+    return sum(1 for c in splits.columns if c.startswith("part_f"))
+
+
 def fold_parts(splits: pd.DataFrame, fold: int) -> dict[str, pd.DataFrame]:
-    """The train / val / test rows of one fold."""
-    dev = splits["split"] == "dev"
-    return {"train": splits[dev & (splits["fold"] != fold)],
-            "val": splits[dev & (splits["fold"] == fold)],
-            "test": splits[splits["split"] == "test"]}
+    """The train / val / test rows of one fold.
+
+    Every consumer goes through this function: the rebuilt cohort has one
+    held-out test set for all folds, the authors' cohort a different test set
+    per fold, and both are written as one ``part_f{k}`` column per fold.
+    """
+    col = part_column(fold)
+    if col not in splits.columns:
+        raise ValueError(f"fold {fold} is not in the splits (folds 0..{n_folds(splits) - 1}); "
+                         f"check train.folds against split.folds in params.yaml")
+    return {part: splits[splits[col] == part] for part in PARTS}
 
 
 def leakage(splits: pd.DataFrame) -> dict:

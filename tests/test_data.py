@@ -294,6 +294,13 @@ def test_split_fractions_and_folds(table):
     parts = splitting.fold_parts(s, 3)
     assert set(parts["train"]["group"]).isdisjoint(parts["val"]["group"])
     assert set(parts["val"]["group"]).isdisjoint(parts["test"]["group"])
+    assert sum(len(p) for p in parts.values()) == len(s)
+    assert (parts["val"]["fold"] == 3).all() and (parts["test"]["split"] == "test").all()
+    # every dev image is validation in exactly one fold
+    n_val = sum((s[splitting.part_column(k)] == "val").astype(int) for k in range(5))
+    assert (n_val[s["split"] == "dev"] == 1).all() and (n_val[s["split"] == "test"] == 0).all()
+    with pytest.raises(ValueError, match="fold 5 is not in the splits"):
+        splitting.fold_parts(s, 5)
     assert s.loc[s["split"] == "dev", "fold"].nunique() == 5
 
 
