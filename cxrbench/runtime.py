@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -17,3 +18,32 @@ def workers() -> int:
     if n < 1:
         raise ValueError(f"environment variable CXRBENCH_WORKERS={value!r}: expected a positive integer")
     return n
+
+
+@contextlib.contextmanager
+def deterministic(device: "torch.device | str" = "cpu", seed: int | None = None):
+    """Deterministic kernels for a training run, restoring the previous global state after.
+
+    CPU: ``torch.use_deterministic_algorithms`` (warn-only, so an op without a
+    deterministic kernel warns instead of failing). CUDA: cuDNN autotuning
+    (``cudnn.benchmark``) for speed; GPU runs are not claimed to be bit-exact.
+    Restoring matters: attribution methods in the same process (Captum's
+    DeepLIFT uses max-unpooling) have no deterministic kernel.
+    """
+    import torch
+
+    device = torch.device(device)
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        else:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
