@@ -1,0 +1,108 @@
+"""Ensembles of the backbones of one fold, and the Table-2-style comparison with seed 000.
+
+* ``mean``: the mean of the sigmoid probabilities of every backbone (seed 000),
+  thresholded like a single model (cuts chosen on the fold's val rows only);
+* ``vote``: majority vote of the backbones' own thresholded predictions (a label
+  is on when more than half of the backbones say so).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .evaluation import mean_std, prob_columns, true_columns
+from .models import DISPLAY_NAMES
+from .params import ParamError, check_int, section
+
+# Seed 000, Table 2: micro precision, recall, F1 (mean ± std over 5 folds).
+PAPER_TABLE2 = {
+    "DenseNet161": {"precision": (0.864, 0.012), "recall": (0.845, 0.015), "f1": (0.854, 0.008)},
+    "InceptionResNetV2": {"precision": (0.844, 0.023), "recall": (0.787, 0.063), "f1": (0.814, 0.042)},
+    "InceptionV3": {"precision": (0.802, 0.065), "recall": (0.792, 0.044), "f1": (0.796, 0.053)},
+    "ResNet18": {"precision": (0.824, 0.014), "recall": (0.824, 0.008), "f1": (0.824, 0.007)},
+    "ResNet34": {"precision": (0.815, 0.022), "recall": (0.800, 0.025), "f1": (0.807, 0.018)},
+    "Ensemble": {"precision": (0.889, 0.010), "recall": (0.851, 0.005), "f1": (0.869, 0.007)},
+}
+METRICS = ("precision", "recall", "f1")
+
+
+def validate(params: dict, n_backbones: int) -> dict:
+    p = section(params, "ensemble")
+    check_int("ensemble.min_backbones", p.get("min_backbones"), minimum=1)
+    if n_backbones < p["min_backbones"]:
+        raise ParamError("train.backbones", f"the ensemble needs at least ensemble.min_backbones="
+                                            f"{p['min_backbones']} backbones, train.backbones lists {n_backbones}")
+    return p
+
+
+def align(frames: dict[str, pd.DataFrame], labels) -> pd.DataFrame:
+    """The common key columns (path, patient, split, y_*) of the backbones' tables, checked equal."""
+    names = list(frames)
+    base = frames[names[0]][["path", "patient", "split", *true_columns(labels)]].reset_index(drop=True)
+    for name in names[1:]:
+        other = frames[name]
+        if len(other) != len(base) or not (other["path"].to_numpy() == base["path"].to_numpy()).all() \
+                or not (other["split"].to_numpy() == base["split"].to_numpy()).all():
+            raise ValueError(f"predictions of {name} and {names[0]} cover other rows: rerun evaluate for both")
+    return base
+
+
+def mean_probs(frames: dict[str, pd.DataFrame], labels) -> pd.DataFrame:
+    out = align(frames, labels)
+    probs = np.mean([f[prob_columns(labels)].to_numpy(float) for f in frames.values()], axis=0)
+    out[prob_columns(labels)] = probs
+    return out
+
+
+def majority_vote(frames: dict[str, pd.DataFrame], cuts: dict[str, np.ndarray], labels) -> tuple[pd.DataFrame, np.ndarray]:
+    """(key frame, votes fraction (N, L)); a label is predicted when the fraction is > 0.5."""
+    out = align(frames, labels)
+    votes = np.mean([f[prob_columns(labels)].to_numpy(float) >= cuts[name] for name, f in frames.items()], axis=0)
+    return out, votes
+
+
+def paired_test(a, b) -> dict:
+    """Paired comparison over folds of a (ensemble) and b (best single): Wilcoxon signed-rank and paired t."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    d = a - b
+    out = {"n_folds": int(len(d)), "mean_difference": float(d.mean()) if len(d) else None,
+           "wilcoxon_p": None, "ttest_p": None}
+    if len(d) >= 2 and np.any(d != 0):
+        out["wilcoxon_p"] = float(stats.wilcoxon(a, b).pvalue)
+        if np.std(d) > 0:
+            out["ttest_p"] = float(stats.ttest_rel(a, b).pvalue)
+    if len(d) < 6:
+        out["note"] = (f"{len(d)} folds: the exact two-sided Wilcoxon test cannot reach p < 0.05 with fewer than "
+                       f"6 pairs; read the p values as descriptive")
+    return out
+
+
+def table2(per_fold: dict[str, list[dict]], part: str = "test") -> list[dict]:
+    """Rows: each backbone and the ensemble; measured micro P/R/F1 mean ± std beside the paper's."""
+    rows = []
+    for model, folds in per_fold.items():
+        display = "Ensemble" if model == "ensemble" else DISPLAY_NAMES.get(model, model)
+        row = {"model": display, "key": model, "folds": len(folds)}
+        for m in METRICS:
+            row[m] = dict(zip(("mean", "std"), mean_std(f[part]["micro"][m] for f in folds)))
+            paper = PAPER_TABLE2.get(display, {}).get(m)
+            row[f"paper_{m}"] = {"mean": paper[0], "std": paper[1]} if paper else None
+        rows.append(row)
+    return rows
+
+
+def table2_markdown(rows: list[dict], note: str = "") -> str:
+    def cell(v):
+        if v is None or v["mean"] is None or (isinstance(v["mean"], float) and math.isnan(v["mean"])):
+            return "-"
+        return f"{v['mean']:.3f} ± {v['std']:.3f}"
+    head = ("| Model | folds | Precision | Recall | F1 | paper Precision | paper Recall | paper F1 |\n"
+            "|---|---|---|---|---|---|---|---|\n")
+    body = "\n".join(f"| {r['model']} | {r['folds']} | " + " | ".join(cell(r[m]) for m in METRICS) + " | "
+                     + " | ".join(cell(r[f"paper_{m}"]) for m in METRICS) + " |" for r in rows)
+    return ("Micro-averaged precision, recall and F1 on the held-out test set, mean ± std (ddof 0) over folds, "
+            "beside Chatterjee et al. 2020 (Table 2).\n\n" + head + body + "\n" + (f"\n{note}\n" if note else ""))

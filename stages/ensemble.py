@@ -1,0 +1,95 @@
+"""Stage ensemble: per fold, the backbones' mean probability (seed 000) and majority vote;
+summaries over folds of every model; the Table-2-style comparison with the paper.
+
+Reads data/predictions/BACKBONE-fK.csv and metrics/eval/BACKBONE-fK.json of
+train.backbones x train.folds. Writes data/ensemble/fK.csv (mean probabilities),
+metrics/ensemble.json (per fold: thresholds, mean and vote metrics),
+metrics/summary.{json,md} (every model, mean ± std over folds), metrics/table2.{json,md}
+and plots/roc_ensemble.csv. (Outside data/predictions and metrics/eval, which it reads.)
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cxrbench import ensemble as EN  # noqa: E402
+from cxrbench import evaluation as E  # noqa: E402
+from cxrbench import params as P  # noqa: E402
+from cxrbench import training  # noqa: E402
+from cxrbench.io import read_json, write_csv, write_json, write_text  # noqa: E402
+from cxrbench.labels import LabelTable  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args()
+    params = P.load(args.params)
+    tp = training.validate(params)
+    ev = E.validate(params)
+    EN.validate(params, len(tp["backbones"]))
+    table = LabelTable.from_params(params)
+    labels = list(table.names)
+    backbones, folds = tp["backbones"], tp["folds"]
+
+    per_fold: dict[str, list[dict]] = {b: [] for b in backbones}
+    per_fold["ensemble"], per_fold["vote"] = [], []
+    fold_records, rocs = [], []
+    for k in folds:
+        frames, cuts = {}, {}
+        for b in backbones:
+            frames[b] = pd.read_csv(f"data/predictions/{b}-f{k}.csv", keep_default_na=False)
+            m = read_json(f"metrics/eval/{b}-f{k}.json")
+            per_fold[b].append(m)
+            cuts[b] = np.array([m["thresholds"][n]["cut"] for n in labels])
+        mean = EN.mean_probs(frames, labels)
+        mcuts, how = E.thresholds_from_frame(mean, labels, ev["threshold"], ev["fixed_threshold"])
+        m_mean = E.evaluate_frame(mean, labels, mcuts, table)
+        keys, votes = EN.majority_vote(frames, cuts, labels)
+        m_vote = {}
+        for part in ("val", "test"):
+            sel = (keys["split"] == part).to_numpy()
+            m_vote[part] = E.multilabel_metrics(keys.loc[sel, E.true_columns(labels)].to_numpy(int),
+                                                votes[sel] > 0.5, votes[sel], labels, table)
+        per_fold["ensemble"].append(m_mean)
+        per_fold["vote"].append(m_vote)
+        write_csv(f"data/ensemble/f{k}.csv", mean)
+        test = mean[mean["split"] == "test"]
+        roc = E.micro_roc(test[E.true_columns(labels)].to_numpy(), test[E.prob_columns(labels)].to_numpy())
+        roc.insert(0, "model", f"ensemble-f{k}")
+        rocs.append(roc)
+        fold_records.append({
+            "fold": k, "backbones": backbones, "threshold_method": ev["threshold"],
+            "thresholds": {n: {"cut": float(c), "how": h} for n, c, h in zip(labels, mcuts, how)},
+            "mean": m_mean, "vote": m_vote})
+    write_csv("plots/roc_ensemble.csv", pd.concat(rocs, ignore_index=True))
+    write_json("metrics/ensemble.json", {"folds": fold_records})
+
+    rows = E.summary_rows(per_fold, "test")
+    val_rows = E.summary_rows(per_fold, "val")
+    # the best single backbone is chosen on validation micro F1, never on test
+    best = max(backbones, key=lambda b: np.mean([f["val"]["micro"]["f1"] for f in per_fold[b]]))
+    test_f1 = {m: [f["test"]["micro"]["f1"] for f in per_fold[m]] for m in per_fold}
+    paired = {"metric": "test micro F1 per fold", "ensemble": "ensemble (mean probability)",
+              "best_single": best, "best_single_chosen_by": "mean validation micro F1",
+              **EN.paired_test(test_f1["ensemble"], test_f1[best])}
+    write_json("metrics/summary.json", {"folds": folds, "test": rows, "val": val_rows, "paired_test": paired})
+    write_text("metrics/summary.md", E.summary_markdown(rows, "test") + "\n" + E.summary_markdown(val_rows, "val"))
+
+    t2 = EN.table2({m: per_fold[m] for m in [*backbones, "ensemble"]}, "test")
+    note = (f"Ensemble vs best single backbone ({best}, chosen on validation micro F1), test micro F1 over "
+            f"{paired['n_folds']} folds: mean difference {paired['mean_difference']:+.3f}, Wilcoxon p = "
+            f"{paired['wilcoxon_p']}, paired t p = {paired['ttest_p']}.")
+    write_json("metrics/table2.json", {"rows": t2, "majority_vote": [r for r in rows if r["model"] == "vote"][0],
+                                       "paired_test": paired, "folds": folds})
+    write_text("metrics/table2.md", EN.table2_markdown(t2, note))
+    print(EN.table2_markdown(t2, note))
+
+
+if __name__ == "__main__":
+    main()

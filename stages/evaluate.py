@@ -1,0 +1,86 @@
+"""Stage evaluate BACKBONE FOLD: predict the fold's val and the test set, pick thresholds on val only.
+
+Writes data/predictions/BACKBONE-fK.csv (path, patient, split, prob_*, y_*),
+metrics/eval/BACKBONE-fK.json (thresholds, val and test metrics) and
+plots/roc/BACKBONE-fK.csv (micro-averaged test ROC).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from cxrbench import evaluation as E  # noqa: E402
+from cxrbench import params as P  # noqa: E402
+from cxrbench import audit, splitting, training  # noqa: E402
+from cxrbench.cache import Cache  # noqa: E402
+from cxrbench.io import write_csv, write_json  # noqa: E402
+from cxrbench.labels import LabelTable  # noqa: E402
+from cxrbench.models import load_classifier  # noqa: E402
+
+
+def predictions(model, meta, cache: Cache, splits: pd.DataFrame, fold: int, device, batch_size: int) -> pd.DataFrame:
+    labels = meta["labels"]
+    if meta["in_chans"] != cache.images.shape[1] or meta["cache_size"] != cache.images.shape[-1]:
+        raise RuntimeError(f"classifier of {meta['in_chans']} channel(s) at {meta['cache_size']} px does not "
+                           f"match the cache {cache.images.shape[1:]}: rerun the train stage")
+    images = training.apply_input_mode(cache.images, meta["input_mode"], meta.get("mask_dilation", 0))
+    parts = splitting.fold_parts(splits, fold)
+    frames = []
+    for part in ("val", "test"):
+        rows = cache.rows(parts[part]["path"])
+        prob = training.predict(model, images, rows, device, batch_size)
+        f = pd.DataFrame({"path": parts[part]["path"].to_numpy(), "patient": parts[part]["patient"].to_numpy(),
+                          "split": part})
+        f[E.prob_columns(labels)] = prob
+        f[E.true_columns(labels)] = cache.index.iloc[rows][E.true_columns(labels)].to_numpy(int)
+        frames.append(f)
+    return pd.concat(frames, ignore_index=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("backbone")
+    ap.add_argument("fold", type=int)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--variant", choices=audit.VARIANTS, default="main",
+                    help="audit: evaluate the shortcut audit's model (models/audit)")
+    args = ap.parse_args()
+    out = audit.paths(args.variant, args.backbone, args.fold)
+    params = P.load(args.params)
+    ev = E.validate(params)
+    training.validate(params)
+    table = LabelTable.from_params(params)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, meta = load_classifier(f"{out.model_dir}/best.pt", device)
+    if list(meta["labels"]) != list(table.names):
+        raise RuntimeError(f"classifier labels {meta['labels']} differ from labels.names: rerun the train stage")
+    cache = Cache("data/cache", "data/index.csv")
+    splits = pd.read_csv("data/splits.csv", keep_default_na=False)
+    pred = predictions(model, meta, cache, splits, args.fold, device, ev["batch_size"])
+    cuts, how = E.thresholds_from_frame(pred, table.names, ev["threshold"], ev["fixed_threshold"])
+    metrics = E.evaluate_frame(pred, table.names, cuts, table)
+    name = f"{args.backbone}-f{args.fold}"
+    write_csv(out.predictions, pred)
+    test = pred[pred["split"] == "test"]
+    roc = E.micro_roc(test[E.true_columns(table.names)].to_numpy(), test[E.prob_columns(table.names)].to_numpy())
+    roc.insert(0, "model", name)
+    write_csv(out.roc, roc)
+    write_json(out.eval_metrics, {
+        "backbone": args.backbone, "input_mode": meta["input_mode"], "fold": args.fold, "checkpoint_epoch": meta.get("epoch"),
+        "threshold_method": ev["threshold"],
+        "thresholds": {n: {"cut": float(c), "how": h} for n, c, h in zip(table.names, cuts, how)},
+        **metrics})
+    t = metrics["test"]
+    print(f"evaluate: {name} test micro P {t['micro']['precision']:.3f} R {t['micro']['recall']:.3f} "
+          f"F1 {t['micro']['f1']:.3f}, macro F1 {t['macro']['f1']:.3f}, AUROC {t['auroc_macro'] or float('nan'):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Stage train BACKBONE FOLD: one classifier of the matrix train.backbones x train.folds.
+
+Writes models/classifier/BACKBONE/foldK/{best,last}.pt, metrics/train/BACKBONE-fK.json
+and dvclive/train/BACKBONE-fK. Reruns resume from last.pt when its configuration matches.
+"""
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+
+from cxrbench import params as P  # noqa: E402
+from cxrbench import audit, splitting, training  # noqa: E402
+from cxrbench.cache import Cache  # noqa: E402
+from cxrbench.indexing import label_matrix  # noqa: E402
+from cxrbench.io import write_json  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("backbone")
+    ap.add_argument("fold", type=int)
+    ap.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--params", default="params.yaml", help="params file (default params.yaml; DVC uses that)")
+    ap.add_argument("--variant", choices=audit.VARIANTS, default="main",
+                    help="audit: the shortcut audit's run, input mode audit.input_mode, outputs under models/audit")
+    args = ap.parse_args()
+    params = P.load(args.params)
+    cache = Cache("data/cache", "data/index.csv")
+    cfg = training.config_for(params, args.backbone, args.fold, cache.meta)
+    if args.variant == "audit":
+        cfg = dataclasses.replace(cfg, input_mode=audit.validate(params)["input_mode"])
+    out = audit.paths(args.variant, args.backbone, args.fold)
+    splits = pd.read_csv("data/splits.csv", keep_default_na=False)
+    parts = splitting.fold_parts(splits, args.fold)          # the test part is never touched here
+    targets = label_matrix(cache.index, cfg.labels)
+    images = training.apply_input_mode(cache.images, cfg.input_mode, cfg.mask_dilation)
+    name = f"{args.backbone}-f{args.fold}"
+    summary = training.train(cfg, images, targets, cache.rows(parts["train"]["path"]),
+                             cache.rows(parts["val"]["path"]), out.model_dir,
+                             live_dir=out.live_dir, device=args.device, progress=not args.no_progress)
+    write_json(out.train_metrics, summary)
+    print(f"train: {name} best epoch {summary['best_epoch'] + 1} val_loss {summary['best_val_loss']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""Classification (issue 5): models, training, thresholds, metrics, ensemble.
+
+Tiny timm test models at 32 px keep the whole file well under a minute and a half on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+
+from cxrbench import ensemble as EN
+from cxrbench import evaluation as E
+from cxrbench import models as M
+from cxrbench import training as T
+from cxrbench.params import ParamError
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = ["pneumonia", "viral", "covid19", "healthy"]
+TINY = "test_resnet"
+
+
+# --- metrics and thresholds ---------------------------------------------------
+
+def _arrays(seed=0, n=60):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 4)) < [0.6, 0.4, 0.3, 0.3]).astype(int)
+    y[:, 3] = 0                                   # a label absent from this set
+    prob = np.clip(y * 0.35 + rng.random((n, 4)) * 0.65, 0, 1)
+    return y, prob
+
+
+def test_metrics_match_scikit_learn():
+    y, prob = _arrays()
+    pred = prob >= 0.5
+    m = E.multilabel_metrics(y, pred, prob, LABELS)
+    p, r, f, _ = precision_recall_fscore_support(y, pred, average="micro", zero_division=0)
+    assert (m["micro"]["precision"], m["micro"]["recall"], m["micro"]["f1"]) == pytest.approx((p, r, f))
+    p, r, f, _ = precision_recall_fscore_support(y, pred, labels=[0, 1, 2], average="macro", zero_division=0)
+    assert (m["macro"]["precision"], m["macro"]["recall"], m["macro"]["f1"]) == pytest.approx((p, r, f))
+    assert m["labels_absent"] == ["healthy"] and m["macro"]["labels"] == LABELS[:3]
+    for j in range(3):
+        assert m["auroc"][LABELS[j]] == pytest.approx(roc_auc_score(y[:, j], prob[:, j]))
+    assert m["auroc_skipped_one_class"] == ["healthy"]
+
+
+def test_f1_threshold_is_the_best_cut_on_val():
+    y, prob = _arrays(1)
+    cuts, how = E.select_thresholds(y, prob, "val_f1", 0.5)
+    assert how == ["val_f1"] * 3 + ["one_class_in_val"] and cuts[3] == 0.5
+    for j in range(3):
+        best = max(precision_recall_fscore_support(y[:, j], prob[:, j] >= c, average="binary", zero_division=0)[2]
+                   for c in np.unique(prob[:, j]))
+        got = precision_recall_fscore_support(y[:, j], prob[:, j] >= cuts[j], average="binary", zero_division=0)[2]
+        assert got == pytest.approx(best)
+    fixed, _ = E.select_thresholds(y, prob, "fixed", 0.4)
+    assert (fixed == 0.4).all()
+
+
+def _pred_frame(seed=0):
+    y, prob = _arrays(seed, 80)
+    f = pd.DataFrame({"path": [f"img{i}" for i in range(80)], "patient": [f"p{i}" for i in range(80)],
+                      "split": ["val"] * 40 + ["test"] * 40})
+    f[E.prob_columns(LABELS)] = prob
+    f[E.true_columns(LABELS)] = y
+    return f
+
+
+def test_thresholds_never_read_test_rows():
+    f = _pred_frame()
+    cuts, _ = E.thresholds_from_frame(f, LABELS, "val_f1")
+    bad = f.copy()
+    test = bad["split"] == "test"
+    bad.loc[test, E.prob_columns(LABELS)] = np.nan
+    bad.loc[test, E.true_columns(LABELS)] = 1 - bad.loc[test, E.true_columns(LABELS)]
+    cuts_bad, _ = E.thresholds_from_frame(bad, LABELS, "val_f1")
+    np.testing.assert_array_equal(cuts, cuts_bad)
+    with pytest.raises(ValueError, match="no validation rows"):
+        E.thresholds_from_frame(f[f["split"] == "test"], LABELS, "val_f1")
+
+
+def test_ensemble_mean_vote_and_paired_test():
+    a, b, c = _pred_frame(0), _pred_frame(0), _pred_frame(0)
+    b[E.prob_columns(LABELS)] = 1 - b[E.prob_columns(LABELS)]
+    mean = EN.mean_probs({"a": a, "b": b}, LABELS)
+    assert np.allclose(mean[E.prob_columns(LABELS)].to_numpy(), 0.5)
+    cuts = {k: np.full(4, 0.5) for k in "abc"}
+    _, votes = EN.majority_vote({"a": a, "b": b, "c": c}, cuts, LABELS)
+    np.testing.assert_array_equal(votes > 0.5, a[E.prob_columns(LABELS)].to_numpy() >= 0.5)
+    c["path"] = c["path"][::-1].to_numpy()
+    with pytest.raises(ValueError, match="other rows"):
+        EN.mean_probs({"a": a, "c": c}, LABELS)
+    t = EN.paired_test([0.8, 0.82, 0.85, 0.81, 0.9], [0.78, 0.8, 0.84, 0.8, 0.86])
+    assert t["mean_difference"] > 0 and 0 < t["wilcoxon_p"] <= 1 and 0 < t["ttest_p"] < 0.05
+    rows = EN.table2({"resnet18": [{"test": {"micro": {"precision": 0.5, "recall": 0.7, "f1": 0.6}}}]})
+    assert rows[0]["model"] == "ResNet18" and rows[0]["paper_f1"] == {"mean": 0.824, "std": 0.007}
+
+
+# --- models -------------------------------------------------------------------
+
+def test_unknown_backbone_lists_valid_names(params):
+    p = copy.deepcopy(params)
+    p["train"]["backbones"] = ["resnet18", "resnet_nonexistent"]
+    with pytest.raises(ParamError, match=r"resnet_nonexistent.*valid names are \['resnet18', 'resnet34'"):
+        T.validate(p)
+    p["train"]["backbones"] = ["resnet18"]
+    p["train"]["folds"] = [0, 7]
+    with pytest.raises(ParamError, match="train.folds"):
+        T.validate(p)
+
+
+def test_local_weights_file_fits_or_names_the_keys(tmp_path):
+    from safetensors.torch import save_file
+    import timm
+
+    torch.manual_seed(0)
+    rgb = timm.create_model(TINY, num_classes=1000, in_chans=3)      # an "ImageNet" checkpoint
+    state = {k: v.contiguous() for k, v in rgb.state_dict().items()}
+    good = tmp_path / "good.safetensors"
+    save_file(state, str(good))
+    model = M.create_model(TINY, 4, 1, str(good), input_size=32)     # grey input, 4 classes: adapted
+    first = rgb.pretrained_cfg["first_conv"] + ".weight"
+    own = model.backbone.state_dict()
+    assert own[first].shape[1] == 1
+    assert torch.allclose(own[first], state[first].sum(1, keepdim=True))
+    bad = dict(state)
+    bad["stem.extra.weight"] = bad.pop("layer1.0.conv1.weight") if "layer1.0.conv1.weight" in bad else torch.zeros(1)
+    bad_path = tmp_path / "bad.pt"
+    torch.save({"state_dict": bad}, bad_path)
+    with pytest.raises(M.WeightsMismatchError, match=r"missing key\(s\).*unexpected key\(s\) \['stem.extra.weight'\]"):
+        M.create_model(TINY, 4, 1, str(bad_path), input_size=32)
+
+
+def test_saved_classifier_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    model = M.create_model(TINY, len(LABELS), 1, "none", input_size=32).eval()
+    meta = M.classifier_meta(TINY, LABELS, 1, 32, 48, "full", 0, fold=0)
+    M.save_classifier(tmp_path / "best.pt", model, meta)
+    back, meta2 = M.load_classifier(tmp_path / "best.pt")
+    assert not back.training and meta2["labels"] == LABELS and meta2["input_size"] == 32
+    x = torch.rand(3, 1, 48, 48)                                       # cache size: resized inside
+    with torch.no_grad():
+        assert torch.equal(model(x), back(x))
+
+
+# --- training -----------------------------------------------------------------
+
+def _data(n=24, size=32, seed=0):
+    """Synthetic cache: label 0 is a bright square, so a tiny model can learn it."""
+    rng = np.random.default_rng(seed)
+    imgs = rng.integers(0, 60, (n, 1, size, size), dtype=np.uint8)
+    y = np.zeros((n, len(LABELS)), np.float32)
+    y[::2, 0] = 1
+    imgs[::2, :, 8:24, 8:24] = 230
+    y[:, 1] = rng.random(n) < 0.5
+    return imgs, y
+
+
+def _cfg(**kw):
+    base = dict(backbone=TINY, fold=0, labels=LABELS, in_chans=1, cache_size=32, input_size=32, pretrained="none",
+                epochs=2, batch_size=8, lr=1e-3, weight_decay=1e-4, seed=3, augment={"enabled": True, "degrees": 5,
+                "translate": 0.05, "scale": 0.05}, label_smoothing=0.05, pos_weight=True)
+    base.update(kw)
+    return T.TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    imgs, y = _data()
+    out = tmp_path_factory.mktemp("full")
+    summary = T.train(_cfg(), imgs, y, np.arange(16), np.arange(16, 24), out, progress=False, device="cpu")
+    return out, summary
+
+
+def _states_equal(a: Path, b: Path):
+    sa = torch.load(a, weights_only=False)["model"]
+    sb = torch.load(b, weights_only=False)["model"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_resume_after_interruption_gives_the_same_weights(uninterrupted, tmp_path):
+    full, summary = uninterrupted
+    imgs, y = _data()
+    s1 = T.train(_cfg(), imgs, y, np.arange(16), np.arange(16, 24), tmp_path, progress=False, device="cpu",
+                 stop_after_epochs=1)
+    assert s1["epochs_done"] == 1 and not s1["complete"]
+    s2 = T.train(_cfg(), imgs, y, np.arange(16), np.arange(16, 24), tmp_path, progress=False, device="cpu",
+                 live_dir=tmp_path / "live")
+    assert s2["resumed"] and s2["complete"] and summary["complete"]
+    _states_equal(full / "last.pt", tmp_path / "last.pt")
+    assert s2["best_val_loss"] == summary["best_val_loss"] and s2["best_epoch"] == summary["best_epoch"]
+    assert (tmp_path / "live" / "metrics.json").is_file()
+
+
+def test_same_seed_same_metrics_and_other_config_starts_afresh(uninterrupted, tmp_path):
+    full, summary = uninterrupted
+    imgs, y = _data()
+    again = T.train(_cfg(), imgs, y, np.arange(16), np.arange(16, 24), tmp_path, progress=False, device="cpu")
+    h1 = torch.load(full / "last.pt", weights_only=False)["history"]
+    h2 = torch.load(tmp_path / "last.pt", weights_only=False)["history"]
+    assert h1 == h2 and again["best_val_loss"] == summary["best_val_loss"]
+    m1, _ = M.load_classifier(full / "best.pt")
+    m2, _ = M.load_classifier(tmp_path / "best.pt")
+    p1 = T.predict(m1, imgs, np.arange(24), torch.device("cpu"))
+    p2 = T.predict(m2, imgs, np.arange(24), torch.device("cpu"))
+    np.testing.assert_array_equal(p1, p2)
+    other = T.train(_cfg(epochs=1, seed=4), imgs, y, np.arange(16), np.arange(16, 24), tmp_path, progress=False,
+                    device="cpu")
+    assert not other["resumed"] and other["epochs_done"] == 1
+
+
+def test_nan_loss_stops_with_epoch_and_batch_and_keeps_checkpoint(tmp_path):
+    imgs, y = _data()
+
+    def poison(epoch, batch, loss):
+        return loss * float("nan") if (epoch, batch) == (1, 1) else loss
+
+    with pytest.raises(T.NonFiniteLossError, match=r"epoch 2 batch 2.*last good checkpoint kept.*after epoch 1"):
+        T.train(_cfg(epochs=2), imgs, y, np.arange(16), np.arange(16, 24), tmp_path, progress=False,
+                device="cpu", on_batch=poison)
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 0
+
+
+def test_tiny_backbone_learns_real_cached_images(tmp_path):
+    """A few real X-rays of the workspace cache: the model fits its training data better than chance."""
+    from cxrbench.cache import Cache
+    from cxrbench.indexing import label_matrix
+
+    if not (ROOT / "data/cache/meta.json").is_file():
+        pytest.skip("no preprocess cache in the workspace (run the preprocess stage)")
+    cache = Cache(ROOT / "data/cache", ROOT / "data/index.csv")
+    names = ["pneumonia", "covid19", "healthy"]
+    y_all = label_matrix(cache.index, names)
+    covid = np.flatnonzero(y_all[:, 1] == 1)[:8]
+    healthy = np.flatnonzero(y_all[:, 2] == 1)[:8]
+    rows = np.r_[covid, healthy]
+    c = cache.images.shape[1]
+    cfg = _cfg(labels=names, in_chans=c, cache_size=cache.images.shape[-1], input_size=32, epochs=6, lr=3e-3,
+               batch_size=4, augment={"enabled": False}, label_smoothing=0.0, pos_weight=False, seed=0)
+    summary = T.train(cfg, cache.images, y_all, rows, rows, tmp_path, progress=False, device="cpu")
+    hist = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert hist["history"][-1]["train_loss"] < 0.6 < np.log(2)          # chance: log 2 per balanced label
+    model = M.create_model(TINY, len(names), c, "none", input_size=32)
+    model.load_state_dict(hist["model"])
+    prob = T.predict(model, cache.images, rows, torch.device("cpu"))
+    auc = roc_auc_score(y_all[rows][:, 1], prob[:, 1])
+    assert auc > 0.65, (auc, summary)                                   # chance: 0.5 (measured 0.75)
