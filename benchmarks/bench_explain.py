@@ -1,0 +1,81 @@
+"""Benchmark of the explainability code on CPU (issue 6).
+
+1. Seconds per image per attribution method for one small backbone (timm
+   resnet18, 1 channel, random weights, 18 classes) at 128 px.
+2. AOPPC: all 1 + 10 copies of each image in one forward (batched) vs one
+   forward per copy (sequential); speed-up = sequential / batched time.
+
+    python benchmarks/bench_explain.py [--images 4] [--size 128] [--steps 50] [--threads 2]
+
+Prints a JSON object; timings depend on the machine and its load.
+"""
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from cxrbench import attribution as A  # noqa: E402
+from cxrbench import explanation_metrics as EM  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=50, help="integrated gradients steps")
+    ap.add_argument("--window", type=float, default=0.0625, help="occlusion window (fraction of side)")
+    ap.add_argument("--stride", type=float, default=0.03125, help="occlusion stride (fraction of side)")
+    ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--methods", nargs="*", default=list(A.METHODS))
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=18, in_chans=1, pretrained=False).eval()
+    x = torch.rand(args.images, 1, args.size, args.size)
+    target = torch.full((args.images,), 5)
+    prepared, rep = A.prepare_for_attribution(model, x)
+    s = A.Settings(methods=args.methods, steps=args.steps, window=args.window, stride=args.stride,
+                   interpolate="bilinear", target_layers={"resnet": "layer4"}, max_batch=args.max_batch,
+                   memory_fraction=0.5)
+    with torch.no_grad():
+        model(x)                                                     # warm-up
+    per_image = {}
+    for name in args.methods:
+        t = time.perf_counter()
+        A.make(name, model, prepared, s, args.max_batch, "resnet18").attribute(x, target)
+        per_image[name] = round((time.perf_counter() - t) / args.images, 4)
+        print(f"{name}: {per_image[name]:.3f} s/image", file=sys.stderr)
+
+    maps = EM.random_maps((args.images, args.size, args.size), 0)
+    timing = {}
+    for label, kw in [("batched", {"images_per_batch": 1}), ("batched_4_images", {"images_per_batch": 4}),
+                      ("sequential", {"sequential": True})]:
+        t = time.perf_counter()
+        r = EM.perturbation_curves(model, x, maps, target, scheme="threshold", **kw)
+        timing[label] = round(time.perf_counter() - t, 4)
+        timing[label + "_aoppc"] = round(float(r["aoppc"].mean()), 6)
+    out = {"backbone": "resnet18", "size": args.size, "images": args.images, "threads": args.threads,
+           "ig_steps": args.steps, "occlusion_window_px": A._pixels(args.window, args.size),
+           "occlusion_stride_px": A._pixels(args.stride, args.size), "max_batch": args.max_batch,
+           "seconds_per_image": per_image,
+           "aoppc_seconds": {k: v for k, v in timing.items() if not k.endswith("_aoppc")},
+           "aoppc_same_value": timing["batched_aoppc"] == timing["sequential_aoppc"],
+           "aoppc_speedup_batched_vs_sequential": round(timing["sequential"] / timing["batched"], 2),
+           "aoppc_speedup_4_images_vs_sequential": round(timing["sequential"] / timing["batched_4_images"], 2),
+           "torch": torch.__version__, "prepare": rep.as_dict()}
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

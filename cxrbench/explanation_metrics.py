@@ -1,0 +1,193 @@
+"""How good is an attribution map? AOPPC, controls, lung mass, sanity check.
+
+AOPPC (CXR-Net, seed 003, section III, eq. 12)
+----------------------------------------------
+Each map is normalised to [0, 1] (min-max per image). At 10 perturbation levels
+the most important pixels are replaced by zeros (black, in the model-input
+space [0, 1]) and ``p`` is the sigmoid probability of the target class::
+
+    AOPPC = 1/10 * sum_{levels x} ( p(f(0)) - p(f(x)) ),  averaged over images
+
+with ``f(0)`` the unperturbed image. (Eq. 12 writes a sum over the n images
+with a 1/10 factor; the reported values 0.629-0.903 are <= 1, so it is the
+mean over images, as here.) Two definitions of the levels:
+
+``threshold`` (the paper's): level x in {1.0, 0.9, ..., 0.1} removes every
+    pixel whose normalised importance is >= x ("all the pixels with a value
+    of x were replaced with zeros", f(1) removing the most important regions).
+    How many pixels a level removes depends on the map's histogram: a peaked
+    map removes few pixels at every level, a flat one many. The paper's text
+    also calls f(0) "no change", which no threshold reading satisfies; we take
+    f(0) as the original image, as the formula needs.
+``fraction`` (MoRF, Samek et al. 2017): level k in {1..10} removes the top
+    10 k % pixels by importance (exact counts, ties broken by a stable sort).
+    Comparable across methods; level 10 blanks the whole image for all maps.
+
+Controls: ``order='lerf'`` removes the least important pixels first (the
+levels applied to 1 - map); a random map (uniform noise) is scored the same
+way. A useful map has MoRF AOPPC > random > LeRF AOPPC.
+
+All 10 perturbed copies of an image (plus the original) go through the model
+in one batch; several images may share a batch (``images_per_batch``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+N_LEVELS = 10
+SCHEMES = ("threshold", "fraction")
+ORDERS = ("morf", "lerf")
+
+
+def importance(attr: np.ndarray | torch.Tensor, mode: str = "signed") -> torch.Tensor:
+    """(B, H, W) attribution -> importance: ``signed`` keeps positive evidence
+    on top (raw values), ``abs`` ranks by magnitude."""
+    a = torch.as_tensor(np.asarray(attr, dtype=np.float32) if not torch.is_tensor(attr) else attr).float()
+    if mode == "abs":
+        return a.abs()
+    if mode == "signed":
+        return a
+    raise ValueError(f"importance mode must be 'signed' or 'abs', got {mode!r}")
+
+
+def normalise(m: torch.Tensor) -> torch.Tensor:
+    """Min-max per image to [0, 1]; a constant map becomes all zeros."""
+    flat = m.reshape(len(m), -1)
+    lo = flat.min(1, keepdim=True).values
+    hi = flat.max(1, keepdim=True).values
+    span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    return ((flat - lo) / span).reshape(m.shape)
+
+
+def levels(scheme: str) -> np.ndarray:
+    """The x axis: thresholds 1.0 .. 0.1, or removed fractions 0.1 .. 1.0."""
+    if scheme == "threshold":
+        return np.round(np.linspace(1.0, 0.1, N_LEVELS), 2)
+    if scheme == "fraction":
+        return np.round(np.linspace(0.1, 1.0, N_LEVELS), 2)
+    raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+
+
+def removal_masks(norm_map: torch.Tensor, scheme: str, order: str = "morf") -> torch.Tensor:
+    """(B, H, W) normalised maps -> bool (B, L, H, W): True where a pixel is zeroed at level l."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    m = norm_map if order == "morf" else 1.0 - norm_map
+    b, h, w = m.shape
+    if scheme == "threshold":
+        t = torch.as_tensor(levels(scheme), dtype=m.dtype).view(1, -1, 1, 1)
+        return m.unsqueeze(1) >= t - 1e-6
+    if scheme == "fraction":
+        n = h * w
+        counts = torch.as_tensor(np.round(levels(scheme) * n).astype(np.int64))
+        order_idx = torch.argsort(m.reshape(b, -1), dim=1, descending=True, stable=True)
+        rank = torch.empty_like(order_idx)
+        rank.scatter_(1, order_idx, torch.arange(n).expand(b, n).contiguous())
+        return (rank.view(b, 1, n) < counts.view(1, -1, 1)).view(b, -1, h, w)
+    raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+
+
+@torch.no_grad()
+def perturbation_curves(model: torch.nn.Module, x: torch.Tensor, maps, target, scheme: str = "threshold",
+                        order: str = "morf", mode: str = "signed", images_per_batch: int = 1,
+                        sequential: bool = False) -> dict:
+    """Probabilities of ``target`` on the original and the 10 perturbed copies of each image.
+
+    ``x``: (B, C, H, W) model input; ``maps``: (B, H, W) attributions at input
+    resolution; ``target``: int or (B,) class indices. ``sequential`` feeds
+    every copy separately (for the speed comparison only).
+    Returns p0 (B,), p (B, L), drop (B, L) = p0 - p, aoppc (B,), removed (B, L) fractions.
+    """
+    b = len(x)
+    target = torch.as_tensor(target, device=x.device).long().expand(b) if not torch.is_tensor(target) \
+        or target.dim() == 0 else target.to(x.device).long()
+    norm = normalise(importance(maps, mode)).to(x.device)
+    rm = removal_masks(norm, scheme, order)                       # (B, L, H, W)
+    p0 = torch.empty(b, device=x.device)
+    p = torch.empty(b, N_LEVELS, device=x.device)
+    for s in range(0, b, images_per_batch):
+        sl = slice(s, min(b, s + images_per_batch))
+        xs = x[sl]
+        keep = (~rm[sl]).unsqueeze(2).to(x.dtype)                  # (b, L, 1, H, W)
+        batch = torch.cat([xs.unsqueeze(1), xs.unsqueeze(1) * keep], 1)   # (b, 1 + L, C, H, W)
+        flat = batch.reshape(-1, *x.shape[1:])
+        if sequential:
+            logits = torch.cat([model(flat[i:i + 1]) for i in range(len(flat))])
+        else:
+            logits = model(flat)
+        tg = target[sl].repeat_interleave(1 + N_LEVELS)
+        prob = torch.sigmoid(logits.gather(1, tg.view(-1, 1)).squeeze(1)).view(-1, 1 + N_LEVELS)
+        p0[sl], p[sl] = prob[:, 0], prob[:, 1:]
+    drop = p0.unsqueeze(1) - p
+    return {"p0": p0.cpu().numpy(), "p": p.cpu().numpy(), "drop": drop.cpu().numpy(),
+            "aoppc": drop.mean(1).cpu().numpy(),
+            "removed": rm.float().mean((2, 3)).cpu().numpy()}
+
+
+def random_maps(shape, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+def lung_mass_fraction(maps, masks: np.ndarray, mode: str = "abs") -> np.ndarray:
+    """Share of attribution mass inside the lung mask, per image.
+
+    Mass is |attribution| (``abs``) or its positive part (``positive``). Compare
+    with the lung's share of the image (:func:`area_fraction`), which a
+    uniform map would score.
+    """
+    a = np.asarray(maps, dtype=np.float32)
+    a = np.abs(a) if mode == "abs" else np.clip(a, 0, None)
+    m = np.asarray(masks) > 0
+    tot = a.reshape(len(a), -1).sum(1)
+    inside = (a * m).reshape(len(a), -1).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tot > 0, inside / tot, np.nan)
+
+
+def area_fraction(masks: np.ndarray) -> np.ndarray:
+    m = np.asarray(masks) > 0
+    return m.reshape(len(m), -1).mean(1)
+
+
+def randomise_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """A copy of ``model`` with every parameter re-initialised (Adebayo et al. 2018,
+    full-model randomisation): each module's own ``reset_parameters`` (PyTorch's
+    default init; BatchNorm also resets its running statistics)."""
+    import copy
+    torch.manual_seed(seed)
+    rnd = copy.deepcopy(model)
+    n = 0
+    for mod in rnd.modules():
+        if hasattr(mod, "reset_parameters") and callable(mod.reset_parameters):
+            mod.reset_parameters()
+            n += 1
+        if hasattr(mod, "reset_running_stats"):
+            mod.reset_running_stats()
+    if n == 0:
+        raise ValueError("randomise_weights: no module with reset_parameters")
+    return rnd.eval()
+
+
+def rank_correlation(a, b, absolute: bool = True) -> np.ndarray:
+    """Spearman rank correlation per image between two stacks of maps (B, H, W)."""
+    from scipy.stats import spearmanr
+    a = np.asarray(a, dtype=np.float32).reshape(len(a), -1)
+    b = np.asarray(b, dtype=np.float32).reshape(len(b), -1)
+    if absolute:
+        a, b = np.abs(a), np.abs(b)
+    out = np.full(len(a), np.nan)
+    for i in range(len(a)):
+        if a[i].std() > 0 and b[i].std() > 0:
+            out[i] = spearmanr(a[i], b[i]).statistic
+    return out
+
+
+def mean_std(v) -> dict:
+    v = np.asarray(v, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": round(float(v.mean()), 4), "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4),
+            "n": int(len(v))}

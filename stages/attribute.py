@@ -1,0 +1,154 @@
+"""Stage attribute BACKBONE FOLD: attribution maps of one classifier on held-out test images.
+
+For each target class of ``explain.targets`` (default covid19): the first
+``explain.max_images`` test-split images positive for it (index order). Writes
+
+* data/attributions/{backbone}-f{fold}.npz: ``rows`` (cache rows), ``paths``,
+  ``target`` (class index per image), ``masks`` (lung masks at input
+  resolution), per method ``{method}`` float16 (N, H, W) maps divided by a
+  per-image scale ``{method}__scale`` (float32; map = stored * scale, which keeps
+  tiny gradients out of float16 underflow), and ``rand__{method}`` maps of a
+  weight-randomised copy of the model for the first ``explain.sanity_images``
+  images (the sanity check of the aoppc stage).
+* metrics/attribute/{backbone}-f{fold}.json: per method ok + seconds, or the
+  recorded reason it could not run; the model preparation report; max_batch.
+
+No matching test image: the fold is recorded as skipped (reason in both files).
+"""
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from cxrbench import attribution as A  # noqa: E402
+from cxrbench import params as P  # noqa: E402
+from cxrbench import splitting  # noqa: E402
+from cxrbench.cache import Cache  # noqa: E402
+from cxrbench.explanation_metrics import randomise_weights  # noqa: E402
+from cxrbench.io import atomic_path, write_json  # noqa: E402
+
+
+def lung_masks(cache: Cache) -> tuple[np.ndarray, str]:
+    """The segmentation stage's masks (issue 4) when present, else the cache's V7 masks."""
+    path = Path("data/lungs/masks.npy")
+    if path.is_file():
+        m = np.load(path, mmap_mode="r")
+        if len(m) != len(cache.index):
+            raise RuntimeError(f"{path} holds {len(m)} masks, the cache {len(cache.index)} images: rerun segment")
+        return m, str(path)
+    return cache.masks, "data/cache/masks.npy"
+
+
+def select(cache: Cache, targets: list, max_images: int, fold: int) -> pd.DataFrame:
+    """Held-out test images of ``fold`` positive for each target class (first ``max_images`` in index order)."""
+    splits = pd.read_csv("data/splits.csv", keep_default_na=False)
+    test_paths = splitting.fold_parts(splits, fold)["test"]["path"]
+    test = cache.index[cache.index["path"].isin(set(test_paths))]
+    parts = []
+    for t in targets:
+        col = f"y_{t}"
+        if col not in test.columns:
+            raise P.ParamError("explain.targets", f"{t!r} is not a label column of data/index.csv")
+        sub = test[test[col] == 1].head(max_images).copy()
+        sub["target_name"] = t
+        parts.append(sub)
+    return pd.concat(parts) if parts else test.iloc[:0]
+
+
+def scaled(maps: dict, prefix: str = "") -> dict:
+    out = {}
+    for name, m in maps.items():
+        m32 = m.astype(np.float32) if m.dtype != np.float32 else m
+        scale = np.abs(m32).reshape(len(m32), -1).max(1)
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        out[f"{prefix}{name}"] = (m32 / scale[:, None, None]).astype(np.float16)
+        out[f"{prefix}{name}__scale"] = scale
+    return out
+
+
+def main() -> None:
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python stages/attribute.py BACKBONE FOLD")
+    backbone, fold = sys.argv[1], int(sys.argv[2])
+    params = P.load()
+    s = A.validate(params)
+    targets = P.check_nonempty_list("explain.targets", P.section(params, "explain.targets"))
+    max_images = P.check_int("explain.max_images", P.section(params, "explain.max_images"), minimum=1)
+    n_sanity = P.check_int("explain.sanity_images", P.section(params, "explain.sanity_images"), minimum=0)
+    seed = P.check_int("explain.seed", P.section(params, "explain.seed"))
+    npz_path = Path(f"data/attributions/{backbone}-f{fold}.npz")
+    metrics_path = Path(f"metrics/attribute/{backbone}-f{fold}.json")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    cache = Cache("data/cache", "data/index.csv")
+    sel = select(cache, targets, max_images, fold)
+    if len(sel) == 0:
+        reason = f"no held-out test image is positive for {targets}"
+        print(f"attribute {backbone} fold {fold}: SKIPPED: {reason}")
+        with atomic_path(npz_path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, skipped=np.array(reason))
+        write_json(metrics_path, {"backbone": backbone, "fold": fold, "skipped": reason, "methods": {}})
+        return
+
+    model, meta = A.load_classifier(backbone, fold, device)
+    labels = list(meta["labels"])
+    missing = [t for t in targets if t not in labels]
+    if missing:
+        raise P.ParamError("explain.targets", f"{missing} not among the classifier's labels {labels}")
+    rows = cache.rows(list(sel["path"]))
+    target = torch.tensor([labels.index(t) for t in sel["target_name"]], device=device)
+    masks_all, mask_source = lung_masks(cache)
+    masks = np.asarray(masks_all[rows])
+    x = A.classifier_input(cache.images[rows], meta, device, masks)
+    masks = A.resize_masks(masks, tuple(x.shape[-2:]))
+
+    prepared, rep = A.prepare_for_attribution(model, x)
+    max_batch = s.max_batch or A.estimate_max_batch(model, x, s.memory_fraction)
+    print(f"attribute {backbone} fold {fold}: {len(x)} images at {tuple(x.shape[1:])}, max_batch {max_batch}, "
+          f"prepare {rep.as_dict()}")
+    if rep.functional_relu_calls:
+        print(f"  note: {rep.functional_relu_calls} functional relu call(s) cannot be hooked: DeepLIFT treats "
+              f"them as linear, guided backprop does not guide them")
+
+    def build(m):
+        return A.make(m, model, prepared, s, max_batch, backbone)
+
+    t0 = time.perf_counter()
+    maps, status = A.run_methods(s.methods, build, x, target)
+
+    rand_maps = {}
+    if n_sanity:
+        rnd = randomise_weights(model, seed)
+        rnd_prepared, _ = A.prepare_for_attribution(rnd, x)
+        ok = [m for m in s.methods if status[m]["ok"]]
+        rand_maps, rstatus = A.run_methods(
+            ok, lambda m: A.make(m, rnd, rnd_prepared, s, max_batch, backbone), x[:n_sanity], target[:n_sanity],
+            log=lambda msg: print("  (randomised)" + msg))
+        for m, st in rstatus.items():
+            status[m]["sanity"] = st
+
+    arrays = {"rows": rows, "paths": np.array(sel["path"].tolist()), "target": target.cpu().numpy(),
+              "target_name": np.array(sel["target_name"].tolist()), "masks": masks.astype(np.uint8),
+              **scaled(maps), **scaled(rand_maps, "rand__")}
+    with atomic_path(npz_path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    write_json(metrics_path, {
+        "backbone": backbone, "fold": fold, "images": int(len(x)), "input": list(x.shape[1:]),
+        "targets": targets, "mask_source": mask_source, "max_batch": int(max_batch),
+        "max_batch_from": "params" if s.max_batch else "estimate", "device": str(device),
+        "prepare": rep.as_dict(), "seconds": round(time.perf_counter() - t0, 2), "methods": status})
+    bad = [m for m, st in status.items() if not st["ok"]]
+    print(f"attribute {backbone} fold {fold}: {len(maps)}/{len(s.methods)} methods ok"
+          + (f"; failed (recorded): {bad}" if bad else ""))
+
+
+if __name__ == "__main__":
+    main()
