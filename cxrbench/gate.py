@@ -65,11 +65,17 @@ def checks_from_params(params: dict) -> tuple[Path, list[Check]]:
 
 
 def lookup(obj: Any, key: str) -> float | None:
+    """The number at dotted ``key``; a part ``field=value`` picks the list item whose field is value."""
     for part in key.split("."):
         if isinstance(obj, dict) and part in obj:
             obj = obj[part]
         elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
             obj = obj[int(part)]
+        elif isinstance(obj, list) and "=" in part:
+            field, value = part.split("=", 1)
+            obj = next((o for o in obj if isinstance(o, dict) and str(o.get(field)) == value), None)
+            if obj is None:
+                return None
         else:
             return None
     if isinstance(obj, bool) or not isinstance(obj, (int, float)):

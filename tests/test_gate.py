@@ -57,3 +57,10 @@ def test_gate_params_validation():
             {"metric": "a.json:x", "tolerance": 0.1, "direction": "up"}]}})
     with pytest.raises(ParamError, match=r"FILE:dotted.key"):
         gate.checks_from_params({"gate": {"baseline": "b.json", "checks": [{"metric": "x", "tolerance": 0}]}})
+
+
+def test_lookup_selects_list_items_by_field():
+    table = {"rows": [{"key": "resnet18", "f1": {"mean": 0.6}}, {"key": "ensemble", "f1": {"mean": 0.7}}]}
+    assert gate.lookup(table, "rows.key=ensemble.f1.mean") == 0.7
+    assert gate.lookup(table, "rows.1.f1.mean") == 0.7
+    assert gate.lookup(table, "rows.key=densenet161.f1.mean") is None
