@@ -52,3 +52,20 @@ def index_frame(raw, params, table) -> pd.DataFrame:
     frame, _ = dedupe.dedupe(frame, params["dedupe"]["phash_max_distance"], params["dedupe"]["near_action"])
     frame.attrs["report"] = report
     return frame
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory, raw, index_frame, table) -> Path:
+    """A folder with index.csv, splits.csv (2 folds) and a 64 px cache/ of the embedded sample.
+
+    Tests that need real preprocessed X-rays use this, never the workspace's
+    data/, so they run (and do not skip) in a clean clone.
+    """
+    from cxrbench import preprocess
+
+    root = tmp_path_factory.mktemp("sample_data")
+    index_frame.to_csv(root / "index.csv", index=False)
+    splitting.split(index_frame, table, 0.4, 2, 0).to_csv(root / "splits.csv", index=False)
+    recipe = preprocess.Recipe(size=64, percentiles=(1.0, 95.0), channels=("raw",))
+    preprocess.build_cache(index_frame, raw, root / "cache", recipe, 1, "sample")
+    return root
