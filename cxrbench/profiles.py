@@ -10,6 +10,8 @@ results into the workspace).
     python -m cxrbench.profiles run sample               # the embedded demo
     python -m cxrbench.profiles run ci --workspace       # CI: results land in the workspace
     python -m cxrbench.profiles run mirror -- preprocess # extra args go to dvc exp run
+    python -m cxrbench.profiles run sample --set preprocess.channels=[raw,clahe] --name clahe
+    python -m cxrbench.profiles run sample --queue --set train.backbones=[resnet18,densenet121]
 
 ``--workspace`` runs in the workspace instead: DVC then rewrites params.yaml
 with the profile's values (and drops its comments), so use it only in a
@@ -96,9 +98,23 @@ def hydra_value(value: Any) -> str:
     raise TypeError(f"cannot express {value!r} as a -S override")
 
 
-def exp_command(name: str, overrides: dict[str, Any], extra: list[str], temp: bool, exp_name: str | None) -> list[str]:
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``--set key=value`` items; values are YAML (``[raw,clahe]`` is a list, ``null`` is None)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set preprocess.size=256")
+        out[key.strip()] = yaml.safe_load(value)
+    return flatten(out)
+
+
+def exp_command(name: str, overrides: dict[str, Any], extra: list[str], temp: bool, exp_name: str | None,
+                queue: bool = False) -> list[str]:
     cmd = ["dvc", "exp", "run"]
-    if temp:
+    if queue:
+        cmd.append("--queue")
+    elif temp:
         cmd.append("--temp")
     if exp_name:
         cmd += ["--name", exp_name]
@@ -115,12 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workspace", action="store_true",
                     help="run in the workspace (rewrites params.yaml; for throwaway clones such as CI)")
     ap.add_argument("--name", help="experiment name (default: DVC's)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="one more override on top of the profile (repeatable); it replaces the profile's value")
+    ap.add_argument("--queue", action="store_true", help="queue the experiment (dvc queue start runs it)")
     ap.add_argument("extra", nargs="*", help="after --: more arguments of dvc exp run (e.g. stage targets)")
     args = ap.parse_args(argv)
     root = Path(".")
-    overrides = resolve_paths(read_profile(args.profile, root), root)
+    overrides = {**read_profile(args.profile, root), **parse_sets(args.set)}
+    overrides = resolve_paths(overrides, root)
     check_keys(overrides, load(), args.profile)
-    cmd = exp_command(args.profile, overrides, args.extra, not args.workspace, args.name)
+    cmd = exp_command(args.profile, overrides, args.extra, not args.workspace, args.name, args.queue)
     if args.action == "show":
         print(" ".join(_quote(c) for c in cmd))
         return 0

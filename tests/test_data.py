@@ -409,3 +409,12 @@ def test_profiles_become_dvc_overrides(tmp_path):
             open(root / "params.yaml")), name)
     with pytest.raises(ParamError, match="profile 'x'"):
         profiles.check_keys({"split.nope": 1}, {"split": {}}, "x")
+
+
+def test_profile_overrides_from_the_command_line():
+    sets = profiles.parse_sets(["preprocess.channels=[raw,clahe]", "index.kermany_subset.NORMAL=null"])
+    assert sets == {"preprocess.channels": ["raw", "clahe"], "index.kermany_subset.NORMAL": None}
+    cmd = profiles.exp_command("sample", {"preprocess.size": 64}, [], True, "x", queue=True)
+    assert cmd[:4] == ["dvc", "exp", "run", "--queue"] and "--temp" not in cmd
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        profiles.parse_sets(["preprocess.size"])
