@@ -25,6 +25,11 @@ from cxrbench.io import read_json, write_csv, write_json, write_text  # noqa: E4
 from cxrbench.labels import LabelTable  # noqa: E402
 
 
+def _p(value) -> str:
+    """A p-value for the table note: 3 significant digits, or 'n/a' (too few folds)."""
+    return "n/a" if value is None or value != value else f"{value:.3g}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
@@ -84,7 +89,7 @@ def main() -> None:
     t2 = EN.table2({m: per_fold[m] for m in [*backbones, "ensemble"]}, "test")
     note = (f"Ensemble vs best single backbone ({best}, chosen on validation micro F1), test micro F1 over "
             f"{paired['n_folds']} folds: mean difference {paired['mean_difference']:+.3f}, Wilcoxon p = "
-            f"{paired['wilcoxon_p']}, paired t p = {paired['ttest_p']}.")
+            f"{_p(paired['wilcoxon_p'])}, paired t p = {_p(paired['ttest_p'])}.")
     write_json("metrics/table2.json", {"rows": t2, "majority_vote": [r for r in rows if r["model"] == "vote"][0],
                                        "paired_test": paired, "folds": folds})
     write_text("metrics/table2.md", EN.table2_markdown(t2, note))
