@@ -22,7 +22,12 @@ class ParamError(ValueError):
         self.key = key
 
 
+COHORTS = ("rebuilt", "paper")
+PROTOCOLS = ("paper", "corrected")
+
+
 def load(path: str | Path = PARAMS_FILE) -> dict:
+    """params.yaml, with the authors' protocol applied when ``cohort: paper`` (see :func:`apply_protocol`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the stage from the repository root")
@@ -30,7 +35,34 @@ def load(path: str | Path = PARAMS_FILE) -> dict:
         params = yaml.safe_load(f)
     if not isinstance(params, dict):
         raise ParamError("<root>", f"{path} must hold a mapping of sections")
-    return params
+    return apply_protocol(params)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in (over or {}).items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def apply_protocol(params: dict) -> dict:
+    """``cohort: paper``: merge ``paper_protocol.common`` and then ``paper_protocol.<protocol>`` over the params.
+
+    The authors' settings (their seed, batch, intensity range, threshold…) are
+    facts of params.yaml like any other; this only says when they apply. A
+    profile that must shorten a paper run sets e.g. ``paper_protocol.common.train.epochs``.
+    """
+    cohort = params.get("cohort", "rebuilt")
+    check_choice("cohort", cohort, COHORTS)
+    protocol = params.get("protocol", "corrected")
+    check_choice("protocol", protocol, PROTOCOLS)
+    if cohort != "paper":
+        return params
+    pp = section(params, "paper_protocol")
+    for key in ("common", protocol):
+        if not isinstance(pp.get(key) or {}, dict):
+            raise ParamError(f"paper_protocol.{key}", "expected a mapping of params sections to override")
+    return deep_merge(deep_merge(params, pp.get("common") or {}), pp.get(protocol) or {})
 
 
 def section(params: Mapping, key: str) -> Any:

@@ -28,9 +28,10 @@ from tqdm import tqdm
 
 from .images import load_grey, load_mask
 from .io import atomic_path, write_json
-from .params import ParamError, check_int, check_subset, section
+from .params import ParamError, check_choice, check_int, check_subset, section
 
 RECIPES = ("raw", "clahe", "histeq", "unsharp")
+INTENSITY = ("percentile", "fixed")
 
 
 class MaskMismatchError(ValueError):
@@ -45,6 +46,8 @@ class Recipe:
     clahe_clip_limit: float = 0.01
     unsharp_radius: float = 2.0
     unsharp_amount: float = 1.0
+    intensity: str = "percentile"
+    fixed_range: tuple[float, float] = (0.0, 255.0)
 
     @classmethod
     def from_params(cls, params: dict) -> "Recipe":
@@ -55,12 +58,18 @@ class Recipe:
                 or not 0 <= pct[0] < pct[1] <= 100):
             raise ParamError("preprocess.percentiles", f"expected [low, high] with 0 <= low < high <= 100, got {pct!r}")
         check_subset("preprocess.channels", p.get("channels"), RECIPES)
+        intensity = check_choice("preprocess.intensity", p.get("intensity", "percentile"), INTENSITY)
+        rng = p.get("fixed_range", [0, 255])
+        if (not isinstance(rng, list) or len(rng) != 2 or not all(isinstance(v, (int, float)) for v in rng)
+                or not 0 <= rng[0] < rng[1] <= 255):
+            raise ParamError("preprocess.fixed_range", f"expected [low, high] within 0..255, got {rng!r}")
         for key in ("clahe_clip_limit", "unsharp_radius", "unsharp_amount"):
             v = p.get(key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
                 raise ParamError(f"preprocess.{key}", f"expected a positive number, got {v!r}")
         return cls(p["size"], (float(pct[0]), float(pct[1])), tuple(p["channels"]),
-                   float(p["clahe_clip_limit"]), float(p["unsharp_radius"]), float(p["unsharp_amount"]))
+                   float(p["clahe_clip_limit"]), float(p["unsharp_radius"]), float(p["unsharp_amount"]),
+                   intensity, (float(rng[0]), float(rng[1])))
 
 
 def geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
@@ -97,10 +106,19 @@ def channel(img01: np.ndarray, name: str, recipe: Recipe) -> np.ndarray:
 
 
 def prepare(grey: np.ndarray, recipe: Recipe) -> np.ndarray:
-    """A grey float image in [0, 1] of any shape -> (C, size, size) uint8."""
+    """A grey float image in [0, 1] of any shape -> (C, size, size) uint8.
+
+    ``intensity: percentile`` (seed 000's paper): clip to the image's own
+    percentiles. ``fixed`` (seed 000's published code): the 8-bit values,
+    clipped to ``fixed_range`` (their 0..207) and scaled to [0, 1].
+    """
     new_h, new_w, top, left = geometry(*grey.shape, recipe.size)
     resized = np.asarray(Image.fromarray(grey.astype(np.float32), mode="F").resize((new_w, new_h), Image.BICUBIC))
-    img01 = normalise(resized, recipe.percentiles)
+    if recipe.intensity == "fixed":
+        lo, hi = recipe.fixed_range
+        img01 = ((np.clip(resized * 255.0, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+    else:
+        img01 = normalise(resized, recipe.percentiles)
     chans = [_pad(np.round(channel(img01, c, recipe) * 255).astype(np.uint8), recipe.size, top, left)
              for c in recipe.channels]
     return np.stack(chans)

@@ -86,13 +86,19 @@ def fold_parts(splits: pd.DataFrame, fold: int) -> dict[str, pd.DataFrame]:
 
     Every consumer goes through this function: the rebuilt cohort has one
     held-out test set for all folds, the authors' cohort a different test set
-    per fold, and both are written as one ``part_f{k}`` column per fold.
+    per fold, and both are written as one ``part_f{k}`` column per fold
+    (``train``, ``val``, ``test`` or ``unused``).
+
+    A cell may name several parts joined by ``+``: the authors' protocol, which
+    chose its checkpoint on the test split, is written ``test+val`` so that the
+    flaw is explicit in the data rather than hidden in code.
     """
     col = part_column(fold)
     if col not in splits.columns:
         raise ValueError(f"fold {fold} is not in the splits (folds 0..{n_folds(splits) - 1}); "
                          f"check train.folds against split.folds in params.yaml")
-    return {part: splits[splits[col] == part] for part in PARTS}
+    tokens = splits[col].astype(str).str.split("+")
+    return {part: splits[tokens.map(lambda t, p=part: p in t)] for part in PARTS}
 
 
 def leakage(splits: pd.DataFrame) -> dict:

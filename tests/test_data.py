@@ -418,3 +418,19 @@ def test_profile_overrides_from_the_command_line():
     assert cmd[:4] == ["dvc", "exp", "run", "--queue"] and "--temp" not in cmd
     with pytest.raises(ValueError, match="KEY=VALUE"):
         profiles.parse_sets(["preprocess.size"])
+
+
+def test_fold_parts_reads_joined_parts():
+    s = pd.DataFrame({"path": list("abcd"), "part_f0": ["train", "test+val", "unused", "train+test"]})
+    parts = splitting.fold_parts(s, 0)
+    assert list(parts["train"]["path"]) == ["a", "d"]
+    assert list(parts["val"]["path"]) == ["b"]
+    assert list(parts["test"]["path"]) == ["b", "d"]
+
+
+def test_fixed_intensity_range_as_the_authors_code():
+    img = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    out = preprocess.prepare(img, _recipe(size=64, intensity="fixed", fixed_range=(0.0, 207.0)))[0]
+    # values above 207/255 saturate, below scale linearly: about (255-207)/255 of the pixels are 255
+    assert abs((out == 255).mean() - 48 / 255) < 0.01
+    assert out[0, 0] == 0 and 96 <= out[20, 0] <= 100  # 0.3126 * 255 / 207 * 255 = 98.2
