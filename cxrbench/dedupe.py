@@ -76,8 +76,12 @@ def near_pairs(hashes: np.ndarray, max_distance: int, block: int = 1024) -> list
     return pairs
 
 
-def dedupe(frame: pd.DataFrame, max_distance: int, near_action: str) -> tuple[pd.DataFrame, dict]:
+def dedupe(frame: pd.DataFrame, max_distance: int, near_action: str,
+           drop_exact: bool = True) -> tuple[pd.DataFrame, dict]:
     """Drop exact copies, handle near duplicates, and add the ``group`` column.
+
+    ``drop_exact=False`` (the authors' cohort, kept image for image) only links
+    the patients of copies into one group.
 
     Returns the kept rows (sorted by path) and a report for metrics/data.json.
     """
@@ -98,6 +102,8 @@ def dedupe(frame: pd.DataFrame, max_distance: int, near_action: str) -> tuple[pd
         pats = sub["patient"].tolist()
         for p in pats[1:]:
             uf.union(pats[0], p)
+    if not drop_exact:
+        is_copy = pd.Series(False, index=frame.index)
     kept = frame[~is_copy].reset_index(drop=True)
 
     # near: pairs within the distance

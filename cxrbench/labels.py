@@ -55,7 +55,24 @@ class LabelTable:
                     raise ParamError(f"labels.findings.{source}",
                                      f"{finding!r} maps to unknown label(s) {bad}; add them to labels.names")
                 table[source][str(finding)] = tuple(labs)
-        return cls(tuple(names), dict(parents), table)
+        ours = cls(tuple(names), dict(parents), table)
+        if params.get("cohort") == "paper" and params.get("protocol") == "paper":
+            return ours.paper_view()
+        return ours
+
+    def paper_view(self) -> "LabelTable":
+        """The authors' 14 outputs (their order, our label ids), for ``cohort: paper, protocol: paper``.
+
+        Their labels come from their substring rule (cxrbench.cohort.paper_labels),
+        not from a findings table; the hierarchy is ours restricted to their
+        labels, plus MERS under viral.
+        """
+        from .cohort import PAPER_PATHOLOGIES, PAPER_TO_OURS
+
+        names = tuple(PAPER_TO_OURS[p] for p in PAPER_PATHOLOGIES)
+        parents = {c: p for c, p in self.parents.items() if c in names and p in names}
+        parents["mers"] = "viral"
+        return LabelTable(names, parents, {})
 
     def ancestors(self, label: str) -> list[str]:
         out = []

@@ -30,6 +30,7 @@ from torch import nn
 
 from . import models as M
 from .cache import BatchLoader, to_float
+from .labels import LabelTable
 from .params import ParamError, check_choice, check_int, section
 from .runtime import deterministic
 from .segmentation import INPUT_MODES
@@ -130,7 +131,7 @@ def config_for(params: dict, backbone: str, fold: int, cache_meta: dict) -> Trai
     policy = p["input_size"].get(backbone, p["input_size"]["default"])
     aux = float(p["aux_weight"]) if backbone == "inception_v3" else 0.0
     return TrainConfig(
-        backbone=backbone, fold=fold, labels=list(section(params, "labels.names")),
+        backbone=backbone, fold=fold, labels=list(LabelTable.from_params(params).names),
         in_chans=len(cache_meta["channels"]), cache_size=int(cache_meta["size"]),
         input_size=M.input_size(backbone, policy, cache_meta["size"]), pretrained=p["pretrained"],
         input_mode=p["input_mode"], mask_dilation=p["mask_dilation"], epochs=p["epochs"],

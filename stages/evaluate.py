@@ -60,7 +60,7 @@ def main() -> None:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, meta = load_classifier(f"{out.model_dir}/best.pt", device)
     if list(meta["labels"]) != list(table.names):
-        raise RuntimeError(f"classifier labels {meta['labels']} differ from labels.names: rerun the train stage")
+        raise RuntimeError(f"classifier labels {meta['labels']} differ from the labels in use (labels.names, or the paper's with cohort: paper, protocol: paper): rerun the train stage")
     cache = Cache("data/cache", "data/index.csv")
     splits = pd.read_csv("data/splits.csv", keep_default_na=False)
     pred = predictions(model, meta, cache, splits, args.fold, device, ev["batch_size"])

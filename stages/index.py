@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxrbench import dedupe, indexing  # noqa: E402
+from cxrbench import cohort, dedupe, indexing  # noqa: E402
 from cxrbench import params as P  # noqa: E402
 from cxrbench.io import write_csv, write_json  # noqa: E402
 from cxrbench.labels import LabelTable  # noqa: E402
@@ -26,13 +26,23 @@ def main() -> None:
     d = dedupe.validate(params)
 
     report = indexing.IndexReport()
-    rows = indexing.covid_rows(RAW, p, table, report) + indexing.kermany_rows(RAW, p, table, report)
+    paper = params["cohort"] == "paper"
+    if paper:  # the authors' image list (source diagnopp), nothing added, nothing dropped
+        if not (RAW / cohort.DIAGNOPP).is_dir():
+            raise P.ParamError("cohort", f"cohort: paper needs {RAW / cohort.DIAGNOPP}: add diagnopp to "
+                                         f"download.sources (and its mirror or URL under sources.diagnopp)")
+        rows_frame, cohort_report = cohort.cohort_rows(RAW, p["views"])
+        report.missing = cohort_report["missing"]
+        rows = cohort.index_rows(rows_frame, table, params["protocol"])
+    else:
+        rows = indexing.covid_rows(RAW, p, table, report) + indexing.kermany_rows(RAW, p, table, report)
     if report.missing:
         warnings.warn(f"{len(report.missing)} file(s) listed in metadata.csv are missing from the source and "
                       f"skipped (listed in data/index_report.json): " + ", ".join(report.missing), stacklevel=1)
     rows = indexing.describe_images(RAW, rows, workers(), report, hash_size=d["phash_size"])
     frame = indexing.attach_masks(RAW, indexing.to_frame(rows, table))
-    frame, dup = dedupe.dedupe(frame, d["phash_max_distance"], d["near_action"])
+    frame, dup = dedupe.dedupe(frame, d["phash_max_distance"], "merge" if paper else d["near_action"],
+                               drop_exact=not paper)
 
     write_csv("data/index.csv", frame)
     write_json("data/index_report.json", {
@@ -41,7 +51,8 @@ def main() -> None:
         "excluded_by_view_or_modality": report.excluded_view_modality,
         "relisted_in_metadata": report.relisted,
         "kermany_available": report.kermany_available, "kermany_unparsed_names": report.unparsed_kermany,
-        "duplicates": dup})
+        "duplicates": dup, "cohort": params["cohort"], "protocol": params["protocol"],
+        **({"paper_cohort": cohort_report} if paper else {})})
     print(f"index: {len(frame)} images, {frame['patient'].nunique()} patients, {dup['groups']} groups; "
           f"{len(report.missing)} missing, {len(report.corrupt)} corrupt, "
           f"{dup['exact_copies_dropped']} exact copies dropped, "

@@ -11,10 +11,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from cxrbench import params as P  # noqa: E402
-from cxrbench import splitting  # noqa: E402
-from cxrbench.io import read_json, write_csv, write_json  # noqa: E402
+from cxrbench import cohort, dedupe, splitting  # noqa: E402
+from cxrbench.io import read_json, write_csv, write_json, write_text  # noqa: E402
 from cxrbench.labels import LabelTable  # noqa: E402
 from cxrbench.plotting import label_distribution  # noqa: E402
+
+RAW = Path("data/raw")
+
+
+def paper_cohort(params: dict, index: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Their five folds as splits.csv, and the audit of their cohort (metrics/cohort_audit.{json,md})."""
+    protocol = params["protocol"]
+    folds = cohort.read_folds(RAW / cohort.DIAGNOPP)
+    if len(folds) != params["split"]["folds"]:
+        raise P.ParamError("split.folds", f"cohort: paper has {len(folds)} fold files; set split.folds to {len(folds)}")
+    val_fraction = P.check_fraction("paper_protocol.val_fraction", params["paper_protocol"]["val_fraction"])
+    splits, removed = cohort.paper_splits(index, folds, protocol, val_fraction, params["split"]["seed"])
+    per_fold = cohort.fold_leakage(splits)
+    if protocol == "corrected" and any(v["group"] for v in per_fold.values()):
+        raise RuntimeError(f"corrected protocol still leaks: {per_fold}")  # a bug, never expected
+    d = params["dedupe"]
+    hashes = dedupe.phash_bits(index["phash"])
+    pairs = [(index.at[i, "path"], index.at[j, "path"], dist)
+             for i, j, dist in dedupe.near_pairs(hashes, d["phash_max_distance"])]
+    rows = index.rename(columns={"patient": "true_patient"})
+    report = read_json("data/index_report.json").get("paper_cohort")
+    result = cohort.audit(rows, folds, pairs, report)
+    result["protocol"] = protocol
+    result["leakage_after_split"] = {str(k): v for k, v in per_fold.items()}
+    result.update(removed)
+    write_json("metrics/cohort_audit.json", result)
+    write_text("metrics/cohort_audit.md", cohort.audit_markdown(result))
+    leaks = {"patients_in_test_and_dev": sum(v["patient"] for v in per_fold.values()), "patients_in_several_folds": 0,
+             "groups_in_test_and_dev": sum(v["group"] for v in per_fold.values()), "groups_in_several_folds": 0}
+    return splits, leaks
 
 
 def main() -> None:
@@ -22,10 +52,16 @@ def main() -> None:
     table = LabelTable.from_params(params)
     s = splitting.validate(params)
     index = pd.read_csv("data/index.csv", keep_default_na=False)
-    splits = splitting.split(index, table, s["test_fraction"], s["folds"], s["seed"])
-    leaks = splitting.leakage(splits)
-    if any(leaks.values()):
-        raise RuntimeError(f"split leaks patients across sides: {leaks}")  # a bug, never expected
+    if params["cohort"] == "paper":
+        splits, leaks = paper_cohort(params, index)
+    else:
+        splits = splitting.split(index, table, s["test_fraction"], s["folds"], s["seed"])
+        leaks = splitting.leakage(splits)
+        if any(leaks.values()):
+            raise RuntimeError(f"split leaks patients across sides: {leaks}")  # a bug, never expected
+        note = "Not applicable: cohort is `rebuilt` (run with cohort: paper for the audit of the authors' cohort)."
+        write_json("metrics/cohort_audit.json", {"cohort": "rebuilt", "note": note})
+        write_text("metrics/cohort_audit.md", f"*{note}*\n")
     write_csv("data/splits.csv", splits)
 
     full = index.merge(splits[["path", "split", "fold"]], on="path", validate="one_to_one")
