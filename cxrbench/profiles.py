@@ -125,6 +125,7 @@ def exp_command(name: str, overrides: dict[str, Any], extra: list[str], temp: bo
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cxrbench.profiles", description=__doc__,
+                                 usage="%(prog)s {show,run} PROFILE [options] [-- dvc exp run arguments]",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("action", choices=["show", "run"])
     ap.add_argument("profile")
@@ -134,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="one more override on top of the profile (repeatable); it replaces the profile's value")
     ap.add_argument("--queue", action="store_true", help="queue the experiment (dvc queue start runs it)")
-    ap.add_argument("extra", nargs="*", help="after --: more arguments of dvc exp run (e.g. stage targets)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []   # after --: dvc exp run's own arguments
+    argv = argv[:argv.index("--")] if "--" in argv else argv
     args = ap.parse_args(argv)
+    args.extra = extra
     root = Path(".")
     overrides = {**read_profile(args.profile, root), **parse_sets(args.set)}
     overrides = resolve_paths(overrides, root)

@@ -434,3 +434,10 @@ def test_fixed_intensity_range_as_the_authors_code():
     # values above 207/255 saturate, below scale linearly: about (255-207)/255 of the pixels are 255
     assert abs((out == 255).mean() - 48 / 255) < 0.01
     assert out[0, 0] == 0 and 96 <= out[20, 0] <= 100  # 0.3126 * 255 / 207 * 255 = 98.2
+
+
+def test_profile_runner_passes_arguments_after_double_dash(capsys, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert profiles.main(["show", "sample", "--set", "cohort=paper", "--", "ensemble", "--force"]) == 0
+    out = __import__("shlex").split(capsys.readouterr().out)
+    assert out[-2:] == ["ensemble", "--force"] and "cohort='paper'" in out
