@@ -421,8 +421,10 @@ def paper_splits(index: pd.DataFrame, folds: list[dict], protocol: str, val_frac
     with near duplicates) also has an image on the training side is removed
     from the test part (``unused``), and ``val_fraction`` of the training groups
     become the fold's validation part.
-    The ``split``/``fold`` columns (used by the U-Net) follow fold 0: its test
-    part is ``test``; a validation part of the dev groups is fold 0.
+    The ``split``/``fold`` columns (used by the U-Net) follow fold 0: every
+    group with an image in its test part is ``test`` (so the U-Net never trains
+    on a test patient, even where their lists leak); a validation part of the
+    other groups is fold 0.
     """
     rows = index.rename(columns={"patient": "true_patient"})
     out = index[["path", "patient", "group"]].copy()
@@ -443,7 +445,8 @@ def paper_splits(index: pd.DataFrame, folds: list[dict], protocol: str, val_frac
             part = part.where(~((part == "train").to_numpy() & out["group"].isin(val).to_numpy()), "val")
         out[f"part_f{k}"] = part.to_numpy()
     first = out["part_f0"].astype(str).str.split("+")
-    out["split"] = np.where(first.map(lambda t: "test" in t), "test", "dev")
+    test_groups = set(out.loc[first.map(lambda t: "test" in t).to_numpy(), "group"])
+    out["split"] = np.where(out["group"].isin(test_groups), "test", "dev")  # whole groups: the U-Net never leaks
     dev_groups = sorted(set(out.loc[out["split"] == "dev", "group"]))
     n_val = max(1, int(round(val_fraction * len(dev_groups))))
     unet_val = set(np.random.default_rng(seed + 1).choice(dev_groups, size=n_val, replace=False))
