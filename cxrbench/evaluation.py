@@ -16,7 +16,7 @@ import pandas as pd
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score, roc_curve
 
 from .labels import LabelTable
-from .params import ParamError, check_choice, check_fraction, check_int, section
+from .params import check_choice, check_fraction, check_int, section
 
 THRESHOLD_METHODS = ("val_f1", "fixed")
 

@@ -21,7 +21,7 @@ def workers() -> int:
 
 
 @contextlib.contextmanager
-def deterministic(device: "torch.device | str" = "cpu", seed: int | None = None):
+def deterministic(device="cpu", seed: int | None = None):
     """Deterministic kernels for a training run, restoring the previous global state after.
 
     CPU: ``torch.use_deterministic_algorithms`` (warn-only, so an op without a

@@ -65,6 +65,24 @@ def with_overrides(params: dict, pairs: list[str] | None) -> dict:
     return out
 
 
+def stage_params(description: str, argv: list[str] | None = None) -> dict:
+    """The params of a U-Net stage script (train_unet, segment): params.yaml plus any
+    ``--set KEY=VALUE`` given by hand (dvc.yaml never passes one); sets torch's
+    threads to :func:`cxrbench.runtime.workers` (CXRBENCH_WORKERS=1 helps much on
+    a busy 2-core machine)."""
+    import argparse
+
+    from .params import load
+    from .runtime import workers
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a params.yaml key for a manual run (dvc.yaml never passes it)")
+    params = with_overrides(load(), ap.parse_args(argv).set)
+    torch.set_num_threads(workers())
+    return params
+
+
 @dataclass(frozen=True)
 class Augment:
     rotation_degrees: float = 10.0

@@ -5,7 +5,6 @@ data/index.csv (plus data/lungs/meta.json), metrics/segment.json (lung-area
 fraction per source, implausible masks) and plots/segment_grid.png.
 """
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -13,13 +12,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from cxrbench import params as P  # noqa: E402
 from cxrbench import segmentation as seg  # noqa: E402
 from cxrbench import unet  # noqa: E402
 from cxrbench.cache import Cache  # noqa: E402
-from cxrbench.runtime import workers  # noqa: E402
 from cxrbench.io import atomic_path, write_json  # noqa: E402
 
 MODEL = Path("models/unet/model.pt")
@@ -37,11 +34,7 @@ def validate(params: dict) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="override a params.yaml key for a manual run (dvc.yaml never passes it)")
-    params = unet.with_overrides(P.load(), ap.parse_args(argv).set)
-    torch.set_num_threads(workers())  # CXRBENCH_WORKERS=1 helps much on a busy 2-core machine
+    params = unet.stage_params(__doc__, argv)
     p = validate(params)
     cache = Cache("data/cache", "data/index.csv", in_memory=False)  # read batch by batch
     model, cfg = unet.load_model(MODEL)

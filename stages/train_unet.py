@@ -5,7 +5,6 @@ dvclive/unet (per-epoch train/val loss, val IoU), metrics/unet.json and
 plots/unet_overlays.png.
 """
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -13,7 +12,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 import pandas as pd  # noqa: E402
 from dvclive import Live  # noqa: E402
 
@@ -21,7 +19,6 @@ from cxrbench import params as P  # noqa: E402
 from cxrbench import segmentation as seg  # noqa: E402
 from cxrbench import unet  # noqa: E402
 from cxrbench.cache import Cache  # noqa: E402
-from cxrbench.runtime import workers  # noqa: E402
 from cxrbench.io import write_json  # noqa: E402
 
 MODEL = Path("models/unet/model.pt")
@@ -30,11 +27,7 @@ OVERLAYS = 8
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="override a params.yaml key for a manual run (dvc.yaml never passes it)")
-    params = unet.with_overrides(P.load(), ap.parse_args(argv).set)
-    torch.set_num_threads(workers())  # CXRBENCH_WORKERS=1 helps much on a busy 2-core machine
+    params = unet.stage_params(__doc__, argv)
     cache = Cache("data/cache", "data/index.csv")
     cfg = unet.UNetConfig.from_params(params, in_channels=int(cache.images.shape[1]))
     seg_p = P.section(params, "segment")
