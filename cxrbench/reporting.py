@@ -152,7 +152,11 @@ def section_explain(r: Report) -> None:
 
 def section_cohort(r: Report) -> None:
     r.text("## The authors' cohort")
-    r.include("metrics/cohort_audit.md", "Cohort audit not run (cohort: rebuilt).")
+    r.text("### Audit of this run's cohort")
+    r.include("metrics/cohort_audit.md", "metrics/cohort_audit.md not found: run `dvc repro split`.")
+    r.text("### How much of the published score survives (committed comparison of three runs)")
+    r.include("results/cohort_table.md", "results/cohort_table.md not found: see the README, section "
+                                         "'The authors' cohort', to build it with python -m cxrbench.compare.")
 
 
 SECTIONS: tuple[Callable[[Report], None], ...] = (section_data, section_unet, section_classification,
