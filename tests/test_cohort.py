@@ -239,3 +239,25 @@ def test_cohort_audit_end_to_end_on_the_tiny_raw(tiny_raw):
 def test_missing_metadata_is_actionable(tmp_path):
     with pytest.raises(FileNotFoundError, match="metadataV2.csv.*download"):
         cohort.cohort_rows(tmp_path)
+
+
+def test_paper_splits_protocols_on_a_constructed_cohort():
+    from cxrbench import splitting
+
+    # 12 images: real patients g0..g5, two images each, under per-image ids 0..11 (as their Kermany rows)
+    index = pd.DataFrame({"path": [f"i{i}.png" for i in range(12)], "patient": [f"g{i // 2}" for i in range(12)],
+                          "group": [f"g{i // 2}" for i in range(12)],
+                          "paper_patient": [f"dp:{i}" for i in range(12)]})
+    # their list puts image 1 of g0 in test while image 0 of g0 trains: a real-patient leak
+    folds = [{"fold": 0, "train": ["0", "2", "3", "4", "5", "6", "7"], "test": ["1", "8", "9", "10", "11"]}]
+    paper, _ = cohort.paper_splits(index, folds, "paper", 0.25, 0)
+    assert paper.loc[1, "part_f0"] == "test+val" and paper.loc[0, "part_f0"] == "train"
+    assert cohort.fold_leakage(paper)[0] == {"patient": 1, "group": 1}
+    corrected, info = cohort.paper_splits(index, folds, "corrected", 0.25, 0)
+    assert corrected.loc[1, "part_f0"] == "unused" and info["test_images_removed_as_leaked"] == {0: 1}
+    assert cohort.fold_leakage(corrected)[0] == {"patient": 0, "group": 0}
+    parts = splitting.fold_parts(corrected, 0)
+    assert len(parts["val"]) > 0 and set(parts["val"]["group"]).isdisjoint(parts["train"]["group"])
+    # the U-Net columns never put a test patient on the dev side
+    assert set(corrected.loc[corrected["split"] == "test", "group"]).isdisjoint(
+        corrected.loc[corrected["split"] == "dev", "group"])
