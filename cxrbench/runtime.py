@@ -47,3 +47,10 @@ def deterministic(device="cpu", seed: int | None = None):
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         torch.backends.cudnn.benchmark = before[2]
+
+
+def device(name: str | None = None):
+    """``torch.device(name)``, or CUDA when available and CPU otherwise."""
+    import torch
+
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -240,3 +240,18 @@ def contour_grid(groups: dict[str, tuple[np.ndarray, np.ndarray, Sequence[str]]]
     fig.suptitle("U-Net lung masks (post-processed)")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
     save(fig, path)
+
+
+LUNG_MASKS = "data/lungs/masks.npy"
+
+
+def load_lung_masks(n_images: int, path: str | Path = LUNG_MASKS, mmap: bool = False) -> np.ndarray:
+    """The segment stage's masks (N, S, S), checked to be aligned with a cache of ``n_images`` images."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the segment stage (dvc repro segment)")
+    masks = np.load(path, mmap_mode="r" if mmap else None)
+    if len(masks) != n_images:
+        raise ValueError(f"{path} holds {len(masks)} masks for {n_images} cache images: rerun segment")
+    return masks
+

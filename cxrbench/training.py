@@ -33,6 +33,8 @@ from .cache import BatchLoader, to_float
 from .labels import LabelTable
 from .params import ParamError, check_choice, check_int, section
 from .runtime import deterministic
+from .runtime import device as runtime_device
+from . import segmentation as seg
 from .segmentation import INPUT_MODES
 
 
@@ -140,20 +142,11 @@ def config_for(params: dict, backbone: str, fold: int, cache_meta: dict) -> Trai
         augment=dict(p["augment"]), seed=p["seed"], amp=p["amp"])
 
 
-def apply_input_mode(images: np.ndarray, mode: str, dilation: int, masks_path: str | Path = "data/lungs/masks.npy"):
+def apply_input_mode(images: np.ndarray, mode: str, dilation: int, masks_path: str | Path = seg.LUNG_MASKS):
     """The cache images as the classifier sees them (lung masks of issue 4 for modes other than full)."""
     if mode == "full":
         return images
-    from .segmentation import apply_input_mode as apply  # lazy: only the masked modes need it
-
-    masks_path = Path(masks_path)
-    if not masks_path.is_file():
-        raise FileNotFoundError(f"{masks_path} not found: input mode {mode!r} needs the lung masks of the "
-                                f"segment stage")
-    masks = np.load(masks_path)
-    if len(masks) != len(images):
-        raise ValueError(f"{masks_path} holds {len(masks)} masks for {len(images)} cache images: rerun segment")
-    return apply(np.asarray(images), masks, mode, dilation)
+    return seg.apply_input_mode(np.asarray(images), seg.load_lung_masks(len(images), masks_path), mode, dilation)
 
 
 # --- pieces -------------------------------------------------------------------
@@ -238,7 +231,7 @@ def train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows:
           device: str | torch.device | None = None, progress: bool = True,
           stop_after_epochs: int | None = None, on_batch: Callable | None = None) -> dict:
     """Train with deterministic kernels on the CPU (see :func:`_train`); global state is restored after."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = runtime_device(device)
     with deterministic(device):
         return _train(cfg, images, targets, train_rows, val_rows, out_dir, live_dir, device, progress,
                       stop_after_epochs, on_batch)

@@ -37,6 +37,7 @@ from .cache import BatchLoader, to_float
 from .io import atomic_path
 from .params import ParamError, check_choice, check_int, section
 from .runtime import deterministic
+from .runtime import device as runtime_device
 
 LOSSES = ("ce_logdice", "dice_ce")
 
@@ -293,7 +294,7 @@ def augment(x: torch.Tensor, m: torch.Tensor, aug: Augment, gen: torch.Generator
 # --- training ---------------------------------------------------------------
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return runtime_device()
 
 
 def _save(path: Path, obj: dict) -> None:

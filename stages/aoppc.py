@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from cxrbench import attribution as A  # noqa: E402
 from cxrbench import explanation_metrics as EM  # noqa: E402
 from cxrbench import params as P  # noqa: E402
+from cxrbench import runtime  # noqa: E402
 from cxrbench.cache import Cache  # noqa: E402
 from cxrbench.io import read_json, write_csv, write_json, write_text  # noqa: E402
 from cxrbench.plotting import plt, save  # noqa: E402
@@ -68,7 +69,7 @@ def main() -> None:
     per_batch = P.check_int("aoppc.images_per_batch", P.section(params, "aoppc.images_per_batch"), minimum=1)
     reference = P.section(params, "aoppc.reference") or {}
     seed = P.check_int("explain.seed", P.section(params, "explain.seed"))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = runtime.device()
     cache = Cache("data/cache", "data/index.csv")
 
     results: dict = {}           # method -> backbone -> fold -> metric -> {mean, std, n}

@@ -28,20 +28,18 @@ import torch  # noqa: E402
 
 from cxrbench import attribution as A  # noqa: E402
 from cxrbench import params as P  # noqa: E402
+from cxrbench import runtime  # noqa: E402
 from cxrbench import splitting  # noqa: E402
 from cxrbench.cache import Cache  # noqa: E402
+from cxrbench.segmentation import LUNG_MASKS, load_lung_masks  # noqa: E402
 from cxrbench.explanation_metrics import randomise_weights  # noqa: E402
 from cxrbench.io import atomic_path, write_json  # noqa: E402
 
 
 def lung_masks(cache: Cache) -> tuple[np.ndarray, str]:
     """The segmentation stage's masks (issue 4) when present, else the cache's V7 masks."""
-    path = Path("data/lungs/masks.npy")
-    if path.is_file():
-        m = np.load(path, mmap_mode="r")
-        if len(m) != len(cache.index):
-            raise RuntimeError(f"{path} holds {len(m)} masks, the cache {len(cache.index)} images: rerun segment")
-        return m, str(path)
+    if Path(LUNG_MASKS).is_file():
+        return load_lung_masks(len(cache.index), mmap=True), LUNG_MASKS
     return cache.masks, "data/cache/masks.npy"
 
 
@@ -84,7 +82,7 @@ def main() -> None:
     seed = P.check_int("explain.seed", P.section(params, "explain.seed"))
     npz_path = Path(f"data/attributions/{backbone}-f{fold}.npz")
     metrics_path = Path(f"metrics/attribute/{backbone}-f{fold}.json")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = runtime.device()
 
     cache = Cache("data/cache", "data/index.csv")
     sel = select(cache, targets, max_images, fold)

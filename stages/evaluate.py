@@ -12,10 +12,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 
 from cxrbench import evaluation as E  # noqa: E402
 from cxrbench import params as P  # noqa: E402
+from cxrbench import runtime  # noqa: E402
 from cxrbench import audit, splitting, training  # noqa: E402
 from cxrbench.cache import Cache  # noqa: E402
 from cxrbench.io import write_csv, write_json  # noqa: E402
@@ -56,7 +56,7 @@ def main() -> None:
     ev = E.validate(params)
     training.validate(params)
     table = LabelTable.from_params(params)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = runtime.device(args.device)
     model, meta = load_classifier(f"{out.model_dir}/best.pt", device)
     if list(meta["labels"]) != list(table.names):
         raise RuntimeError(f"classifier labels {meta['labels']} differ from the labels in use (labels.names, or the paper's with cohort: paper, protocol: paper): rerun the train stage")
