@@ -21,11 +21,11 @@ import imagehash
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from .images import DECODE_ERRORS, load_grey
 from .labels import LabelTable
 from .params import ParamError, check_int, check_nonempty_list, section
+from .runtime import progress as progress_bar
 
 COVID = "covid_chestxray"
 KERMANY = "kermany"
@@ -154,7 +154,7 @@ def describe_images(raw: Path, rows: list[dict], workers: int, report: IndexRepo
     """Decode every image in parallel; add size and hashes, drop and report corrupt files."""
     paths = [str(raw / r["path"]) for r in rows]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        results = list(tqdm(pool.map(partial(_describe, hash_size=hash_size), paths, chunksize=16), total=len(paths),
+        results = list(progress_bar(pool.map(partial(_describe, hash_size=hash_size), paths, chunksize=16), total=len(paths),
                             desc="decode + hash", unit="img"))
     kept = []
     for row, res in zip(rows, results):

@@ -24,11 +24,11 @@ import pandas as pd
 from numpy.lib.format import open_memmap
 from PIL import Image
 from skimage import exposure, filters
-from tqdm import tqdm
 
 from .images import load_grey, load_mask
 from .io import atomic_path, write_json
 from .params import ParamError, check_choice, check_int, check_subset, section
+from .runtime import progress as progress_bar
 
 RECIPES = ("raw", "clahe", "histeq", "unsharp")
 INTENSITY = ("percentile", "fixed")
@@ -161,7 +161,7 @@ def build_cache(index: pd.DataFrame, raw: Path, out_dir: Path, recipe: Recipe, w
         has_mask = np.zeros(n, dtype=bool)
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = pool.map(_work, jobs, chunksize=8)
-            for i, (img, mask) in enumerate(tqdm(results, total=n, desc=f"preprocess {s}px", unit="img")):
+            for i, (img, mask) in enumerate(progress_bar(results, total=n, desc=f"preprocess {s}px", unit="img")):
                 images[i] = img
                 if mask is not None:
                     masks[i] = mask

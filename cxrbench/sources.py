@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Iterable
 
-from tqdm import tqdm
 
 from .io import atomic_path
 from .params import ParamError
+from .runtime import progress as progress_bar
 
 DOWNLOAD_DIR = Path("data/downloads")
 CHUNK = 1 << 20
@@ -182,7 +182,7 @@ def _stream(url: str, part: Path) -> None:
             start = 0
         total = resp.headers.get("Content-Length")
         total = int(total) + start if total else None
-        with open(part, "ab" if start else "wb") as f, tqdm(
+        with open(part, "ab" if start else "wb") as f, progress_bar(
                 total=total, initial=start, unit="B", unit_scale=True, desc=part.stem) as bar:
             for block in iter(lambda: resp.read(CHUNK), b""):
                 f.write(block)
@@ -249,7 +249,7 @@ def safe_extract(arc, dest: Path, *, root: str | None, include: Iterable[str] | 
     if not selected:
         raise SourceError(f"{where}: no files under {root!r} (include={include}); check archive_root/include")
     n_bytes = 0
-    for name, sub in tqdm(selected, desc=f"extract {where}", unit="file"):
+    for name, sub in progress_bar(selected, desc=f"extract {where}", unit="file"):
         target = dest.joinpath(*sub.parts)
         target.parent.mkdir(parents=True, exist_ok=True)
         with _read_member(arc, name) as src, open(target, "wb") as out:

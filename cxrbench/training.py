@@ -33,6 +33,8 @@ from .cache import BatchLoader, to_float
 from .labels import LabelTable
 from .params import ParamError, check_choice, check_int, section
 from .runtime import deterministic
+from .runtime import progress as progress_bar
+from .runtime import progress_mode
 from .runtime import device as runtime_device
 from . import segmentation as seg
 from .segmentation import INPUT_MODES
@@ -247,8 +249,6 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
     aligned with the cache. ``stop_after_epochs`` simulates an interruption (tests);
     ``on_batch(epoch, batch, loss)`` lets a test inject faults.
     """
-    from tqdm import tqdm
-
     out_dir = Path(out_dir)
     use_amp = cfg.amp and device.type == "cuda"
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
@@ -297,8 +297,8 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
         torch.manual_seed(cfg.seed * 100003 + epoch)       # dropout etc.: a function of (seed, epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
         total, n = 0.0, 0
-        bar = tqdm(loader, desc=f"{cfg.backbone} f{cfg.fold} epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not progress)
+        bar = progress_bar(loader, desc=f"{cfg.backbone} f{cfg.fold} epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                           enabled=progress and progress_mode() == "bar", unit="batch")  # logs: the epoch line below
         for b, (x, y, _) in enumerate(bar):
             x = augment_batch(to_float(x, device), cfg.augment, gen)
             y = y.to(device, non_blocking=True)

@@ -30,13 +30,13 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from . import segmentation as seg
 from .cache import BatchLoader, to_float
 from .io import atomic_path
 from .params import ParamError, check_choice, check_int, section
 from .runtime import deterministic
+from .runtime import progress as progress_bar
 from .runtime import device as runtime_device
 
 LOSSES = ("ce_logdice", "dice_ce")
@@ -69,18 +69,17 @@ def with_overrides(params: dict, pairs: list[str] | None) -> dict:
 def stage_params(description: str, argv: list[str] | None = None) -> dict:
     """The params of a U-Net stage script (train_unet, segment): params.yaml plus any
     ``--set KEY=VALUE`` given by hand (dvc.yaml never passes one); sets torch's
-    threads to :func:`cxrbench.runtime.workers` (CXRBENCH_WORKERS=1 helps much on
-    a busy 2-core machine)."""
+    threads with :func:`cxrbench.runtime.configure` ($CXRBENCH_THREADS)."""
     import argparse
 
     from .params import load
-    from .runtime import workers
+    from .runtime import configure
 
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a params.yaml key for a manual run (dvc.yaml never passes it)")
     params = with_overrides(load(), ap.parse_args(argv).set)
-    torch.set_num_threads(workers())
+    configure()
     return params
 
 
@@ -403,8 +402,8 @@ def _train(cfg: UNetConfig, images: np.ndarray, masks: np.ndarray, parts: dict[s
 
     steps = 0
     t0 = time.perf_counter()
-    bar = tqdm(range(start, cfg.epochs), desc=f"train_unet {cfg.size}px", unit="epoch", disable=not progress,
-               initial=start, total=cfg.epochs)
+    bar = progress_bar(range(start, cfg.epochs), desc=f"train_unet {cfg.size}px", unit="epoch", enabled=progress,
+                       initial=start, total=cfg.epochs, every=0)
     for epoch in bar:
         torch.manual_seed(cfg.seed + epoch)  # dropout draws
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -466,7 +465,7 @@ def iter_proba(model: nn.Module, images: np.ndarray, size: int, out_size: int, b
     """Yield (start, probabilities (B, out_size, out_size) float32) batch by batch; see :func:`predict_proba`."""
     dev = dev or next(model.parameters()).device
     model.eval()
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress):
+    for i in progress_bar(range(0, len(images), batch_size), desc=desc, unit="batch", enabled=progress):
         x = resize_images(np.asarray(images[i:i + batch_size]), size)
         logits = model(to_float(torch.from_numpy(x), dev))
         if size != out_size:

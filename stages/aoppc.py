@@ -69,6 +69,7 @@ def main() -> None:
     per_batch = P.check_int("aoppc.images_per_batch", P.section(params, "aoppc.images_per_batch"), minimum=1)
     reference = P.section(params, "aoppc.reference") or {}
     seed = P.check_int("explain.seed", P.section(params, "explain.seed"))
+    rt = runtime.configure()
     device = runtime.device()
     cache = Cache("data/cache", "data/index.csv")
 
@@ -135,7 +136,7 @@ def main() -> None:
                        "lung_mass": "share of |attribution| inside the lung mask; lung_area: mask share of image",
                        "sanity_spearman": "Spearman of |map| vs. |map| of a weight-randomised model (low = passes)",
                        "importance": importance},
-        "pooled": pooled, "by_method": results, "status": status})
+        "runtime": rt, "pooled": pooled, "by_method": results, "status": status})
 
     frame = pd.DataFrame(curves)
     if len(frame):

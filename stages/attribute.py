@@ -82,6 +82,7 @@ def main() -> None:
     seed = P.check_int("explain.seed", P.section(params, "explain.seed"))
     npz_path = Path(f"data/attributions/{backbone}-f{fold}.npz")
     metrics_path = Path(f"metrics/attribute/{backbone}-f{fold}.json")
+    rt = runtime.configure()
     device = runtime.device()
 
     cache = Cache("data/cache", "data/index.csv")
@@ -142,7 +143,7 @@ def main() -> None:
         "backbone": backbone, "fold": fold, "images": int(len(x)), "input": list(x.shape[1:]),
         "targets": targets, "mask_source": mask_source, "max_batch": int(max_batch),
         "max_batch_from": "params" if s.max_batch else "estimate", "device": str(device),
-        "prepare": rep.as_dict(), "seconds": round(time.perf_counter() - t0, 2), "methods": status})
+        "prepare": rep.as_dict(), "runtime": rt, "seconds": round(time.perf_counter() - t0, 2), "methods": status})
     bad = [m for m, st in status.items() if not st["ok"]]
     print(f"attribute {backbone} fold {fold}: {len(maps)}/{len(s.methods)} methods ok"
           + (f"; failed (recorded): {bad}" if bad else ""))

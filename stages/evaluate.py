@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--variant", choices=audit.VARIANTS, default="main",
                     help="audit: evaluate the shortcut audit's model (models/audit)")
     args = ap.parse_args()
+    rt = runtime.configure()
     out = audit.paths(args.variant, args.backbone, args.fold)
     params = P.load(args.params)
     ev = E.validate(params)
@@ -73,7 +74,7 @@ def main() -> None:
     write_csv(out.roc, roc)
     write_json(out.eval_metrics, {
         "backbone": args.backbone, "input_mode": meta["input_mode"], "fold": args.fold, "checkpoint_epoch": meta.get("epoch"),
-        "threshold_method": ev["threshold"],
+        "threshold_method": ev["threshold"], "runtime": rt,
         "thresholds": {n: {"cut": float(c), "how": h} for n, c, h in zip(table.names, cuts, how)},
         **metrics})
     t = metrics["test"]

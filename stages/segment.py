@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from cxrbench import params as P  # noqa: E402
+from cxrbench import runtime  # noqa: E402
 from cxrbench import segmentation as seg  # noqa: E402
 from cxrbench import unet  # noqa: E402
 from cxrbench.cache import Cache  # noqa: E402
@@ -75,7 +76,7 @@ def main(argv=None) -> None:
         for r in b["reasons"]:
             reason_counts[r] = reason_counts.get(r, 0) + 1
     write_json("metrics/segment.json", {
-        "images": n, "size": size, "images_per_s": n / infer_s if infer_s > 0 else None,
+        "runtime": runtime.info(), "images": n, "size": size, "images_per_s": n / infer_s if infer_s > 0 else None,
         "by_source": by_source,
         "dice_vs_v7_all_masked_incl_train": seg.summary(seg.dice(masks[has], cache.masks[has])) if has.any() else None,
         "implausible": {"count": len(bad), "by_reason": reason_counts, "masks": bad}})

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from cxrbench import params as P  # noqa: E402
+from cxrbench import runtime  # noqa: E402
 from cxrbench import audit, splitting, training  # noqa: E402
 from cxrbench.cache import Cache  # noqa: E402
 from cxrbench.indexing import label_matrix  # noqa: E402
@@ -30,6 +31,7 @@ def main() -> None:
     ap.add_argument("--variant", choices=audit.VARIANTS, default="main",
                     help="audit: the shortcut audit's run, input mode audit.input_mode, outputs under models/audit")
     args = ap.parse_args()
+    rt = runtime.configure()
     params = P.load(args.params)
     cache = Cache("data/cache", "data/index.csv")
     cfg = training.config_for(params, args.backbone, args.fold, cache.meta)
@@ -44,7 +46,7 @@ def main() -> None:
     summary = training.train(cfg, images, targets, cache.rows(parts["train"]["path"]),
                              cache.rows(parts["val"]["path"]), out.model_dir,
                              live_dir=out.live_dir, device=args.device, progress=not args.no_progress)
-    write_json(out.train_metrics, summary)
+    write_json(out.train_metrics, {**summary, "runtime": rt})
     print(f"train: {name} best epoch {summary['best_epoch'] + 1} val_loss {summary['best_val_loss']:.4f}")
 
 

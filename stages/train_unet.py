@@ -16,6 +16,7 @@ import pandas as pd  # noqa: E402
 from dvclive import Live  # noqa: E402
 
 from cxrbench import params as P  # noqa: E402
+from cxrbench import runtime  # noqa: E402
 from cxrbench import segmentation as seg  # noqa: E402
 from cxrbench import unet  # noqa: E402
 from cxrbench.cache import Cache  # noqa: E402
@@ -62,6 +63,7 @@ def main(argv=None) -> None:
     hist = result["history"]
     speeds = [h["train_images_per_s"] for h in hist if np.isfinite(h.get("train_images_per_s", np.nan))]
     write_json("metrics/unet.json", {
+        "runtime": runtime.info(),
         "images": {k: int(len(v)) for k, v in parts.items()},
         "patients": {k: int(len(set(patients[v]))) for k, v in parts.items()},
         "val_fold": cfg.val_fold, "size": cfg.size, "eval_size": size, "loss": cfg.loss,
