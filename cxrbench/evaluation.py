@@ -177,6 +177,11 @@ def summary_rows(per_fold: dict[str, list[dict]], part: str = "test") -> list[di
             for m in ("precision", "recall", "f1"):
                 row[f"{avg}_{m}_mean"], row[f"{avg}_{m}_std"] = mean_std(f[part][avg][m] for f in folds)
         row["auroc_macro_mean"], row["auroc_macro_std"] = mean_std(f[part].get("auroc_macro") for f in folds)
+        # per-label AUROC, mean over folds, for labels scorable (both classes present) in every fold:
+        # threshold-free, so steadier than F1 at a tuned cut (the CI gate guards these)
+        scored = [f[part].get("auroc") or {} for f in folds]
+        common = [n for n in scored[0] if all(n in a for a in scored)] if scored else []
+        row["auroc_mean"] = {n: mean_std(a[n] for a in scored)[0] for n in common}
         rows.append(row)
     return rows
 

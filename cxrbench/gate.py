@@ -1,12 +1,19 @@
 """The CI metric gate: compare this run's metrics with a committed baseline.
 
 ``params.yaml: gate.checks`` lists the metrics to guard, each as
-``file:dotted.key`` with a tolerance and a direction. A metric regresses when it
-moves the wrong way by more than its tolerance (``higher`` is better: it may
-drop by at most ``tolerance``; ``lower``: it may rise by at most ``tolerance``;
-``equal``: it must stay within ``tolerance`` either way). A metric missing from
-the current run is a failure too: a stage that silently stopped writing it must
-not pass.
+``file:dotted.key`` with a direction, a reason and a tolerance. A metric
+regresses when it moves the wrong way by more than its tolerance (``higher`` is
+better: it may drop by at most the tolerance; ``lower``: it may rise by at
+most; ``equal``: it must stay within the tolerance either way). A metric
+missing from the current run is a failure too: a stage that silently stopped
+writing it must not pass.
+
+The tolerance is a number (0 for counts that must be exact), or ``spread``:
+``gate.spread_factor`` times the range (max - min) of the metric over the
+perturbed runs of the reference profile recorded in ``gate.spread``
+(``python -m cxrbench.spread measure`` writes it: other thread counts, another
+seed, another instruction set). So a metric fails only when it moves further
+than ``spread_factor`` times what those perturbations moved it.
 
     python -m cxrbench.gate check      # print the table, exit 1 on a regression
     python -m cxrbench.gate snapshot   # write the baseline from the current metrics
@@ -25,13 +32,15 @@ from .io import read_json, write_json
 from .params import ParamError, check_choice, load, section
 
 DIRECTIONS = ("higher", "lower", "equal")
+SPREAD = "spread"
 
 
 @dataclass(frozen=True)
 class Check:
-    metric: str          # "metrics/unet.json:test.iou_mean"
-    tolerance: float
+    metric: str                  # "metrics/unet.json:test.iou.mean"
+    tolerance: float | str       # a number, or "spread" (from the measured spread)
     direction: str
+    reason: str = ""
 
     @property
     def file(self) -> str:
@@ -42,25 +51,70 @@ class Check:
         return self.metric.split(":", 1)[1]
 
 
-def checks_from_params(params: dict) -> tuple[Path, list[Check]]:
+@dataclass(frozen=True)
+class GateConfig:
+    baseline: Path
+    spread: Path | None
+    spread_factor: float
+    checks: list[Check]
+
+
+def config_from_params(params: dict) -> GateConfig:
+    """Validate ``gate`` of params.yaml; every error names the key and what to write instead."""
     g = section(params, "gate")
     baseline = g.get("baseline")
     if not isinstance(baseline, str) or not baseline:
         raise ParamError("gate.baseline", "expected the path of the committed baseline JSON")
     raw = g.get("checks")
     if not isinstance(raw, list) or not raw:
-        raise ParamError("gate.checks", "expected a non-empty list of {metric, tolerance, direction}")
+        raise ParamError("gate.checks", "expected a non-empty list of {metric, tolerance, direction, reason}")
     out = []
     for i, c in enumerate(raw):
         key = f"gate.checks[{i}]"
         if not isinstance(c, dict) or ":" not in str(c.get("metric", "")):
             raise ParamError(key, f"`metric` must read FILE:dotted.key, got {c!r}")
         tol = c.get("tolerance")
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0:
-            raise ParamError(f"{key}.tolerance", f"expected a number >= 0, got {tol!r}")
-        out.append(Check(c["metric"], float(tol), check_choice(f"{key}.direction", c.get("direction", "higher"),
-                                                               DIRECTIONS)))
-    return Path(baseline), out
+        if tol != SPREAD and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0):
+            raise ParamError(f"{key}.tolerance", f"expected a number >= 0 or {SPREAD!r}, got {tol!r}")
+        out.append(Check(c["metric"], tol if tol == SPREAD else float(tol),
+                         check_choice(f"{key}.direction", c.get("direction", "higher"), DIRECTIONS),
+                         str(c.get("reason", ""))))
+    spread = g.get("spread")
+    needs_spread = any(c.tolerance == SPREAD for c in out)
+    if needs_spread and (not isinstance(spread, str) or not spread):
+        raise ParamError("gate.spread", f"checks with tolerance: {SPREAD} need the path of the spread JSON")
+    factor = g.get("spread_factor", 1.0)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 1:
+        raise ParamError("gate.spread_factor", f"expected a number >= 1 (the margin over the measured spread), "
+                                               f"got {factor!r}")
+    return GateConfig(Path(baseline), Path(spread) if spread else None, float(factor), out)
+
+
+def checks_from_params(params: dict) -> tuple[Path, list[Check]]:
+    cfg = config_from_params(params)
+    return cfg.baseline, cfg.checks
+
+
+def spread_range(spread: dict, metric: str, exclude: str | None = None) -> float | None:
+    """max - min of ``metric`` over the runs of a spread JSON (``exclude``: leave one run out)."""
+    values = [v for run, v in (spread.get("metrics", {}).get(metric, {}).get("values") or {}).items()
+              if run != exclude and v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if len(values) < 2:
+        return None
+    return float(max(values) - min(values))
+
+
+def tolerances(checks: list[Check], spread: dict | None, factor: float,
+               exclude: str | None = None) -> dict[str, float | None]:
+    """The tolerance of each check: its number, or ``factor`` x the measured range (None: not measured)."""
+    out = {}
+    for c in checks:
+        if c.tolerance != SPREAD:
+            out[c.metric] = float(c.tolerance)
+        else:
+            r = spread_range(spread or {}, c.metric, exclude)
+            out[c.metric] = None if r is None else factor * r
+    return out
 
 
 def lookup(obj: Any, key: str) -> float | None:
@@ -93,37 +147,67 @@ def current_values(checks: list[Check], root: Path = Path(".")) -> dict[str, flo
     return out
 
 
-def evaluate(checks: list[Check], baseline: dict[str, float], current: dict[str, float | None]) -> list[dict]:
+def evaluate(checks: list[Check], baseline: dict[str, float], current: dict[str, float | None],
+             tol: dict[str, float | None] | None = None) -> list[dict]:
+    """One row per check: baseline, current, change, tolerance and status.
+
+    ``tol`` maps a metric to its tolerance (see :func:`tolerances`); by default each
+    check's own number. A ``spread`` check with no measured spread has status
+    ``no spread``, which fails: measure it (``python -m cxrbench.spread measure``).
+    """
+    tol = tol if tol is not None else {c.metric: (None if c.tolerance == SPREAD else c.tolerance) for c in checks}
     rows = []
     for c in checks:
-        base, cur = baseline.get(c.metric), current.get(c.metric)
+        base, cur, t = baseline.get(c.metric), current.get(c.metric), tol.get(c.metric)
+        change = None
         if base is None:
-            status, change = "no baseline", None
+            status = "no baseline"
         elif cur is None or (isinstance(cur, float) and math.isnan(cur)):
-            status, change = "MISSING", None
+            status = "MISSING"
+        elif t is None:
+            status, change = "no spread", cur - base
         else:
             change = cur - base
             worse = {"higher": -change, "lower": change, "equal": abs(change)}[c.direction]
-            status = "REGRESSION" if worse > c.tolerance + 1e-12 else "ok"
-        rows.append(dict(metric=c.metric, baseline=base, current=cur, change=change, tolerance=c.tolerance,
-                         direction=c.direction, status=status))
+            status = "REGRESSION" if worse > t + 1e-12 else "ok"
+        rows.append(dict(metric=c.metric, baseline=base, current=cur, change=change, tolerance=t,
+                         rule="spread" if c.tolerance == SPREAD else "fixed", direction=c.direction, status=status))
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
     def f(v):
         return "-" if v is None else f"{v:.4f}"
-    head = ["Path", "Metric", "Baseline", "Current", "Change", "Tolerance", "Better", "Status"]
+    head = ["Path", "Metric", "Baseline", "Current", "Change", "Tolerance", "Rule", "Better", "Status"]
     body = [[r["metric"].split(":")[0], r["metric"].split(":", 1)[1], f(r["baseline"]), f(r["current"]),
-             "-" if r["change"] is None else f"{r['change']:+.4f}", f"{r['tolerance']:.4f}", r["direction"],
-             r["status"]] for r in rows]
+             "-" if r["change"] is None else f"{r['change']:+.4f}", f(r["tolerance"]), r.get("rule", "fixed"),
+             r["direction"], r["status"]] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(head)] + [line(b) for b in body])
 
 
 def failed(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if r["status"] in ("REGRESSION", "MISSING", "no baseline")]
+    return [r for r in rows if r["status"] != "ok"]
+
+
+def check(cfg: GateConfig, root: Path = Path("."), baseline_path: Path | None = None) -> tuple[int, list[dict]]:
+    """Run the gate on the metrics under ``root``: (exit code, rows)."""
+    baseline_path = baseline_path or cfg.baseline
+    if not baseline_path.is_file():
+        print(f"{baseline_path} not found: create it with `python -m cxrbench.gate snapshot` "
+              f"after a run of the reference profile", file=sys.stderr)
+        return 1, []
+    spread = None
+    if cfg.spread is not None:
+        if cfg.spread.is_file():
+            spread = read_json(cfg.spread)
+        else:
+            print(f"{cfg.spread} (gate.spread) not found: measure it with `python -m cxrbench.spread measure`",
+                  file=sys.stderr)
+    rows = evaluate(cfg.checks, read_json(baseline_path), current_values(cfg.checks, root),
+                    tolerances(cfg.checks, spread, cfg.spread_factor))
+    return (1 if failed(rows) else 0), rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,11 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("action", choices=["check", "snapshot"])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--baseline", help="override gate.baseline")
+    ap.add_argument("--root", default=".", help="folder whose metrics/ are checked or snapshot (default: here)")
     args = ap.parse_args(argv)
-    baseline_path, checks = checks_from_params(load(args.params))
-    baseline_path = Path(args.baseline) if args.baseline else baseline_path
-    current = current_values(checks)
+    cfg = config_from_params(load(args.params))
+    baseline_path = Path(args.baseline) if args.baseline else cfg.baseline
     if args.action == "snapshot":
+        current = current_values(cfg.checks, Path(args.root))
         missing = [m for m, v in current.items() if v is None]
         if missing:
             print(f"cannot snapshot: metrics missing from this run: {missing}", file=sys.stderr)
@@ -144,17 +229,17 @@ def main(argv: list[str] | None = None) -> int:
         write_json(baseline_path, current)
         print(f"wrote {baseline_path} ({len(current)} metrics)")
         return 0
-    if not baseline_path.is_file():
-        print(f"{baseline_path} not found: create it with `python -m cxrbench.gate snapshot` "
-              f"after a run of the reference profile", file=sys.stderr)
-        return 1
-    rows = evaluate(checks, read_json(baseline_path), current)
+    code, rows = check(cfg, Path(args.root), baseline_path)
+    if not rows:
+        return code
     print(format_table(rows))
     bad = failed(rows)
     if bad:
-        print(f"\nmetric gate FAILED: {len(bad)} of {len(rows)} metrics regressed or are missing", file=sys.stderr)
+        print(f"\nmetric gate FAILED: {len(bad)} of {len(rows)} metrics regressed, are missing or have no "
+              f"measured spread: " + ", ".join(f"{r['metric']} ({r['status']})" for r in bad), file=sys.stderr)
         return 1
-    print(f"\nmetric gate passed: {len(rows)} metrics within tolerance")
+    print(f"\nmetric gate passed: {len(rows)} metrics within tolerance "
+          f"(spread rule: {cfg.spread_factor:g} x the range over the runs of {cfg.spread})")
     return 0
 
 

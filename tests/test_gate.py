@@ -64,3 +64,50 @@ def test_lookup_selects_list_items_by_field():
     assert gate.lookup(table, "rows.key=ensemble.f1.mean") == 0.7
     assert gate.lookup(table, "rows.1.f1.mean") == 0.7
     assert gate.lookup(table, "rows.key=densenet161.f1.mean") is None
+
+
+# --- tolerances from the measured spread ---------------------------------------
+
+def _spread_setup(tmp_path, monkeypatch, current: float, values: dict | None, factor=2.0):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/m.json").write_text(json.dumps({"auc": current}))
+    (tmp_path / "base.json").write_text(json.dumps({"metrics/m.json:auc": 0.80}))
+    if values is not None:
+        (tmp_path / "spread.json").write_text(json.dumps({"metrics": {"metrics/m.json:auc": {"values": values}}}))
+    params = {"gate": {"baseline": "base.json", "spread": "spread.json", "spread_factor": factor, "checks": [
+        {"metric": "metrics/m.json:auc", "tolerance": "spread", "direction": "higher", "reason": "test"}]}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+@pytest.mark.parametrize("current,code", [(0.80, 0), (0.75, 0), (0.741, 0), (0.739, 1), (0.5, 1), (0.95, 0)])
+def test_spread_tolerance_is_factor_times_range(tmp_path, monkeypatch, capsys, current, code):
+    # range 0.03 over the runs, factor 2: the metric may drop by 0.06
+    _spread_setup(tmp_path, monkeypatch, current, {"reference": 0.80, "threads1": 0.79, "seed43": 0.82})
+    assert gate.main(["check"]) == code
+    assert "0.0600" in capsys.readouterr().out
+
+
+def test_spread_check_without_a_measurement_fails(tmp_path, monkeypatch, capsys):
+    _spread_setup(tmp_path, monkeypatch, 0.80, None)
+    assert gate.main(["check"]) == 1
+    captured = capsys.readouterr()
+    assert "no spread" in captured.out and "cxrbench.spread measure" in captured.err
+
+
+def test_spread_params_validation():
+    base = {"baseline": "b.json", "checks": [{"metric": "a.json:x", "tolerance": "spread", "direction": "higher"}]}
+    with pytest.raises(ParamError, match=r"gate.spread\b"):
+        gate.config_from_params({"gate": base})
+    with pytest.raises(ParamError, match=r"gate.spread_factor"):
+        gate.config_from_params({"gate": {**base, "spread": "s.json", "spread_factor": 0.5}})
+    with pytest.raises(ParamError, match=r"gate.checks\[0\].tolerance"):
+        gate.config_from_params({"gate": {**base, "spread": "s.json", "checks": [
+            {"metric": "a.json:x", "tolerance": "wide"}]}})
+
+
+def test_leave_one_out_range():
+    spread = {"metrics": {"m:x": {"values": {"reference": 0.8, "a": 0.79, "b": 0.90}}}}
+    assert gate.spread_range(spread, "m:x") == pytest.approx(0.11)
+    assert gate.spread_range(spread, "m:x", exclude="b") == pytest.approx(0.01)
+    assert gate.spread_range(spread, "m:y") is None
