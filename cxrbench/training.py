@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import checkpoints
 from . import models as M
 from .cache import BatchLoader, to_float
 from .labels import LabelTable
@@ -213,17 +214,15 @@ def mean_loss(model, images, targets, rows, device, batch_size, amp=False) -> fl
 
 
 def _rng_states() -> dict:
-    s = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].astype(np.int64)}
+    # tensors only, so that last.pt loads with weights_only=True
+    s = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64))}
     if torch.cuda.is_available():
         s["cuda"] = torch.cuda.get_rng_state_all()
     return s
 
 
-def _save_last(path: Path, **state) -> None:
-    from .io import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+def _save_last(path: Path, identity: dict, **state) -> None:
+    checkpoints.save(path, state, identity)
 
 
 # --- the loop -----------------------------------------------------------------
@@ -231,28 +230,36 @@ def _save_last(path: Path, **state) -> None:
 def train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows: np.ndarray,
           val_rows: np.ndarray, out_dir: str | Path, live_dir: str | Path | None = None,
           device: str | torch.device | None = None, progress: bool = True,
-          stop_after_epochs: int | None = None, on_batch: Callable | None = None) -> dict:
-    """Train with deterministic kernels on the CPU (see :func:`_train`); global state is restored after."""
+          stop_after_epochs: int | None = None, on_batch: Callable | None = None,
+          paths: dict[str, list[str]] | None = None) -> dict:
+    """Train with deterministic kernels on the CPU (see :func:`_train`); global state is restored after.
+
+    ``paths`` ({"train": [...], "val": [...]}, the image paths of the rows) joins the data fingerprint.
+    """
     device = runtime_device(device)
+    data = checkpoints.rows_fingerprint(images, targets, {"train": train_rows, "val": val_rows}, paths or {})
     with deterministic(device):
         return _train(cfg, images, targets, train_rows, val_rows, out_dir, live_dir, device, progress,
-                      stop_after_epochs, on_batch)
+                      stop_after_epochs, on_batch, data)
 
 
 def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows: np.ndarray,
            val_rows: np.ndarray, out_dir: str | Path, live_dir: str | Path | None,
            device: torch.device, progress: bool, stop_after_epochs: int | None,
-           on_batch: Callable | None) -> dict:
+           on_batch: Callable | None, data_digest: str = "") -> dict:
     """Train ``cfg`` on cache rows ``train_rows``, select on ``val_rows``; return a summary.
 
     ``images``: the whole uint8 cache (already in the input mode); ``targets``: (N, L) float32
     aligned with the cache. ``stop_after_epochs`` simulates an interruption (tests);
-    ``on_batch(epoch, batch, loss)`` lets a test inject faults.
+    ``on_batch(epoch, batch, loss)`` lets a test inject faults. ``data_digest``: the data
+    fingerprint; ``last.pt`` is resumed only when its sidecar ``last.json`` holds this
+    configuration's digest and this data fingerprint (checked before anything is unpickled).
     """
     out_dir = Path(out_dir)
     use_amp = cfg.amp and device.type == "cuda"
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     digest = cfg.digest()
+    identity = {"config": digest, "data": data_digest}
 
     torch.manual_seed(cfg.seed)
     model = M.create_model(cfg.backbone, len(cfg.labels), cfg.in_chans, cfg.pretrained, cfg.input_size,
@@ -265,20 +272,19 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
 
     start, best, history = 0, {"val_loss": math.inf, "epoch": -1}, []
     resumed = False
-    if last_path.is_file():
-        ck = torch.load(last_path, map_location="cpu", weights_only=False)
-        if ck.get("digest") == digest:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            scaler.load_state_dict(ck["scaler"])
-            start, best, history = ck["epoch"] + 1, ck["best"], ck["history"]
-            torch.set_rng_state(ck["rng"]["torch"])
-            resumed = True
-            print(f"train: resuming {cfg.backbone} fold {cfg.fold} after epoch {ck['epoch']}")
-        else:
-            print(f"train: {last_path} is of another configuration; starting afresh")
-            last_path.unlink()
-            best_path.unlink(missing_ok=True)
+    ck, why = checkpoints.load(last_path, identity)
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        scaler.load_state_dict(ck["scaler"])
+        start, best, history = ck["epoch"] + 1, ck["best"], ck["history"]
+        torch.set_rng_state(ck["rng"]["torch"])
+        resumed = True
+        print(f"train: resuming {cfg.backbone} fold {cfg.fold} after epoch {ck['epoch']}")
+    elif last_path.exists() or best_path.exists():
+        print(f"train: {why}; starting afresh")
+        for stale in (last_path, checkpoints.sidecar(last_path), best_path):
+            stale.unlink(missing_ok=True)
 
     live = None
     if live_dir is not None:
@@ -329,8 +335,8 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
             M.save_classifier(best_path, model, M.classifier_meta(
                 cfg.backbone, cfg.labels, cfg.in_chans, cfg.input_size, cfg.cache_size, cfg.input_mode,
                 cfg.mask_dilation, fold=cfg.fold, epoch=epoch, val_loss=val_loss, pretrained=cfg.pretrained,
-                digest=digest))
-        _save_last(last_path, model=model.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
+                digest=digest, data_digest=data_digest))
+        _save_last(last_path, identity, model=model.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
                    epoch=epoch, best=best, history=history, digest=digest, config=asdict(cfg),
                    rng=_rng_states())
         if live is not None:
@@ -351,4 +357,4 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
             "train_images": int(len(train_rows)), "val_images": int(len(val_rows)),
             "input_size": cfg.input_size, "seconds_this_run": seconds,
             "train_images_per_s": seen / seconds if seconds > 0 and seen else None,
-            "device": str(device), "resumed": resumed, "digest": digest}
+            "device": str(device), "resumed": resumed, "digest": digest, "data_digest": data_digest}

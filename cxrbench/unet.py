@@ -31,9 +31,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import checkpoints
 from . import segmentation as seg
 from .cache import BatchLoader, to_float
-from .io import atomic_path
 from .params import ParamError, check_choice, check_int, section
 from .runtime import deterministic
 from .runtime import progress as progress_bar
@@ -296,9 +296,8 @@ def device() -> torch.device:
     return runtime_device()
 
 
-def _save(path: Path, obj: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+def _save(path: Path, obj: dict, identity: dict) -> None:
+    checkpoints.save(path, obj, identity)
 
 
 def _cpu_state(model: nn.Module) -> dict:
@@ -306,10 +305,11 @@ def _cpu_state(model: nn.Module) -> dict:
 
 
 def load_checkpoint(path: str | Path) -> dict | None:
+    """A finished ``model.pt`` as plain weights (nothing in it can run code); None when absent."""
     path = Path(path)
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return checkpoints.load_weights(path, "U-Net checkpoint")
 
 
 def load_model(path: str | Path, dev: torch.device | None = None) -> tuple[nn.Module, UNetConfig]:
@@ -351,8 +351,11 @@ def train(cfg: UNetConfig, images: np.ndarray, masks: np.ndarray, parts: dict[st
           max_steps: int | None = None, fingerprint: str = "") -> dict:
     """Train with deterministic CPU kernels (see :func:`_train`); global torch state is restored after."""
     dev = dev or device()
+    data = checkpoints.data_fingerprint(
+        {f"{k}_{what}": arr[parts[k]] for k in ("train", "val") for what, arr in (("images", images), ("masks", masks))},
+        {"extra": fingerprint})
     with deterministic(dev, seed=cfg.seed):
-        return _train(cfg, images, masks, parts, ckpt_path, live, progress, dev, max_steps, fingerprint)
+        return _train(cfg, images, masks, parts, ckpt_path, live, progress, dev, max_steps, data)
 
 
 def _train(cfg: UNetConfig, images: np.ndarray, masks: np.ndarray, parts: dict[str, np.ndarray],
@@ -363,8 +366,10 @@ def _train(cfg: UNetConfig, images: np.ndarray, masks: np.ndarray, parts: dict[s
     ``images`` (N, C, S, S) uint8 and ``masks`` (N, S, S) are the cache arrays;
     they are resized to ``cfg.size``. ``live``: a dvclive ``Live`` (or None).
     ``max_steps`` stops after that many optimizer steps (tests). A checkpoint
-    is resumed only when its config (but ``epochs``) and ``fingerprint`` (of the
-    data, see :func:`data_fingerprint`) match; otherwise training starts afresh.
+    is resumed only when its config (but ``epochs``) and ``fingerprint`` (the
+    pixels and masks of the train and val rows, see :func:`train`) match, which
+    its sidecar ``model.json`` tells before anything is unpickled; otherwise
+    training starts afresh.
     Returns the
     history and the best epoch; the checkpoint at ``ckpt_path`` holds the rest.
     """
@@ -385,17 +390,16 @@ def _train(cfg: UNetConfig, images: np.ndarray, masks: np.ndarray, parts: dict[s
     best_state = None
     start = 0
 
-    ckpt = load_checkpoint(ckpt_path)
-    if ckpt is not None:
-        old = dict(ckpt["config"], epochs=cfg.epochs)
+    identity = {"config": dict(cfg.to_dict(), epochs=None), "data": fingerprint}
+    ckpt, why = checkpoints.load(ckpt_path, identity)
+    if ckpt is not None and ckpt["last"]["epoch"] + 1 <= cfg.epochs:
         done = ckpt["last"]["epoch"] + 1
-        if old == cfg.to_dict() and ckpt.get("fingerprint", "") == fingerprint and done <= cfg.epochs:
-            model.load_state_dict(ckpt["last"]["state_dict"])
-            opt.load_state_dict(ckpt["last"]["optimizer"])
-            history, best, best_state, start = ckpt["last"]["history"], ckpt["best"], ckpt["state_dict"], done
-            print(f"train_unet: resuming from {ckpt_path}: {done}/{cfg.epochs} epochs already done")
-        else:
-            print(f"train_unet: {ckpt_path} was trained with other settings or data; starting afresh")
+        model.load_state_dict(ckpt["last"]["state_dict"])
+        opt.load_state_dict(ckpt["last"]["optimizer"])
+        history, best, best_state, start = ckpt["last"]["history"], ckpt["best"], ckpt["state_dict"], done
+        print(f"train_unet: resuming from {ckpt_path}: {done}/{cfg.epochs} epochs already done")
+    elif ckpt_path.exists():
+        print(f"train_unet: {why if ckpt is None else 'it ran more epochs than unet.epochs'}; starting afresh")
     if live is not None:  # replay the resumed epochs so the dvclive files are complete
         for h in history:
             _log(live, h)
@@ -431,7 +435,7 @@ def _train(cfg: UNetConfig, images: np.ndarray, masks: np.ndarray, parts: dict[s
             best_state = _cpu_state(model)
         _save(ckpt_path, {"config": cfg.to_dict(), "fingerprint": fingerprint, "state_dict": best_state, "best": best,
                           "last": {"epoch": epoch, "state_dict": _cpu_state(model),
-                                   "optimizer": opt.state_dict(), "history": history}})
+                                   "optimizer": opt.state_dict(), "history": history}}, identity)
         if live is not None:
             _log(live, h)
         bar.set_postfix(train=f"{h['train_loss']:.3f}", val=f"{val_loss:.3f}", iou=f"{val_iou:.3f}")

@@ -45,7 +45,8 @@ def main() -> None:
     name = f"{args.backbone}-f{args.fold}"
     summary = training.train(cfg, images, targets, cache.rows(parts["train"]["path"]),
                              cache.rows(parts["val"]["path"]), out.model_dir,
-                             live_dir=out.live_dir, device=args.device, progress=not args.no_progress)
+                             live_dir=out.live_dir, device=args.device, progress=not args.no_progress,
+                             paths={k: list(parts[k]["path"]) for k in ("train", "val")})
     write_json(out.train_metrics, {**summary, "runtime": rt})
     print(f"train: {name} best epoch {summary['best_epoch'] + 1} val_loss {summary['best_val_loss']:.4f}")
 
