@@ -38,7 +38,7 @@ def raw(tmp_path_factory, params) -> Path:
     raw = tmp_path_factory.mktemp("raw")
     for name, mirror in SAMPLE_MIRRORS.items():
         spec = SourceSpec.from_params(name, {**params["sources"][name], "mirror": str(mirror)})
-        fetch(spec, raw / name)
+        fetch(spec, raw / name, None)          # a mirror: copied, not extracted
     return raw
 
 

@@ -17,7 +17,10 @@ from cxrbench import dedupe, indexing, preprocess, profiles, splitting
 from cxrbench.cache import BatchLoader, Cache
 from cxrbench.labels import LabelTable, UnmappedFindingError
 from cxrbench.params import ParamError
-from cxrbench.sources import SourceError, SourceSpec, UnsafeArchiveError, fetch, safe_extract
+from cxrbench.params import load as load_params
+from cxrbench.sources import ExtractLimits, SourceError, SourceSpec, UnsafeArchiveError, fetch, safe_extract
+
+LIMITS = ExtractLimits.from_params(load_params(Path(__file__).resolve().parents[1] / "params.yaml"))
 
 # --- sources ----------------------------------------------------------------------------------
 
@@ -69,14 +72,14 @@ def test_download_from_url_verifies_checksum_and_extracts(tmp_path, monkeypatch)
     digest = hashlib.sha256(arc.read_bytes()).hexdigest()
     spec = dict(url=arc.as_uri(), sha256=digest, archive_root="up-1", inner_archive=None, include=["data"],
                 mirror=None)
-    rec = fetch(SourceSpec.from_params("toy", spec), tmp_path / "raw" / "toy")
+    rec = fetch(SourceSpec.from_params("toy", spec), tmp_path / "raw" / "toy", LIMITS)
     assert rec["sha256"] == digest and rec["files"] == 2
     assert (tmp_path / "raw/toy/data/sub/b.txt").read_text() == "B"
     assert not (tmp_path / "raw/toy/other.txt").exists()
     bad = dict(spec, sha256="0" * 64)
     (tmp_path / "data/downloads/toy.archive").unlink()
     with pytest.raises(SourceError, match="sha256"):
-        fetch(SourceSpec.from_params("toy", bad), tmp_path / "raw" / "toy2")
+        fetch(SourceSpec.from_params("toy", bad), tmp_path / "raw" / "toy2", LIMITS)
     assert not (tmp_path / "raw/toy2").exists()
 
 
@@ -85,7 +88,7 @@ def test_unreachable_url_names_source_and_mirror_param(tmp_path, monkeypatch):
     spec = dict(url=(tmp_path / "nope.zip").as_uri(), sha256=None, archive_root=None, inner_archive=None,
                 include=None, mirror=None)
     with pytest.raises(SourceError, match=r"source `toy`.*sources\.toy\.mirror"):
-        fetch(SourceSpec.from_params("toy", spec), tmp_path / "raw" / "toy")
+        fetch(SourceSpec.from_params("toy", spec), tmp_path / "raw" / "toy", LIMITS)
 
 
 def test_inner_archive_as_in_the_torchxrayvision_wheel(tmp_path, monkeypatch):
@@ -97,14 +100,14 @@ def test_inner_archive_as_in_the_torchxrayvision_wheel(tmp_path, monkeypatch):
     whl = _zip(tmp_path / "w.whl", {"pkg/data/masks.zip": inner.getvalue(), "pkg/__init__.py": b""})
     spec = dict(url=whl.as_uri(), sha256=None, archive_root="semantic_masks_v7labs_lungs",
                 inner_archive="pkg/data/masks.zip", include=None, mirror=None)
-    fetch(SourceSpec.from_params("v7", spec), tmp_path / "raw" / "v7")
+    fetch(SourceSpec.from_params("v7", spec), tmp_path / "raw" / "v7", LIMITS)
     assert (tmp_path / "raw/v7/m.png").read_bytes() == b"png"
 
 
 def test_missing_mirror_is_an_actionable_error(tmp_path):
     spec = SourceSpec.from_params("kermany", dict(url="https://x", mirror=str(tmp_path / "absent")))
     with pytest.raises(SourceError, match=r"sources\.kermany\.mirror"):
-        fetch(spec, tmp_path / "raw")
+        fetch(spec, tmp_path / "raw", LIMITS)
 
 
 # --- labels -----------------------------------------------------------------------------------
