@@ -69,11 +69,23 @@ def validate(params: dict) -> dict:
     return p
 
 
+COVID_COLUMNS = ("patientid", "finding", "view", "modality", "folder", "filename", "license")
+
+
 def covid_rows(raw: Path, p: dict, table: LabelTable, report: IndexReport) -> list[dict]:
     meta_path = raw / COVID / "metadata.csv"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} not found: run the download stage (dvc repro download)")
-    meta = pd.read_csv(meta_path, dtype=str, keep_default_na=False, encoding_errors="replace")
+    try:
+        meta = pd.read_csv(meta_path, dtype=str, keep_default_na=False, encoding_errors="replace")
+    except pd.errors.EmptyDataError as err:
+        raise ValueError(f"{meta_path} is empty: the download is incomplete; delete data/raw/{COVID} and "
+                         f"rerun the download stage") from err
+    missing_cols = [c for c in COVID_COLUMNS if c not in meta.columns]
+    if missing_cols:
+        raise ValueError(f"{meta_path} has no column(s) {missing_cols} (it has {list(meta.columns)[:12]}...): "
+                         f"not the covid-chestxray-dataset metadata at the pinned commit; check "
+                         f"sources.covid_chestxray (url or mirror)")
     known_views = set(meta["view"])
     unknown = [v for v in p["views"] if v not in known_views]
     if unknown:
@@ -83,6 +95,10 @@ def covid_rows(raw: Path, p: dict, table: LabelTable, report: IndexReport) -> li
     report.excluded_view_modality = int((~keep).sum())
     rows: dict[str, dict] = {}
     for r in meta[keep].itertuples(index=False):
+        for part, value in (("folder", r.folder), ("filename", r.filename)):
+            if Path(value).is_absolute() or ".." in Path(value).parts or ":" in value:
+                raise ValueError(f"{meta_path}: patient {r.patientid} has {part} {value!r}, which points outside "
+                                 f"data/raw/{COVID}: refusing it (a damaged or tampered metadata.csv)")
         rel = (Path(COVID) / r.folder / r.filename).as_posix()
         if not (raw / rel).is_file():
             report.missing.append(rel)
@@ -98,6 +114,9 @@ def covid_rows(raw: Path, p: dict, table: LabelTable, report: IndexReport) -> li
             continue
         rows[rel] = dict(path=rel, source=COVID, patient=patient, linked_patients=[], view=r.view,
                          modality=r.modality, license=r.license.strip(), finding=r.finding, labels=labels)
+    if int(keep.sum()) and not rows:
+        raise FileNotFoundError(f"none of the {int(keep.sum())} frontal X-rays listed in {meta_path} is under "
+                                f"{raw / COVID}: the images folder is empty or missing; rerun the download stage")
     return list(rows.values())
 
 

@@ -20,7 +20,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", dir=path.parent))
     target = tmp / path.name
     try:
         yield target
@@ -29,6 +30,39 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries ``.NAME.PID.XXXX`` of ``path`` left by writers that were killed (PID gone).
+
+    A killed stage otherwise leaves them forever, some inside another stage's dependency folder.
+    """
+    path = Path(path)
+    prefix = f".{path.name}."
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for old in path.parent.iterdir():
+        if not old.name.startswith(prefix):
+            continue
+        pid = old.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+            removed.append(old)
+    return removed
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

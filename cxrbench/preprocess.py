@@ -15,6 +15,7 @@ The cache (``data/cache``) holds ``images.npy`` (N, C, S, S) uint8 and
 from __future__ import annotations
 
 import hashlib
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,10 +150,25 @@ def index_digest(index_csv: Path) -> str:
     return hashlib.sha1(Path(index_csv).read_bytes()).hexdigest()
 
 
+class DiskFullError(OSError):
+    pass
+
+
+def check_free_space(out_dir: Path, needed: int, margin: float = 1.05) -> None:
+    """Refuse to start a memory-mapped cache that cannot fit: a full disk kills the writer with SIGBUS."""
+    out_dir = Path(out_dir)
+    where = next(p for p in [out_dir, *out_dir.parents] if p.exists())
+    free = shutil.disk_usage(where).free
+    if free < needed * margin:
+        raise DiskFullError(f"the cache {out_dir} needs {needed / 2**30:.2f} GiB but {where.resolve()} has "
+                            f"{free / 2**30:.2f} GiB free: free space, or lower preprocess.size")
+
+
 def build_cache(index: pd.DataFrame, raw: Path, out_dir: Path, recipe: Recipe, workers: int,
                 index_sha1: str) -> dict:
     """Preprocess every indexed image (and its mask) into ``out_dir``; return meta."""
     n, c, s = len(index), len(recipe.channels), recipe.size
+    check_free_space(out_dir, n * (c + 1) * s * s)
     jobs = [(str(raw / p), str(raw / m) if m else "", recipe) for p, m in zip(index["path"], index["mask"].fillna(""))]
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()

@@ -91,6 +91,8 @@ def validate(params: dict, cache_meta: dict | None = None) -> dict:
         raise ParamError("train.folds", f"expected a non-empty list of fold indices, got {folds!r}")
     for k in folds:
         check_int("train.folds", k, minimum=0, maximum=n_folds - 1)
+    if len(set(folds)) != len(folds):
+        raise ParamError("train.folds", f"lists a fold twice: {folds}; each fold is trained once")
     sizes = p.get("input_size")
     if not isinstance(sizes, dict) or "default" not in sizes:
         raise ParamError("train.input_size", "expected a mapping with a `default` entry and optional per-backbone ones")
@@ -110,8 +112,10 @@ def validate(params: dict, cache_meta: dict | None = None) -> dict:
     check_int("train.seed", p.get("seed"), minimum=0)
     for key in ("lr", "weight_decay", "label_smoothing", "aux_weight"):
         v = p.get(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise ParamError(f"train.{key}", f"expected a number >= 0, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ParamError(f"train.{key}", f"expected a finite number >= 0, got {v!r}")
+    if not p["lr"] > 0:
+        raise ParamError("train.lr", f"expected a learning rate > 0 (seed 000: 0.001), got {p['lr']!r}")
     if p["label_smoothing"] >= 1:
         raise ParamError("train.label_smoothing", f"expected a value in [0, 1), got {p['label_smoothing']}")
     for key in ("pos_weight", "amp"):
@@ -123,8 +127,10 @@ def validate(params: dict, cache_meta: dict | None = None) -> dict:
     if aug["enabled"]:
         for key in ("degrees", "translate", "scale"):
             v = aug.get(key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ParamError(f"train.augment.{key}", f"expected a number >= 0, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ParamError(f"train.augment.{key}", f"expected a finite number >= 0, got {v!r}")
+        if aug["scale"] >= 1:
+            raise ParamError("train.augment.scale", f"expected a value in [0, 1) (zoom 1 +- scale), got {aug['scale']}")
     return p
 
 

@@ -33,6 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     rt = runtime.configure()
     params = P.load(args.params)
+    training.validate(params)                                    # before the cache is read into memory
     cache = Cache("data/cache", "data/index.csv")
     cfg = training.config_for(params, args.backbone, args.fold, cache.meta)
     if args.variant == "audit":

@@ -105,3 +105,22 @@ def test_identity_mismatch_names_what_differs(tmp_path):
     checkpoints.sidecar(path).unlink()
     state, why = checkpoints.load(path, {"config": "a", "data": "d1"})
     assert state is None and "no identity file" in why
+
+
+def test_temporaries_of_killed_writers_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from cxrbench.io import write_text
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".out.txt.{dead.stdout.strip()}.abc123"          # as a writer killed mid-write leaves it
+    stale.mkdir()
+    (stale / "out.txt").write_text("half")
+    live = tmp_path / f".out.txt.{os.getpid()}.zzz"                      # ours: never touched
+    live.mkdir()
+    other = tmp_path / ".other.txt.1.x"
+    other.mkdir()
+    write_text(tmp_path / "out.txt", "whole")
+    assert (tmp_path / "out.txt").read_text() == "whole"
+    assert not stale.exists() and live.exists() and other.exists()

@@ -114,6 +114,20 @@ def test_unknown_backbone_lists_valid_names(params):
         T.validate(p)
 
 
+@pytest.mark.parametrize("key,value,msg", [
+    ("lr", float("nan"), "train.lr"), ("lr", float("inf"), "train.lr"), ("lr", 0, "train.lr.*> 0"),
+    ("folds", [0, 0], "train.folds.*twice"),
+    ("augment", {"enabled": True, "degrees": 5, "translate": 0.05, "scale": 1.0}, "train.augment.scale"),
+    ("weight_decay", float("nan"), "train.weight_decay"),
+])
+def test_train_params_that_would_train_nonsense_are_refused(params, key, value, msg):
+    p = copy.deepcopy(params)
+    p["train"]["backbones"], p["train"]["folds"] = ["resnet18"], [0, 1]
+    p["train"][key] = value
+    with pytest.raises(ParamError, match=msg):
+        T.validate(p)
+
+
 def test_local_weights_file_fits_or_names_the_keys(tmp_path):
     from safetensors.torch import save_file
     import timm

@@ -213,6 +213,44 @@ def test_unknown_view_lists_valid_views(raw, params, table):
         indexing.covid_rows(raw, p, table, indexing.IndexReport())
 
 
+def _covid_copy(raw, tmp_path, edit=None, images=True):
+    import shutil
+
+    root = tmp_path / "raw"
+    shutil.copytree(raw / "covid_chestxray", root / "covid_chestxray",
+                    ignore=None if images else shutil.ignore_patterns("images"))
+    if edit is not None:
+        meta = root / "covid_chestxray/metadata.csv"
+        frame = pd.read_csv(meta, dtype=str, keep_default_na=False)
+        edit(frame, meta)
+    return root
+
+
+@pytest.mark.parametrize("case,msg", [
+    ("absolute", r"filename '/etc/hostname'.*outside"),
+    ("dotdot", r"filename '../../x.png'.*outside"),
+    ("empty", r"metadata.csv is empty"),
+    ("no_view", r"no column\(s\) \['view'\]"),
+    ("no_images", r"images folder is empty"),
+])
+def test_bad_covid_metadata_or_folder_is_named(raw, params, table, tmp_path, case, msg):
+    def edit(frame, meta):
+        if case == "absolute":
+            frame.loc[frame.index[0], "filename"] = "/etc/hostname"
+        elif case == "dotdot":
+            frame.loc[frame.index[0], "filename"] = "../../x.png"
+        elif case == "no_view":
+            frame = frame.drop(columns=["view"])
+        if case == "empty":
+            meta.write_text("")
+        else:
+            frame.to_csv(meta, index=False)
+
+    root = _covid_copy(raw, tmp_path, None if case == "no_images" else edit, images=case != "no_images")
+    with pytest.raises((ValueError, FileNotFoundError), match=msg):
+        indexing.covid_rows(root, params["index"], table, indexing.IndexReport())
+
+
 # --- dedupe -----------------------------------------------------------------------------------
 
 
@@ -444,3 +482,14 @@ def test_profile_runner_passes_arguments_after_double_dash(capsys, monkeypatch):
     assert profiles.main(["show", "sample", "--set", "cohort=paper", "--", "ensemble", "--force"]) == 0
     out = __import__("shlex").split(capsys.readouterr().out)
     assert out[-2:] == ["ensemble", "--force"] and "cohort='paper'" in out
+
+
+def test_preprocess_refuses_to_start_on_a_full_disk(tmp_path, raw, index_frame, monkeypatch):
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(preprocess.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    recipe = preprocess.Recipe(size=64, percentiles=(1, 95), channels=("raw",))
+    with pytest.raises(preprocess.DiskFullError, match=r"needs .* GiB .* free.*preprocess.size"):
+        preprocess.build_cache(index_frame, raw, tmp_path / "cache", recipe, 1, "x")
+    assert not (tmp_path / "cache").exists()
