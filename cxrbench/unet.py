@@ -470,7 +470,7 @@ def iter_proba(model: nn.Module, images: np.ndarray, size: int, out_size: int, b
     dev = dev or next(model.parameters()).device
     model.eval()
     for i in progress_bar(range(0, len(images), batch_size), desc=desc, unit="batch", enabled=progress):
-        x = resize_images(np.asarray(images[i:i + batch_size]), size)
+        x = resize_images(np.array(images[i:i + batch_size]), size)   # a writable copy of the batch
         logits = model(to_float(torch.from_numpy(x), dev))
         if size != out_size:
             logits = F.interpolate(logits, size=(out_size, out_size), mode="bilinear", align_corners=False)
