@@ -26,8 +26,9 @@ COHORTS = ("rebuilt", "paper")
 PROTOCOLS = ("paper", "corrected")
 
 
-def load(path: str | Path = PARAMS_FILE) -> dict:
-    """params.yaml, with the authors' protocol applied when ``cohort: paper`` (see :func:`apply_protocol`)."""
+def load(path: str | Path = PARAMS_FILE, overrides: Mapping[str, Any] | None = None) -> dict:
+    """params.yaml, then ``overrides`` (dotted keys, see :func:`with_overrides`), then the authors'
+    protocol when ``cohort: paper`` (see :func:`apply_protocol`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the stage from the repository root")
@@ -35,7 +36,71 @@ def load(path: str | Path = PARAMS_FILE) -> dict:
         params = yaml.safe_load(f)
     if not isinstance(params, dict):
         raise ParamError("<root>", f"{path} must hold a mapping of sections")
-    return apply_protocol(params)
+    return apply_protocol(with_overrides(params, overrides or {}))
+
+
+# --- overrides: one parser for stage scripts and profiles -------------------------
+
+def flatten(overrides: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{'a.b': {'c': 1}}`` -> ``{'a.b.c': 1}``: one leaf per key (DVC's -S sets one leaf at a time)."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, full + "."))
+        else:
+            out[full] = value
+    return out
+
+
+def parse_overrides(items: Iterable[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` items (dotted keys, YAML values: ``[raw,clahe]`` is a list, ``null`` is None), flattened."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set preprocess.size=256")
+        out[key.strip()] = yaml.safe_load(value)
+    return flatten(out)
+
+
+def with_overrides(params: dict, overrides: Mapping[str, Any] | Iterable[str]) -> dict:
+    """A copy of ``params`` with dotted-key overrides (a mapping, or ``KEY=VALUE`` strings); each key must exist."""
+    import copy
+
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides)
+    out = copy.deepcopy(params)
+    for key, value in flatten(overrides).items():
+        section(out, key)  # must exist: a misspelt key is an error naming it
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return out
+
+
+def add_stage_arguments(ap) -> None:
+    """``--params FILE`` and ``--set KEY=VALUE`` (repeatable): every stage script takes them, for running a
+    stage by hand under other values (dvc.yaml passes neither: DVC reads params.yaml)."""
+    ap.add_argument("--params", default=PARAMS_FILE, help="params file (default params.yaml, as DVC uses)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a params key for this run, e.g. --set unet.epochs=3 (repeatable)")
+
+
+def from_arguments(args) -> dict:
+    """The params of a stage script parsed with :func:`add_stage_arguments`."""
+    return load(args.params, parse_overrides(args.set))
+
+
+def stage_params(description: str | None, argv: list[str] | None = None) -> dict:
+    """For a stage script without arguments of its own: parse ``--params`` / ``--set`` and load."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    add_stage_arguments(ap)
+    return from_arguments(ap.parse_args(argv))
 
 
 def deep_merge(base: dict, over: dict) -> dict:

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from .params import ParamError, load, section
+from .params import ParamError, flatten, load, parse_overrides, section
 
 PROFILE_DIR = Path("profiles")
 
@@ -47,18 +47,6 @@ def read_profile(name: str, root: Path = Path(".")) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping of dotted param keys to values")
     return flatten(raw)
-
-
-def flatten(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{'a.b': {'c': 1}}`` -> ``{'a.b.c': 1}``: DVC's -S sets one leaf at a time."""
-    out: dict[str, Any] = {}
-    for key, value in overrides.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, full + "."))
-        else:
-            out[full] = value
-    return out
 
 
 def check_keys(overrides: dict[str, Any], params: dict, profile: str) -> None:
@@ -99,14 +87,8 @@ def hydra_value(value: Any) -> str:
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
-    """``--set key=value`` items; values are YAML (``[raw,clahe]`` is a list, ``null`` is None)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set preprocess.size=256")
-        out[key.strip()] = yaml.safe_load(value)
-    return flatten(out)
+    """``--set key=value`` items: the parser every stage script uses too (:func:`cxrbench.params.parse_overrides`)."""
+    return parse_overrides(items)
 
 
 def exp_command(name: str, overrides: dict[str, Any], extra: list[str], temp: bool, exp_name: str | None,

@@ -44,41 +44,14 @@ LOSSES = ("ce_logdice", "dice_ce")
 
 # --- configuration ----------------------------------------------------------
 
-def with_overrides(params: dict, pairs: list[str] | None) -> dict:
-    """``params`` with ``KEY=VALUE`` overrides (dotted keys, YAML values), for
-    running a stage script by hand under a profile's values: ``--set unet.epochs=3``.
-    Each key must already exist in params.yaml."""
-    import copy
-
-    import yaml
-
-    out = copy.deepcopy(params)
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
-        section(out, key)  # must exist
-        *parents, leaf = key.split(".")
-        node = out
-        for part in parents:
-            node = node[part]
-        node[leaf] = yaml.safe_load(value)
-    return out
-
-
 def stage_params(description: str, argv: list[str] | None = None) -> dict:
-    """The params of a U-Net stage script (train_unet, segment): params.yaml plus any
-    ``--set KEY=VALUE`` given by hand (dvc.yaml never passes one); sets torch's
-    threads with :func:`cxrbench.runtime.configure` ($CXRBENCH_THREADS)."""
-    import argparse
-
-    from .params import load
+    """The params of a U-Net stage script (train_unet, segment), with ``--params`` / ``--set`` as every
+    stage takes them (:func:`cxrbench.params.stage_params`); sets torch's threads
+    (:func:`cxrbench.runtime.configure`, $CXRBENCH_THREADS)."""
+    from .params import stage_params as load_stage_params
     from .runtime import configure
 
-    ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="override a params.yaml key for a manual run (dvc.yaml never passes it)")
-    params = with_overrides(load(), ap.parse_args(argv).set)
+    params = load_stage_params(description, argv)
     configure()
     return params
 

@@ -61,7 +61,7 @@ def figure(backbone: str, fold: int, images: np.ndarray, z, methods: list, path:
 
 
 def main() -> None:
-    params = P.load()
+    params = P.stage_params(__doc__)
     s = A.validate(params)
     backbones = P.check_nonempty_list("train.backbones", P.section(params, "train.backbones"))
     folds = P.check_nonempty_list("train.folds", P.section(params, "train.folds"))

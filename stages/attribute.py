@@ -16,6 +16,7 @@ For each target class of ``explain.targets`` (default covid19): the first
 No matching test image: the fold is recorded as skipped (reason in both files).
 """
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -71,10 +72,13 @@ def scaled(maps: dict, prefix: str = "") -> dict:
 
 
 def main() -> None:
-    if len(sys.argv) != 3:
-        raise SystemExit("usage: python stages/attribute.py BACKBONE FOLD")
-    backbone, fold = sys.argv[1], int(sys.argv[2])
-    params = P.load()
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("backbone")
+    ap.add_argument("fold", type=int)
+    P.add_stage_arguments(ap)
+    args = ap.parse_args()
+    backbone, fold = args.backbone, args.fold
+    params = P.from_arguments(args)
     s = A.validate(params)
     targets = P.check_nonempty_list("explain.targets", P.section(params, "explain.targets"))
     max_images = P.check_int("explain.max_images", P.section(params, "explain.max_images"), minimum=1)

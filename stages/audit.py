@@ -11,7 +11,7 @@ from cxrbench.io import read_json, write_json, write_text  # noqa: E402
 
 
 def main() -> None:
-    params = P.load()
+    params = P.stage_params(__doc__)
     a = audit.validate(params)
     folds = P.section(params, "train.folds")
     main_m, audit_m = {}, {}

@@ -17,8 +17,9 @@ from cxrbench.sources import ExtractLimits, SourceSpec, fetch  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("name", help="a key of params.yaml `sources`")
+    P.add_stage_arguments(ap)
     args = ap.parse_args()
-    params = P.load()
+    params = P.from_arguments(args)
     sources = P.section(params, "sources")
     if args.name not in sources:
         raise P.ParamError("sources", f"no source named {args.name!r}; valid names are {sorted(sources)}")

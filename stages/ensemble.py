@@ -32,9 +32,8 @@ def _p(value) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args()
-    params = P.load(args.params)
+    P.add_stage_arguments(ap)
+    params = P.from_arguments(ap.parse_args())
     tp = training.validate(params)
     ev = E.validate(params)
     EN.validate(params, len(tp["backbones"]))

@@ -20,7 +20,7 @@ RAW = Path("data/raw")
 
 
 def main() -> None:
-    params = P.load()
+    params = P.stage_params(__doc__)
     table = LabelTable.from_params(params)
     p = indexing.validate(params)
     d = dedupe.validate(params)

@@ -13,7 +13,7 @@ from cxrbench.preprocess import Recipe, build_cache, index_digest  # noqa: E402
 
 
 def main() -> None:
-    params = P.load()
+    params = P.stage_params(__doc__)
     recipe = Recipe.from_params(params)
     index = pd.read_csv("data/index.csv", dtype={"mask": str}, keep_default_na=False)
     meta = build_cache(index, Path("data/raw"), Path("data/cache"), recipe, workers(),

@@ -10,7 +10,7 @@ from cxrbench.reporting import build  # noqa: E402
 
 
 def main() -> None:
-    params = P.load()
+    params = P.stage_params(__doc__)
     report = build(params, Path("."), title=P.section(params, "report.title"))
     report.write(Path("report"))
     print(f"report: report/README.md with {len(report.images)} figures")

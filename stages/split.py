@@ -48,7 +48,7 @@ def paper_cohort(params: dict, index: pd.DataFrame) -> tuple[pd.DataFrame, dict]
 
 
 def main() -> None:
-    params = P.load()
+    params = P.stage_params(__doc__)
     table = LabelTable.from_params(params)
     s = splitting.validate(params)
     index = pd.read_csv("data/index.csv", keep_default_na=False)

@@ -27,12 +27,12 @@ def main() -> None:
     ap.add_argument("fold", type=int)
     ap.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--params", default="params.yaml", help="params file (default params.yaml; DVC uses that)")
+    P.add_stage_arguments(ap)
     ap.add_argument("--variant", choices=audit.VARIANTS, default="main",
                     help="audit: the shortcut audit's run, input mode audit.input_mode, outputs under models/audit")
     args = ap.parse_args()
     rt = runtime.configure()
-    params = P.load(args.params)
+    params = P.from_arguments(args)
     training.validate(params)                                    # before the cache is read into memory
     cache = Cache("data/cache", "data/index.csv")
     cfg = training.config_for(params, args.backbone, args.fold, cache.meta)

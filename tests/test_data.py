@@ -493,3 +493,18 @@ def test_preprocess_refuses_to_start_on_a_full_disk(tmp_path, raw, index_frame, 
     with pytest.raises(preprocess.DiskFullError, match=r"needs .* GiB .* free.*preprocess.size"):
         preprocess.build_cache(index_frame, raw, tmp_path / "cache", recipe, 1, "x")
     assert not (tmp_path / "cache").exists()
+
+
+def test_every_stage_takes_the_same_overrides(tmp_path):
+    from cxrbench import params as P
+
+    root = Path(__file__).resolve().parents[1]
+    p = P.stage_params(None, ["--params", str(root / "params.yaml"), "--set", "preprocess.size=64",
+                              "--set", "index.kermany_subset={NORMAL: 3, virus: 2, bacteria: 1}"])
+    assert p["preprocess"]["size"] == 64 and p["index"]["kermany_subset"] == {"NORMAL": 3, "virus": 2, "bacteria": 1}
+    # overrides come before the authors' protocol, so --set cohort=paper applies it
+    paper = P.stage_params(None, ["--params", str(root / "params.yaml"), "--set", "cohort=paper"])
+    assert paper["preprocess"]["intensity"] == "fixed"
+    with pytest.raises(ParamError, match="preprocess.sise"):
+        P.stage_params(None, ["--params", str(root / "params.yaml"), "--set", "preprocess.sise=64"])
+    assert profiles.parse_sets(["a.b=1"]) == P.parse_overrides(["a.b=1"]) == {"a.b": 1}

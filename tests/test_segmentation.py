@@ -221,10 +221,10 @@ def test_params_block_validates_and_rejects_bad_values():
     bad["unet"]["loss"] = "focal"
     with pytest.raises(P.ParamError, match="unet.loss"):
         unet.UNetConfig.from_params(bad, 1)
-    bad = unet.with_overrides(params, ["unet.strides=[2, 2]"])
+    bad = P.with_overrides(params, ["unet.strides=[2, 2]"])
     with pytest.raises(P.ParamError, match="unet.strides"):
         unet.UNetConfig.from_params(bad, 1)
-    bad = unet.with_overrides(params, ["unet.lr=1e-3"])  # YAML 1.1 reads this as a string
+    bad = P.with_overrides(params, ["unet.lr=1e-3"])  # YAML 1.1 reads this as a string
     with pytest.raises(P.ParamError, match="unet.lr"):
         unet.UNetConfig.from_params(bad, 1)
 
