@@ -1,4 +1,4 @@
-"""Benchmark of the explainability code on CPU (issue 6).
+"""Benchmark of the explainability code on CPU.
 
 1. Seconds per image per attribution method for one small backbone (timm
    resnet18, 1 channel, random weights, 18 classes) at 128 px.

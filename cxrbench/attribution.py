@@ -1,4 +1,4 @@
-"""Attribution maps for the classifiers (issue 6), one class per method.
+"""Attribution maps for the classifiers, one class per method.
 
 Methods (Chatterjee et al., seed 000, section 3.4, all via Captum; plus the
 class-activation maps of seeds 001 and 003):
@@ -492,13 +492,13 @@ def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def load_classifier(backbone: str, fold: int, device):
-    """The trained classifier of ``backbone`` fold ``fold`` (cxrbench.models, issue 5)."""
+    """The trained classifier of ``backbone`` fold ``fold`` (cxrbench.models)."""
     from pathlib import Path
     try:
         from .models import load_classifier as _load
     except ImportError as err:
         raise RuntimeError(f"cxrbench.models.load_classifier is not available ({err}): "
-                           f"the classification stages (issue 5) must exist first") from None
+                           f"the classification stages must run first") from None
     path = Path("models/classifier") / backbone / f"fold{fold}" / "best.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the classification stage (dvc repro train)")

@@ -31,31 +31,14 @@ import numpy as np
 import pandas as pd
 
 from .indexing import COVID, KERMANY, KERMANY_NORMAL, KERMANY_PNEUMONIA, IndexReport, describe_images
+from .paper_labels import PAPER_MAPPING, PAPER_PATHOLOGIES, PAPER_PNEUMONIAS, PAPER_TO_OURS, PAPER_VIEWS  # noqa: F401
 
 DIAGNOPP = "diagnopp"
 METADATA = "metadataV2.csv"
 FOLD_PREFIX = "V2_60_40_00fold"
 
-# --- their label rule (utils/dataloader_pyt_CXR.py of soumickmj/diagnoPP) -------------------------
+# --- their label rule: the facts live in cxrbench.paper_labels (imported by labels.py too) ---------
 
-PAPER_VIEWS = ("PA", "AP", "AP Supine")
-PAPER_PNEUMONIAS = ("COVID-19", "SARS", "MERS", "ARDS", "Streptococcus", "Pneumocystis", "Klebsiella",
-                    "Chlamydophila", "Legionella")
-PAPER_PATHOLOGIES: tuple[str, ...] = tuple(sorted(
-    ["Pneumonia", "Viral Pneumonia", "Bacterial Pneumonia", "Fungal Pneumonia", "No Finding"]
-    + list(PAPER_PNEUMONIAS)))
-PAPER_MAPPING: dict[str, tuple[str, ...]] = {
-    "Pneumonia": PAPER_PNEUMONIAS,
-    "Viral Pneumonia": ("COVID-19", "SARS", "MERS"),
-    "Bacterial Pneumonia": ("Streptococcus", "Klebsiella", "Chlamydophila", "Legionella"),
-    "Fungal Pneumonia": ("Pneumocystis",),
-}
-PAPER_TO_OURS: dict[str, str] = {
-    "Pneumonia": "pneumonia", "Viral Pneumonia": "viral", "Bacterial Pneumonia": "bacterial",
-    "Fungal Pneumonia": "fungal", "No Finding": "healthy", "COVID-19": "covid19", "SARS": "sars",
-    "MERS": "mers", "ARDS": "ards", "Streptococcus": "streptococcus", "Pneumocystis": "pneumocystis",
-    "Klebsiella": "klebsiella", "Chlamydophila": "chlamydophila", "Legionella": "legionella",
-}
 # Kermany file class -> the finding metadataV2 gives it
 KERMANY_FINDING = {"NORMAL": "No Finding", "virus": "Viral Pneumonia", "bacteria": "Bacterial Pneumonia"}
 SIDES = ("train", "test")

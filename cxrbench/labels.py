@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .paper_labels import PAPER_PATHOLOGIES, PAPER_TO_OURS
 from .params import ParamError, section
 
 
@@ -63,12 +64,11 @@ class LabelTable:
     def paper_view(self) -> "LabelTable":
         """The authors' 14 outputs (their order, our label ids), for ``cohort: paper, protocol: paper``.
 
-        Their labels come from their substring rule (cxrbench.cohort.paper_labels),
+        Their labels come from their substring rule (cxrbench.cohort.paper_labels, constants in
+        cxrbench.paper_labels),
         not from a findings table; the hierarchy is ours restricted to their
         labels, plus MERS under viral.
         """
-        from .cohort import PAPER_PATHOLOGIES, PAPER_TO_OURS
-
         names = tuple(PAPER_TO_OURS[p] for p in PAPER_PATHOLOGIES)
         parents = {c: p for c, p in self.parents.items() if c in names and p in names}
         parents["mers"] = "viral"

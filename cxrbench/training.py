@@ -152,7 +152,7 @@ def config_for(params: dict, backbone: str, fold: int, cache_meta: dict) -> Trai
 
 
 def apply_input_mode(images: np.ndarray, mode: str, dilation: int, masks_path: str | Path = seg.LUNG_MASKS):
-    """The cache images as the classifier sees them (lung masks of issue 4 for modes other than full)."""
+    """The cache images as the classifier sees them (the segment stage's lung masks for modes other than full)."""
     if mode == "full":
         return images
     return seg.apply_input_mode(np.asarray(images), seg.load_lung_masks(len(images), masks_path), mode, dilation)

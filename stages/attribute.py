@@ -38,7 +38,7 @@ from cxrbench.io import atomic_path, write_json  # noqa: E402
 
 
 def lung_masks(cache: Cache) -> tuple[np.ndarray, str]:
-    """The segmentation stage's masks (issue 4) when present, else the cache's V7 masks."""
+    """The segmentation stage's masks when present, else the cache's V7 masks."""
     if Path(LUNG_MASKS).is_file():
         return load_lung_masks(len(cache.index), mmap=True), LUNG_MASKS
     return cache.masks, "data/cache/masks.npy"

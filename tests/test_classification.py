@@ -1,4 +1,4 @@
-"""Classification (issue 5): models, training, thresholds, metrics, ensemble.
+"""Classification: models, training, thresholds, metrics, ensemble.
 
 Tiny timm test models at 32 px keep the whole file well under a minute and a half on 2 CPU cores.
 """

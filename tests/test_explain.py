@@ -1,4 +1,4 @@
-"""Tests of cxrbench.attribution and cxrbench.explanation_metrics (issue 6)."""
+"""Tests of cxrbench.attribution and cxrbench.explanation_metrics."""
 
 import sys
 from pathlib import Path

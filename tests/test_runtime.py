@@ -63,3 +63,32 @@ def test_progress_off_prints_nothing(monkeypatch, capsys):
     monkeypatch.setenv("CXRBENCH_PROGRESS", "off")
     assert sum(runtime.progress(range(5), desc="x")) == 10
     assert capsys.readouterr().err == ""
+
+
+def test_the_package_has_no_import_cycle():
+    """labels -> cohort -> indexing -> labels was one; modules must form a DAG."""
+    import ast
+    from pathlib import Path
+
+    pkg = Path(runtime.__file__).parent
+    mods = {p.stem: p for p in pkg.glob("*.py")}
+    graph = {}
+    for name, path in mods.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+        graph[name] = deps & set(mods)
+    state = {}
+
+    def visit(n, path):
+        state[n] = "open"
+        for d in graph[n]:
+            assert state.get(d) != "open", f"import cycle: {' -> '.join(path + [d])}"
+            if d not in state:
+                visit(d, path + [d])
+        state[n] = "done"
+
+    for n in graph:
+        if n not in state:
+            visit(n, [n])
