@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxrbench import cohort, dedupe, indexing  # noqa: E402
+from cxrbench import cohort, copies, dedupe, indexing  # noqa: E402
 from cxrbench import params as P  # noqa: E402
 from cxrbench.io import write_csv, write_json  # noqa: E402
 from cxrbench.labels import LabelTable  # noqa: E402
@@ -24,6 +24,7 @@ def main() -> None:
     table = LabelTable.from_params(params)
     p = indexing.validate(params)
     d = dedupe.validate(params)
+    copies.validate(params)
 
     report = indexing.IndexReport()
     paper = params["cohort"] == "paper"
@@ -43,6 +44,9 @@ def main() -> None:
     frame = indexing.attach_masks(RAW, indexing.to_frame(rows, table))
     frame, dup = dedupe.dedupe(frame, d["phash_max_distance"], "merge" if paper else d["near_action"],
                                drop_exact=not paper)
+    frame, altered = copies.link_altered_copies(frame, RAW, d, workers())
+    dup["altered_copies"] = altered
+    dup["groups"] = int(frame["group"].nunique())
 
     write_csv("data/index.csv", frame)
     write_json("data/index_report.json", {
@@ -56,7 +60,8 @@ def main() -> None:
     print(f"index: {len(frame)} images, {frame['patient'].nunique()} patients, {dup['groups']} groups; "
           f"{len(report.missing)} missing, {len(report.corrupt)} corrupt, "
           f"{dup['exact_copies_dropped']} exact copies dropped, "
-          f"{dup['near_duplicate_pairs_across_patients']} near-duplicate pairs across patients")
+          f"{dup['near_duplicate_pairs_across_patients']} near-duplicate pairs across patients, "
+          f"{altered['altered_copies_across_groups']} altered copies across groups")
 
 
 if __name__ == "__main__":

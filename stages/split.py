@@ -82,7 +82,8 @@ def main() -> None:
         "missing_files": rep["missing_files"], "corrupt_files": rep["corrupt_files"],
         "exact_copies_dropped": dup["exact_copies_dropped"],
         "near_duplicate_pairs_across_patients": dup["near_duplicate_pairs_across_patients"],
-        "patients_merged_into_shared_groups": dup["patients_merged_into_shared_groups"],
+        "altered_copies_across_groups": dup.get("altered_copies", {}).get("altered_copies_across_groups"),
+        "patients_merged_into_shared_groups": int(full["patient"].nunique() - full["group"].nunique()),
         "leaked_patients": leaks["patients_in_test_and_dev"] + leaks["patients_in_several_folds"],
         "leaked_groups": leaks["groups_in_test_and_dev"] + leaks["groups_in_several_folds"],
         "counts": counts})

@@ -508,3 +508,37 @@ def test_every_stage_takes_the_same_overrides(tmp_path):
     with pytest.raises(ParamError, match="preprocess.sise"):
         P.stage_params(None, ["--params", str(root / "params.yaml"), "--set", "preprocess.sise=64"])
     assert profiles.parse_sets(["a.b=1"]) == P.parse_overrides(["a.b=1"]) == {"a.b": 1}
+
+
+def test_altered_copy_with_text_and_crop_joins_the_groups(raw, params, tmp_path):
+    """A copy with a caption burned in and a cropped border (as extubation-1.jpg of AR-2.jpg) is linked;
+    different patients' films are not."""
+    import shutil
+
+    from PIL import Image, ImageDraw
+
+    from cxrbench import copies
+
+    images = sorted((raw / "covid_chestxray/images").glob("*.jp*g"))[:6]
+    root = tmp_path / "raw"
+    (root / "x").mkdir(parents=True)
+    for f in images:
+        shutil.copy(f, root / "x" / f.name)
+    im = Image.open(images[0]).convert("L")
+    w, h = im.size
+    altered = im.crop((0, 0, w, int(h * 0.92)))                           # bottom 8 % cut off
+    draw = ImageDraw.Draw(altered)
+    draw.rectangle((int(w * 0.55), int(h * 0.78), int(w * 0.8), int(h * 0.86)), fill=0)
+    draw.text((int(w * 0.58), int(h * 0.79)), "day 1", fill=255)         # a burned-in caption
+    altered.save(root / "x" / "altered.png")
+    names = [f.name for f in images] + ["altered.png"]
+    frame = pd.DataFrame({"path": [f"x/{n}" for n in names], "patient": [f"p{i}" for i in range(len(names))]})
+    frame["group"] = frame["patient"]
+    p = copies.validate(params)
+    out, rep = copies.link_altered_copies(frame, root, p, 1)
+    assert rep["altered_copies_across_groups"] == 1, rep["altered_copies"]
+    pair = rep["altered_copies"][0]
+    assert {pair["a"], pair["b"]} == {f"x/{images[0].name}", "x/altered.png"}
+    assert pair["inliers"] >= p["copy_min_inliers"]
+    assert out["group"].iat[0] == out["group"].iat[-1] and out["group"].nunique() == len(names) - 1
+    assert rep["groups_merged"] == 1
