@@ -22,6 +22,25 @@ import numpy as np
 from scipy import stats
 
 
+def validate(params: dict) -> dict:
+    from .params import ParamError, check_int, section
+
+    p = section(params, "stats")
+    check_int("stats.resamples", p.get("resamples"), minimum=100)
+    check_int("stats.seed", p.get("seed"), minimum=0)
+    c = p.get("confidence")
+    if isinstance(c, bool) or not isinstance(c, float) or not 0.5 < c < 1:
+        raise ParamError("stats.confidence", f"expected a level in (0.5, 1), e.g. 0.95, got {c!r}")
+    return p
+
+
+def micro_f1(y: np.ndarray, pred: np.ndarray) -> float:
+    """Micro F1 of (N, L) 0/1 arrays: 2 TP / (positives + predicted); 0 when both are empty."""
+    y, pred = np.asarray(y, bool), np.asarray(pred, bool)
+    denom = int(y.sum() + pred.sum())
+    return 2.0 * int((y & pred).sum()) / denom if denom else 0.0
+
+
 def _members(groups) -> tuple[list[np.ndarray], int]:
     groups = np.asarray(groups)
     _, inverse = np.unique(groups, return_inverse=True)

@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .evaluation import mean_std, prob_columns, true_columns
 from .models import DISPLAY_NAMES
@@ -33,6 +32,8 @@ METRICS = ("precision", "recall", "f1")
 def validate(params: dict, n_backbones: int) -> dict:
     p = section(params, "ensemble")
     check_int("ensemble.min_backbones", p.get("min_backbones"), minimum=1)
+    if p.get("vote_tie") not in VOTE_TIES:
+        raise ParamError("ensemble.vote_tie", f"expected one of {list(VOTE_TIES)}, got {p.get('vote_tie')!r}")
     if n_backbones < p["min_backbones"]:
         raise ParamError("train.backbones", f"the ensemble needs at least ensemble.min_backbones="
                                             f"{p['min_backbones']} backbones, train.backbones lists {n_backbones}")
@@ -58,26 +59,60 @@ def mean_probs(frames: dict[str, pd.DataFrame], labels) -> pd.DataFrame:
     return out
 
 
+VOTE_TIES = ("negative", "positive")
+
+
 def majority_vote(frames: dict[str, pd.DataFrame], cuts: dict[str, np.ndarray], labels) -> tuple[pd.DataFrame, np.ndarray]:
-    """(key frame, votes fraction (N, L)); a label is predicted when the fraction is > 0.5."""
+    """(key frame, votes fraction (N, L)); see :func:`vote_decision` for the rule."""
     out = align(frames, labels)
     votes = np.mean([f[prob_columns(labels)].to_numpy(float) >= cuts[name] for name, f in frames.items()], axis=0)
     return out, votes
 
 
-def paired_test(a, b) -> dict:
-    """Paired comparison over folds of a (ensemble) and b (best single): Wilcoxon signed-rank and paired t."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    d = a - b
-    out = {"n_folds": int(len(d)), "mean_difference": float(d.mean()) if len(d) else None,
-           "wilcoxon_p": None, "ttest_p": None}
-    if len(d) >= 2 and np.any(d != 0):
-        out["wilcoxon_p"] = float(stats.wilcoxon(a, b).pvalue)
-        if np.std(d) > 0:
-            out["ttest_p"] = float(stats.ttest_rel(a, b).pvalue)
-    if len(d) < 6:
-        out["note"] = (f"{len(d)} folds: the exact two-sided Wilcoxon test cannot reach p < 0.05 with fewer than "
-                       f"6 pairs; read the p values as descriptive")
+def vote_decision(votes: np.ndarray, tie: str) -> np.ndarray:
+    """A label is on when more than half the backbones say so; exactly half (a tie) follows ``tie``."""
+    if tie not in VOTE_TIES:
+        raise ParamError("ensemble.vote_tie", f"expected one of {list(VOTE_TIES)}, got {tie!r}")
+    half = np.isclose(votes, 0.5)
+    return (votes > 0.5) | (half if tie == "positive" else np.zeros_like(half))
+
+
+def vote_rule_name(n_backbones: int, tie: str) -> str:
+    """The vote's honest name: an even number of voters makes ties possible, and 2 voters a unanimity/any rule."""
+    if n_backbones % 2:
+        return f"majority of {n_backbones} (no ties possible)"
+    if n_backbones == 2:
+        return "unanimity of 2 (a tie is negative)" if tie == "negative" else "any of 2 (a tie is positive)"
+    return f"majority of {n_backbones}, a tie is {tie}"
+
+
+def paired_difference(y: list[np.ndarray], pred_a: list[np.ndarray], pred_b: list[np.ndarray],
+                      groups: list[np.ndarray], paths: list[np.ndarray], stats: dict) -> dict:
+    """Test micro F1 of a minus b (mean over folds), with a paired bootstrap CI over test patient groups.
+
+    Lists hold one array per fold (test rows). When every fold is scored on the
+    same test set (the rebuilt cohort), one bootstrap resamples its patient
+    groups and recomputes the fold mean; otherwise (the authors' per-fold test
+    sets) each fold gets its own CI. The fold-to-fold spread is training
+    variation, reported as such (``fold_differences``); no p value is given: with
+    2-5 folds none is supported (the exact Wilcoxon test cannot go below 0.0625
+    with 5 pairs).
+    """
+    from .bootstrap import micro_f1, paired_ci
+
+    diffs = [micro_f1(yk, ak) - micro_f1(yk, bk) for yk, ak, bk in zip(y, pred_a, pred_b)]
+    out = {"metric": "test micro F1", "difference": float(np.mean(diffs)),
+           "fold_differences": [float(d) for d in diffs], "ci": None, "fold_cis": None}
+    kw = dict(n_boot=stats["resamples"], seed=stats["seed"], confidence=stats["confidence"])
+    if all(np.array_equal(paths[0], p) for p in paths):
+        ci = paired_ci(lambda i: float(np.mean([micro_f1(yk[i], ak[i]) for yk, ak in zip(y, pred_a)])),
+                       lambda i: float(np.mean([micro_f1(yk[i], bk[i]) for yk, bk in zip(y, pred_b)])),
+                       groups[0], **kw)
+        out["ci"] = ci
+    else:
+        out["fold_cis"] = [paired_ci(lambda i, yk=yk, ak=ak: micro_f1(yk[i], ak[i]),
+                                     lambda i, yk=yk, bk=bk: micro_f1(yk[i], bk[i]), g, **kw)
+                           for yk, ak, bk, g in zip(y, pred_a, pred_b, groups)]
     return out
 
 

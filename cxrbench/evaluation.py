@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import precision_recall_fscore_support, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score, roc_curve
 
 from .labels import LabelTable
 from .params import check_choice, check_fraction, check_int, section
@@ -25,6 +25,7 @@ def validate(params: dict) -> dict:
     p = section(params, "evaluate")
     check_choice("evaluate.threshold", p.get("threshold"), THRESHOLD_METHODS)
     check_fraction("evaluate.fixed_threshold", p.get("fixed_threshold"))
+    check_int("evaluate.min_val_positives", p.get("min_val_positives"), minimum=1)
     check_int("evaluate.batch_size", p.get("batch_size"), minimum=1)
     return p
 
@@ -60,8 +61,15 @@ def f1_best_threshold(y: np.ndarray, p: np.ndarray, fallback: float) -> tuple[fl
     return float(cut), "val_f1"
 
 
-def select_thresholds(y_val: np.ndarray, p_val: np.ndarray, method: str, fixed: float = 0.5) -> tuple[np.ndarray, list[str]]:
-    """Per-label cuts from validation arrays (N_val, L) only."""
+def select_thresholds(y_val: np.ndarray, p_val: np.ndarray, method: str, fixed: float = 0.5,
+                      min_positives: int = 1) -> tuple[np.ndarray, list[str]]:
+    """Per-label cuts from validation arrays (N_val, L) only.
+
+    ``val_f1``: the F1-best cut of each label, except for a label with fewer than
+    ``min_positives`` positives in val, which keeps ``fixed`` (how: ``too_few_val_positives``):
+    a cut fitted to one or two positives lands just under them and, on flat scores,
+    flags every image. ``fixed``: ``fixed`` for every label.
+    """
     n_labels = p_val.shape[1]
     if method == "fixed":
         return np.full(n_labels, fixed), ["fixed"] * n_labels
@@ -69,18 +77,22 @@ def select_thresholds(y_val: np.ndarray, p_val: np.ndarray, method: str, fixed: 
         raise ValueError(f"unknown threshold method {method!r}; valid: {THRESHOLD_METHODS}")
     cuts, how = np.empty(n_labels), []
     for j in range(n_labels):
-        cuts[j], h = f1_best_threshold(y_val[:, j], p_val[:, j], fixed)
+        pos = int(np.asarray(y_val[:, j], bool).sum())
+        if 0 < pos < min_positives:
+            cuts[j], h = fixed, "too_few_val_positives"
+        else:
+            cuts[j], h = f1_best_threshold(y_val[:, j], p_val[:, j], fixed)
         how.append(h)
     return cuts, how
 
 
-def thresholds_from_frame(pred: pd.DataFrame, labels, method: str, fixed: float = 0.5):
+def thresholds_from_frame(pred: pd.DataFrame, labels, method: str, fixed: float = 0.5, min_positives: int = 1):
     """Thresholds from the ``split == 'val'`` rows of a predictions table; other rows are never read."""
     val = pred.loc[pred["split"] == "val"]
     if val.empty:
         raise ValueError("no validation rows in the predictions table: thresholds need the fold's val part")
     return select_thresholds(val[true_columns(labels)].to_numpy(float), val[prob_columns(labels)].to_numpy(float),
-                             method, fixed)
+                             method, fixed, min_positives)
 
 
 # --- metrics ------------------------------------------------------------------
@@ -106,16 +118,30 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, y_prob: np.ndarra
                                     "support": int(sl[j]), "predicted": int(y_pred[:, j].sum())}
                         for j in range(len(labels))}
     if y_prob is not None:
-        auc, skipped = {}, []
+        # threshold-free: per-label AUROC and average precision (AP), their macro means over the
+        # labels scorable here (both classes present; the others are listed, never silently averaged
+        # in), and micro AUROC / AP over every (image, label) pair. Chance: AUROC 0.5, AP = prevalence.
+        auc, ap, prevalence, skipped = {}, {}, {}, []
         for j, name in enumerate(labels):
             col = y_true[:, j]
             if col.min() == col.max():
                 skipped.append(name)
                 continue
             auc[name] = float(roc_auc_score(col, y_prob[:, j]))
+            ap[name] = float(average_precision_score(col, y_prob[:, j]))
+            prevalence[name] = float(col.mean())
         out["auroc"] = auc
+        out["average_precision"] = ap
         out["auroc_skipped_one_class"] = skipped
+        out["not_scorable"] = skipped
         out["auroc_macro"] = float(np.mean(list(auc.values()))) if auc else None
+        out["ap_macro"] = float(np.mean(list(ap.values()))) if ap else None
+        out["ap_macro_chance"] = float(np.mean(list(prevalence.values()))) if prevalence else None
+        flat_y, flat_p = y_true.ravel(), np.asarray(y_prob, float).ravel()
+        both = 0 < flat_y.sum() < len(flat_y)
+        out["auroc_micro"] = float(roc_auc_score(flat_y, flat_p)) if both else None
+        out["ap_micro"] = float(average_precision_score(flat_y, flat_p)) if both else None
+        out["ap_micro_chance"] = float(flat_y.mean()) if len(flat_y) else None
     if table is not None:
         out["leaf_confusion"] = leaf_confusion(y_true, y_pred, labels, table)
     out["exact_match"] = float((y_true == y_pred).all(1).mean()) if len(y_true) else None
@@ -177,6 +203,8 @@ def summary_rows(per_fold: dict[str, list[dict]], part: str = "test") -> list[di
             for m in ("precision", "recall", "f1"):
                 row[f"{avg}_{m}_mean"], row[f"{avg}_{m}_std"] = mean_std(f[part][avg][m] for f in folds)
         row["auroc_macro_mean"], row["auroc_macro_std"] = mean_std(f[part].get("auroc_macro") for f in folds)
+        for key in ("auroc_micro", "ap_micro", "ap_macro", "ap_macro_chance", "ap_micro_chance"):
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std(f[part].get(key) for f in folds)
         # per-label AUROC, mean over folds, for labels scorable (both classes present) in every fold:
         # threshold-free, so steadier than F1 at a tuned cut (the CI gate guards these)
         scored = [f[part].get("auroc") or {} for f in folds]
@@ -187,12 +215,22 @@ def summary_rows(per_fold: dict[str, list[dict]], part: str = "test") -> list[di
 
 
 def summary_markdown(rows: list[dict], part: str = "test") -> str:
-    head = (f"| model | folds | micro P | micro R | micro F1 | macro P | macro R | macro F1 | AUROC (macro) |\n"
-            f"|---|---|---|---|---|---|---|---|---|\n")
+    head = (f"| model | folds | micro P | micro R | micro F1 | macro P | macro R | macro F1 | AUROC (macro) "
+            f"| AUROC (micro) | AP (macro) | AP (micro) |\n"
+            f"|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         cells = [f"{r[f'{a}_{m}_mean']:.3f} ± {r[f'{a}_{m}_std']:.3f}" for a in ("micro", "macro")
                  for m in ("precision", "recall", "f1")]
-        lines.append(f"| {r['model']} | {r['folds']} | " + " | ".join(cells) +
-                     f" | {r['auroc_macro_mean']:.3f} ± {r['auroc_macro_std']:.3f} |")
-    return f"Metrics on the {part} set, mean ± std (ddof 0) over folds.\n\n" + head + "\n".join(lines) + "\n"
+        free = [f"{r.get(f'{k}_mean', float('nan')):.3f} ± {r.get(f'{k}_std', float('nan')):.3f}"
+                for k in ("auroc_macro", "auroc_micro", "ap_macro", "ap_micro")]
+        lines.append(f"| {r['model']} | {r['folds']} | " + " | ".join(cells + free) + " |")
+    chance = ""
+    with_chance = [r for r in rows if np.isfinite(r.get("ap_macro_chance_mean", np.nan))]
+    if with_chance:
+        r0 = with_chance[0]
+        chance = (f" Chance level: AUROC 0.5; AP = prevalence (macro {r0['ap_macro_chance_mean']:.3f}, "
+                  f"micro {r0['ap_micro_chance_mean']:.3f}). Macro means cover the labels with both "
+                  f"classes in this set; the others are listed as not scorable in metrics/eval/*.json.")
+    return (f"Metrics on the {part} set, mean ± std (ddof 0) over folds (training variation: every fold is "
+            f"scored on the same test set).{chance}\n\n" + head + "\n".join(lines) + "\n")

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from cxrbench import bootstrap  # noqa: E402
 from cxrbench import ensemble as EN  # noqa: E402
 from cxrbench import evaluation as E  # noqa: E402
 from cxrbench import params as P  # noqa: E402
@@ -25,18 +26,14 @@ from cxrbench.io import read_json, write_csv, write_json, write_text  # noqa: E4
 from cxrbench.labels import LabelTable  # noqa: E402
 
 
-def _p(value) -> str:
-    """A p-value for the table note: 3 significant digits, or 'n/a' (too few folds)."""
-    return "n/a" if value is None or value != value else f"{value:.3g}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     P.add_stage_arguments(ap)
     params = P.from_arguments(ap.parse_args())
     tp = training.validate(params)
     ev = E.validate(params)
-    EN.validate(params, len(tp["backbones"]))
+    ens = EN.validate(params, len(tp["backbones"]))
+    vote_rule = EN.vote_rule_name(len(tp["backbones"]), ens["vote_tie"])
     table = LabelTable.from_params(params)
     labels = list(table.names)
     backbones, folds = tp["backbones"], tp["folds"]
@@ -44,6 +41,9 @@ def main() -> None:
     per_fold: dict[str, list[dict]] = {b: [] for b in backbones}
     per_fold["ensemble"], per_fold["vote"] = [], []
     fold_records, rocs = [], []
+    stats = bootstrap.validate(params)
+    group_of = dict(zip(*pd.read_csv("data/index.csv", usecols=["path", "group"], dtype=str).to_numpy().T))
+    test_rows: list[dict] = []      # per fold: y, paths, groups and every model's thresholded test predictions
     for k in folds:
         frames, cuts = {}, {}
         for b in backbones:
@@ -52,16 +52,25 @@ def main() -> None:
             per_fold[b].append(m)
             cuts[b] = np.array([m["thresholds"][n]["cut"] for n in labels])
         mean = EN.mean_probs(frames, labels)
-        mcuts, how = E.thresholds_from_frame(mean, labels, ev["threshold"], ev["fixed_threshold"])
+        mcuts, how = E.thresholds_from_frame(mean, labels, ev["threshold"], ev["fixed_threshold"],
+                                             ev["min_val_positives"])
         m_mean = E.evaluate_frame(mean, labels, mcuts, table)
         keys, votes = EN.majority_vote(frames, cuts, labels)
         m_vote = {}
         for part in ("val", "test"):
             sel = (keys["split"] == part).to_numpy()
             m_vote[part] = E.multilabel_metrics(keys.loc[sel, E.true_columns(labels)].to_numpy(int),
-                                                votes[sel] > 0.5, votes[sel], labels, table)
+                                                EN.vote_decision(votes[sel], ens["vote_tie"]), votes[sel],
+                                                labels, table)
         per_fold["ensemble"].append(m_mean)
         per_fold["vote"].append(m_vote)
+        sel = (mean["split"] == "test").to_numpy()
+        test_rows.append({
+            "y": mean.loc[sel, E.true_columns(labels)].to_numpy(int), "paths": mean.loc[sel, "path"].to_numpy(),
+            "groups": np.array([group_of[x] for x in mean.loc[sel, "path"]]),
+            "pred": {"ensemble": mean.loc[sel, E.prob_columns(labels)].to_numpy(float) >= mcuts,
+                     **{b: frames[b].loc[sel, E.prob_columns(labels)].to_numpy(float) >= cuts[b]
+                        for b in backbones}}})
         write_csv(f"data/ensemble/f{k}.csv", mean)
         test = mean[mean["split"] == "test"]
         roc = E.micro_roc(test[E.true_columns(labels)].to_numpy(), test[E.prob_columns(labels)].to_numpy())
@@ -70,7 +79,7 @@ def main() -> None:
         fold_records.append({
             "fold": k, "backbones": backbones, "threshold_method": ev["threshold"],
             "thresholds": {n: {"cut": float(c), "how": h} for n, c, h in zip(labels, mcuts, how)},
-            "mean": m_mean, "vote": m_vote})
+            "mean": m_mean, "vote": m_vote, "vote_rule": vote_rule})
     write_csv("plots/roc_ensemble.csv", pd.concat(rocs, ignore_index=True))
     write_json("metrics/ensemble.json", {"folds": fold_records})
 
@@ -78,17 +87,26 @@ def main() -> None:
     val_rows = E.summary_rows(per_fold, "val")
     # the best single backbone is chosen on validation micro F1, never on test
     best = max(backbones, key=lambda b: np.mean([f["val"]["micro"]["f1"] for f in per_fold[b]]))
-    test_f1 = {m: [f["test"]["micro"]["f1"] for f in per_fold[m]] for m in per_fold}
-    paired = {"metric": "test micro F1 per fold", "ensemble": "ensemble (mean probability)",
-              "best_single": best, "best_single_chosen_by": "mean validation micro F1",
-              **EN.paired_test(test_f1["ensemble"], test_f1[best])}
+    paired = {"ensemble": "ensemble (mean probability)", "best_single": best,
+              "best_single_chosen_by": "mean validation micro F1",
+              **EN.paired_difference([t["y"] for t in test_rows], [t["pred"]["ensemble"] for t in test_rows],
+                                     [t["pred"][best] for t in test_rows], [t["groups"] for t in test_rows],
+                                     [t["paths"] for t in test_rows], stats)}
+    for r in rows + val_rows:
+        if r["model"] == "vote":
+            r["rule"] = vote_rule
     write_json("metrics/summary.json", {"folds": folds, "test": rows, "val": val_rows, "paired_test": paired})
     write_text("metrics/summary.md", E.summary_markdown(rows, "test") + "\n" + E.summary_markdown(val_rows, "val"))
 
     t2 = EN.table2({m: per_fold[m] for m in [*backbones, "ensemble"]}, "test")
-    note = (f"Ensemble vs best single backbone ({best}, chosen on validation micro F1), test micro F1 over "
-            f"{paired['n_folds']} folds: mean difference {paired['mean_difference']:+.3f}, Wilcoxon p = "
-            f"{_p(paired['wilcoxon_p'])}, paired t p = {_p(paired['ttest_p'])}.")
+    note = (f"Ensemble vs best single backbone ({best}, chosen on validation micro F1), test micro F1, mean over "
+            f"{len(folds)} folds: difference {paired['difference']:+.3f}" + (
+                f", {stats['confidence']:.0%} CI [{paired['ci']['low']:+.3f}, {paired['ci']['high']:+.3f}] "
+                f"(paired bootstrap over {paired['ci']['groups']} test patient groups, {stats['resamples']} "
+                f"resamples)" if paired["ci"] else ", per-fold CIs in metrics/table2.json (each fold has its own "
+                                                   "test set)") +
+            f"; per fold {', '.join(f'{d:+.3f}' for d in paired['fold_differences'])} (training variation). "
+            f"Majority vote: {vote_rule}. No p value: 2-5 folds support none.")
     write_json("metrics/table2.json", {"rows": t2, "majority_vote": [r for r in rows if r["model"] == "vote"][0],
                                        "paired_test": paired, "folds": folds})
     write_text("metrics/table2.md", EN.table2_markdown(t2, note))

@@ -64,7 +64,8 @@ def main() -> None:
     cache = Cache("data/cache", "data/index.csv")
     splits = pd.read_csv("data/splits.csv", keep_default_na=False)
     pred = predictions(model, meta, cache, splits, args.fold, device, ev["batch_size"])
-    cuts, how = E.thresholds_from_frame(pred, table.names, ev["threshold"], ev["fixed_threshold"])
+    cuts, how = E.thresholds_from_frame(pred, table.names, ev["threshold"], ev["fixed_threshold"],
+                                        ev["min_val_positives"])
     metrics = E.evaluate_frame(pred, table.names, cuts, table)
     name = f"{args.backbone}-f{args.fold}"
     write_csv(out.predictions, pred)

@@ -47,6 +47,14 @@ def test_metrics_match_scikit_learn():
     for j in range(3):
         assert m["auroc"][LABELS[j]] == pytest.approx(roc_auc_score(y[:, j], prob[:, j]))
     assert m["auroc_skipped_one_class"] == ["healthy"]
+    from sklearn.metrics import average_precision_score
+    for j in range(3):
+        assert m["average_precision"][LABELS[j]] == pytest.approx(average_precision_score(y[:, j], prob[:, j]))
+    assert m["not_scorable"] == ["healthy"] and "healthy" not in m["average_precision"]
+    assert m["ap_macro"] == pytest.approx(np.mean([average_precision_score(y[:, j], prob[:, j]) for j in range(3)]))
+    assert m["ap_macro_chance"] == pytest.approx(y[:, :3].mean(0).mean())
+    assert m["auroc_micro"] == pytest.approx(roc_auc_score(y.ravel(), prob.ravel()))
+    assert m["ap_micro_chance"] == pytest.approx(y.mean())
 
 
 def test_f1_threshold_is_the_best_cut_on_val():
@@ -60,6 +68,20 @@ def test_f1_threshold_is_the_best_cut_on_val():
         assert got == pytest.approx(best)
     fixed, _ = E.select_thresholds(y, prob, "fixed", 0.4)
     assert (fixed == 0.4).all()
+
+
+def test_a_label_with_too_few_val_positives_keeps_the_fixed_cut():
+    """One val positive with flat scores: the F1-best cut sits just under it and would flag almost everything."""
+    rng = np.random.default_rng(0)
+    p = np.column_stack([rng.uniform(0.0, 0.06, 100), rng.random(100)])
+    y = np.zeros((100, 2), int)
+    y[np.argmax(p[:, 0]), 0] = 1                                   # the single positive has the top score
+    y[:, 1] = rng.random(100) < 0.3
+    cuts, how = E.select_thresholds(y, p, "val_f1", 0.5, min_positives=5)
+    assert how[0] == "too_few_val_positives" and cuts[0] == 0.5
+    assert how[1] == "val_f1"                                     # ~30 positives: the F1-best cut
+    loose, how1 = E.select_thresholds(y, p, "val_f1", 0.5, min_positives=1)
+    assert how1[0] == "val_f1" and loose[0] < 0.06                 # the old rule: a cut under 0.06
 
 
 def _pred_frame(seed=0):
@@ -95,8 +117,22 @@ def test_ensemble_mean_vote_and_paired_test():
     c["path"] = c["path"][::-1].to_numpy()
     with pytest.raises(ValueError, match="other rows"):
         EN.mean_probs({"a": a, "c": c}, LABELS)
-    t = EN.paired_test([0.8, 0.82, 0.85, 0.81, 0.9], [0.78, 0.8, 0.84, 0.8, 0.86])
-    assert t["mean_difference"] > 0 and 0 < t["wilcoxon_p"] <= 1 and 0 < t["ttest_p"] < 0.05
+    rng = np.random.default_rng(0)
+    y = (rng.random((120, 3)) < 0.4).astype(int)
+    better, worse = y.copy(), y.copy()
+    worse[rng.random((120, 3)) < 0.3] ^= 1                           # b errs on 30 % of its cells, a on 5 %
+    better[rng.random((120, 3)) < 0.05] ^= 1
+    groups, paths = np.repeat(np.arange(60), 2), np.arange(120)
+    stats = {"resamples": 200, "seed": 0, "confidence": 0.95}
+    d = EN.paired_difference([y, y], [better, better], [worse, worse], [groups, groups], [paths, paths], stats)
+    assert d["difference"] > 0.2 and d["ci"]["low"] > 0.1 and d["ci"]["groups"] == 60 and "wilcoxon_p" not in d
+    per_fold = EN.paired_difference([y, y], [better, better], [worse, worse], [groups, groups],
+                                    [paths, paths[::-1]], stats)                      # other test sets per fold
+    assert per_fold["ci"] is None and len(per_fold["fold_cis"]) == 2
+    assert EN.vote_rule_name(2, "negative").startswith("unanimity") and "no ties" in EN.vote_rule_name(3, "negative")
+    v = np.array([[0.5, 1.0, 0.0]])
+    assert EN.vote_decision(v, "negative").tolist() == [[False, True, False]]
+    assert EN.vote_decision(v, "positive").tolist() == [[True, True, False]]
     rows = EN.table2({"resnet18": [{"test": {"micro": {"precision": 0.5, "recall": 0.7, "f1": 0.6}}}]})
     assert rows[0]["model"] == "ResNet18" and rows[0]["paper_f1"] == {"mean": 0.824, "std": 0.007}
 
