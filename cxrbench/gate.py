@@ -73,6 +73,7 @@ def config_from_params(params: dict) -> GateConfig:
         key = f"gate.checks[{i}]"
         if not isinstance(c, dict) or ":" not in str(c.get("metric", "")):
             raise ParamError(key, f"`metric` must read FILE:dotted.key, got {c!r}")
+        terms(str(c["metric"]))
         tol = c.get("tolerance")
         if tol != SPREAD and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0):
             raise ParamError(f"{key}.tolerance", f"expected a number >= 0 or {SPREAD!r}, got {tol!r}")
@@ -137,14 +138,30 @@ def lookup(obj: Any, key: str) -> float | None:
 
 
 def current_values(checks: list[Check], root: Path = Path(".")) -> dict[str, float | None]:
+    """Each check's value under ``root``; a metric ``A - B`` (two FILE:key terms) is their difference."""
     cache: dict[str, Any] = {}
+
+    def one(term: str) -> float | None:
+        file, key = term.split(":", 1)
+        if file not in cache:
+            path = root / file
+            cache[file] = read_json(path) if path.is_file() else None
+        return lookup(cache[file], key) if cache[file] is not None else None
+
     out = {}
     for c in checks:
-        if c.file not in cache:
-            path = root / c.file
-            cache[c.file] = read_json(path) if path.is_file() else None
-        out[c.metric] = lookup(cache[c.file], c.key) if cache[c.file] is not None else None
+        values = [one(t) for t in terms(c.metric)]
+        out[c.metric] = None if any(v is None for v in values) else (
+            values[0] if len(values) == 1 else values[0] - values[1])
     return out
+
+
+def terms(metric: str) -> list[str]:
+    """``FILE:key`` -> [it]; ``FILE:a - FILE:b`` (a control-adjusted metric) -> [both]."""
+    parts = [t.strip() for t in metric.split(" - ")]
+    if len(parts) > 2 or any(":" not in t for t in parts):
+        raise ParamError("gate.checks", f"metric {metric!r}: expected FILE:dotted.key or FILE:a - FILE:b")
+    return parts
 
 
 def evaluate(checks: list[Check], baseline: dict[str, float], current: dict[str, float | None],
@@ -178,8 +195,14 @@ def evaluate(checks: list[Check], baseline: dict[str, float], current: dict[str,
 def format_table(rows: list[dict]) -> str:
     def f(v):
         return "-" if v is None else f"{v:.4f}"
+
+    def path_of(metric):
+        return " - ".join(dict.fromkeys(t.split(":")[0] for t in terms(metric)))
+
+    def key_of(metric):
+        return " - ".join(t.split(":", 1)[1] for t in terms(metric))
     head = ["Path", "Metric", "Baseline", "Current", "Change", "Tolerance", "Rule", "Better", "Status"]
-    body = [[r["metric"].split(":")[0], r["metric"].split(":", 1)[1], f(r["baseline"]), f(r["current"]),
+    body = [[path_of(r["metric"]), key_of(r["metric"]), f(r["baseline"]), f(r["current"]),
              "-" if r["change"] is None else f"{r['change']:+.4f}", f(r["tolerance"]), r.get("rule", "fixed"),
              r["direction"], r["status"]] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]

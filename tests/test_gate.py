@@ -111,3 +111,17 @@ def test_leave_one_out_range():
     assert gate.spread_range(spread, "m:x") == pytest.approx(0.11)
     assert gate.spread_range(spread, "m:x", exclude="b") == pytest.approx(0.01)
     assert gate.spread_range(spread, "m:y") is None
+
+
+def test_a_control_adjusted_metric_is_a_difference(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/a.json").write_text(json.dumps({"m": {"occ": 0.30, "rnd": -0.10}}))
+    metric = "metrics/a.json:m.occ - metrics/a.json:m.rnd"
+    checks = [gate.Check(metric, 0.05, "higher", "gain over the random control")]
+    assert gate.current_values(checks, tmp_path)[metric] == pytest.approx(0.40)
+    rows = gate.evaluate(checks, {metric: 0.50}, gate.current_values(checks, tmp_path))
+    assert rows[0]["status"] == "REGRESSION"
+    assert "m.occ - m.rnd" in gate.format_table(rows)
+    with pytest.raises(ParamError, match="FILE:a - FILE:b"):
+        gate.terms("metrics/a.json:x - y")
