@@ -16,6 +16,7 @@ and becomes the baseline.
     python -m cxrbench.spread measure            # every perturbation, then collect (about 15 min a run on 2 cores)
     python -m cxrbench.spread measure --only threads1 seed43
     python -m cxrbench.spread collect WORKDIR    # rewrite the spread JSON from finished runs
+    python -m cxrbench.spread table              # the committed spread as a markdown table (README)
 
 ``measure`` clones the committed HEAD once per run into ``--workdir`` (with the
 ``shared`` folder beside it, as in CI), runs ``python -m cxrbench.profiles run
@@ -156,10 +157,35 @@ def collect(workdir: Path, cfg: GateConfig, names: list[str]) -> dict:
     return spread
 
 
+def markdown(spread: dict, cfg: GateConfig) -> str:
+    """The spread JSON as a table: each guarded metric's value per run, its range and the tolerance."""
+    names = list(spread["runs"])
+    tol = tolerances(cfg.checks, spread, cfg.spread_factor)
+    head = ("| metric | " + " | ".join(names) + " | range | tolerance |\n|---|" + "---|" * (len(names) + 2))
+    lines = []
+    for c in cfg.checks:
+        d = spread["metrics"].get(c.metric, {})
+        vals = d.get("values", {})
+        cells = ["-" if vals.get(n) is None else f"{vals[n]:.4f}" for n in names]
+        key = " - ".join(t.split(":", 1)[1] for t in c.metric.split(" - "))
+        t = tol.get(c.metric)
+        lines.append(f"| `{key}` ({c.direction}) | " + " | ".join(cells) +
+                     f" | {d.get('range', 0) or 0:.4f} | {'-' if t is None else f'{t:.4f}'} |")
+    runs = "; ".join(f"{n}: {r.get('seconds', 0) / 60:.1f} min" for n, r in spread["runs"].items())
+    cpu = next(iter(spread["runs"].values())).get("runtime") or {}
+    loo = spread.get("leave_one_out", {})
+    loo_text = "; ".join(f"{n} {'passes' if r['passes'] else 'fails: ' + ', '.join(r['failing'])}"
+                         for n, r in loo.items())
+    return (head + "\n" + "\n".join(lines) + f"\n\nRuns of the `{spread.get('profile')}` profile on "
+            f"{cpu.get('cpu', '?')} ({cpu.get('cpu_capability', '?')}, torch {cpu.get('torch', '?')}), 2 cores; "
+            f"wall time per run (other jobs shared the cores): {runs}. Leave-one-out (tolerances from the other "
+            f"runs only): {loo_text or 'not computed'}.\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cxrbench.spread", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("action", choices=["measure", "collect"])
+    ap.add_argument("action", choices=["measure", "collect", "table"])
     ap.add_argument("workdir", nargs="?", default="/tmp/cxrbench-spread",
                     help="where clones and finished runs go (default /tmp/cxrbench-spread)")
     ap.add_argument("--only", nargs="+", help="run only these perturbations (collect still reads all)")
@@ -171,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = perturbations(params)
     profile = profile_name(params)
     workdir = Path(args.workdir)
+    if args.action == "table":
+        print(markdown(read_json(cfg.spread), cfg))
+        return 0
     if args.action == "measure":
         repo = Path(".").resolve()
         dirty = _git(["status", "--porcelain", "--untracked-files=no"], repo)

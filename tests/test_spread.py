@@ -55,3 +55,13 @@ def test_collect_names_a_missing_run(tmp_path):
     _run(tmp_path, "reference", 0.8)
     with pytest.raises(FileNotFoundError, match="--only a"):
         spread.collect(tmp_path, cfg, ["reference", "a"])
+
+
+def test_markdown_table_of_the_spread(tmp_path):
+    cfg = gate.config_from_params(_params({"reference": {}}))
+    _run(tmp_path, "reference", 0.80)
+    _run(tmp_path, "a", 0.79)
+    out = spread.collect(tmp_path, cfg, ["reference", "a"])
+    md = spread.markdown(out, cfg)
+    assert "| `auc` (higher) | 0.8000 | 0.7900 | 0.0100 | 0.0200 |" in md
+    assert "leaks" in md and "a passes" in md
