@@ -61,7 +61,8 @@ def test_markdown_table_of_the_spread(tmp_path):
     cfg = gate.config_from_params(_params({"reference": {}}))
     _run(tmp_path, "reference", 0.80)
     _run(tmp_path, "a", 0.79)
-    out = spread.collect(tmp_path, cfg, ["reference", "a"])
+    _run(tmp_path, "b", 0.805)
+    out = spread.collect(tmp_path, cfg, ["reference", "a", "b"])
     md = spread.markdown(out, cfg)
-    assert "| `auc` (higher) | 0.8000 | 0.7900 | 0.0100 | 0.0200 |" in md
-    assert "leaks" in md and "a passes" in md
+    assert "| `auc` (higher) | 0.8000 | 0.7900 | 0.8050 | 0.0150 | 0.0300 |" in md
+    assert "`leaks` (lower)" in md and "a passes" in md and "b passes" in md
