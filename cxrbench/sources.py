@@ -409,7 +409,12 @@ def safe_extract(arc, dest: Path, *, root: str | None, include: Iterable[str] | 
     include_p = [_check_relative(i, where) for i in include] if include else None
     selected: list[tuple[Member, PurePosixPath]] = []
     seen: set[PurePosixPath] = set()
-    for m in _members(arc):
+    try:
+        members = _members(arc)
+    except EXTRACT_ERRORS as err:
+        raise SourceError(f"{where}: cannot read the list of members ({type(err).__name__}: {err}); the archive "
+                          f"is truncated or damaged: delete it and rerun") from err
+    for m in members:
         rel = _check_relative(m.name, where)
         if m.is_link:
             raise UnsafeArchiveError(f"{where}: refusing link member {m.name!r}")

@@ -209,3 +209,18 @@ def test_bad_crc_names_the_member(tmp_path):
 def test_overlong_member_name_names_the_member(tmp_path):
     with pytest.raises(SourceError, match=r"cannot extract member 'x{300}'"):
         _extract(tmp_path, [("x" * 300, b"1")])
+
+
+def test_truncated_tar_names_the_archive(tmp_path):
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        data = b"x" * 50000
+        info = tarfile.TarInfo("up/data/a.bin")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    cut = io.BytesIO(buf.getvalue()[:20000])                      # the member's data stops half way
+    with pytest.raises(SourceError, match=r"source `t`.*(truncated|'up/data/a.bin').*delete it and rerun"):
+        with tarfile.open(fileobj=cut) as arc:
+            sources.safe_extract(arc, tmp_path / "out", root=None, include=None, where="source `t`", limits=LIMITS)
