@@ -80,3 +80,13 @@ def test_committed_gate_catches_a_broken_attribution(committed):
         broken = 0.0 if " - " in metric else baseline[random_key]
         rows = gate.evaluate(cfg.checks, baseline, _one_changed(baseline, metric, broken), tol)
         assert metric in [r["metric"] for r in gate.failed(rows)], (metric, broken, tol[metric])
+
+
+def test_committed_spread_has_a_run_per_perturbation(committed):
+    """A perturbation added to params.yaml without measuring it would leave the tolerances under-measured."""
+    from cxrbench import spread as S
+    from cxrbench.params import load
+
+    _, spread, _, _ = committed
+    assert set(spread["runs"]) == set(S.perturbations(load(ROOT / "params.yaml")))
+    assert spread["runs"]["reference"]["env"] == {} and spread["runs"]["reference"]["set"] == {}
