@@ -56,7 +56,7 @@ def group_ci(statistic: Callable[[np.ndarray], float | None], groups, n_boot: in
     ``statistic`` takes an index array into the items (with repeats) and returns a
     float, or None / NaN where it is undefined on that resample.
     """
-    return _ci(lambda idx: statistic(idx), groups, n_boot, seed, confidence)
+    return _ci(statistic, groups, n_boot, seed, confidence)
 
 
 def paired_ci(stat_a: Callable[[np.ndarray], float | None], stat_b: Callable[[np.ndarray], float | None], groups,

@@ -29,27 +29,38 @@ from .io import atomic_path, read_json, write_json
 CHUNK = 1 << 24  # rows are hashed in slices of about this many bytes
 
 
-def _update_array(h, a: np.ndarray) -> None:
-    a = np.asarray(a)
-    h.update(f"{a.dtype.str}{a.shape}".encode())
-    if a.ndim == 0 or a.size == 0:
-        h.update(np.ascontiguousarray(a).tobytes())
-        return
+def _update_rows(h, a: np.ndarray, rows: np.ndarray | None = None) -> None:
+    """Hash ``a[rows]`` (all of ``a`` when rows is None) with its dtype and shape, slice by slice, so the
+    selected rows are never copied whole (the training part of a 512 px cache is hundreds of MB)."""
+    if rows is None:
+        a = np.asarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        if a.ndim == 0 or a.size == 0:
+            h.update(np.ascontiguousarray(a).tobytes())
+            return
+        rows = np.arange(len(a))
+    else:
+        h.update(f"{a.dtype.str}{(len(rows),) + tuple(a.shape[1:])}".encode())
+        if len(rows) == 0:
+            return
     per_row = max(1, CHUNK // max(1, a[0].nbytes))
-    for i in range(0, len(a), per_row):
-        h.update(np.ascontiguousarray(a[i:i + per_row]).tobytes())
+    for i in range(0, len(rows), per_row):
+        h.update(np.ascontiguousarray(a[rows[i:i + per_row]]).tobytes())
 
 
-def data_fingerprint(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> str:
+def data_fingerprint(arrays: Mapping[str, np.ndarray | tuple[np.ndarray, np.ndarray]],
+                     meta: Mapping[str, Any] | None = None) -> str:
     """SHA-256 of named arrays (e.g. ``train_images``, ``train_targets``) and JSON-able ``meta``.
 
-    Arrays are hashed with their dtype and shape, in name order; paths go in
-    ``meta`` (lists of strings).
+    A value is an array, or ``(array, rows)`` for the rows of an array. Arrays are
+    hashed with their dtype and shape, in name order; paths go in ``meta`` (lists
+    of strings).
     """
     h = hashlib.sha256()
     for name in sorted(arrays):
         h.update(name.encode())
-        _update_array(h, arrays[name])
+        value = arrays[name]
+        _update_rows(h, *value) if isinstance(value, tuple) else _update_rows(h, value)
     h.update(json.dumps(meta or {}, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
@@ -59,10 +70,10 @@ def rows_fingerprint(images: np.ndarray, targets: np.ndarray | None, rows: Mappi
     """:func:`data_fingerprint` of the given cache rows per part (``train``, ``val``): pixels, targets, paths."""
     arrays = {}
     for part, r in rows.items():
-        r = np.asarray(r)
-        arrays[f"{part}_images"] = images[r] if len(r) else np.zeros((0,), np.uint8)
+        r = np.asarray(r, dtype=np.int64)
+        arrays[f"{part}_images"] = (images, r)
         if targets is not None:
-            arrays[f"{part}_targets"] = targets[r]
+            arrays[f"{part}_targets"] = (targets, r)
     return data_fingerprint(arrays, {"paths": {k: list(v) for k, v in paths.items()}, **(meta or {})})
 
 
@@ -85,7 +96,7 @@ def save(path: str | Path, state: dict, identity: dict) -> None:
     write_json(sidecar(path), identity)
 
 
-def load(path: str | Path, identity: dict, what: str = "checkpoint") -> tuple[dict | None, str]:
+def load(path: str | Path, identity: dict) -> tuple[dict | None, str]:
     """``(state, "resumed")`` when ``path``'s sidecar matches ``identity``; else ``(None, why)``.
 
     Nothing is unpickled unless the sidecar matches, and then only tensors and

@@ -144,10 +144,8 @@ def link_altered_copies(frame: pd.DataFrame, raw: Path, p: dict, workers: int) -
                                              "inliers": n, "thumbnail_correlation": round(corr, 4)})
             uf.union(groups[i], groups[j])
     report["altered_copies_across_groups"] = len(report["altered_copies"])
-    report["inlier_histogram"] = dict(zip(*np.unique(np.minimum(np.asarray(counts, int) // 10 * 10, 200),
-                                                      return_counts=True))) if counts else {}
-    report["inlier_histogram"] = {f"{int(a)}-{int(a) + 9}" if a < 200 else "200+": int(b)
-                                  for a, b in report["inlier_histogram"].items()}
+    bins, n_in = np.unique(np.minimum(np.asarray(counts, int) // 10 * 10, 200), return_counts=True)
+    report["inlier_histogram"] = {f"{int(a)}-{int(a) + 9}" if a < 200 else "200+": int(b) for a, b in zip(bins, n_in)}
     frame = frame.copy()
     frame["group"] = [uf.find(g) for g in groups]
     report["groups_merged"] = int(len(set(groups)) - frame["group"].nunique())

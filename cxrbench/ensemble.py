@@ -15,7 +15,7 @@ import pandas as pd
 
 from .evaluation import mean_std, prob_columns, true_columns
 from .models import DISPLAY_NAMES
-from .params import ParamError, check_int, section
+from .params import ParamError, check_choice, check_int, section
 
 # Seed 000, Table 2: micro precision, recall, F1 (mean ± std over 5 folds).
 PAPER_TABLE2 = {
@@ -32,8 +32,7 @@ METRICS = ("precision", "recall", "f1")
 def validate(params: dict, n_backbones: int) -> dict:
     p = section(params, "ensemble")
     check_int("ensemble.min_backbones", p.get("min_backbones"), minimum=1)
-    if p.get("vote_tie") not in VOTE_TIES:
-        raise ParamError("ensemble.vote_tie", f"expected one of {list(VOTE_TIES)}, got {p.get('vote_tie')!r}")
+    check_choice("ensemble.vote_tie", p.get("vote_tie"), VOTE_TIES)
     if n_backbones < p["min_backbones"]:
         raise ParamError("train.backbones", f"the ensemble needs at least ensemble.min_backbones="
                                             f"{p['min_backbones']} backbones, train.backbones lists {n_backbones}")
@@ -71,8 +70,7 @@ def majority_vote(frames: dict[str, pd.DataFrame], cuts: dict[str, np.ndarray], 
 
 def vote_decision(votes: np.ndarray, tie: str) -> np.ndarray:
     """A label is on when more than half the backbones say so; exactly half (a tie) follows ``tie``."""
-    if tie not in VOTE_TIES:
-        raise ParamError("ensemble.vote_tie", f"expected one of {list(VOTE_TIES)}, got {tie!r}")
+    check_choice("ensemble.vote_tie", tie, VOTE_TIES)
     half = np.isclose(votes, 0.5)
     return (votes > 0.5) | (half if tie == "positive" else np.zeros_like(half))
 

@@ -42,14 +42,6 @@ class Check:
     direction: str
     reason: str = ""
 
-    @property
-    def file(self) -> str:
-        return self.metric.split(":", 1)[0]
-
-    @property
-    def key(self) -> str:
-        return self.metric.split(":", 1)[1]
-
 
 @dataclass(frozen=True)
 class GateConfig:
@@ -89,11 +81,6 @@ def config_from_params(params: dict) -> GateConfig:
         raise ParamError("gate.spread_factor", f"expected a number >= 1 (the margin over the measured spread), "
                                                f"got {factor!r}")
     return GateConfig(Path(baseline), Path(spread) if spread else None, float(factor), out)
-
-
-def checks_from_params(params: dict) -> tuple[Path, list[Check]]:
-    cfg = config_from_params(params)
-    return cfg.baseline, cfg.checks
 
 
 def spread_range(spread: dict, metric: str, exclude: str | None = None) -> float | None:
@@ -164,6 +151,13 @@ def terms(metric: str) -> list[str]:
     return parts
 
 
+def label(metric: str) -> tuple[str, str]:
+    """(files, keys) of a metric for tables: ``a.json``, ``x.y``; a difference joins each side with `` - ``."""
+    parts = terms(metric)
+    return (" - ".join(dict.fromkeys(t.split(":", 1)[0] for t in parts)),
+            " - ".join(t.split(":", 1)[1] for t in parts))
+
+
 def evaluate(checks: list[Check], baseline: dict[str, float], current: dict[str, float | None],
              tol: dict[str, float | None] | None = None) -> list[dict]:
     """One row per check: baseline, current, change, tolerance and status.
@@ -195,14 +189,8 @@ def evaluate(checks: list[Check], baseline: dict[str, float], current: dict[str,
 def format_table(rows: list[dict]) -> str:
     def f(v):
         return "-" if v is None else f"{v:.4f}"
-
-    def path_of(metric):
-        return " - ".join(dict.fromkeys(t.split(":")[0] for t in terms(metric)))
-
-    def key_of(metric):
-        return " - ".join(t.split(":", 1)[1] for t in terms(metric))
     head = ["Path", "Metric", "Baseline", "Current", "Change", "Tolerance", "Rule", "Better", "Status"]
-    body = [[path_of(r["metric"]), key_of(r["metric"]), f(r["baseline"]), f(r["current"]),
+    body = [[*label(r["metric"]), f(r["baseline"]), f(r["current"]),
              "-" if r["change"] is None else f"{r['change']:+.4f}", f(r["tolerance"]), r.get("rule", "fixed"),
              r["direction"], r["status"]] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]

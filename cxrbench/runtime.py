@@ -19,6 +19,7 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 
@@ -61,14 +62,13 @@ def configure() -> dict:
 
 
 def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what :mod:`platform` knows."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:              # not Linux: no /proc
+        text = ""
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    return names[0] if names else (platform.processor() or platform.machine())
 
 
 def info() -> dict:
@@ -77,8 +77,9 @@ def info() -> dict:
 
     out: dict[str, Any] = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                            "cpu": cpu_model(), "machine": platform.machine()}
-    with contextlib.suppress(Exception):  # older torch has no get_cpu_capability
-        out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", None)  # older torch has none
+    if capability is not None:
+        out["cpu_capability"] = capability()
     for var in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
         if os.environ.get(var):
             out[var] = os.environ[var]

@@ -28,7 +28,7 @@ from typing import IO, Iterable
 
 
 from .io import atomic_path, read_json, write_json
-from .params import ParamError
+from .params import ParamError, section
 from .runtime import progress as progress_bar
 
 DOWNLOAD_DIR = Path("data/downloads")
@@ -51,8 +51,6 @@ class ExtractLimits:
 
     @classmethod
     def from_params(cls, params: dict) -> "ExtractLimits":
-        from .params import section
-
         p = section(params, "download")
         gb, ratio = p.get("max_extract_gb"), p.get("max_compression_ratio")
         for key, v in (("max_extract_gb", gb), ("max_compression_ratio", ratio)):
@@ -313,8 +311,8 @@ def _test_archive(path: Path) -> None:
             for member in t:
                 if member.isfile():
                     src = t.extractfile(member)
-                    while src is not None and src.read(CHUNK):
-                        pass
+                    for _ in iter(lambda: src.read(CHUNK), b""):   # read to the end: a short member raises
+                        continue
 
 
 # --- extraction ---------------------------------------------------------------

@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from .gate import SPREAD, GateConfig, config_from_params, current_values, evaluate, failed, tolerances
+from .gate import SPREAD, GateConfig, config_from_params, current_values, evaluate, failed, label, tolerances
 from .io import read_json, write_json
 from .params import ParamError, load, section
 
@@ -167,7 +167,7 @@ def markdown(spread: dict, cfg: GateConfig) -> str:
         d = spread["metrics"].get(c.metric, {})
         vals = d.get("values", {})
         cells = ["-" if vals.get(n) is None else f"{vals[n]:.4f}" for n in names]
-        key = " - ".join(t.split(":", 1)[1] for t in c.metric.split(" - "))
+        key = label(c.metric)[1]
         t = tol.get(c.metric)
         lines.append(f"| `{key}` ({c.direction}) | " + " | ".join(cells) +
                      f" | {d.get('range', 0) or 0:.4f} | {'-' if t is None else f'{t:.4f}'} |")

@@ -227,10 +227,6 @@ def _rng_states() -> dict:
     return s
 
 
-def _save_last(path: Path, identity: dict, **state) -> None:
-    checkpoints.save(path, state, identity)
-
-
 # --- the loop -----------------------------------------------------------------
 
 def train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows: np.ndarray,
@@ -342,9 +338,9 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
                 cfg.backbone, cfg.labels, cfg.in_chans, cfg.input_size, cfg.cache_size, cfg.input_mode,
                 cfg.mask_dilation, fold=cfg.fold, epoch=epoch, val_loss=val_loss, pretrained=cfg.pretrained,
                 digest=digest, data_digest=data_digest))
-        _save_last(last_path, identity, model=model.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
-                   epoch=epoch, best=best, history=history, digest=digest, config=asdict(cfg),
-                   rng=_rng_states())
+        checkpoints.save(last_path, dict(model=model.state_dict(), optimizer=opt.state_dict(),
+                                         scaler=scaler.state_dict(), epoch=epoch, best=best, history=history,
+                                         digest=digest, config=asdict(cfg), rng=_rng_states()), identity)
         if live is not None:
             live.step = epoch
             live.log_metric("train_loss", rec["train_loss"])

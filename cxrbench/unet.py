@@ -269,10 +269,6 @@ def device() -> torch.device:
     return runtime_device()
 
 
-def _save(path: Path, obj: dict, identity: dict) -> None:
-    checkpoints.save(path, obj, identity)
-
-
 def _cpu_state(model: nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -325,7 +321,7 @@ def train(cfg: UNetConfig, images: np.ndarray, masks: np.ndarray, parts: dict[st
     """Train with deterministic CPU kernels (see :func:`_train`); global torch state is restored after."""
     dev = dev or device()
     data = checkpoints.data_fingerprint(
-        {f"{k}_{what}": arr[parts[k]] for k in ("train", "val") for what, arr in (("images", images), ("masks", masks))},
+        {f"{k}_{what}": (arr, parts[k]) for k in ("train", "val") for what, arr in (("images", images), ("masks", masks))},
         {"extra": fingerprint})
     with deterministic(dev, seed=cfg.seed):
         return _train(cfg, images, masks, parts, ckpt_path, live, progress, dev, max_steps, data)
@@ -406,7 +402,7 @@ def _train(cfg: UNetConfig, images: np.ndarray, masks: np.ndarray, parts: dict[s
         if val_loss < best["val_loss"]:
             best = {"epoch": epoch, "val_loss": val_loss, "val_iou": val_iou}
             best_state = _cpu_state(model)
-        _save(ckpt_path, {"config": cfg.to_dict(), "fingerprint": fingerprint, "state_dict": best_state, "best": best,
+        checkpoints.save(ckpt_path, {"config": cfg.to_dict(), "fingerprint": fingerprint, "state_dict": best_state, "best": best,
                           "last": {"epoch": epoch, "state_dict": _cpu_state(model),
                                    "optimizer": opt.state_dict(), "history": history}}, identity)
         if live is not None:

@@ -46,7 +46,8 @@ def main() -> None:
                                drop_exact=not paper)
     frame, altered = copies.link_altered_copies(frame, RAW, d, workers())
     dup["altered_copies"] = altered
-    dup["groups"] = int(frame["group"].nunique())
+    dup["groups"] = int(frame["group"].nunique())           # after the copies merged groups
+    dup["patients_merged_into_shared_groups"] = int(frame["patient"].nunique() - dup["groups"])
 
     write_csv("data/index.csv", frame)
     write_json("data/index_report.json", {

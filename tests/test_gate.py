@@ -53,10 +53,10 @@ def test_snapshot_then_check_roundtrip(tmp_path, monkeypatch):
 
 def test_gate_params_validation():
     with pytest.raises(ParamError, match=r"gate.checks\[0\].direction"):
-        gate.checks_from_params({"gate": {"baseline": "b.json", "checks": [
+        gate.config_from_params({"gate": {"baseline": "b.json", "checks": [
             {"metric": "a.json:x", "tolerance": 0.1, "direction": "up"}]}})
     with pytest.raises(ParamError, match=r"FILE:dotted.key"):
-        gate.checks_from_params({"gate": {"baseline": "b.json", "checks": [{"metric": "x", "tolerance": 0}]}})
+        gate.config_from_params({"gate": {"baseline": "b.json", "checks": [{"metric": "x", "tolerance": 0}]}})
 
 
 def test_lookup_selects_list_items_by_field():
