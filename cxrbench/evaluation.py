@@ -232,5 +232,6 @@ def summary_markdown(rows: list[dict], part: str = "test") -> str:
         chance = (f" Chance level: AUROC 0.5; AP = prevalence (macro {r0['ap_macro_chance_mean']:.3f}, "
                   f"micro {r0['ap_micro_chance_mean']:.3f}). Macro means cover the labels with both "
                   f"classes in this set; the others are listed as not scorable in metrics/eval/*.json.")
-    return (f"Metrics on the {part} set, mean ± std (ddof 0) over folds (training variation: every fold is "
-            f"scored on the same test set).{chance}\n\n" + head + "\n".join(lines) + "\n")
+    return (f"Metrics on the {part} set, mean ± std (ddof 0) over folds: the fold-to-fold spread (training "
+            f"variation and, where folds differ in their {part} rows, their sampling), not a confidence "
+            f"interval.{chance}\n\n" + head + "\n".join(lines) + "\n")

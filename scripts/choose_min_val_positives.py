@@ -60,9 +60,11 @@ def main() -> None:
                              "precision": pr, "recall": rc, "flagged": int((p[~a] >= cuts).sum())})
     frame = pd.DataFrame(rows)
     table = frame.groupby("min_val_positives")[["micro_f1", "precision", "recall", "flagged"]].mean()
+    table.insert(1, "micro_f1_sd", frame.groupby("min_val_positives")["micro_f1"].std())   # over halves and models
     per_model = frame.groupby(["min_val_positives", "model"])["micro_f1"].mean().unstack()
-    print(f"{len(files)} predictions tables x {args.repeats} random halves of their validation patients; "
-          f"cuts on one half, scored on the other (test rows never read)\n")
+    n_val = int(np.mean([(pd.read_csv(f, usecols=["split"])["split"] == "val").sum() for f in files]))
+    print(f"{len(files)} predictions tables x {args.repeats} random halves of their validation patients "
+          f"(~{n_val} val images each); cuts on one half, scored on the other (test rows never read)\n")
     print(table.round(4).to_string())
     print("\nmicro F1 per model:\n" + per_model.round(4).to_string())
     best = table["micro_f1"].idxmax()
