@@ -374,16 +374,32 @@ def audit_markdown(result: dict) -> str:
 
 # --- the cohort as the pipeline's index and splits ---------------------------------------------
 
-def index_rows(cohort: pd.DataFrame, table, protocol: str) -> list[dict]:
+RULES = {"labels": ("paper", "ours"), "selection": ("test", "val"), "leaked_test": ("keep", "remove")}
+
+
+def rules(params: dict) -> dict:
+    """``paper_rules`` of the merged params (``cohort: paper``), each key checked against :data:`RULES`."""
+    from .params import ParamError, check_choice
+
+    r = params.get("paper_rules")
+    if not isinstance(r, dict):
+        raise ParamError("paper_protocol.<protocol>.paper_rules",
+                         f"cohort: paper needs paper_rules with keys {sorted(RULES)} in the protocol's block")
+    for key, choices in RULES.items():
+        check_choice(f"paper_protocol.{params.get('protocol')}.paper_rules.{key}", r.get(key), choices)
+    return r
+
+
+def index_rows(cohort: pd.DataFrame, table, label_rule: str) -> list[dict]:
     """Rows for the index stage (the shape of :func:`cxrbench.indexing.covid_rows`) from :func:`cohort_rows`.
 
-    ``protocol: paper`` labels each image by their substring rule; ``corrected``
+    ``label_rule: paper`` labels each image by their substring rule; ``ours``
     by our explicit table (covid-chestxray ``finding``; Kermany's class from
     the file name), so an unmapped finding is an error, not an all-zero row.
     ``patient`` is the real person (``true_patient``); their id is kept as
     ``paper_patient``.
     """
-    if protocol == "paper":
+    if label_rule == "paper":
         hot = paper_labels(cohort["finding"])
         labels = [[table.names[j] for j in np.flatnonzero(row)] for row in hot]
     else:
@@ -394,48 +410,80 @@ def index_rows(cohort: pd.DataFrame, table, protocol: str) -> list[dict]:
             for r, labs in zip(cohort.itertuples(index=False), labels)]
 
 
-def paper_splits(index: pd.DataFrame, folds: list[dict], protocol: str, val_fraction: float,
+def paper_splits(index: pd.DataFrame, folds: list[dict], selection: str, leaked_test: str, val_fraction: float,
                  seed: int) -> tuple[pd.DataFrame, dict]:
     """``splits.csv`` for their folds: one ``part_f{k}`` column per fold file.
 
-    ``paper``: their lists as their code used them: test rows are ``test+val``
-    (checkpoint chosen on the test split); an id in both lists is ``train+test``.
-    ``corrected``: every test image whose patient group (real person, merged
-    with near duplicates) also has an image on the training side is removed
-    from the test part (``unused``), and ``val_fraction`` of the training groups
-    become the fold's validation part.
-    The ``split``/``fold`` columns (used by the U-Net) follow fold 0: every
-    group with an image in its test part is ``test`` (so the U-Net never trains
-    on a test patient, even where their lists leak); a validation part of the
-    other groups is fold 0.
+    ``selection: test``: their test rows are ``test+val`` (checkpoint chosen on
+    the test split); ``val``: ``val_fraction`` of the groups of the fold's
+    train-only images become the fold's validation part (the same groups
+    whatever ``leaked_test`` says, so that removing leaked test images never
+    changes what is trained on). An image in both of their lists stays
+    ``train+test`` under ``leaked_test: keep`` (their loader put it in both);
+    under ``remove`` every test image whose patient group (real person, merged
+    with near duplicates) has an image on the training side (train or val) is
+    taken out of the test part: ``train`` / ``val`` if it is also trained on,
+    else ``unused``. Only the test part changes, never the training side.
+
+    The ``split``/``fold`` columns are the U-Net's: every group with an image in
+    the test part of *any* fold is ``test``, so the one lung U-Net never trains
+    or selects on a patient that some fold tests on (their folds are 5 random
+    60/40 splits, so few groups are left: :func:`unet_exclusion` counts them);
+    a validation part of the remaining groups is fold 0.
     """
     rows = index.rename(columns={"patient": "true_patient"})
     out = index[["path", "patient", "group"]].copy()
     removed = {}
     rng = np.random.default_rng(seed)
+    any_test = np.zeros(len(out), dtype=bool)
     for k in range(len(folds)):
-        part = fold_split(rows, folds, k, selection_on_test=(protocol == "paper"))
-        if protocol == "corrected":
-            on_train, on_test = sides(part)
-            train_groups = set(out.loc[on_train.to_numpy(), "group"])
-            leak = on_test.to_numpy() & out["group"].isin(train_groups).to_numpy()
-            part = part.where(~on_test.to_numpy(), "test")           # train+test ids: test side only
-            part = part.where(~leak, "unused")
-            removed[k] = int(leak.sum())
+        part = fold_split(rows, folds, k, selection_on_test=(selection == "test"))
+        on_train, on_test = sides(part)
+        any_test |= on_test.to_numpy()
+        if selection == "val":
             groups = sorted(set(out.loc[(part == "train").to_numpy(), "group"]))
             n_val = max(1, int(round(val_fraction * len(groups))))
             val = set(rng.choice(groups, size=n_val, replace=False)) if groups else set()
-            part = part.where(~((part == "train").to_numpy() & out["group"].isin(val).to_numpy()), "val")
+            in_val = out["group"].isin(val).to_numpy()
+            part = part.where(~((part == "train").to_numpy() & in_val), "val")
+            part = part.where(~((part == "train+test").to_numpy() & in_val), "val+test")
+        if leaked_test == "remove":
+            tokens = part.astype(str).str.split("+")
+            # the training side: train, and val when val is not the test split itself (selection: test)
+            side = tokens.map(lambda t: [x for x in t if x == "train" or (x == "val" and "test" not in t)])
+            trained = side.map(bool).to_numpy()
+            leak = on_test.to_numpy() & out["group"].isin(set(out.loc[trained, "group"])).to_numpy()
+            kept = side.map(lambda t: "+".join(t) or "unused")
+            part = part.where(~leak, kept)
+            removed[k] = int(leak.sum())
         out[f"part_f{k}"] = part.to_numpy()
-    first = out["part_f0"].astype(str).str.split("+")
-    test_groups = set(out.loc[first.map(lambda t: "test" in t).to_numpy(), "group"])
+    test_groups = set(out.loc[any_test, "group"])
     out["split"] = np.where(out["group"].isin(test_groups), "test", "dev")  # whole groups: the U-Net never leaks
     dev_groups = sorted(set(out.loc[out["split"] == "dev", "group"]))
+    if not dev_groups:
+        raise ValueError("every patient group of the authors' cohort is in some fold's test part: "
+                         "no image is left to train the lung U-Net on")
     n_val = max(1, int(round(val_fraction * len(dev_groups))))
     unet_val = set(np.random.default_rng(seed + 1).choice(dev_groups, size=n_val, replace=False))
     out["fold"] = np.where(out["split"] == "test", -1, np.where(out["group"].isin(unet_val), 0, 1))
     cols = ["path", "patient", "group", "split", "fold"] + [f"part_f{k}" for k in range(len(folds))]
     return out[cols], {"test_images_removed_as_leaked": removed}
+
+
+def unet_exclusion(splits: pd.DataFrame) -> dict:
+    """Groups the U-Net may use (``split: dev``) and those it may not, and a check that no fold's test
+    part reaches its dev side (raises if one does: a bug, never expected)."""
+    dev = splits["split"] == "dev"
+    k = 0
+    while f"part_f{k}" in splits.columns:
+        tested = splits[f"part_f{k}"].astype(str).str.contains("test").to_numpy()
+        bad = set(splits.loc[tested, "group"]) & set(splits.loc[dev, "group"])
+        if bad:
+            raise RuntimeError(f"U-Net dev split holds {len(bad)} group(s) in fold {k}'s test part, "
+                               f"e.g. {sorted(bad)[0]}")
+        k += 1
+    return {"dev_groups": int(splits.loc[dev, "group"].nunique()), "dev_images": int(dev.sum()),
+            "excluded_groups": int(splits.loc[~dev, "group"].nunique())}
 
 
 def fold_leakage(splits: pd.DataFrame) -> dict[int, dict]:

@@ -57,12 +57,12 @@ class LabelTable:
                                      f"{finding!r} maps to unknown label(s) {bad}; add them to labels.names")
                 table[source][str(finding)] = tuple(labs)
         ours = cls(tuple(names), dict(parents), table)
-        if params.get("cohort") == "paper" and params.get("protocol") == "paper":
+        if params.get("cohort") == "paper" and (params.get("paper_rules") or {}).get("labels") == "paper":
             return ours.paper_view()
         return ours
 
     def paper_view(self) -> "LabelTable":
-        """The authors' 14 outputs (their order, our label ids), for ``cohort: paper, protocol: paper``.
+        """The authors' 14 outputs (their order, our label ids), for ``cohort: paper`` with ``paper_rules.labels: paper``.
 
         Their labels come from their substring rule (cxrbench.cohort.paper_labels, constants in
         cxrbench.paper_labels),

@@ -34,7 +34,7 @@ def main() -> None:
                                          f"download.sources (and its mirror or URL under sources.diagnopp)")
         rows_frame, cohort_report = cohort.cohort_rows(RAW, p["views"])
         report.missing = cohort_report["missing"]
-        rows = cohort.index_rows(rows_frame, table, params["protocol"])
+        rows = cohort.index_rows(rows_frame, table, cohort.rules(params)["labels"])
     else:
         rows = indexing.covid_rows(RAW, p, table, report) + indexing.kermany_rows(RAW, p, table, report)
     if report.missing:

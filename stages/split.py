@@ -22,14 +22,16 @@ RAW = Path("data/raw")
 def paper_cohort(params: dict, index: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """Their five folds as splits.csv, and the audit of their cohort (metrics/cohort_audit.{json,md})."""
     protocol = params["protocol"]
+    rules = cohort.rules(params)
     folds = cohort.read_folds(RAW / cohort.DIAGNOPP)
     if len(folds) != params["split"]["folds"]:
         raise P.ParamError("split.folds", f"cohort: paper has {len(folds)} fold files; set split.folds to {len(folds)}")
     val_fraction = P.check_fraction("paper_protocol.val_fraction", params["paper_protocol"]["val_fraction"])
-    splits, removed = cohort.paper_splits(index, folds, protocol, val_fraction, params["split"]["seed"])
+    splits, removed = cohort.paper_splits(index, folds, rules["selection"], rules["leaked_test"], val_fraction,
+                                          params["split"]["seed"])
     per_fold = cohort.fold_leakage(splits)
-    if protocol == "corrected" and any(v["group"] for v in per_fold.values()):
-        raise RuntimeError(f"corrected protocol still leaks: {per_fold}")  # a bug, never expected
+    if rules["leaked_test"] == "remove" and any(v["group"] for v in per_fold.values()):
+        raise RuntimeError(f"leaked test images were removed yet the folds still leak: {per_fold}")  # a bug
     d = params["dedupe"]
     hashes = dedupe.phash_bits(index["phash"])
     pairs = [(index.at[i, "path"], index.at[j, "path"], dist)
@@ -38,6 +40,8 @@ def paper_cohort(params: dict, index: pd.DataFrame) -> tuple[pd.DataFrame, dict]
     report = read_json("data/index_report.json").get("paper_cohort")
     result = cohort.audit(rows, folds, pairs, report)
     result["protocol"] = protocol
+    result["paper_rules"] = rules
+    result["unet"] = cohort.unet_exclusion(splits)
     result["leakage_after_split"] = {str(k): v for k, v in per_fold.items()}
     result.update(removed)
     write_json("metrics/cohort_audit.json", result)

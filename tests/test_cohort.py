@@ -241,19 +241,23 @@ def test_missing_metadata_is_actionable(tmp_path):
         cohort.cohort_rows(tmp_path)
 
 
+def _constructed(n_patients=6):
+    # real patients g0..g{n-1}, two images each, under per-image ids (as their Kermany rows)
+    n = 2 * n_patients
+    return pd.DataFrame({"path": [f"i{i}.png" for i in range(n)], "patient": [f"g{i // 2}" for i in range(n)],
+                         "group": [f"g{i // 2}" for i in range(n)], "paper_patient": [f"dp:{i}" for i in range(n)]})
+
+
 def test_paper_splits_protocols_on_a_constructed_cohort():
     from cxrbench import splitting
 
-    # 12 images: real patients g0..g5, two images each, under per-image ids 0..11 (as their Kermany rows)
-    index = pd.DataFrame({"path": [f"i{i}.png" for i in range(12)], "patient": [f"g{i // 2}" for i in range(12)],
-                          "group": [f"g{i // 2}" for i in range(12)],
-                          "paper_patient": [f"dp:{i}" for i in range(12)]})
+    index = _constructed()
     # their list puts image 1 of g0 in test while image 0 of g0 trains: a real-patient leak
     folds = [{"fold": 0, "train": ["0", "2", "3", "4", "5", "6", "7"], "test": ["1", "8", "9", "10", "11"]}]
-    paper, _ = cohort.paper_splits(index, folds, "paper", 0.25, 0)
+    paper, _ = cohort.paper_splits(index, folds, "test", "keep", 0.25, 0)
     assert paper.loc[1, "part_f0"] == "test+val" and paper.loc[0, "part_f0"] == "train"
     assert cohort.fold_leakage(paper)[0] == {"patient": 1, "group": 1}
-    corrected, info = cohort.paper_splits(index, folds, "corrected", 0.25, 0)
+    corrected, info = cohort.paper_splits(index, folds, "val", "remove", 0.25, 0)
     assert corrected.loc[1, "part_f0"] == "unused" and info["test_images_removed_as_leaked"] == {0: 1}
     assert cohort.fold_leakage(corrected)[0] == {"patient": 0, "group": 0}
     parts = splitting.fold_parts(corrected, 0)
@@ -261,3 +265,44 @@ def test_paper_splits_protocols_on_a_constructed_cohort():
     # the U-Net columns never put a test patient on the dev side
     assert set(corrected.loc[corrected["split"] == "test", "group"]).isdisjoint(
         corrected.loc[corrected["split"] == "dev", "group"])
+
+
+def test_removing_leaked_test_images_changes_only_the_test_part():
+    from cxrbench import splitting
+
+    index = _constructed(8)
+    # id 2 is in both lists (their loader trains and tests on it); image 1 of g0 is tested while image 0 trains
+    folds = [{"fold": 0, "train": ["0", "2", "3", "4", "5", "6", "7", "8", "9"], "test": ["1", "2", "10", "11",
+                                                                                        "12", "13", "14", "15"]}]
+    for selection in ("test", "val"):
+        keep, _ = cohort.paper_splits(index, folds, selection, "keep", 0.25, 0)
+        remove, info = cohort.paper_splits(index, folds, selection, "remove", 0.25, 0)
+        k, r = splitting.fold_parts(keep, 0), splitting.fold_parts(remove, 0)
+        for part in ("train", "val"):       # same training side: a leak removal re-scores, it never retrains
+            if selection == "val" or part == "train":
+                assert list(k[part]["path"]) == list(r[part]["path"]), (selection, part)
+        assert set(r["test"]["path"]) == set(k["test"]["path"]) - {"i1.png", "i2.png"}
+        assert info["test_images_removed_as_leaked"] == {0: 2}
+        assert cohort.fold_leakage(remove)[0] == {"patient": 0, "group": 0}
+    assert keep.loc[2, "part_f0"] in ("train+test", "val+test")
+
+
+def test_unet_never_trains_on_any_folds_test_patients():
+    index = _constructed(10)
+    # two of their folds with different test lists: g0-g3 tested in fold 0, g2-g5 in fold 1; g6-g9 never
+    folds = [{"fold": 0, "train": [str(i) for i in range(8, 20)], "test": [str(i) for i in range(8)]},
+             {"fold": 1, "train": [str(i) for i in [0, 1, 2, 3] + list(range(12, 20))],
+              "test": [str(i) for i in range(4, 12)]}]
+    for selection, leaked in (("test", "keep"), ("val", "remove")):
+        splits, _ = cohort.paper_splits(index, folds, selection, leaked, 0.25, 0)
+        dev = set(splits.loc[splits["split"] == "dev", "group"])
+        assert dev == {"g6", "g7", "g8", "g9"}                # only patients that no fold tests on
+        assert set(splits.loc[splits["fold"] == 0, "group"]) <= dev and (splits["fold"] == 0).any()
+        assert cohort.unet_exclusion(splits) == {"dev_groups": 4, "dev_images": 8, "excluded_groups": 6}
+    broken = splits.copy()
+    broken.loc[broken["group"] == "g0", "split"] = "dev"      # a fold-0 test patient on the U-Net's side
+    with pytest.raises(RuntimeError, match="fold 0's test part"):
+        cohort.unet_exclusion(broken)
+    everyone = [{"fold": 0, "train": [], "test": [str(i) for i in range(20)]}]
+    with pytest.raises(ValueError, match="no image is left to train the lung U-Net"):
+        cohort.paper_splits(index, everyone, "test", "keep", 0.25, 0)
