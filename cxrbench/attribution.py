@@ -491,15 +491,16 @@ def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return (F.interpolate(t, size=size, mode="nearest").squeeze(1).numpy() > 0).astype(np.uint8)
 
 
-def load_classifier(backbone: str, fold: int, device):
-    """The trained classifier of ``backbone`` fold ``fold`` (cxrbench.models)."""
+def load_classifier(backbone: str, fold: int, device, checkpoint_file: str = "best.pt"):
+    """The trained classifier of ``backbone`` fold ``fold`` (cxrbench.models); ``checkpoint_file``:
+    ``best.pt`` or ``final.pt`` (``evaluate.checkpoint``, :data:`cxrbench.training.CHECKPOINT_FILES`)."""
     from pathlib import Path
     try:
         from .models import load_classifier as _load
     except ImportError as err:
         raise RuntimeError(f"cxrbench.models.load_classifier is not available ({err}): "
                            f"the classification stages must run first") from None
-    path = Path("models/classifier") / backbone / f"fold{fold}" / "best.pt"
+    path = Path("models/classifier") / backbone / f"fold{fold}" / checkpoint_file
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the classification stage (dvc repro train)")
     model, meta = _load(path, map_location=device)

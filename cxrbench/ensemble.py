@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .evaluation import mean_std, prob_columns, true_columns
+from .evaluation import mean_std, positive, prob_columns, true_columns
 from .models import DISPLAY_NAMES
 from .params import ParamError, check_choice, check_int, section
 
@@ -61,10 +61,13 @@ def mean_probs(frames: dict[str, pd.DataFrame], labels) -> pd.DataFrame:
 VOTE_TIES = ("negative", "positive")
 
 
-def majority_vote(frames: dict[str, pd.DataFrame], cuts: dict[str, np.ndarray], labels) -> tuple[pd.DataFrame, np.ndarray]:
-    """(key frame, votes fraction (N, L)); see :func:`vote_decision` for the rule."""
+def majority_vote(frames: dict[str, pd.DataFrame], cuts: dict[str, np.ndarray], labels,
+                  cut: str = "ge") -> tuple[pd.DataFrame, np.ndarray]:
+    """(key frame, votes fraction (N, L)); ``cut`` as in :func:`cxrbench.evaluation.positive`;
+    see :func:`vote_decision` for the rule."""
     out = align(frames, labels)
-    votes = np.mean([f[prob_columns(labels)].to_numpy(float) >= cuts[name] for name, f in frames.items()], axis=0)
+    votes = np.mean([positive(f[prob_columns(labels)].to_numpy(float), cuts[name], cut)
+                     for name, f in frames.items()], axis=0)
     return out, votes
 
 

@@ -19,11 +19,15 @@ from .labels import LabelTable
 from .params import check_choice, check_fraction, check_int, section
 
 THRESHOLD_METHODS = ("val_f1", "fixed")
+CUTS = ("ge", "gt")
+CHECKPOINTS = ("best", "last")
 
 
 def validate(params: dict) -> dict:
     p = section(params, "evaluate")
     check_choice("evaluate.threshold", p.get("threshold"), THRESHOLD_METHODS)
+    check_choice("evaluate.cut", p.get("cut"), CUTS)
+    check_choice("evaluate.checkpoint", p.get("checkpoint"), CHECKPOINTS)
     check_fraction("evaluate.fixed_threshold", p.get("fixed_threshold"))
     check_int("evaluate.min_val_positives", p.get("min_val_positives"), minimum=1)
     check_int("evaluate.batch_size", p.get("batch_size"), minimum=1)
@@ -39,6 +43,16 @@ def true_columns(labels) -> list[str]:
 
 
 # --- thresholds ---------------------------------------------------------------
+
+def positive(prob: np.ndarray, cuts, cut: str = "ge") -> np.ndarray:
+    """Binary predictions: ``prob >= cuts`` (``ge``) or ``prob > cuts`` (``gt``, the authors' ``> 0.51``)."""
+    prob = np.asarray(prob, dtype=float)
+    if cut == "ge":
+        return prob >= cuts
+    if cut == "gt":
+        return prob > cuts
+    raise ValueError(f"unknown cut {cut!r}; valid: {CUTS}")
+
 
 def f1_best_threshold(y: np.ndarray, p: np.ndarray, fallback: float) -> tuple[float, str]:
     """The cut of one label that maximises F1 on (y, p); midpoints between sorted scores."""
@@ -165,7 +179,8 @@ def leaf_confusion(y_true, y_pred, labels, table: LabelTable) -> dict:
     return dict(sorted(out.items()))
 
 
-def evaluate_frame(pred: pd.DataFrame, labels, thresholds: np.ndarray, table: LabelTable | None = None) -> dict:
+def evaluate_frame(pred: pd.DataFrame, labels, thresholds: np.ndarray, table: LabelTable | None = None,
+                   cut: str = "ge") -> dict:
     """Metrics of the val and test rows of a predictions table under fixed ``thresholds``."""
     out = {}
     for part in ("val", "test"):
@@ -173,7 +188,8 @@ def evaluate_frame(pred: pd.DataFrame, labels, thresholds: np.ndarray, table: La
         if sub.empty:
             continue
         prob = sub[prob_columns(labels)].to_numpy(float)
-        out[part] = multilabel_metrics(sub[true_columns(labels)].to_numpy(int), prob >= thresholds, prob, labels, table)
+        out[part] = multilabel_metrics(sub[true_columns(labels)].to_numpy(int), positive(prob, thresholds, cut),
+                                       prob, labels, table)
     return out
 
 

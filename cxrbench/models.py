@@ -156,13 +156,24 @@ class Classifier(nn.Module):
         return out
 
 
+NORMALIZE = ("imagenet", "none")
+
+
 def create_model(name: str, num_classes: int, in_chans: int, pretrained: str = "none",
-                 input_size: int = 224, aux: bool = False) -> Classifier:
+                 input_size: int = 224, aux: bool = False, weights: str | None = None,
+                 normalize: str = "imagenet") -> Classifier:
     """A timm backbone wrapped as :class:`Classifier`.
 
     ``pretrained``: ``imagenet`` | ``none`` | path to a local weights file.
+    ``weights``: the timm tag of the ImageNet weights (``resnet18.tv_in1k``; None: timm's default tag).
+    ``normalize``: ``imagenet`` (the weights' mean/std) | ``none`` (inputs in [0, 1] as they are).
     ``aux``: inception_v3's auxiliary classifier (training only).
     """
+    if normalize not in NORMALIZE:
+        raise ParamError("train.normalize", f"unknown value {normalize!r}; valid values are {list(NORMALIZE)}")
+    if weights is not None and weights.split(".")[0] != name:
+        raise ParamError("train.weights", f"{name}: tag {weights!r} is not a weight tag of {name} "
+                                          f"(expected {name}.<tag>, see timm.list_pretrained('{name}.*'))")
     import timm
 
     if not timm.is_model(name):
@@ -174,7 +185,7 @@ def create_model(name: str, num_classes: int, in_chans: int, pretrained: str = "
         kwargs["aux_logits"] = True
     if pretrained == "imagenet":
         try:
-            backbone = timm.create_model(name, pretrained=True, **kwargs)
+            backbone = timm.create_model(weights or name, pretrained=True, **kwargs)
         except Exception as err:  # offline, hub errors: say what to do
             raise RuntimeError(f"could not fetch ImageNet weights of {name} through timm ({type(err).__name__}: "
                                f"{err}); set train.pretrained to none or to a local weights file") from err
@@ -189,6 +200,8 @@ def create_model(name: str, num_classes: int, in_chans: int, pretrained: str = "
     if in_chans != len(mean):      # grey (or other) input: the mean over RGB, as timm sums the RGB filters
         mean = [sum(mean) / len(mean)] * in_chans
         std = [sum(std) / len(std)] * in_chans
+    if normalize == "none":
+        mean, std = [0.0] * in_chans, [1.0] * in_chans
     return Classifier(backbone, input_size, mean, std, aux=aux)
 
 

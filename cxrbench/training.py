@@ -6,7 +6,8 @@ loss; the test set is never read here.
 
 Every epoch ends with an atomic checkpoint ``last.pt`` (model, optimiser,
 scaler, epoch, best, RNG states, history); a new best validation loss also
-writes ``best.pt`` (:func:`cxrbench.models.save_classifier`). A rerun with the
+writes ``best.pt``, and the last epoch ``final.pt``
+(:func:`cxrbench.models.save_classifier`; ``evaluate.checkpoint`` picks one). A rerun with the
 same configuration resumes from ``last.pt`` and reproduces the uninterrupted
 run on CPU (the batch order and augmentation draw from (seed, epoch)). A
 non-finite loss stops training with the epoch and batch, and keeps the last
@@ -45,6 +46,11 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+# The saved classifiers of a run: the lowest loss on the selection part, and the last epoch's weights.
+CHECKPOINT_FILES = {"best": "best.pt", "last": "final.pt"}
+FINAL = CHECKPOINT_FILES["last"]
+
+
 @dataclass
 class TrainConfig:
     backbone: str
@@ -54,6 +60,9 @@ class TrainConfig:
     cache_size: int
     input_size: int
     pretrained: str = "none"
+    weights: str | None = None
+    normalize: str = "imagenet"
+    drop_last: bool = True
     input_mode: str = "full"
     mask_dilation: int = 0
     epochs: int = 50
@@ -105,6 +114,18 @@ def validate(params: dict, cache_meta: dict | None = None) -> dict:
         raise ParamError("train.pretrained", f"expected imagenet, none or a .safetensors/.pt/.pth path, got {pre!r}")
     if pre not in ("imagenet", "none") and not Path(pre).is_file():
         raise ParamError("train.pretrained", f"weights file {pre} not found")
+    weights = p.get("weights")
+    if not isinstance(weights, dict):
+        raise ParamError("train.weights", f"expected a mapping backbone -> timm weight tag, got {weights!r}")
+    for name, tag in weights.items():
+        if name not in known:
+            raise ParamError("train.weights", f"unknown backbone {name!r}; valid names are {known}")
+        if not isinstance(tag, str) or tag.split(".")[0] != name or "." not in tag:
+            raise ParamError("train.weights", f"{name}: expected a timm tag {name}.<tag> "
+                                              f"(timm.list_pretrained('{name}.*')), got {tag!r}")
+    check_choice("train.normalize", p.get("normalize"), M.NORMALIZE)
+    if not isinstance(p.get("drop_last"), bool):
+        raise ParamError("train.drop_last", f"expected true or false, got {p.get('drop_last')!r}")
     check_choice("train.input_mode", p.get("input_mode"), INPUT_MODES)
     check_int("train.mask_dilation", p.get("mask_dilation"), minimum=0)
     check_int("train.epochs", p.get("epochs"), minimum=1)
@@ -145,6 +166,8 @@ def config_for(params: dict, backbone: str, fold: int, cache_meta: dict) -> Trai
         backbone=backbone, fold=fold, labels=list(LabelTable.from_params(params).names),
         in_chans=len(cache_meta["channels"]), cache_size=int(cache_meta["size"]),
         input_size=M.input_size(backbone, policy, cache_meta["size"]), pretrained=p["pretrained"],
+        weights=p["weights"].get(backbone) if p["pretrained"] == "imagenet" else None,
+        normalize=p["normalize"], drop_last=p["drop_last"],
         input_mode=p["input_mode"], mask_dilation=p["mask_dilation"], epochs=p["epochs"],
         batch_size=p["batch_size"], lr=float(p["lr"]), weight_decay=float(p["weight_decay"]),
         pos_weight=p["pos_weight"], label_smoothing=float(p["label_smoothing"]), aux_weight=aux,
@@ -259,13 +282,13 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
     """
     out_dir = Path(out_dir)
     use_amp = cfg.amp and device.type == "cuda"
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    last_path, best_path, final_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / FINAL
     digest = cfg.digest()
     identity = {"config": digest, "data": data_digest}
 
     torch.manual_seed(cfg.seed)
     model = M.create_model(cfg.backbone, len(cfg.labels), cfg.in_chans, cfg.pretrained, cfg.input_size,
-                           aux=cfg.aux_weight > 0).to(device)
+                           aux=cfg.aux_weight > 0, weights=cfg.weights, normalize=cfg.normalize).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     tr_targets, va_targets = targets[train_rows], targets[val_rows]
@@ -285,7 +308,7 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
         print(f"train: resuming {cfg.backbone} fold {cfg.fold} after epoch {ck['epoch']}")
     elif last_path.exists() or best_path.exists():
         print(f"train: {why}; starting afresh")
-        for stale in (last_path, checkpoints.sidecar(last_path), best_path):
+        for stale in (last_path, checkpoints.sidecar(last_path), best_path, final_path):
             stale.unlink(missing_ok=True)
 
     live = None
@@ -294,7 +317,8 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
         live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, resume=resumed and start > 0)
 
     loader = BatchLoader(images, tr_targets, train_rows, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                         drop_last=len(train_rows) > cfg.batch_size, pin_memory=device.type == "cuda")
+                         drop_last=cfg.drop_last and len(train_rows) > cfg.batch_size,
+                         pin_memory=device.type == "cuda")
     t_start = time.perf_counter()
     seen = 0
     for epoch in range(start, cfg.epochs):
@@ -332,12 +356,15 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
         val_loss = mean_loss(model, images, va_targets, val_rows, device, max(cfg.batch_size, 32), use_amp)
         rec = {"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val_loss}
         history.append(rec)
+        meta = M.classifier_meta(
+            cfg.backbone, cfg.labels, cfg.in_chans, cfg.input_size, cfg.cache_size, cfg.input_mode,
+            cfg.mask_dilation, fold=cfg.fold, epoch=epoch, val_loss=val_loss, pretrained=cfg.pretrained,
+            weights=cfg.weights, normalize=cfg.normalize, digest=digest, data_digest=data_digest)
         if val_loss < best["val_loss"]:
             best = {"val_loss": val_loss, "epoch": epoch}
-            M.save_classifier(best_path, model, M.classifier_meta(
-                cfg.backbone, cfg.labels, cfg.in_chans, cfg.input_size, cfg.cache_size, cfg.input_mode,
-                cfg.mask_dilation, fold=cfg.fold, epoch=epoch, val_loss=val_loss, pretrained=cfg.pretrained,
-                digest=digest, data_digest=data_digest))
+            M.save_classifier(best_path, model, meta)
+        if epoch == cfg.epochs - 1:                        # before last.pt: a complete last.pt implies final.pt
+            M.save_classifier(final_path, model, meta)
         checkpoints.save(last_path, dict(model=model.state_dict(), optimizer=opt.state_dict(),
                                          scaler=scaler.state_dict(), epoch=epoch, best=best, history=history,
                                          digest=digest, config=asdict(cfg), rng=_rng_states()), identity)

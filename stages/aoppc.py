@@ -26,6 +26,7 @@ from cxrbench import explanation_metrics as EM  # noqa: E402
 from cxrbench import params as P  # noqa: E402
 from cxrbench import runtime  # noqa: E402
 from cxrbench.cache import Cache  # noqa: E402
+from cxrbench.training import CHECKPOINT_FILES  # noqa: E402
 from cxrbench.io import read_json, write_csv, write_json, write_text  # noqa: E402
 from cxrbench.plotting import plt, save  # noqa: E402
 
@@ -62,6 +63,8 @@ def figure(backbone: str, fold: int, images: np.ndarray, z, methods: list, path:
 
 def main() -> None:
     params = P.stage_params(__doc__)
+    checkpoint_file = CHECKPOINT_FILES[P.check_choice("evaluate.checkpoint", P.section(params, "evaluate.checkpoint"),
+                                                      list(CHECKPOINT_FILES))]
     s = A.validate(params)
     backbones = P.check_nonempty_list("train.backbones", P.section(params, "train.backbones"))
     folds = P.check_nonempty_list("train.folds", P.section(params, "train.folds"))
@@ -95,7 +98,7 @@ def main() -> None:
             att = read_json(f"metrics/attribute/{backbone}-f{fold}.json")
             status.setdefault(backbone, {})[key] = {
                 m: (st if not st["ok"] else "ok") for m, st in att["methods"].items()}
-            model, meta = A.load_classifier(backbone, fold, device)
+            model, meta = A.load_classifier(backbone, fold, device, checkpoint_file)
             x = A.classifier_input(cache.images[z["rows"]], meta, device, z["masks"])
             target = torch.as_tensor(z["target"], device=device)
             masks = z["masks"]

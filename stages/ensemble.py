@@ -54,8 +54,8 @@ def main() -> None:
         mean = EN.mean_probs(frames, labels)
         mcuts, how = E.thresholds_from_frame(mean, labels, ev["threshold"], ev["fixed_threshold"],
                                              ev["min_val_positives"])
-        m_mean = E.evaluate_frame(mean, labels, mcuts, table)
-        keys, votes = EN.majority_vote(frames, cuts, labels)
+        m_mean = E.evaluate_frame(mean, labels, mcuts, table, ev["cut"])
+        keys, votes = EN.majority_vote(frames, cuts, labels, ev["cut"])
         m_vote = {}
         for part in ("val", "test"):
             sel = (keys["split"] == part).to_numpy()
@@ -68,8 +68,8 @@ def main() -> None:
         test_rows.append({
             "y": mean.loc[sel, E.true_columns(labels)].to_numpy(int), "paths": mean.loc[sel, "path"].to_numpy(),
             "groups": np.array([group_of[x] for x in mean.loc[sel, "path"]]),
-            "pred": {"ensemble": mean.loc[sel, E.prob_columns(labels)].to_numpy(float) >= mcuts,
-                     **{b: frames[b].loc[sel, E.prob_columns(labels)].to_numpy(float) >= cuts[b]
+            "pred": {"ensemble": E.positive(mean.loc[sel, E.prob_columns(labels)], mcuts, ev["cut"]),
+                     **{b: E.positive(frames[b].loc[sel, E.prob_columns(labels)], cuts[b], ev["cut"])
                         for b in backbones}}})
         write_csv(f"data/ensemble/f{k}.csv", mean)
         test = mean[mean["split"] == "test"]

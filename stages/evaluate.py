@@ -58,15 +58,15 @@ def main() -> None:
     training.validate(params)
     table = LabelTable.from_params(params)
     device = runtime.device(args.device)
-    model, meta = load_classifier(f"{out.model_dir}/best.pt", device)
+    model, meta = load_classifier(f"{out.model_dir}/{training.CHECKPOINT_FILES[ev['checkpoint']]}", device)
     if list(meta["labels"]) != list(table.names):
-        raise RuntimeError(f"classifier labels {meta['labels']} differ from the labels in use (labels.names, or the paper's with cohort: paper, protocol: paper): rerun the train stage")
+        raise RuntimeError(f"classifier labels {meta['labels']} differ from the labels in use (labels.names, or the paper's with cohort: paper and paper_rules.labels: paper): rerun the train stage")
     cache = Cache("data/cache", "data/index.csv")
     splits = pd.read_csv("data/splits.csv", keep_default_na=False)
     pred = predictions(model, meta, cache, splits, args.fold, device, ev["batch_size"])
     cuts, how = E.thresholds_from_frame(pred, table.names, ev["threshold"], ev["fixed_threshold"],
                                         ev["min_val_positives"])
-    metrics = E.evaluate_frame(pred, table.names, cuts, table)
+    metrics = E.evaluate_frame(pred, table.names, cuts, table, ev["cut"])
     name = f"{args.backbone}-f{args.fold}"
     write_csv(out.predictions, pred)
     test = pred[pred["split"] == "test"]
@@ -74,8 +74,8 @@ def main() -> None:
     roc.insert(0, "model", name)
     write_csv(out.roc, roc)
     write_json(out.eval_metrics, {
-        "backbone": args.backbone, "input_mode": meta["input_mode"], "fold": args.fold, "checkpoint_epoch": meta.get("epoch"),
-        "threshold_method": ev["threshold"], "runtime": rt,
+        "backbone": args.backbone, "input_mode": meta["input_mode"], "fold": args.fold, "checkpoint": ev["checkpoint"],
+        "checkpoint_epoch": meta.get("epoch"), "threshold_method": ev["threshold"], "cut": ev["cut"], "runtime": rt,
         "thresholds": {n: {"cut": float(c), "how": h} for n, c, h in zip(table.names, cuts, how)},
         **metrics})
     t = metrics["test"]

@@ -504,7 +504,10 @@ def test_every_stage_takes_the_same_overrides(tmp_path):
     assert p["preprocess"]["size"] == 64 and p["index"]["kermany_subset"] == {"NORMAL": 3, "virus": 2, "bacteria": 1}
     # overrides come before the authors' protocol, so --set cohort=paper applies it
     paper = P.stage_params(None, ["--params", str(root / "params.yaml"), "--set", "cohort=paper"])
-    assert paper["preprocess"]["intensity"] == "fixed"
+    assert paper["preprocess"]["intensity"] == "percentile"        # protocol: corrected (the default)
+    paper = P.stage_params(None, ["--params", str(root / "params.yaml"), "--set", "cohort=paper",
+                                  "--set", "protocol=paper"])
+    assert paper["preprocess"]["intensity"] == "fixed" and paper["evaluate"]["cut"] == "gt"
     with pytest.raises(ParamError, match="preprocess.sise"):
         P.stage_params(None, ["--params", str(root / "params.yaml"), "--set", "preprocess.sise=64"])
     assert profiles.parse_sets(["a.b=1"]) == P.parse_overrides(["a.b=1"]) == {"a.b": 1}
