@@ -92,3 +92,92 @@ def _ci(statistic, groups, n_boot: int, seed: int, confidence: float) -> dict:
     return {"estimate": None if estimate is None else float(estimate), "low": low, "high": high,
             "confidence": confidence, "n_boot": n_boot, "undefined": int(np.sum(~np.isfinite(dist))),
             "groups": n_groups, "method": "percentile, resampling patient groups"}
+
+
+# --- several folds, each with its own test set --------------------------------------------------
+
+def weighted_micro_f1(y: np.ndarray, pred: np.ndarray, w: np.ndarray) -> float:
+    """Micro F1 of (N, L) 0/1 arrays with an image weight ``w`` (a bootstrap multiplicity)."""
+    y, pred = np.asarray(y, bool), np.asarray(pred, bool)
+    tp = (w * (y & pred).sum(1)).sum()
+    denom = (w * y.sum(1)).sum() + (w * pred.sum(1)).sum()
+    return float(2 * tp / denom) if denom else 0.0
+
+
+def weighted_micro_auroc(y: np.ndarray, prob: np.ndarray, w: np.ndarray) -> float | None:
+    """Micro AUROC (every (image, label) pair pooled) with image weights; None with one class."""
+    from sklearn.metrics import roc_auc_score
+
+    keep = np.asarray(w) > 0
+    y, prob, w = np.asarray(y)[keep], np.asarray(prob, float)[keep], np.asarray(w, float)[keep]
+    flat = y.ravel().astype(bool)
+    if flat.all() or not flat.any():
+        return None
+    return float(roc_auc_score(flat, prob.ravel(), sample_weight=np.repeat(w, y.shape[1])))
+
+
+def fold_mean_ci(folds: list[list[tuple]], n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """CI of a mean over folds, each fold with its own test set, resampling patient groups within each fold.
+
+    ``folds``: per fold, one arm ``(groups, statistic)`` or two arms (the CI of
+    arm 0 minus arm 1). ``statistic(weights)`` takes a weight per item of its arm
+    (how often its group was drawn) and returns a float, or None where undefined.
+    Each resample draws, per fold independently, the union of the arms' groups
+    with replacement: arms on the same test set are paired exactly; arms on
+    partly or wholly different images (leaked images removed, another cohort)
+    share what they share. The point estimate uses every item once. Resamples
+    where a statistic is undefined are dropped and counted.
+    """
+    if n_boot < 100:
+        raise ValueError(f"n_boot={n_boot}: at least 100 resamples are needed for a 95 % percentile interval")
+    prepared = []
+    for arms in folds:
+        if len(arms) not in (1, 2):
+            raise ValueError(f"a fold has {len(arms)} arms: expected 1 (a value) or 2 (a difference)")
+        union, inverse = np.unique(np.concatenate([np.asarray(g).astype(str) for g, _ in arms]), return_inverse=True)
+        if len(union) < 2:
+            raise ValueError(f"{len(union)} group(s) in a fold: a bootstrap over groups needs at least 2")
+        cuts = np.cumsum([0] + [len(g) for g, _ in arms])
+        prepared.append((len(union), [(inverse[cuts[i]:cuts[i + 1]], stat) for i, (_, stat) in enumerate(arms)]))
+
+    def value(weights_of) -> float:
+        per_fold = []
+        for n, arms in prepared:
+            counts = weights_of(n)
+            vals = [stat(counts[idx].astype(float)) for idx, stat in arms]
+            if any(v is None or not np.isfinite(v) for v in vals):
+                return float("nan")
+            per_fold.append(vals[0] - vals[1] if len(vals) == 2 else vals[0])
+        return float(np.mean(per_fold))
+
+    estimate = value(lambda n: np.ones(n, dtype=np.int64))
+    rng = np.random.default_rng(seed)
+    dist = np.array([value(lambda n: np.bincount(rng.integers(0, n, n), minlength=n)) for _ in range(n_boot)])
+    ok = dist[np.isfinite(dist)]
+    if len(ok) < n_boot // 2:
+        low = high = float("nan")
+    else:
+        low, high = (float(v) for v in np.quantile(ok, [(1 - confidence) / 2, (1 + confidence) / 2]))
+    return {"estimate": estimate, "low": low, "high": high, "confidence": confidence, "n_boot": n_boot,
+            "undefined": int(np.sum(~np.isfinite(dist))), "folds": len(folds),
+            "method": "percentile, resampling patient groups within each fold's test set; mean over folds"}
+
+
+def corrected_resampled_t(differences, test_train_ratio: float, confidence: float = 0.95) -> dict:
+    """Nadeau & Bengio (2003) corrected resampled t interval for a mean difference over J folds.
+
+    The folds' training sets overlap, so their differences are correlated and
+    the plain t interval is too narrow; the variance is inflated by
+    ``(1 / J + n_test / n_train)``. Accounts for training variation as well as
+    test sampling, but with J = 5 it has 4 degrees of freedom: wide.
+    """
+    d = np.asarray([v for v in differences if v is not None and np.isfinite(v)], dtype=float)
+    j = len(d)
+    if j < 2:
+        return {"estimate": float(d.mean()) if j else None, "low": None, "high": None, "folds": j,
+                "method": "corrected resampled t (Nadeau & Bengio 2003): needs at least 2 folds"}
+    se = float(np.sqrt((1 / j + test_train_ratio) * d.var(ddof=1)))
+    half = float(stats.t.ppf((1 + confidence) / 2, j - 1)) * se
+    return {"estimate": float(d.mean()), "low": float(d.mean() - half), "high": float(d.mean() + half),
+            "confidence": confidence, "folds": j, "test_train_ratio": float(test_train_ratio),
+            "method": "corrected resampled t (Nadeau & Bengio 2003)"}

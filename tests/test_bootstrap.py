@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cxrbench.bootstrap import group_ci, paired_ci
+from cxrbench.bootstrap import group_ci, micro_f1, paired_ci
 
 
 def _patients(rng, n_groups=40, size=4, between=1.0, within=0.2):
@@ -50,3 +50,68 @@ def test_bad_arguments():
         group_ci(lambda i: 0.0, [0, 1], n_boot=10)
     with pytest.raises(ValueError, match="at least 2"):
         group_ci(lambda i: 0.0, [0, 0, 0])
+
+
+# --- several folds with their own test sets ----------------------------------------------------
+
+from cxrbench.bootstrap import corrected_resampled_t, fold_mean_ci, weighted_micro_auroc, weighted_micro_f1  # noqa: E402
+
+
+def _fold(rng, n_groups=30, size=3, between=1.0, within=0.2):
+    v, g = _patients(rng, n_groups, size, between, within)
+    return v, np.array([f"p{x}" for x in g])
+
+
+def test_fold_mean_ci_covers_the_truth():
+    """5 folds, each its own test set of 30 patients: the CI of the mean over folds covers 0 about 95 % of the time."""
+    rng = np.random.default_rng(3)
+    hits, trials = 0, 80
+    for t in range(trials):
+        folds = []
+        for _ in range(5):
+            v, g = _fold(rng)
+            folds.append([(g, lambda w, v=v: float((w * v).sum() / w.sum()))])
+        ci = fold_mean_ci(folds, n_boot=200, seed=t)
+        hits += ci["low"] <= 0.0 <= ci["high"]
+    assert 0.86 <= hits / trials <= 1.0
+
+
+def test_fold_mean_ci_pairs_arms_on_the_same_images_and_shares_a_subset():
+    rng = np.random.default_rng(4)
+    folds, subset = [], []
+    for _ in range(3):
+        v, g = _fold(rng, n_groups=50)
+        a, b = v + 0.1, v + rng.normal(0, 0.01, len(v))
+        folds.append([(g, lambda w, a=a: float((w * a).sum() / w.sum())),
+                      (g, lambda w, b=b: float((w * b).sum() / w.sum()))])
+        keep = g != g[0]                                  # arm 0 lost one patient's images (a leak removed)
+        subset.append([(g[keep], lambda w, a=a[keep]: float((w * a).sum() / w.sum())),
+                       (g, lambda w, b=b: float((w * b).sum() / w.sum()))])
+    paired = fold_mean_ci(folds, n_boot=300)
+    assert 0.09 < paired["low"] and paired["high"] < 0.11
+    shared = fold_mean_ci(subset, n_boot=300)
+    assert shared["high"] - shared["low"] < 0.2          # still paired on the shared patients
+
+
+def test_weighted_scores_equal_the_repeated_images():
+    rng = np.random.default_rng(5)
+    y = rng.random((20, 3)) < 0.4
+    prob = np.clip(y * 0.3 + rng.random((20, 3)) * 0.7, 0, 1)
+    w = rng.integers(0, 3, 20)
+    rep = np.repeat(np.arange(20), w)
+    assert weighted_micro_f1(y, prob > 0.5, w) == pytest.approx(micro_f1(y[rep], prob[rep] > 0.5))
+    from sklearn.metrics import roc_auc_score
+    assert weighted_micro_auroc(y, prob, w) == pytest.approx(roc_auc_score(y[rep].ravel(), prob[rep].ravel()))
+    assert weighted_micro_auroc(np.zeros((4, 2)), np.ones((4, 2)), np.ones(4)) is None
+
+
+def test_corrected_resampled_t_by_hand():
+    d = [0.10, 0.05, 0.12, 0.08, 0.00]
+    out = corrected_resampled_t(d, test_train_ratio=0.4 / 0.6)
+    from scipy import stats as S
+    se = np.sqrt((1 / 5 + 0.4 / 0.6) * np.var(d, ddof=1))
+    half = S.t.ppf(0.975, 4) * se
+    assert out["low"] == pytest.approx(np.mean(d) - half) and out["high"] == pytest.approx(np.mean(d) + half)
+    plain = S.t.ppf(0.975, 4) * np.std(d, ddof=1) / np.sqrt(5)
+    assert out["high"] - out["low"] > 2 * plain         # wider than the naive t interval: folds overlap
+    assert corrected_resampled_t([0.1], 0.5)["low"] is None
