@@ -300,3 +300,58 @@ def test_tiny_backbone_learns_real_cached_images(tmp_path, sample_data):
     prob = T.predict(model, cache.images, rows, torch.device("cpu"))
     auc = roc_auc_score(y_all[rows][:, 1], prob[:, 1])
     assert auc > 0.65, (auc, summary)                                   # chance: 0.5 (measured 0.75)
+
+
+# --- paper fidelity: checkpoints, cut, normalisation, weights ------------------------------------
+
+def test_final_checkpoint_is_the_last_epoch_and_best_the_lowest_val_loss(uninterrupted):
+    full, summary = uninterrupted
+    _, best = M.load_classifier(full / T.CHECKPOINT_FILES["best"])
+    _, last = M.load_classifier(full / T.CHECKPOINT_FILES["last"])
+    assert last["epoch"] == _cfg().epochs - 1 and best["epoch"] == summary["best_epoch"]
+    state = torch.load(full / "last.pt", weights_only=False)["model"]
+    final = torch.load(full / T.CHECKPOINT_FILES["last"], weights_only=True)["state_dict"]
+    assert all(torch.equal(state[k], final[k]) for k in state)       # final.pt holds the last epoch's weights
+
+
+def test_cut_gt_is_the_authors_strict_inequality():
+    prob = np.array([[0.51, 0.52, 0.50]])
+    assert E.positive(prob, 0.51, "gt").tolist() == [[False, True, False]]
+    assert E.positive(prob, 0.51, "ge").tolist() == [[True, True, False]]
+    with pytest.raises(ValueError, match="unknown cut"):
+        E.positive(prob, 0.5, "gte")
+
+
+def test_normalize_none_feeds_the_cache_as_is_and_survives_a_save(tmp_path):
+    model = M.create_model(TINY, 2, 1, "none", input_size=32, normalize="none")
+    assert model.mean.flatten().tolist() == [0.0] and model.std.flatten().tolist() == [1.0]
+    M.save_classifier(tmp_path / "m.pt", model, M.classifier_meta(TINY, ["a", "b"], 1, 32, 32, "full", 0))
+    back, _ = M.load_classifier(tmp_path / "m.pt")
+    assert back.mean.flatten().tolist() == [0.0]
+    imagenet = M.create_model(TINY, 2, 1, "none", input_size=32)
+    assert imagenet.std.flatten().tolist() != [1.0]
+    with pytest.raises(ParamError, match="train.weights"):
+        M.create_model("resnet18", 2, 1, "imagenet", weights="resnet34.tv_in1k")
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("train.weights", {"resnet18": "resnet18"}, "timm tag"),
+    ("train.weights", {"resnet99": "resnet99.tv_in1k"}, "unknown backbone"),
+    ("train.normalize", "zscore", "valid values"),
+    ("train.drop_last", "yes", "true or false"),
+])
+def test_fidelity_params_are_checked(params, key, value, msg):
+    p = copy.deepcopy(params)
+    p["train"]["folds"] = [0]
+    p["train"][key.split(".")[1]] = value
+    with pytest.raises(ParamError, match=msg):
+        T.validate(p)
+
+
+def test_weight_tags_name_the_authors_torchvision_weights(params):
+    tags = params["train"]["weights"]
+    assert tags["resnet18"] == "resnet18.tv_in1k" and tags["resnet34"] == "resnet34.tv_in1k"
+    import timm
+
+    for tag in tags.values():
+        assert tag in timm.list_pretrained(tag), tag
