@@ -87,6 +87,35 @@ def compare(main: dict[str, dict], audit: dict[str, dict], mode: str) -> dict:
     return {"input_mode": mode, "models": rows, "summary": summary}
 
 
+def _auroc(y: np.ndarray, prob: np.ndarray):
+    from sklearn.metrics import roc_auc_score
+
+    def stat(w):
+        keep = w > 0
+        if y[keep].min() == y[keep].max():
+            return None
+        return float(roc_auc_score(y[keep], prob[keep], sample_weight=w[keep]))
+    return stat
+
+
+def paired_intervals(folds: list[dict], label: str, stats: dict) -> dict:
+    """COVID-19 (``label``) AUROC with the full image, with the lungs hidden, and their difference, mean over
+    folds, each with a CI over test patient groups; the difference is paired (same images, same draws).
+
+    ``folds``: per fold ``groups`` and ``y`` (test truth of ``label``), ``full`` and ``hidden`` (probabilities)."""
+    from .bootstrap import fold_mean_ci
+
+    kw = dict(n_boot=stats["resamples"], seed=stats["seed"], confidence=stats["confidence"])
+    out = {"label": label, "confidence": stats["confidence"], "chance": 0.5}
+    for key, arms in (("full", lambda f: [(f["groups"], _auroc(f["y"], f["full"]))]),
+                      ("hidden", lambda f: [(f["groups"], _auroc(f["y"], f["hidden"]))]),
+                      ("difference", lambda f: [(f["groups"], _auroc(f["y"], f["full"])),
+                                                (f["groups"], _auroc(f["y"], f["hidden"]))])):
+        ci = fold_mean_ci([arms(f) for f in folds], **kw)
+        out[key] = {"mean": ci["estimate"], "low": ci["low"], "high": ci["high"], "undefined": ci["undefined"]}
+    return out
+
+
 def markdown(result: dict) -> str:
     mode = result["input_mode"]
     lines = [f"### Shortcut audit: full image vs `{mode}` (held-out test set, mean over models and folds)", "",
@@ -94,6 +123,12 @@ def markdown(result: dict) -> str:
     for k, v in result["summary"].items():
         f = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
         lines.append(f"| {k} | {f(v['full'])} | {f(v[mode])} | {f(v['retained'])} |")
+    ci = result.get("covid19_auroc_ci")
+    if ci:
+        c = lambda v: f"{v['mean']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"  # noqa: E731
+        lines += ["", f"COVID-19 AUROC, mean over models and folds [{ci['confidence']:.0%} CI, bootstrap of test "
+                      f"patient groups, paired]: full {c(ci['full'])}, {mode} {c(ci['hidden'])}, "
+                      f"lost {c(ci['difference'])} (chance 0.5)."]
     lines += ["", f"Models: {', '.join(r['model'] for r in result['models'])}. AUROC 0.5 is chance; a COVID-19 "
               "AUROC far above 0.5 with the lungs removed means the classifier separates the sources by "
               "something outside the lungs."]

@@ -16,6 +16,7 @@ dropped and counted (``undefined``), never silently replaced.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable
 
 import numpy as np
@@ -104,6 +105,14 @@ def weighted_micro_f1(y: np.ndarray, pred: np.ndarray, w: np.ndarray) -> float:
     return float(2 * tp / denom) if denom else 0.0
 
 
+def weighted_micro_precision_recall(y: np.ndarray, pred: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """Micro precision and recall with image weights (0 where nothing is predicted / positive)."""
+    y, pred = np.asarray(y, bool), np.asarray(pred, bool)
+    tp = (w * (y & pred).sum(1)).sum()
+    npred, npos = (w * pred.sum(1)).sum(), (w * y.sum(1)).sum()
+    return float(tp / npred) if npred else 0.0, float(tp / npos) if npos else 0.0
+
+
 def weighted_micro_auroc(y: np.ndarray, prob: np.ndarray, w: np.ndarray) -> float | None:
     """Micro AUROC (every (image, label) pair pooled) with image weights; None with one class."""
     from sklearn.metrics import roc_auc_score
@@ -122,11 +131,13 @@ def fold_mean_ci(folds: list[list[tuple]], n_boot: int = 1000, seed: int = 0, co
     ``folds``: per fold, one arm ``(groups, statistic)`` or two arms (the CI of
     arm 0 minus arm 1). ``statistic(weights)`` takes a weight per item of its arm
     (how often its group was drawn) and returns a float, or None where undefined.
-    Each resample draws, per fold independently, the union of the arms' groups
-    with replacement: arms on the same test set are paired exactly; arms on
-    partly or wholly different images (leaked images removed, another cohort)
-    share what they share. The point estimate uses every item once. Resamples
-    where a statistic is undefined are dropped and counted.
+    Each resample draws the union of a fold's arms' groups with replacement:
+    arms on the same test set are paired exactly; arms on partly or wholly
+    different images (leaked images removed, another cohort) share what they
+    share. Folds with different test sets are drawn independently; folds that
+    share one test set (the rebuilt cohort) share one draw per resample, since
+    their test sampling is one and the same. The point estimate uses every item
+    once. Resamples where a statistic is undefined are dropped and counted.
     """
     if n_boot < 100:
         raise ValueError(f"n_boot={n_boot}: at least 100 resamples are needed for a 95 % percentile interval")
@@ -138,12 +149,15 @@ def fold_mean_ci(folds: list[list[tuple]], n_boot: int = 1000, seed: int = 0, co
         if len(union) < 2:
             raise ValueError(f"{len(union)} group(s) in a fold: a bootstrap over groups needs at least 2")
         cuts = np.cumsum([0] + [len(g) for g, _ in arms])
-        prepared.append((len(union), [(inverse[cuts[i]:cuts[i + 1]], stat) for i, (_, stat) in enumerate(arms)]))
+        key = hashlib.sha1("\0".join(union).encode()).hexdigest()
+        prepared.append((key, len(union), [(inverse[cuts[i]:cuts[i + 1]], stat) for i, (_, stat) in enumerate(arms)]))
 
     def value(weights_of) -> float:
-        per_fold = []
-        for n, arms in prepared:
-            counts = weights_of(n)
+        per_fold, draws = [], {}
+        for key, n, arms in prepared:
+            if key not in draws:                          # one draw per distinct test set
+                draws[key] = weights_of(n)
+            counts = draws[key]
             vals = [stat(counts[idx].astype(float)) for idx, stat in arms]
             if any(v is None or not np.isfinite(v) for v in vals):
                 return float("nan")

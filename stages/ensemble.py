@@ -42,7 +42,9 @@ def main() -> None:
     per_fold["ensemble"], per_fold["vote"] = [], []
     fold_records, rocs = [], []
     stats = bootstrap.validate(params)
-    group_of = dict(zip(*pd.read_csv("data/index.csv", usecols=["path", "group"], dtype=str).to_numpy().T))
+    index = pd.read_csv("data/index.csv", usecols=["path", "group", "finding", "source"], dtype=str,
+                        keep_default_na=False).set_index("path")
+    group_of = index["group"].to_dict()
     test_rows: list[dict] = []      # per fold: y, paths, groups and every model's thresholded test predictions
     for k in folds:
         frames, cuts = {}, {}
@@ -67,7 +69,10 @@ def main() -> None:
         sel = (mean["split"] == "test").to_numpy()
         test_rows.append({
             "y": mean.loc[sel, E.true_columns(labels)].to_numpy(int), "paths": mean.loc[sel, "path"].to_numpy(),
-            "groups": np.array([group_of[x] for x in mean.loc[sel, "path"]]),
+            "groups": np.array([group_of[x] for x in mean.loc[sel, "path"]]), "labels": labels,
+            "meta": index.loc[mean.loc[sel, "path"], ["finding", "source"]].reset_index(drop=True),
+            "prob": {"ensemble": mean.loc[sel].reset_index(drop=True),
+                     **{b: frames[b].loc[sel].reset_index(drop=True) for b in backbones}},
             "pred": {"ensemble": E.positive(mean.loc[sel, E.prob_columns(labels)], mcuts, ev["cut"]),
                      **{b: E.positive(frames[b].loc[sel, E.prob_columns(labels)], cuts[b], ev["cut"])
                         for b in backbones}}})
@@ -98,7 +103,8 @@ def main() -> None:
     write_json("metrics/summary.json", {"folds": folds, "test": rows, "val": val_rows, "paired_test": paired})
     write_text("metrics/summary.md", E.summary_markdown(rows, "test") + "\n" + E.summary_markdown(val_rows, "val"))
 
-    t2 = EN.table2({m: per_fold[m] for m in [*backbones, "ensemble"]}, "test")
+    models = [*backbones, "ensemble"]
+    t2 = EN.table2({m: per_fold[m] for m in models}, "test", EN.table2_intervals(test_rows, models, stats))
     note = (f"Ensemble vs best single backbone ({best}, chosen on validation micro F1), test micro F1, mean over "
             f"{len(folds)} folds: difference {paired['difference']:+.3f}" + (
                 f", {stats['confidence']:.0%} CI [{paired['ci']['low']:+.3f}, {paired['ci']['high']:+.3f}] "
@@ -109,8 +115,8 @@ def main() -> None:
             f"Majority vote: {vote_rule}. No p value: 2-5 folds support none.")
     write_json("metrics/table2.json", {"rows": t2, "majority_vote": [r for r in rows if r["model"] == "vote"][0],
                                        "paired_test": paired, "folds": folds})
-    write_text("metrics/table2.md", EN.table2_markdown(t2, note))
-    print(EN.table2_markdown(t2, note))
+    write_text("metrics/table2.md", EN.table2_markdown(t2, note, stats["confidence"]))
+    print(EN.table2_markdown(t2, note, stats["confidence"]))
 
 
 if __name__ == "__main__":

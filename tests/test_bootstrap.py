@@ -115,3 +115,13 @@ def test_corrected_resampled_t_by_hand():
     plain = S.t.ppf(0.975, 4) * np.std(d, ddof=1) / np.sqrt(5)
     assert out["high"] - out["low"] > 2 * plain         # wider than the naive t interval: folds overlap
     assert corrected_resampled_t([0.1], 0.5)["low"] is None
+
+
+def test_folds_on_one_shared_test_set_share_their_draw():
+    """5 folds scored on the same test images: the CI of their mean is as wide as one fold's, not sqrt(5) narrower."""
+    rng = np.random.default_rng(6)
+    v, g = _fold(rng, n_groups=40)
+    stat = lambda w: float((w * v).sum() / w.sum())   # noqa: E731
+    one = fold_mean_ci([[(g, stat)]], n_boot=400)
+    five = fold_mean_ci([[(g, stat)]] * 5, n_boot=400)
+    assert five["high"] - five["low"] == pytest.approx(one["high"] - one["low"])

@@ -355,3 +355,50 @@ def test_weight_tags_name_the_authors_torchvision_weights(params):
 
     for tag in tags.values():
         assert tag in timm.list_pretrained(tag), tag
+
+
+def test_table2_cells_carry_ci_and_the_papers_scoring():
+    from cxrbench.bootstrap import micro_f1
+
+    rng = np.random.default_rng(0)
+    labels = ["pneumonia", "viral", "covid19", "healthy"]
+    test_rows = []
+    for k in range(2):
+        n = 60
+        covid = rng.random(n) < 0.5
+        y = np.stack([covid, covid, covid, ~covid], 1).astype(int)
+        prob = np.clip(y * 0.5 + rng.random(y.shape) * 0.5, 0, 1)
+        frame = pd.DataFrame({f"prob_{lab}": prob[:, j] for j, lab in enumerate(labels)})
+        test_rows.append({"y": y, "groups": np.array([f"p{i // 2}" for i in range(n)]), "labels": labels,
+                          "pred": {"m": prob >= 0.6}, "prob": {"m": frame},
+                          "meta": pd.DataFrame({"finding": np.where(covid, "COVID-19", "No Finding"),
+                                                "source": "covid_chestxray"})})
+    out = EN.table2_intervals(test_rows, ["m"], {"resamples": 200, "seed": 0, "confidence": 0.95})["m"]
+    f1 = out["ours"]["f1"]
+    assert f1["mean"] == pytest.approx(np.mean([micro_f1(t["y"], t["pred"]["m"]) for t in test_rows]))
+    assert f1["low"] < f1["mean"] < f1["high"]
+    # their scoring: the same 4 labels under their names (+ 10 others never true here), cut > 0.51
+    theirs = np.mean([micro_f1(t["y"], t["prob"]["m"].to_numpy() > 0.51) for t in test_rows])
+    assert out["paper_scoring"]["f1"]["mean"] == pytest.approx(theirs)
+    assert "MERS" in out["labels_without_output"]
+    rows = EN.table2({"m": [{"test": {"micro": {"precision": 0.5, "recall": 0.5, "f1": 0.5}}}] * 2}, "test",
+                     {"m": out})
+    md = EN.table2_markdown(rows)
+    assert "F1, paper's scoring" in md and f"[{f1['low']:.3f}, {f1['high']:.3f}]" in md
+
+
+def test_shortcut_audit_difference_is_paired_with_a_ci():
+    from cxrbench import audit
+
+    rng = np.random.default_rng(1)
+    folds = []
+    for _ in range(2):
+        y = (rng.random(80) < 0.4).astype(int)
+        folds.append({"groups": np.array([f"p{i // 2}" for i in range(80)]), "y": y,
+                      "full": y * 0.6 + rng.random(80) * 0.4, "hidden": rng.random(80)})
+    out = audit.paired_intervals(folds, "covid19", {"resamples": 200, "seed": 0, "confidence": 0.95})
+    assert out["full"]["low"] > 0.9 and out["hidden"]["low"] < 0.5 < out["hidden"]["high"]
+    assert out["difference"]["low"] > 0.2 and out["chance"] == 0.5
+    md = audit.markdown({"input_mode": "lungs_removed", "models": [{"model": "m-f0"}], "summary": {},
+                         "covid19_auroc_ci": out})
+    assert "lost" in md and "paired" in md
