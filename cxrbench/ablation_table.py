@@ -32,6 +32,7 @@ from . import bootstrap as B
 from . import paper_scoring as PS
 from .evaluation import positive
 from .io import read_json, write_json, write_text
+from .ladder import ladder, validate
 from .params import section
 
 METRICS = {"paper_f1": "micro F1, paper scoring (their 14 labels, > 0.51)",
@@ -89,8 +90,6 @@ def load_rows(workdir: Path, names: list[str], folds: list[int]) -> dict[str, di
 
 
 def build(params: dict, workdir: Path) -> dict:
-    from .ablation import ladder, validate
-
     abl = validate(params)
     stats_p = B.validate(params)
     n_boot, seed, conf = stats_p["resamples"], stats_p["seed"], stats_p["confidence"]

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from cxrbench import ablation, ablation_table
+from cxrbench import ablation_table
+from cxrbench import ladder as ablation
 from cxrbench import paper_scoring as PS
 from cxrbench.params import ParamError, apply_protocol, with_overrides
 
