@@ -168,7 +168,8 @@ def _override_line(overrides: dict) -> str:
 
 def markdown(result: dict) -> str:
     rt = result.get("runtime") or {}
-    hw = f"{rt.get('cpu', 'CPU')}, {rt.get('threads', '?')} threads, torch {rt.get('torch', '?')}"
+    hw = (f"{rt.get('cpu', 'CPU')} ({rt.get('cpu_capability', '?')}), {rt.get('torch_threads', '?')} torch threads, "
+          f"torch {rt.get('torch', '?')}")
     rows = result["rows"]
     lines = [f"# Ablation ladder: from the authors' code to the rebuilt cohort, one factor per row", "",
              f"{result['backbone']} at the `{result['profile']}` profile's settings (CPU: 128 px cache, 64 px input, "
@@ -192,7 +193,8 @@ def markdown(result: dict) -> str:
                      + " | ".join(_ci(r["metrics"][m]) for m in METRICS)
                      + f" | {_delta(r['delta'].get('paper_f1'))} | {r['metrics']['paper_f1']['fold_sd']:.3f} |")
     lines += ["", "Δ of the other two scores (same CIs):", "",
-              "| # | row | Δ own-scoring F1 | Δ micro AUROC | test images per fold | train / val images per fold |",
+              "| # | row | Δ own-scoring F1 | Δ micro AUROC | test images per fold | train / selection images "
+              "per fold (selection = the test split itself under `selection: test`) |",
               "|---:|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['row']} | {r['name']} | {_delta(r['delta'].get('own_f1'))} | "

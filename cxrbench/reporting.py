@@ -154,9 +154,9 @@ def section_cohort(r: Report) -> None:
     r.text("## The authors' cohort")
     r.text("### Audit of this run's cohort")
     r.include("metrics/cohort_audit.md", "metrics/cohort_audit.md not found: run `dvc repro split`.")
-    r.text("### How much of the published score survives (committed comparison of three runs)")
-    r.include("results/cohort_table.md", "results/cohort_table.md not found: see the README, section "
-                                         "'The authors' cohort', to build it with python -m cxrbench.compare.")
+    r.text("### How much of the published score survives: the one-factor ablation ladder (committed)")
+    r.include("results/ablation.md", "results/ablation.md not found: build it with `python -m cxrbench.ablation "
+                                     "run` and `python -m cxrbench.ablation table` (README, 'The authors' cohort').")
 
 
 SECTIONS: tuple[Callable[[Report], None], ...] = (section_data, section_unet, section_classification,
