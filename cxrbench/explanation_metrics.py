@@ -77,14 +77,14 @@ def removal_masks(norm_map: torch.Tensor, scheme: str, order: str = "morf") -> t
     m = norm_map if order == "morf" else 1.0 - norm_map
     b, h, w = m.shape
     if scheme == "threshold":
-        t = torch.as_tensor(levels(scheme), dtype=m.dtype).view(1, -1, 1, 1)
+        t = torch.as_tensor(levels(scheme), dtype=m.dtype, device=m.device).view(1, -1, 1, 1)
         return m.unsqueeze(1) >= t - 1e-6
     if scheme == "fraction":
         n = h * w
-        counts = torch.as_tensor(np.round(levels(scheme) * n).astype(np.int64))
+        counts = torch.as_tensor(np.round(levels(scheme) * n).astype(np.int64), device=m.device)
         order_idx = torch.argsort(m.reshape(b, -1), dim=1, descending=True, stable=True)
         rank = torch.empty_like(order_idx)
-        rank.scatter_(1, order_idx, torch.arange(n).expand(b, n).contiguous())
+        rank.scatter_(1, order_idx, torch.arange(n, device=m.device).expand(b, n).contiguous())
         return (rank.view(b, 1, n) < counts.view(1, -1, 1)).view(b, -1, h, w)
     raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
 

@@ -235,3 +235,14 @@ def test_lung_mass_and_sanity_helpers():
     model = _resnet18()
     rnd = EM.randomise_weights(model)
     assert not torch.equal(rnd.conv1.weight, model.conv1.weight)
+
+
+@pytest.mark.parametrize("scheme", ["threshold", "fraction"])
+def test_removal_masks_stay_on_the_maps_device(scheme):
+    """Every tensor the AOPPC masks need is made on the map's device (a CUDA run crashed on CPU-made levels);
+    the meta device stands in for a GPU on a CPU-only machine."""
+    from cxrbench import explanation_metrics as EM
+
+    norm = EM.normalise(EM.importance(torch.rand(2, 8, 8, device="meta")))
+    out = EM.removal_masks(norm, scheme, "lerf")
+    assert out.device.type == "meta" and tuple(out.shape) == (2, EM.N_LEVELS, 8, 8)
