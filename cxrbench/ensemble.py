@@ -145,6 +145,12 @@ def table2_intervals(test_rows: list[dict], models: list[str], stats: dict) -> d
                                    ("paper_scoring", truth, paper_pred)):
                 ci = fold_mean_ci([[(t["groups"], _micro(m, y, d))] for t, y, d in zip(test_rows, ys, preds)], **kw)
                 entry[key][m] = {"mean": ci["estimate"], "low": ci["low"], "high": ci["high"]}
+        from .bootstrap import weighted_micro_auroc
+
+        probs = [t["prob"][model][prob_columns(t["labels"])].to_numpy(float) for t in test_rows]
+        ci = fold_mean_ci([[(t["groups"], lambda w, y=t["y"], p=p: weighted_micro_auroc(y, p, w))]
+                           for t, p in zip(test_rows, probs)], **kw)
+        entry["ours"]["auroc_micro"] = {"mean": ci["estimate"], "low": ci["low"], "high": ci["high"]}
         entry["labels_without_output"] = PS.probabilities(test_rows[0]["prob"][model], test_rows[0]["labels"])[1]
         out[model] = entry
     return out
@@ -164,6 +170,7 @@ def table2(per_fold: dict[str, list[dict]], part: str = "test", intervals: dict 
             paper = PAPER_TABLE2.get(display, {}).get(m)
             row[f"paper_{m}"] = {"mean": paper[0], "std": paper[1]} if paper else None
         if intervals and model in intervals:
+            row["auroc_micro"] = intervals[model]["ours"]["auroc_micro"]
             row["paper_scoring"] = intervals[model]["paper_scoring"]
             row["labels_without_output"] = intervals[model]["labels_without_output"]
         rows.append(row)
@@ -180,14 +187,14 @@ def table2_markdown(rows: list[dict], note: str = "", confidence: float = 0.95) 
         ci = f" [{v['low']:.3f}, {v['high']:.3f}]" if v.get("low") is not None and not math.isnan(v["low"]) else ""
         return f"{v['mean']:.3f}{ci}" + (f" ± {v['std']:.3f}" if "std" in v else "")
     scored = any("paper_scoring" in r for r in rows)
-    head = ("| Model | folds | Precision | Recall | F1 | " + ("F1, paper's scoring | " if scored else "")
-            + "paper Precision | paper Recall | paper F1 |\n" + "|---" * (8 + scored) + "|\n")
+    head = ("| Model | folds | Precision | Recall | F1 | " + ("micro AUROC | F1, paper's scoring | " if scored else "")
+            + "paper Precision | paper Recall | paper F1 |\n" + "|---" * (8 + 2 * scored) + "|\n")
     body = "\n".join(f"| {r['model']} | {r['folds']} | " + " | ".join(cell(r[m]) for m in METRICS) + " | "
-                     + (cell(r["paper_scoring"]["f1"]) + " | " if scored else "")
+                     + (cell(r.get("auroc_micro")) + " | " + cell(r["paper_scoring"]["f1"]) + " | " if scored else "")
                      + " | ".join(cell(r[f"paper_{m}"]) for m in METRICS) + " |" for r in rows)
     return (f"Micro-averaged precision, recall and F1 on the held-out test set: mean over folds "
             f"[{confidence:.0%} CI, bootstrap of test patient groups] ± std (ddof 0) over folds (training variation, "
             f"and test sampling where folds have their own test sets), beside Chatterjee et al. 2020 (Table 2, "
             f"mean ± std over their folds). *F1, paper's scoring*: the same predictions scored their way (their 14 "
             f"labels by their rule from each image's finding, > 0.51), the like-for-like comparison with their "
-            f"column.\n\n" + head + body + "\n" + (f"\n{note}\n" if note else ""))
+            f"column. Chance: AUROC 0.5.\n\n" + head + body + "\n" + (f"\n{note}\n" if note else ""))
