@@ -32,7 +32,7 @@ from .params import ParamError
 PAPER_BACKBONES = ("densenet161", "inception_resnet_v2", "inception_v3", "resnet18", "resnet34")
 DISPLAY_NAMES = {"densenet161": "DenseNet161", "inception_resnet_v2": "InceptionResNetV2",
                  "inception_v3": "InceptionV3", "resnet18": "ResNet18", "resnet34": "ResNet34",
-                 "densenet121": "DenseNet121"}
+                 "densenet121": "DenseNet121", "efficientnet_lite0": "EfficientNet-Lite0"}
 CHECKPOINT_FORMAT = 1
 
 

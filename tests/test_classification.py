@@ -404,3 +404,57 @@ def test_shortcut_audit_difference_is_paired_with_a_ci():
     md = audit.markdown({"input_mode": "lungs_removed", "models": [{"model": "m-f0"}], "summary": {},
                          "covid19_auroc_ci": out})
     assert "lost" in md and "paired" in md
+
+
+# --- offline ImageNet weights (cxrbench/weights.py) ----------------------------------------------
+
+def _imagenet_input(size=224):
+    from skimage.data import chelsea
+    from skimage.transform import resize
+
+    img = resize(chelsea(), (size, size), anti_aliasing=True).astype(np.float32)   # a cat photo
+    x = torch.from_numpy(img).permute(2, 0, 1)[None]
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
+def test_packaged_efficientnet_lite0_weights_see_a_cat(tmp_path):
+    """Converted weights classify scikit-image's chelsea as one of ImageNet's cats (classes 281-285);
+    a wrong key mapping, or random weights, does not."""
+    import timm
+    from safetensors.torch import load_file
+
+    from cxrbench import weights as W
+
+    info = W.convert("efficientnet_lite0", tmp_path / "lite0.safetensors")
+    assert info["tensors"] > 247
+    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    model.load_state_dict(load_file(str(tmp_path / "lite0.safetensors")), strict=True)
+    x = _imagenet_input()
+    with torch.no_grad():
+        p = model.eval()(x).softmax(1)[0]
+        torch.manual_seed(0)
+        p_random = timm.create_model("efficientnet_lite0", pretrained=False).eval()(x).softmax(1)[0]
+    cats = list(range(281, 286))
+    assert int(p.argmax()) in cats and float(p[cats].sum()) > 0.5
+    assert float(p_random[cats].sum()) < 0.05
+    # the same tensors through the project's loader: grey first conv, an 18-label head
+    clf = M.create_model("efficientnet_lite0", 18, 1, str(tmp_path / "lite0.safetensors"), input_size=64)
+    assert clf.backbone.classifier.out_features == 18
+
+
+def test_mapping_refuses_a_checkpoint_of_another_network():
+    import timm
+
+    from cxrbench import weights as W
+
+    source = torch.load(W.packaged_checkpoint("efficientnet_lite0"), map_location="cpu", weights_only=True)
+    target = timm.create_model("resnet18", pretrained=False).state_dict()
+    with pytest.raises(W.MappingError, match="not the same network|does not pair"):
+        W.map_by_order(source, target)
+    # the same tensors in another order: a BatchNorm bias would land on a weight of the same shape
+    lite = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    keys = list(source)
+    keys[1], keys[2] = keys[2], keys[1]                       # _bn0.weight <-> _bn0.bias
+    with pytest.raises(W.MappingError, match="does not pair"):
+        W.map_by_order({k: source[k] for k in keys}, lite)
