@@ -34,10 +34,11 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
-from .io import read_json, write_json
 from .ablation_table import write_table
+from .io import read_json, write_json
 from .ladder import ladder, row_params, stage_keys, validate
 from .params import apply_protocol, section
 
@@ -97,7 +98,8 @@ def run_row(clone: Path, workdir: Path, base: dict, profile: dict, ablation: dic
         ran = []
         if state.get("index") != keys["index"]:
             _stage(clone, log, "stages/index.py")
-            state.pop("split", None), state.pop("preprocess", None)
+            for stale in ("split", "preprocess"):       # both read the index
+                state.pop(stale, None)
             ran.append("index")
         for stage in ("split", "preprocess"):
             if state.get(stage) != keys[stage]:
@@ -113,8 +115,6 @@ def run_row(clone: Path, workdir: Path, base: dict, profile: dict, ablation: dic
             shutil.copy(clone / f"data/predictions/{backbone}-f{k}.csv", fold_dir / "predictions.csv")
             shutil.copy(clone / f"metrics/eval/{backbone}-f{k}.json", fold_dir / "eval.json")
             shutil.copy(clone / f"metrics/train/{backbone}-f{k}.json", fold_dir / "train.json")
-    import pandas as pd
-
     index = pd.read_csv(clone / "data/index.csv", keep_default_na=False,
                         usecols=["path", "source", "patient", "group", "finding"])
     index.to_csv(out / "images.csv", index=False)

@@ -32,10 +32,10 @@ from . import bootstrap as B
 from . import paper_scoring as PS
 from .evaluation import positive
 from .io import read_json, write_json, write_text
-from .ladder import ladder, validate
-from .params import section
+from .ladder import ladder, row_params, validate
+from .params import apply_protocol, section
 
-METRICS = {"paper_f1": "micro F1, paper scoring (their 14 labels, > 0.51)",
+METRICS = {"paper_f1": "micro F1, paper scoring (their 14 labels, their cut)",
            "own_f1": "micro F1, the row's own scoring",
            "auroc": "micro AUROC (their labels)"}
 
@@ -68,10 +68,12 @@ def fold_arrays(row_dir: Path, fold: int, images: pd.DataFrame) -> dict:
     return out
 
 
-def statistics(a: dict) -> dict:
-    """The three statistics of one fold's arrays, as functions of image weights."""
+def statistics(a: dict, paper_rule: tuple[float, str]) -> dict:
+    """The three statistics of one fold's arrays, as functions of image weights; ``paper_rule``:
+    :func:`cxrbench.paper_scoring.rule`."""
     cols = a["shared"]
-    return {"paper_f1": lambda w: B.weighted_micro_f1(a["y_paper"], PS.decide(a["p_paper"]), w),
+    decided = PS.decide(a["p_paper"], *paper_rule)
+    return {"paper_f1": lambda w: B.weighted_micro_f1(a["y_paper"], decided, w),
             "own_f1": lambda w: B.weighted_micro_f1(a["y_own"], a["d_own"], w),
             "auroc": lambda w: B.weighted_micro_auroc(a["y_paper"][:, cols], a["p_paper"][:, cols], w)}
 
@@ -89,18 +91,44 @@ def load_rows(workdir: Path, names: list[str], folds: list[int]) -> dict[str, di
     return out
 
 
+def _interval(ci: dict) -> dict:
+    return {"mean": ci["estimate"], "low": ci["low"], "high": ci["high"]}
+
+
+def settings(params: dict, abl: dict) -> dict:
+    """What the ladder's runs were trained at: the first row's params (profile and common set applied)."""
+    from .profiles import read_profile
+
+    first = ladder(params)[0]
+    m = apply_protocol(row_params(params, read_profile(abl["profile"]), abl, first))
+    t = m["train"]
+    return {"cache_px": m["preprocess"]["size"], "input_size": t["input_size"].get(abl["backbone"],
+                                                                                 t["input_size"]["default"]),
+            "epochs": t["epochs"], "pretrained": t["pretrained"]}
+
+
 def build(params: dict, workdir: Path) -> dict:
     abl = validate(params)
     stats_p = B.validate(params)
     n_boot, seed, conf = stats_p["resamples"], stats_p["seed"], stats_p["confidence"]
     rows = ladder(params)
     folds = list(abl["folds"])
+    paper_rule = PS.rule(params)
     data = load_rows(workdir, [r["name"] for r in rows], folds)
-    result = []
+    st = {name: {k: statistics(d["folds"][k], paper_rule) for k in folds} for name, d in data.items()}
+
+    def paired(a: str, b: str, m: str) -> dict:
+        """Row ``a`` minus row ``b`` on statistic ``m``: paired bootstrap over each fold's test groups."""
+        fa, fb = data[a]["folds"], data[b]["folds"]
+        return B.fold_mean_ci([[(fa[k]["groups"], st[a][k][m]), (fb[k]["groups"], st[b][k][m])] for k in folds],
+                              n_boot, seed, conf)
+
+    result, by_name = [], {}
     for i, row in enumerate(rows):
-        d = data[row["name"]]
+        name = row["name"]
+        d = data[name]
         fa = d["folds"]
-        entry = {"row": i, "name": row["name"], "change": row["change"], "from": row["from"], "set": row["set"],
+        entry = {"row": i, "name": name, "change": row["change"], "from": row["from"], "set": row["set"],
                  "overrides": row["overrides"], "cohort": d["info"]["cohort"],
                  "retrained": [not fa[k]["train"].get("resumed", False) for k in folds],
                  "train_images": [fa[k]["train"]["train_images"] for k in folds],
@@ -114,42 +142,28 @@ def build(params: dict, workdir: Path) -> dict:
         prevalence = np.mean([fa[k]["y_paper"].mean() for k in folds])
         entry["chance"] = {"auroc": 0.5, "paper_f1_flag_everything": float(2 * prevalence / (1 + prevalence)),
                            "paper_label_prevalence": float(prevalence)}
-        st = {k: statistics(fa[k]) for k in folds}
         for m in METRICS:
-            per_fold = [st[k][m](np.ones(fa[k]["n_test"])) for k in folds]
-            ci = B.fold_mean_ci([[(fa[k]["groups"], st[k][m])] for k in folds], n_boot, seed, conf)
-            entry["metrics"][m] = {"mean": ci["estimate"], "low": ci["low"], "high": ci["high"],
-                                   "folds": per_fold, "fold_sd": float(np.std(per_fold, ddof=1)),
+            per_fold = [st[name][k][m](np.ones(fa[k]["n_test"])) for k in folds]
+            ci = B.fold_mean_ci([[(fa[k]["groups"], st[name][k][m])] for k in folds], n_boot, seed, conf)
+            entry["metrics"][m] = {**_interval(ci), "folds": per_fold, "fold_sd": float(np.std(per_fold, ddof=1)),
                                    "undefined": ci["undefined"]}
         if row["from"] is not None:
-            b = data[row["from"]]["folds"]
-            bst = {k: statistics(b[k]) for k in folds}
+            base = by_name[row["from"]]
             same_design = d["info"]["cohort"] == data[row["from"]]["info"]["cohort"] == "paper"
+            ratio = float(np.mean([fa[k]["n_test"] / max(1, fa[k]["train"]["train_images"]) for k in folds]))
             for m in METRICS:
-                ci = B.fold_mean_ci([[(fa[k]["groups"], st[k][m]), (b[k]["groups"], bst[k][m])] for k in folds],
-                                    n_boot, seed, conf)
-                diffs = [entry["metrics"][m]["folds"][j] - _fold_value(bst[folds[j]][m], b[folds[j]])
-                         for j in range(len(folds))]
-                ratio = float(np.mean([fa[k]["n_test"] / max(1, fa[k]["train"]["train_images"]) for k in folds]))
+                diffs = [a - b for a, b in zip(entry["metrics"][m]["folds"], base["metrics"][m]["folds"])]
                 nb = B.corrected_resampled_t(diffs, ratio, conf) if same_design else None
-                entry["delta"][m] = {"mean": ci["estimate"], "low": ci["low"], "high": ci["high"],
-                                     "folds": diffs, "corrected_t": nb}
+                entry["delta"][m] = {**_interval(paired(name, row["from"], m)), "folds": diffs, "corrected_t": nb}
         if i:                                   # the whole way from the first row (F1 only: paired, cheap)
-            b = data[rows[0]["name"]]["folds"]
-            bst = {k: statistics(b[k]) for k in folds}
-            for m in ("paper_f1", "own_f1"):
-                ci = B.fold_mean_ci([[(fa[k]["groups"], st[k][m]), (b[k]["groups"], bst[k][m])] for k in folds],
-                                    n_boot, seed, conf)
-                entry.setdefault("from_first", {})[m] = {"mean": ci["estimate"], "low": ci["low"], "high": ci["high"]}
+            entry["from_first"] = {m: _interval(paired(name, rows[0]["name"], m)) for m in ("paper_f1", "own_f1")}
         result.append(entry)
+        by_name[name] = entry
     first = data[rows[0]["name"]]["info"]
-    return {"backbone": abl["backbone"], "profile": abl["profile"], "folds": folds, "confidence": conf,
-            "resamples": n_boot, "stats_seed": seed, "commit": first.get("commit"),
-            "runtime": first.get("runtime"), "metrics": METRICS, "rows": result}
-
-
-def _fold_value(stat, arrays) -> float:
-    return stat(np.ones(arrays["n_test"]))
+    return {"backbone": abl["backbone"], "profile": abl["profile"], "settings": settings(params, abl),
+            "folds": folds, "confidence": conf, "resamples": n_boot, "stats_seed": seed,
+            "paper_rule": list(paper_rule), "commit": first.get("commit"), "runtime": first.get("runtime"),
+            "metrics": METRICS, "rows": result}
 
 
 def _ci(m: dict) -> str:
@@ -178,9 +192,14 @@ def markdown(result: dict) -> str:
     hw = (f"{rt.get('cpu', 'CPU')} ({rt.get('cpu_capability', '?')}), {rt.get('torch_threads', '?')} torch threads, "
           f"torch {rt.get('torch', '?')}")
     rows = result["rows"]
+    cfg = result["settings"]
+    threshold, cut = result["paper_rule"]
+    heads = [f"micro F1, paper scoring (their 14 labels, {'>' if cut == 'gt' else '>='} {threshold})",
+             *list(METRICS.values())[1:]]
     lines = [f"# Ablation ladder: from the authors' code to the rebuilt cohort, one factor per row", "",
-             f"{result['backbone']} at the `{result['profile']}` profile's settings (CPU: 128 px cache, 64 px input, "
-             f"4 epochs, no pretraining), folds {', '.join(map(str, result['folds']))}; commit "
+             f"{result['backbone']} at the `{result['profile']}` profile's settings ({cfg['cache_px']} px cache, "
+             f"{cfg['input_size']} px input, {cfg['epochs']} epochs, pretrained: {cfg['pretrained']}), folds "
+             f"{', '.join(map(str, result['folds']))}; commit "
              f"{(result.get('commit') or '?')[:8]}; {hw}. Built by `python -m cxrbench.ablation table` from the rows "
              f"of `python -m cxrbench.ablation run`.", "",
              f"Each cell: mean over folds [{result['confidence']:.0%} CI, bootstrap of test patient groups within each "
@@ -191,7 +210,7 @@ def markdown(result: dict) -> str:
              f"Chance: AUROC 0.5; micro F1 of flagging every label of the paper's scoring: "
              f"{rows[0]['chance']['paper_f1_flag_everything']:.3f} (label prevalence "
              f"{rows[0]['chance']['paper_label_prevalence']:.3f}).", "",
-             "| # | row: what changes | from | trained | " + " | ".join(METRICS.values())
+             "| # | row: what changes | from | trained | " + " | ".join(heads)
              + " | Δ F1, paper scoring | Δ F1, own scoring |",
              "|---:|---|---|---|---|---|---|---|---|"]
     for r in rows:

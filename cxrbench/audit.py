@@ -87,23 +87,15 @@ def compare(main: dict[str, dict], audit: dict[str, dict], mode: str) -> dict:
     return {"input_mode": mode, "models": rows, "summary": summary}
 
 
-def _auroc(y: np.ndarray, prob: np.ndarray):
-    from sklearn.metrics import roc_auc_score
-
-    def stat(w):
-        keep = w > 0
-        if y[keep].min() == y[keep].max():
-            return None
-        return float(roc_auc_score(y[keep], prob[keep], sample_weight=w[keep]))
-    return stat
-
-
 def paired_intervals(folds: list[dict], label: str, stats: dict) -> dict:
     """COVID-19 (``label``) AUROC with the full image, with the lungs hidden, and their difference, mean over
     folds, each with a CI over test patient groups; the difference is paired (same images, same draws).
 
     ``folds``: per fold ``groups`` and ``y`` (test truth of ``label``), ``full`` and ``hidden`` (probabilities)."""
-    from .bootstrap import fold_mean_ci
+    from .bootstrap import fold_mean_ci, weighted_micro_auroc
+
+    def _auroc(y, prob):            # one label: the micro AUROC of a single column
+        return lambda w: weighted_micro_auroc(y[:, None], prob[:, None], w)
 
     kw = dict(n_boot=stats["resamples"], seed=stats["seed"], confidence=stats["confidence"])
     out = {"label": label, "confidence": stats["confidence"], "chance": 0.5}

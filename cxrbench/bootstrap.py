@@ -37,9 +37,7 @@ def validate(params: dict) -> dict:
 
 def micro_f1(y: np.ndarray, pred: np.ndarray) -> float:
     """Micro F1 of (N, L) 0/1 arrays: 2 TP / (positives + predicted); 0 when both are empty."""
-    y, pred = np.asarray(y, bool), np.asarray(pred, bool)
-    denom = int(y.sum() + pred.sum())
-    return 2.0 * int((y & pred).sum()) / denom if denom else 0.0
+    return weighted_micro_f1(y, pred, np.ones(len(y)))
 
 
 def _members(groups) -> tuple[list[np.ndarray], int]:
@@ -97,20 +95,23 @@ def _ci(statistic, groups, n_boot: int, seed: int, confidence: float) -> dict:
 
 # --- several folds, each with its own test set --------------------------------------------------
 
+def _weighted_counts(y: np.ndarray, pred: np.ndarray, w: np.ndarray) -> tuple[float, float, float]:
+    """(true positives, predicted, positives) of (N, L) 0/1 arrays, each image counted ``w`` times."""
+    y, pred = np.asarray(y, bool), np.asarray(pred, bool)
+    w = np.asarray(w, float)
+    return float((w * (y & pred).sum(1)).sum()), float((w * pred.sum(1)).sum()), float((w * y.sum(1)).sum())
+
+
 def weighted_micro_f1(y: np.ndarray, pred: np.ndarray, w: np.ndarray) -> float:
     """Micro F1 of (N, L) 0/1 arrays with an image weight ``w`` (a bootstrap multiplicity)."""
-    y, pred = np.asarray(y, bool), np.asarray(pred, bool)
-    tp = (w * (y & pred).sum(1)).sum()
-    denom = (w * y.sum(1)).sum() + (w * pred.sum(1)).sum()
-    return float(2 * tp / denom) if denom else 0.0
+    tp, npred, npos = _weighted_counts(y, pred, w)
+    return 2 * tp / (npred + npos) if npred + npos else 0.0
 
 
 def weighted_micro_precision_recall(y: np.ndarray, pred: np.ndarray, w: np.ndarray) -> tuple[float, float]:
     """Micro precision and recall with image weights (0 where nothing is predicted / positive)."""
-    y, pred = np.asarray(y, bool), np.asarray(pred, bool)
-    tp = (w * (y & pred).sum(1)).sum()
-    npred, npos = (w * pred.sum(1)).sum(), (w * y.sum(1)).sum()
-    return float(tp / npred) if npred else 0.0, float(tp / npos) if npos else 0.0
+    tp, npred, npos = _weighted_counts(y, pred, w)
+    return tp / npred if npred else 0.0, tp / npos if npos else 0.0
 
 
 def weighted_micro_auroc(y: np.ndarray, prob: np.ndarray, w: np.ndarray) -> float | None:

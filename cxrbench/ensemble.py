@@ -126,32 +126,35 @@ def _micro(metric: str, y: np.ndarray, pred: np.ndarray):
     return lambda w: weighted_micro_precision_recall(y, pred, w)[j]
 
 
-def table2_intervals(test_rows: list[dict], models: list[str], stats: dict) -> dict[str, dict]:
+def table2_intervals(test_rows: list[dict], models: list[str], stats: dict, paper_rule: tuple[float, str]) -> dict:
     """Per model: micro P/R/F1 under our scoring and under the paper's (their 14 labels from each image's
-    finding, ``> 0.51``), each the mean over folds with a CI over test patient groups
-    (:func:`cxrbench.bootstrap.fold_mean_ci`). ``test_rows``: per fold ``y``, ``groups``, ``pred`` and
-    ``prob`` by model, ``labels`` and ``meta`` (the test images' ``finding`` and ``source``)."""
+    finding, cut by ``paper_rule``, :func:`cxrbench.paper_scoring.rule`), each the mean over folds with a CI
+    over test patient groups (:func:`cxrbench.bootstrap.fold_mean_ci`), and our micro AUROC. ``test_rows``:
+    per fold ``y``, ``groups``, ``pred`` and ``prob`` by model, ``labels`` and ``meta`` (the test images'
+    ``finding`` and ``source``)."""
     from . import paper_scoring as PS
-    from .bootstrap import fold_mean_ci
+    from .bootstrap import fold_mean_ci, weighted_micro_auroc
 
     kw = dict(n_boot=stats["resamples"], seed=stats["seed"], confidence=stats["confidence"])
+
+    def interval(folds) -> dict:
+        ci = fold_mean_ci(folds, **kw)
+        return {"mean": ci["estimate"], "low": ci["low"], "high": ci["high"]}
+
     truth = [PS.truth(t["meta"]) for t in test_rows]
     out = {}
     for model in models:
-        paper_pred = [PS.decide(PS.probabilities(t["prob"][model], t["labels"])[0]) for t in test_rows]
+        theirs = [PS.probabilities(t["prob"][model], t["labels"]) for t in test_rows]
+        paper_pred = [PS.decide(prob, *paper_rule) for prob, _ in theirs]
         entry = {"ours": {}, "paper_scoring": {}}
         for m in METRICS:
             for key, ys, preds in (("ours", [t["y"] for t in test_rows], [t["pred"][model] for t in test_rows]),
                                    ("paper_scoring", truth, paper_pred)):
-                ci = fold_mean_ci([[(t["groups"], _micro(m, y, d))] for t, y, d in zip(test_rows, ys, preds)], **kw)
-                entry[key][m] = {"mean": ci["estimate"], "low": ci["low"], "high": ci["high"]}
-        from .bootstrap import weighted_micro_auroc
-
+                entry[key][m] = interval([[(t["groups"], _micro(m, y, d))] for t, y, d in zip(test_rows, ys, preds)])
         probs = [t["prob"][model][prob_columns(t["labels"])].to_numpy(float) for t in test_rows]
-        ci = fold_mean_ci([[(t["groups"], lambda w, y=t["y"], p=p: weighted_micro_auroc(y, p, w))]
-                           for t, p in zip(test_rows, probs)], **kw)
-        entry["ours"]["auroc_micro"] = {"mean": ci["estimate"], "low": ci["low"], "high": ci["high"]}
-        entry["labels_without_output"] = PS.probabilities(test_rows[0]["prob"][model], test_rows[0]["labels"])[1]
+        entry["ours"]["auroc_micro"] = interval([[(t["groups"], lambda w, y=t["y"], p=p: weighted_micro_auroc(y, p, w))]
+                                                 for t, p in zip(test_rows, probs)])
+        entry["labels_without_output"] = theirs[0][1]
         out[model] = entry
     return out
 

@@ -159,6 +159,14 @@ class Classifier(nn.Module):
 NORMALIZE = ("imagenet", "none")
 
 
+def check_weight_tag(name: str, tag) -> str:
+    """``tag`` must be a timm weight tag of backbone ``name``: ``name.<tag>`` (``resnet18.tv_in1k``)."""
+    if not isinstance(tag, str) or "." not in tag or tag.split(".")[0] != name:
+        raise ParamError("train.weights", f"{name}: expected a timm tag {name}.<tag> "
+                                          f"(timm.list_pretrained('{name}.*')), got {tag!r}")
+    return tag
+
+
 def create_model(name: str, num_classes: int, in_chans: int, pretrained: str = "none",
                  input_size: int = 224, aux: bool = False, weights: str | None = None,
                  normalize: str = "imagenet") -> Classifier:
@@ -171,9 +179,8 @@ def create_model(name: str, num_classes: int, in_chans: int, pretrained: str = "
     """
     if normalize not in NORMALIZE:
         raise ParamError("train.normalize", f"unknown value {normalize!r}; valid values are {list(NORMALIZE)}")
-    if weights is not None and weights.split(".")[0] != name:
-        raise ParamError("train.weights", f"{name}: tag {weights!r} is not a weight tag of {name} "
-                                          f"(expected {name}.<tag>, see timm.list_pretrained('{name}.*'))")
+    if weights is not None:
+        check_weight_tag(name, weights)
     import timm
 
     if not timm.is_model(name):

@@ -2,7 +2,8 @@
 
 Chatterjee et al. (soumickmj/diagnoPP @ 26fc886) label each image by substring
 matches of its finding (:func:`cxrbench.cohort.paper_labels`) and call a label
-positive when its sigmoid is ``> 0.51``. To put our numbers beside their
+positive when its sigmoid is ``> 0.51``: the cut and inequality of
+``params.yaml: paper_protocol.paper.evaluate`` (:func:`rule`). To put our numbers beside their
 published column like for like, a model trained on our 18-label table is scored
 on their 14 labels too: their label ``P`` reads our output ``PAPER_TO_OURS[P]``;
 a label the model has no output for (MERS, absent from our table) is never
@@ -20,11 +21,9 @@ import numpy as np
 import pandas as pd
 
 from .cohort import KERMANY_FINDING, paper_labels
+from .evaluation import CUTS, positive
 from .indexing import KERMANY
 from .paper_labels import PAPER_PATHOLOGIES, PAPER_TO_OURS
-
-THRESHOLD = 0.51        # their `confidence` in train_classifier.py; a fact of their code, like their labels
-
 
 def findings_as_theirs(frame: pd.DataFrame) -> pd.Series:
     """The finding their metadata would give each row (``finding``, ``source`` columns)."""
@@ -60,6 +59,16 @@ def shared_columns(labels) -> list[int]:
     return [j for j, theirs in enumerate(PAPER_PATHOLOGIES) if PAPER_TO_OURS[theirs] in labels]
 
 
-def decide(prob: np.ndarray) -> np.ndarray:
-    """Their decision: ``prob > 0.51``."""
-    return np.asarray(prob, float) > THRESHOLD
+def rule(params: dict) -> tuple[float, str]:
+    """Their cut and inequality, as ``params.yaml`` (not merged with a protocol) states them:
+    ``paper_protocol.paper.evaluate.fixed_threshold`` and ``.cut`` (0.51, ``gt``)."""
+    from .params import check_choice, check_fraction, section
+
+    ev = section(params, "paper_protocol.paper.evaluate")
+    return (check_fraction("paper_protocol.paper.evaluate.fixed_threshold", ev.get("fixed_threshold")),
+            check_choice("paper_protocol.paper.evaluate.cut", ev.get("cut"), CUTS))
+
+
+def decide(prob: np.ndarray, threshold: float, cut: str) -> np.ndarray:
+    """Their decision on (N, 14) probabilities, e.g. ``prob > 0.51`` (:func:`rule`)."""
+    return positive(prob, threshold, cut)

@@ -46,9 +46,16 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-# The saved classifiers of a run: the lowest loss on the selection part, and the last epoch's weights.
+# The saved classifiers of a run (evaluate.checkpoint): the lowest loss on the selection part, and the
+# last epoch's weights.
 CHECKPOINT_FILES = {"best": "best.pt", "last": "final.pt"}
 FINAL = CHECKPOINT_FILES["last"]
+
+
+def checkpoint_file(params: dict) -> str:
+    """The file name of the saved classifier that ``evaluate.checkpoint`` names (evaluated and explained)."""
+    return CHECKPOINT_FILES[check_choice("evaluate.checkpoint", section(params, "evaluate.checkpoint"),
+                                         CHECKPOINT_FILES)]
 
 
 @dataclass
@@ -120,9 +127,7 @@ def validate(params: dict, cache_meta: dict | None = None) -> dict:
     for name, tag in weights.items():
         if name not in known:
             raise ParamError("train.weights", f"unknown backbone {name!r}; valid names are {known}")
-        if not isinstance(tag, str) or tag.split(".")[0] != name or "." not in tag:
-            raise ParamError("train.weights", f"{name}: expected a timm tag {name}.<tag> "
-                                              f"(timm.list_pretrained('{name}.*')), got {tag!r}")
+        M.check_weight_tag(name, tag)
     check_choice("train.normalize", p.get("normalize"), M.NORMALIZE)
     if not isinstance(p.get("drop_last"), bool):
         raise ParamError("train.drop_last", f"expected true or false, got {p.get('drop_last')!r}")

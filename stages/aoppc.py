@@ -24,9 +24,8 @@ import torch  # noqa: E402
 from cxrbench import attribution as A  # noqa: E402
 from cxrbench import explanation_metrics as EM  # noqa: E402
 from cxrbench import params as P  # noqa: E402
-from cxrbench import runtime  # noqa: E402
+from cxrbench import runtime, training  # noqa: E402
 from cxrbench.cache import Cache  # noqa: E402
-from cxrbench.training import CHECKPOINT_FILES  # noqa: E402
 from cxrbench.io import read_json, write_csv, write_json, write_text  # noqa: E402
 from cxrbench.plotting import plt, save  # noqa: E402
 
@@ -63,8 +62,7 @@ def figure(backbone: str, fold: int, images: np.ndarray, z, methods: list, path:
 
 def main() -> None:
     params = P.stage_params(__doc__)
-    checkpoint_file = CHECKPOINT_FILES[P.check_choice("evaluate.checkpoint", P.section(params, "evaluate.checkpoint"),
-                                                      list(CHECKPOINT_FILES))]
+    checkpoint_file = training.checkpoint_file(params)
     s = A.validate(params)
     backbones = P.check_nonempty_list("train.backbones", P.section(params, "train.backbones"))
     folds = P.check_nonempty_list("train.folds", P.section(params, "train.folds"))

@@ -29,10 +29,9 @@ import torch  # noqa: E402
 
 from cxrbench import attribution as A  # noqa: E402
 from cxrbench import params as P  # noqa: E402
-from cxrbench import runtime  # noqa: E402
+from cxrbench import runtime, training  # noqa: E402
 from cxrbench import splitting  # noqa: E402
 from cxrbench.cache import Cache  # noqa: E402
-from cxrbench.training import CHECKPOINT_FILES  # noqa: E402
 from cxrbench.segmentation import LUNG_MASKS, load_lung_masks  # noqa: E402
 from cxrbench.explanation_metrics import randomise_weights  # noqa: E402
 from cxrbench.io import atomic_path, write_json  # noqa: E402
@@ -80,8 +79,7 @@ def main() -> None:
     args = ap.parse_args()
     backbone, fold = args.backbone, args.fold
     params = P.from_arguments(args)
-    checkpoint_file = CHECKPOINT_FILES[P.check_choice("evaluate.checkpoint", P.section(params, "evaluate.checkpoint"),
-                                                      list(CHECKPOINT_FILES))]
+    checkpoint_file = training.checkpoint_file(params)
     s = A.validate(params)
     targets = P.check_nonempty_list("explain.targets", P.section(params, "explain.targets"))
     max_images = P.check_int("explain.max_images", P.section(params, "explain.max_images"), minimum=1)

@@ -20,6 +20,7 @@ import pandas as pd  # noqa: E402
 from cxrbench import bootstrap  # noqa: E402
 from cxrbench import ensemble as EN  # noqa: E402
 from cxrbench import evaluation as E  # noqa: E402
+from cxrbench import paper_scoring  # noqa: E402
 from cxrbench import params as P  # noqa: E402
 from cxrbench import training  # noqa: E402
 from cxrbench.io import read_json, write_csv, write_json, write_text  # noqa: E402
@@ -104,7 +105,8 @@ def main() -> None:
     write_text("metrics/summary.md", E.summary_markdown(rows, "test") + "\n" + E.summary_markdown(val_rows, "val"))
 
     models = [*backbones, "ensemble"]
-    t2 = EN.table2({m: per_fold[m] for m in models}, "test", EN.table2_intervals(test_rows, models, stats))
+    t2 = EN.table2({m: per_fold[m] for m in models}, "test",
+                   EN.table2_intervals(test_rows, models, stats, paper_scoring.rule(params)))
     note = (f"Ensemble vs best single backbone ({best}, chosen on validation micro F1), test micro F1, mean over "
             f"{len(folds)} folds: difference {paired['difference']:+.3f}" + (
                 f", {stats['confidence']:.0%} CI [{paired['ci']['low']:+.3f}, {paired['ci']['high']:+.3f}] "

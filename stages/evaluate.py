@@ -58,7 +58,7 @@ def main() -> None:
     training.validate(params)
     table = LabelTable.from_params(params)
     device = runtime.device(args.device)
-    model, meta = load_classifier(f"{out.model_dir}/{training.CHECKPOINT_FILES[ev['checkpoint']]}", device)
+    model, meta = load_classifier(f"{out.model_dir}/{training.checkpoint_file(params)}", device)
     if list(meta["labels"]) != list(table.names):
         raise RuntimeError(f"classifier labels {meta['labels']} differ from the labels in use (labels.names, or the paper's with cohort: paper and paper_rules.labels: paper): rerun the train stage")
     cache = Cache("data/cache", "data/index.csv")

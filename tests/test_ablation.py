@@ -81,7 +81,7 @@ def test_stage_keys_follow_what_each_data_stage_reads(base):
     assert keys["intensity"]["split"] == keys["leaked_test_removed"]["split"]
 
 
-def test_paper_scoring_on_a_hand_made_example():
+def test_paper_scoring_on_a_hand_made_example(base):
     frame = pd.DataFrame({"finding": ["COVID-19", "E.Coli", "NORMAL", "Streptococcus"],
                           "source": ["covid_chestxray", "covid_chestxray", "kermany", "covid_chestxray"]})
     y = PS.truth(frame)
@@ -98,7 +98,8 @@ def test_paper_scoring_on_a_hand_made_example():
     pred.loc[2, "prob_healthy"] = 0.95
     prob, missing = PS.probabilities(pred, ours)
     assert "MERS" in missing and "COVID-19" not in missing
-    decided = PS.decide(prob)
+    assert PS.rule(base) == (0.51, "gt")
+    decided = PS.decide(prob, *PS.rule(base))                 # params.yaml: their 0.51 and >
     assert decided[0, col["Viral Pneumonia"]] == 0 and decided[0, col["COVID-19"]] == 1
     # TP: covid19, pneumonia (img 0), No Finding (img 2) = 3; predicted 2 + 2 + 1 = 5; positives 3 + 0 + 1 + 3 = 7
     from cxrbench.bootstrap import weighted_micro_f1

@@ -373,7 +373,7 @@ def test_table2_cells_carry_ci_and_the_papers_scoring():
                           "pred": {"m": prob >= 0.6}, "prob": {"m": frame},
                           "meta": pd.DataFrame({"finding": np.where(covid, "COVID-19", "No Finding"),
                                                 "source": "covid_chestxray"})})
-    out = EN.table2_intervals(test_rows, ["m"], {"resamples": 200, "seed": 0, "confidence": 0.95})["m"]
+    out = EN.table2_intervals(test_rows, ["m"], {"resamples": 200, "seed": 0, "confidence": 0.95}, (0.51, "gt"))["m"]
     f1 = out["ours"]["f1"]
     assert f1["mean"] == pytest.approx(np.mean([micro_f1(t["y"], t["pred"]["m"]) for t in test_rows]))
     assert f1["low"] < f1["mean"] < f1["high"]
