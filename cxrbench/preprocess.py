@@ -14,6 +14,7 @@ The cache (``data/cache``) holds ``images.npy`` (N, C, S, S) uint8 and
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -186,6 +187,7 @@ def build_cache(index: pd.DataFrame, raw: Path, out_dir: Path, recipe: Recipe, w
         masks.flush()
         del images, masks
         meta = {"n": n, "size": s, "channels": list(recipe.channels), "percentiles": list(recipe.percentiles),
-                "index_sha1": index_sha1, "with_mask": int(has_mask.sum())}
+                "index_sha1": index_sha1, "with_mask": int(has_mask.sum()),
+                "recipe": dataclasses.asdict(recipe)}       # all of it: predict re-applies it to new images
         write_json(tmp / "meta.json", meta)
     return meta

@@ -139,7 +139,9 @@ def section_unet(r: Report) -> None:
 def section_classification(r: Report) -> None:
     r.text("## Classification (seed 000, Table 2)")
     r.include("metrics/table2.md", "metrics/table2.md not found: run `dvc repro ensemble`.")
-    r.include("metrics/shortcut_audit.md", "Shortcut audit (input: lungs_removed) not run yet.")
+    if r.include("metrics/shortcut_audit.md", "metrics/shortcut_audit.md not found: run `dvc repro audit`."):
+        r.image("plots/shortcut_audit.png", "Shortcut audit: AUROC of every control with its CI (chance 0.5)")
+        r.image("plots/shortcut_controls.png", "What each audit model sees")
 
 
 def section_explain(r: Report) -> None:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoints
+from . import audit_inputs, checkpoints
 from . import models as M
 from .cache import BatchLoader, to_float
 from .labels import LabelTable
@@ -72,6 +72,7 @@ class TrainConfig:
     drop_last: bool = True
     input_mode: str = "full"
     mask_dilation: int = 0
+    input_options: dict = field(default_factory=dict)   # an audit control's region and fill (audit_inputs)
     epochs: int = 50
     batch_size: int = 16
     lr: float = 1e-3
@@ -85,7 +86,10 @@ class TrainConfig:
 
     def digest(self) -> str:
         """Identity of a run: a checkpoint of another configuration is never resumed."""
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        d = asdict(self)
+        if not d["input_options"]:          # absent before the audit controls: keeps older checkpoints resumable
+            del d["input_options"]
+        return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def validate(params: dict, cache_meta: dict | None = None) -> dict:
@@ -179,11 +183,19 @@ def config_for(params: dict, backbone: str, fold: int, cache_meta: dict) -> Trai
         augment=dict(p["augment"]), seed=p["seed"], amp=p["amp"])
 
 
-def apply_input_mode(images: np.ndarray, mode: str, dilation: int, masks_path: str | Path = seg.LUNG_MASKS):
-    """The cache images as the classifier sees them (the segment stage's lung masks for modes other than full)."""
+def apply_input_mode(images: np.ndarray, mode: str, dilation: int, masks_path: str | Path = seg.LUNG_MASKS,
+                     options: dict | None = None):
+    """The cache images as the classifier sees them (the segment stage's lung masks for modes other than full).
+
+    ``mode``: an input mode (``train.input_mode``) or a shortcut-audit control
+    (:data:`audit_inputs.CONTROLS`, with its ``options``: region, dilation, fill).
+    """
     if mode == "full":
         return images
-    return seg.apply_input_mode(np.asarray(images), seg.load_lung_masks(len(images), masks_path), mode, dilation)
+    masks = seg.load_lung_masks(len(images), masks_path)
+    if mode in audit_inputs.CONTROLS:
+        return audit_inputs.apply_control(np.asarray(images), masks, mode, dilation, **(options or {}))
+    return seg.apply_input_mode(np.asarray(images), masks, mode, dilation)
 
 
 # --- pieces -------------------------------------------------------------------
@@ -363,8 +375,9 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
         history.append(rec)
         meta = M.classifier_meta(
             cfg.backbone, cfg.labels, cfg.in_chans, cfg.input_size, cfg.cache_size, cfg.input_mode,
-            cfg.mask_dilation, fold=cfg.fold, epoch=epoch, val_loss=val_loss, pretrained=cfg.pretrained,
-            weights=cfg.weights, normalize=cfg.normalize, digest=digest, data_digest=data_digest)
+            cfg.mask_dilation, input_options=cfg.input_options, fold=cfg.fold, epoch=epoch, val_loss=val_loss,
+            pretrained=cfg.pretrained, weights=cfg.weights, normalize=cfg.normalize, digest=digest,
+            data_digest=data_digest)
         if val_loss < best["val_loss"]:
             best = {"val_loss": val_loss, "epoch": epoch}
             M.save_classifier(best_path, model, meta)

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 from cxrbench import evaluation as E  # noqa: E402
 from cxrbench import params as P  # noqa: E402
 from cxrbench import runtime  # noqa: E402
-from cxrbench import audit, splitting, training  # noqa: E402
+from cxrbench import audit, audit_inputs, splitting, training  # noqa: E402
 from cxrbench.cache import Cache  # noqa: E402
 from cxrbench.io import write_csv, write_json  # noqa: E402
 from cxrbench.labels import LabelTable  # noqa: E402
@@ -28,7 +28,8 @@ def predictions(model, meta, cache: Cache, splits: pd.DataFrame, fold: int, devi
     if meta["in_chans"] != cache.images.shape[1] or meta["cache_size"] != cache.images.shape[-1]:
         raise RuntimeError(f"classifier of {meta['in_chans']} channel(s) at {meta['cache_size']} px does not "
                            f"match the cache {cache.images.shape[1:]}: rerun the train stage")
-    images = training.apply_input_mode(cache.images, meta["input_mode"], meta.get("mask_dilation", 0))
+    images = training.apply_input_mode(cache.images, meta["input_mode"], meta.get("mask_dilation", 0),
+                                       options=meta.get("input_options") or {})
     parts = splitting.fold_parts(splits, fold)
     frames = []
     for part in ("val", "test"):
@@ -49,10 +50,14 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     P.add_stage_arguments(ap)
     ap.add_argument("--variant", choices=audit.VARIANTS, default="main",
-                    help="audit: evaluate the shortcut audit's model (models/audit)")
+                    help="audit: evaluate a shortcut-audit control's model (models/audit/CONTROL)")
+    ap.add_argument("--control", choices=audit_inputs.CONTROLS, default=None,
+                    help="with --variant audit: which control")
     args = ap.parse_args()
+    if (args.variant == "audit") != (args.control is not None):
+        ap.error("--control goes with --variant audit, and --variant audit needs --control")
     rt = runtime.configure()
-    out = audit.paths(args.variant, args.backbone, args.fold)
+    out = audit.paths(args.variant, args.backbone, args.fold, args.control)
     params = P.from_arguments(args)
     ev = E.validate(params)
     training.validate(params)
@@ -67,14 +72,15 @@ def main() -> None:
     cuts, how = E.thresholds_from_frame(pred, table.names, ev["threshold"], ev["fixed_threshold"],
                                         ev["min_val_positives"])
     metrics = E.evaluate_frame(pred, table.names, cuts, table, ev["cut"])
-    name = f"{args.backbone}-f{args.fold}"
+    name = f"{args.backbone}-f{args.fold}" + (f"-{args.control}" if args.control else "")
     write_csv(out.predictions, pred)
     test = pred[pred["split"] == "test"]
     roc = E.micro_roc(test[E.true_columns(table.names)].to_numpy(), test[E.prob_columns(table.names)].to_numpy())
     roc.insert(0, "model", name)
     write_csv(out.roc, roc)
     write_json(out.eval_metrics, {
-        "backbone": args.backbone, "input_mode": meta["input_mode"], "fold": args.fold, "checkpoint": ev["checkpoint"],
+        "backbone": args.backbone, "input_mode": meta["input_mode"], "input_options": meta.get("input_options") or {},
+        "fold": args.fold, "checkpoint": ev["checkpoint"],
         "checkpoint_epoch": meta.get("epoch"), "threshold_method": ev["threshold"], "cut": ev["cut"], "runtime": rt,
         "thresholds": {n: {"cut": float(c), "how": h} for n, c, h in zip(table.names, cuts, how)},
         **metrics})

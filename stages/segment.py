@@ -2,7 +2,7 @@
 
 Writes data/lungs/masks.npy (N, S, S) uint8 aligned with data/cache and
 data/index.csv (plus data/lungs/meta.json), metrics/segment.json (lung-area
-fraction per source, implausible masks) and plots/segment_grid.png.
+fraction and connected components per source, implausible masks) and plots/segment_grid.png.
 """
 
 import sys
@@ -63,10 +63,14 @@ def main(argv=None) -> None:
         reasons = seg.implausible(masks[i], p["implausible_max_area"])
         if reasons:
             bad.append({"path": index["path"].iat[i], "source": index["source"].iat[i], "reasons": reasons})
+    comps = np.array([seg.n_components(m) for m in masks])
     by_source = {}
     for src in sorted(index["source"].unique()):
         sel = (index["source"] == src).to_numpy()
+        c = comps[sel]
         by_source[src] = {"area_fraction": seg.area_summary(frac[sel]),
+                          "components": {"0": int((c == 0).sum()), "1": int((c == 1).sum()),
+                                         "2+": int((c >= 2).sum())},
                           "implausible": sum(b["source"] == src for b in bad)}
     # Agreement with the V7 masks where they exist (test-split rows only are unseen by the U-Net;
     # train_unet reports those, this is the whole set as a consistency check).

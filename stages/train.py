@@ -1,5 +1,8 @@
 """Stage train BACKBONE FOLD: one classifier of the matrix train.backbones x train.folds.
 
+With ``--variant audit --control C``: the shortcut audit's model of control C
+(audit.backbones x train.folds x audit.controls), under models/audit/C.
+
 Writes models/classifier/BACKBONE/foldK/{best,last}.pt, metrics/train/BACKBONE-fK.json
 and dvclive/train/BACKBONE-fK. Reruns resume from last.pt when its configuration matches.
 """
@@ -15,7 +18,7 @@ import pandas as pd  # noqa: E402
 
 from cxrbench import params as P  # noqa: E402
 from cxrbench import runtime  # noqa: E402
-from cxrbench import audit, splitting, training  # noqa: E402
+from cxrbench import audit, audit_inputs, splitting, training  # noqa: E402
 from cxrbench.cache import Cache  # noqa: E402
 from cxrbench.indexing import label_matrix  # noqa: E402
 from cxrbench.io import write_json  # noqa: E402
@@ -29,21 +32,29 @@ def main() -> None:
     ap.add_argument("--no-progress", action="store_true")
     P.add_stage_arguments(ap)
     ap.add_argument("--variant", choices=audit.VARIANTS, default="main",
-                    help="audit: the shortcut audit's run, input mode audit.input_mode, outputs under models/audit")
+                    help="audit: a shortcut-audit control's model (--control), outputs under models/audit/CONTROL")
+    ap.add_argument("--control", choices=audit_inputs.CONTROLS, default=None,
+                    help="with --variant audit: which control of audit.controls")
     args = ap.parse_args()
+    if (args.variant == "audit") != (args.control is not None):
+        ap.error("--control goes with --variant audit, and --variant audit needs --control")
     rt = runtime.configure()
     params = P.from_arguments(args)
     training.validate(params)                                    # before the cache is read into memory
     cache = Cache("data/cache", "data/index.csv")
     cfg = training.config_for(params, args.backbone, args.fold, cache.meta)
     if args.variant == "audit":
-        cfg = dataclasses.replace(cfg, input_mode=audit.validate(params)["input_mode"])
-    out = audit.paths(args.variant, args.backbone, args.fold)
+        a = audit.validate(params)
+        if args.control not in a["controls"]:
+            raise P.ParamError("audit.controls", f"control {args.control!r} is not in audit.controls {a['controls']}")
+        cfg = dataclasses.replace(cfg, input_mode=args.control,
+                                  input_options=audit_inputs.options_for(args.control, a))
+    out = audit.paths(args.variant, args.backbone, args.fold, args.control)
     splits = pd.read_csv("data/splits.csv", keep_default_na=False)
     parts = splitting.fold_parts(splits, args.fold)          # the test part is never touched here
     targets = label_matrix(cache.index, cfg.labels)
-    images = training.apply_input_mode(cache.images, cfg.input_mode, cfg.mask_dilation)
-    name = f"{args.backbone}-f{args.fold}"
+    images = training.apply_input_mode(cache.images, cfg.input_mode, cfg.mask_dilation, options=cfg.input_options)
+    name = f"{args.backbone}-f{args.fold}" + (f" ({args.control})" if args.control else "")
     summary = training.train(cfg, images, targets, cache.rows(parts["train"]["path"]),
                              cache.rows(parts["val"]["path"]), out.model_dir,
                              live_dir=out.live_dir, device=args.device, progress=not args.no_progress,

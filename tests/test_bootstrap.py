@@ -125,3 +125,37 @@ def test_folds_on_one_shared_test_set_share_their_draw():
     one = fold_mean_ci([[(g, stat)]], n_boot=400)
     five = fold_mean_ci([[(g, stat)]] * 5, n_boot=400)
     assert five["high"] - five["low"] == pytest.approx(one["high"] - one["low"])
+
+
+# --- several statistics on one set of draws; the fast AUROC --------------------------------------
+
+from cxrbench.bootstrap import auroc_statistic, fold_bootstrap  # noqa: E402
+
+
+def test_fast_auroc_equals_scikit_learn_with_weights_and_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(4)
+    y = rng.random(200) < 0.3
+    score = np.round(rng.random(200) + 0.4 * y, 1)                     # many ties
+    stat = auroc_statistic(y, score)
+    for _ in range(20):
+        w = np.bincount(rng.integers(0, 200, 200), minlength=200).astype(float)
+        assert stat(w) == pytest.approx(roc_auc_score(y, score, sample_weight=w), abs=1e-12)
+    assert stat(np.where(y, 0.0, 1.0)) is None                          # no positive drawn: undefined
+
+
+def test_fold_bootstrap_reducers_share_the_draws_of_fold_mean_ci():
+    rng = np.random.default_rng(5)
+    folds = []
+    for _ in range(2):
+        y = rng.random(90) < 0.4
+        groups = np.array([f"g{i // 3}" for i in range(90)])
+        a, b = auroc_statistic(y, y + rng.random(90)), auroc_statistic(y, rng.random(90))
+        folds.append([(groups, a), (groups, b)])
+    both = fold_bootstrap(folds, {"diff": lambda v: (v[:, 0] - v[:, 1]).mean(), "a": lambda v: v[:, 0].mean()},
+                          n_boot=200, seed=3)
+    alone = fold_mean_ci(folds, n_boot=200, seed=3)
+    assert both["diff"]["low"] == alone["low"] and both["diff"]["high"] == alone["high"]
+    first = fold_mean_ci([f[:1] for f in folds], n_boot=200, seed=3)
+    assert both["a"]["estimate"] == pytest.approx(first["estimate"]) and both["a"]["low"] == first["low"]

@@ -389,23 +389,6 @@ def test_table2_cells_carry_ci_and_the_papers_scoring():
     assert "F1, paper's scoring" in md and f"[{f1['low']:.3f}, {f1['high']:.3f}]" in md
 
 
-def test_shortcut_audit_difference_is_paired_with_a_ci():
-    from cxrbench import audit
-
-    rng = np.random.default_rng(1)
-    folds = []
-    for _ in range(2):
-        y = (rng.random(80) < 0.4).astype(int)
-        folds.append({"groups": np.array([f"p{i // 2}" for i in range(80)]), "y": y,
-                      "full": y * 0.6 + rng.random(80) * 0.4, "hidden": rng.random(80)})
-    out = audit.paired_intervals(folds, "covid19", {"resamples": 200, "seed": 0, "confidence": 0.95})
-    assert out["full"]["low"] > 0.9 and out["hidden"]["low"] < 0.5 < out["hidden"]["high"]
-    assert out["difference"]["low"] > 0.2 and out["chance"] == 0.5
-    md = audit.markdown({"input_mode": "lungs_removed", "models": [{"model": "m-f0"}], "summary": {},
-                         "covid19_auroc_ci": out})
-    assert "lost" in md and "paired" in md
-
-
 # --- offline ImageNet weights (cxrbench/weights.py) ----------------------------------------------
 
 def _imagenet_input(size=224):

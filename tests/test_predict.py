@@ -135,7 +135,8 @@ def test_a_recipe_mismatch_is_an_error_naming_both_files(trained, tmp_path):
     shutil.copytree(trained["run"], run)
     # the model was trained on a 64 px cache; the run's cache recipe says 96 px
     meta = json.loads((run / "data/cache/meta.json").read_text())
-    (run / "data/cache/meta.json").write_text(json.dumps({**meta, "size": 96}))
+    recipe = {**meta["recipe"], "size": 96} if "recipe" in meta else None    # the whole recipe, when recorded
+    (run / "data/cache/meta.json").write_text(json.dumps({**meta, "size": 96, **({"recipe": recipe} if recipe else {})}))
     _edit_params(run, size=96)
     with pytest.raises(PR.PredictError, match=r"trained on a 64 px cache.*meta\.json is 96 px") as err:
         PR.load_run(run, f"{TINY}:0", device="cpu")
