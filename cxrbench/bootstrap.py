@@ -213,6 +213,27 @@ def fold_bootstrap(folds: list[list[tuple]], reducers: dict[str, Callable[[np.nd
     return result
 
 
+def _tied_counts(y, score, descending: bool) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """``counts(weights)``: the weighted positives and negatives at each distinct score, in score order
+    (ascending or descending). The scores are sorted once, so each call is O(n) (bincount)."""
+    y = np.asarray(y).astype(bool).ravel()
+    score = np.asarray(score, dtype=float).ravel()
+    if len(y) != len(score):
+        raise ValueError(f"{len(y)} truths but {len(score)} scores")
+    key = -score if descending else score
+    order = np.argsort(key, kind="stable")
+    _, tie_group = np.unique(key[order], return_inverse=True)
+    n_ties = int(tie_group.max()) + 1 if len(tie_group) else 0
+    pos_sorted = y[order]
+
+    def counts(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w = np.asarray(w, dtype=float)[order]
+        return (np.bincount(tie_group, weights=w * pos_sorted, minlength=n_ties),
+                np.bincount(tie_group, weights=w * ~pos_sorted, minlength=n_ties))
+
+    return counts
+
+
 def auroc_statistic(y, score) -> Callable[[np.ndarray], float | None]:
     """``statistic(weights)``: the weighted AUROC of one binary label, for the bootstrap (None with one class).
 
@@ -222,19 +243,10 @@ def auroc_statistic(y, score) -> Callable[[np.ndarray], float | None]:
     EPYC; ``python benchmarks/bench_bootstrap.py``), tested against it in
     tests/test_bootstrap.py.
     """
-    y = np.asarray(y).astype(bool).ravel()
-    score = np.asarray(score, dtype=float).ravel()
-    if len(y) != len(score):
-        raise ValueError(f"{len(y)} truths but {len(score)} scores")
-    order = np.argsort(score, kind="stable")
-    _, tie_group = np.unique(score[order], return_inverse=True)
-    n_ties = int(tie_group.max()) + 1 if len(tie_group) else 0
-    pos_sorted = y[order]
+    weighted_counts = _tied_counts(y, score, descending=False)
 
     def statistic(w: np.ndarray) -> float | None:
-        w = np.asarray(w, dtype=float)[order]
-        wp = np.bincount(tie_group, weights=w * pos_sorted, minlength=n_ties)
-        wn = np.bincount(tie_group, weights=w * ~pos_sorted, minlength=n_ties)
+        wp, wn = weighted_counts(w)
         total_p, total_n = wp.sum(), wn.sum()
         if total_p <= 0 or total_n <= 0:
             return None
@@ -242,6 +254,37 @@ def auroc_statistic(y, score) -> Callable[[np.ndarray], float | None]:
         return float((wp * (below + 0.5 * wn)).sum() / (total_p * total_n))
 
     return statistic
+
+
+def ap_statistic(y, score) -> Callable[[np.ndarray], float | None]:
+    """``statistic(weights)``: the weighted average precision of one label (None without a positive).
+
+    Equals ``sklearn.metrics.average_precision_score(y, score, sample_weight=w)`` (a step at every distinct
+    score), O(n) per resample like :func:`auroc_statistic` (tested against scikit-learn).
+    """
+    weighted_counts = _tied_counts(y, score, descending=True)
+
+    def statistic(w: np.ndarray) -> float | None:
+        wp, wn = weighted_counts(w)
+        tp, called = np.cumsum(wp), np.cumsum(wp + wn)
+        if tp[-1] <= 0:
+            return None
+        precision = np.divide(tp, called, out=np.zeros_like(tp), where=called > 0)
+        return float((wp * precision).sum() / tp[-1])
+
+    return statistic
+
+
+def format_ci(v: dict | None, key: str = "estimate", signed: bool = False) -> str:
+    """``estimate [low, high]`` of a CI dict (``key`` names the point estimate); ``–`` when there is none and
+    the estimate alone when the interval is undefined (too few resamples where the statistic exists)."""
+    if not isinstance(v, dict) or v.get(key) is None:
+        return "–"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    low, high = v.get("low"), v.get("high")
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+        return f.format(v[key])
+    return f"{f.format(v[key])} [{f.format(low)}, {f.format(high)}]"
 
 
 def corrected_resampled_t(differences, test_train_ratio: float, confidence: float = 0.95) -> dict:

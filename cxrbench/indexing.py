@@ -38,6 +38,44 @@ MASKS = "v7_masks"
 KERMANY_PNEUMONIA = re.compile(r"^(person\d+)_(bacteria|virus)_\d+(?:_\d+)?\.jpe?g$", re.IGNORECASE)
 KERMANY_NORMAL = re.compile(r"^((?:NORMAL2-)?IM-\d+)(?:-\d+)+\.jpe?g$", re.IGNORECASE)
 KERMANY_CLASSES = ("NORMAL", "bacteria", "virus")
+KERMANY_FOLDERS = ("NORMAL", "PNEUMONIA")
+KERMANY_PATIENT_PREFIX = "km:"
+
+
+def kermany_name(folder: str, name: str) -> tuple[str, str] | None:
+    """(class, patient id) of a Kermany file from its folder (NORMAL | PNEUMONIA) and file name, e.g.
+    ``('virus', 'km:person5')``; None when the name fits no pattern of that folder."""
+    if folder == "PNEUMONIA":
+        m = KERMANY_PNEUMONIA.match(name)
+        return (m.group(2).lower(), KERMANY_PATIENT_PREFIX + m.group(1)) if m else None
+    if folder == "NORMAL":
+        m = KERMANY_NORMAL.match(name)
+        return ("NORMAL", KERMANY_PATIENT_PREFIX + m.group(1)) if m else None
+    return None
+
+
+def kermany_files(root: Path) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
+    """The files of a Kermany split folder (``root/NORMAL``, ``root/PNEUMONIA``) by class, each as
+    (``FOLDER/NAME``, patient id), sorted by name; and the files that fit no pattern, as ``FOLDER/NAME``."""
+    by_class: dict[str, list[tuple[str, str]]] = {c: [] for c in KERMANY_CLASSES}
+    unparsed: list[str] = []
+    for folder in KERMANY_FOLDERS:
+        for f in sorted((root / folder).glob("*")):
+            if not f.is_file():
+                continue
+            parsed = kermany_name(folder, f.name)
+            if parsed is None:
+                unparsed.append(f"{folder}/{f.name}")
+            else:
+                by_class[parsed[0]].append((f"{folder}/{f.name}", parsed[1]))
+    return by_class, unparsed
+
+
+def exact_hash(grey: np.ndarray) -> str:
+    """The index's exact-duplicate key of a decoded grey image (:func:`cxrbench.images.load_grey`): SHA-1 of
+    its 8-bit pixels and shape."""
+    u8 = np.round(grey * 255).astype(np.uint8)
+    return hashlib.sha1(u8.tobytes() + str(u8.shape).encode()).hexdigest()
 
 
 @dataclass
@@ -124,18 +162,8 @@ def kermany_rows(raw: Path, p: dict, table: LabelTable, report: IndexReport) -> 
     root = raw / KERMANY / "train"
     if not root.is_dir():
         raise FileNotFoundError(f"{root} not found: run the download stage (dvc repro download)")
-    by_class: dict[str, list[tuple[str, str]]] = {c: [] for c in KERMANY_CLASSES}
-    for folder in ("NORMAL", "PNEUMONIA"):
-        for f in sorted((root / folder).glob("*")):
-            if not f.is_file():
-                continue
-            m_p, m_n = KERMANY_PNEUMONIA.match(f.name), KERMANY_NORMAL.match(f.name)
-            if folder == "PNEUMONIA" and m_p:
-                by_class[m_p.group(2).lower()].append((f.name, m_p.group(1)))
-            elif folder == "NORMAL" and m_n:
-                by_class["NORMAL"].append((f.name, m_n.group(1)))
-            else:
-                report.unparsed_kermany.append(f"{KERMANY}/train/{folder}/{f.name}")
+    by_class, unparsed = kermany_files(root)
+    report.unparsed_kermany += [f"{KERMANY}/train/{u}" for u in unparsed]
     rng = np.random.default_rng(p["kermany_seed"])
     rows = []
     for cls in KERMANY_CLASSES:
@@ -147,10 +175,9 @@ def kermany_rows(raw: Path, p: dict, table: LabelTable, report: IndexReport) -> 
                 raise ParamError(f"index.kermany_subset.{cls}",
                                  f"asks for {n} images but the source has {len(files)}; lower it or use null")
             files = [files[i] for i in sorted(rng.choice(len(files), size=n, replace=False))]
-        folder = "NORMAL" if cls == "NORMAL" else "PNEUMONIA"
         labels = table.labels_of(KERMANY, cls)
         for name, patient in files:
-            rows.append(dict(path=f"{KERMANY}/train/{folder}/{name}", source=KERMANY, patient=f"km:{patient}",
+            rows.append(dict(path=f"{KERMANY}/train/{name}", source=KERMANY, patient=patient,
                              linked_patients=[], view=p["kermany_view"], modality="X-ray", license="CC BY 4.0", finding=cls,
                              labels=labels))
     return rows
@@ -163,9 +190,8 @@ def _describe(path: str, hash_size: int = 8) -> tuple[str, int, int, str, str] |
     except DECODE_ERRORS as err:
         return path, f"{type(err).__name__}: {err}"
     u8 = np.round(grey * 255).astype(np.uint8)
-    exact = hashlib.sha1(u8.tobytes() + str(u8.shape).encode()).hexdigest()
     phash = str(imagehash.phash(Image.fromarray(u8), hash_size=hash_size))
-    return path, grey.shape[1], grey.shape[0], exact, phash
+    return path, grey.shape[1], grey.shape[0], exact_hash(grey), phash
 
 
 def describe_images(raw: Path, rows: list[dict], workers: int, report: IndexReport,
