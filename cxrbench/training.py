@@ -73,6 +73,7 @@ class TrainConfig:
     input_mode: str = "full"
     mask_dilation: int = 0
     input_options: dict = field(default_factory=dict)   # an audit control's region and fill (audit_inputs)
+    weights_id: str = ""           # what a packaged or local weights file is (package, version, SHA-256)
     epochs: int = 50
     batch_size: int = 16
     lr: float = 1e-3
@@ -87,8 +88,9 @@ class TrainConfig:
     def digest(self) -> str:
         """Identity of a run: a checkpoint of another configuration is never resumed."""
         d = asdict(self)
-        if not d["input_options"]:          # absent before the audit controls: keeps older checkpoints resumable
-            del d["input_options"]
+        for key in ("input_options", "weights_id"):     # absent before these existed: keeps older checkpoints resumable
+            if not d[key]:
+                del d[key]
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -121,10 +123,19 @@ def validate(params: dict, cache_meta: dict | None = None) -> dict:
             raise ParamError("train.input_size", f"unknown backbone {name!r}; valid names are {known}")
         M.input_size(name if name != "default" else "resnet18", sizes[name], 512)
     pre = p.get("pretrained")
-    if pre not in ("imagenet", "none") and not (isinstance(pre, str) and Path(pre).suffix in (".safetensors", ".pt", ".pth")):
-        raise ParamError("train.pretrained", f"expected imagenet, none or a .safetensors/.pt/.pth path, got {pre!r}")
-    if pre not in ("imagenet", "none") and not Path(pre).is_file():
-        raise ParamError("train.pretrained", f"weights file {pre} not found")
+    if isinstance(pre, dict):
+        if "default" not in pre:
+            raise ParamError("train.pretrained", "a per-backbone mapping needs a `default` entry, e.g. "
+                                                 "{default: none, efficientnet_lite0: packaged}")
+        for name, value in pre.items():
+            if name != "default" and name not in known:
+                raise ParamError("train.pretrained", f"unknown backbone {name!r}; valid names are {known}")
+            _check_pretrained(f"train.pretrained.{name}", value)
+    else:
+        _check_pretrained("train.pretrained", pre)
+    for name in bbs:
+        if pretrained_of(p, name) == M.PACKAGED:
+            _check_packaged(name)
     weights = p.get("weights")
     if not isinstance(weights, dict):
         raise ParamError("train.weights", f"expected a mapping backbone -> timm weight tag, got {weights!r}")
@@ -164,6 +175,50 @@ def validate(params: dict, cache_meta: dict | None = None) -> dict:
     return p
 
 
+PRETRAINED_CHOICES = ("imagenet", "none", M.PACKAGED)
+WEIGHT_FILES = (".safetensors", ".pt", ".pth")
+
+
+def _check_pretrained(key: str, value) -> None:
+    if value in PRETRAINED_CHOICES:
+        return
+    if not (isinstance(value, str) and Path(value).suffix in WEIGHT_FILES):
+        raise ParamError(key, f"expected one of {list(PRETRAINED_CHOICES)} or a {'/'.join(WEIGHT_FILES)} path, "
+                              f"got {value!r}")
+    if not Path(value).is_file():
+        raise ParamError(key, f"weights file {value} not found")
+
+
+def _check_packaged(backbone: str) -> None:
+    from .weights import PACKAGED, packaged_checkpoint
+
+    if backbone not in PACKAGED:
+        raise ParamError("train.pretrained", f"{backbone}: no ImageNet weights are packaged for it (packaged: "
+                                             f"{sorted(PACKAGED)}); use imagenet (needs internet), none or a file")
+    try:
+        packaged_checkpoint(backbone)
+    except RuntimeError as err:
+        raise ParamError("train.pretrained", str(err)) from err
+
+
+def pretrained_of(p: dict, backbone: str) -> str:
+    """``train.pretrained`` for one backbone: the value itself, or its mapping's entry (else ``default``)."""
+    pre = p["pretrained"]
+    return pre.get(backbone, pre["default"]) if isinstance(pre, dict) else pre
+
+
+def weights_identity(backbone: str, pretrained: str) -> str:
+    """What a run's starting weights are beyond their name: the packaged checkpoint's package, version and
+    SHA-256, or a local file's SHA-256; '' for imagenet (its timm tag is the identity) and none."""
+    if pretrained == M.PACKAGED:
+        from .weights import packaged_identity
+
+        return packaged_identity(backbone)
+    if pretrained in PRETRAINED_CHOICES:
+        return ""
+    return "sha256:" + hashlib.sha256(Path(pretrained).read_bytes()).hexdigest()[:16]
+
+
 def config_for(params: dict, backbone: str, fold: int, cache_meta: dict) -> TrainConfig:
     p = validate(params)
     M.check_backbone(backbone, p["known_backbones"], "BACKBONE argument")
@@ -171,11 +226,13 @@ def config_for(params: dict, backbone: str, fold: int, cache_meta: dict) -> Trai
         raise ParamError("train.folds", f"fold {fold} is not in train.folds {p['folds']}")
     policy = p["input_size"].get(backbone, p["input_size"]["default"])
     aux = float(p["aux_weight"]) if backbone == "inception_v3" else 0.0
+    pretrained = pretrained_of(p, backbone)
     return TrainConfig(
         backbone=backbone, fold=fold, labels=list(LabelTable.from_params(params).names),
         in_chans=len(cache_meta["channels"]), cache_size=int(cache_meta["size"]),
-        input_size=M.input_size(backbone, policy, cache_meta["size"]), pretrained=p["pretrained"],
-        weights=p["weights"].get(backbone) if p["pretrained"] == "imagenet" else None,
+        input_size=M.input_size(backbone, policy, cache_meta["size"]), pretrained=pretrained,
+        weights=p["weights"].get(backbone) if pretrained == "imagenet" else None,
+        weights_id=weights_identity(backbone, pretrained),
         normalize=p["normalize"], drop_last=p["drop_last"],
         input_mode=p["input_mode"], mask_dilation=p["mask_dilation"], epochs=p["epochs"],
         batch_size=p["batch_size"], lr=float(p["lr"]), weight_decay=float(p["weight_decay"]),
@@ -376,8 +433,8 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
         meta = M.classifier_meta(
             cfg.backbone, cfg.labels, cfg.in_chans, cfg.input_size, cfg.cache_size, cfg.input_mode,
             cfg.mask_dilation, input_options=cfg.input_options, fold=cfg.fold, epoch=epoch, val_loss=val_loss,
-            pretrained=cfg.pretrained, weights=cfg.weights, normalize=cfg.normalize, digest=digest,
-            data_digest=data_digest)
+            pretrained=cfg.pretrained, weights=cfg.weights, weights_id=cfg.weights_id, normalize=cfg.normalize,
+            digest=digest, data_digest=data_digest)
         if val_loss < best["val_loss"]:
             best = {"val_loss": val_loss, "epoch": epoch}
             M.save_classifier(best_path, model, meta)

