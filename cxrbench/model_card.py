@@ -23,6 +23,7 @@ from .params import ParamError, check_int, section
 from .preprocess import Recipe
 
 CARD = "model_card.md"
+AUDIT_SCORES = "**AUROC**"         # the line above the audit's score table in metrics/shortcut_audit.md
 EXTERNAL_SETS = ("internal", "internal_same_source", "external", "external_at_internal_mix")
 
 
@@ -239,10 +240,15 @@ def section_audit(root: Path) -> str:
     path = root / "metrics/shortcut_audit.md"
     if not path.is_file():
         return "\n".join(out + [_missing("metrics/shortcut_audit.md", "audit")])
-    table = first_table(path.read_text(encoding="utf-8"))
-    out.append(table if table else "*metrics/shortcut_audit.md has no table.*")
-    out += ["", "The same training with parts of the image hidden; the whole audit, with its CIs: "
-                "metrics/shortcut_audit.md (and report/README.md)."]
+    text = path.read_text(encoding="utf-8")
+    controls = first_table(text)
+    out.append(controls if controls else "*metrics/shortcut_audit.md has no table.*")
+    at = text.find(AUDIT_SCORES)
+    scores = first_table(text[at:]) if at >= 0 else None
+    if scores:
+        out += ["", text[at:].splitlines()[0], "", scores]
+    out += ["", "The same training with parts of the image hidden; the shares retained, the paired differences "
+                "and the mask checks: metrics/shortcut_audit.md (and report/README.md)."]
     return "\n".join(out)
 
 
