@@ -29,6 +29,11 @@ way. A useful map has MoRF AOPPC > random > LeRF AOPPC.
 
 All 10 perturbed copies of an image (plus the original) go through the model
 in one batch; several images may share a batch (``images_per_batch``).
+
+Devices: every tensor is made on the device of the map or image it meets
+(``device=`` or ``*_like``); :func:`perturbation_tensors` runs on the input's
+device and :func:`perturbation_curves` only copies its results to the host.
+The other metrics take and return numpy arrays and never touch a device.
 """
 
 from __future__ import annotations
@@ -89,21 +94,27 @@ def removal_masks(norm_map: torch.Tensor, scheme: str, order: str = "morf") -> t
     raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
 
 
-@torch.no_grad()
-def perturbation_curves(model: torch.nn.Module, x: torch.Tensor, maps, target, scheme: str = "threshold",
-                        order: str = "morf", mode: str = "signed", images_per_batch: int = 1,
-                        sequential: bool = False) -> dict:
-    """Probabilities of ``target`` on the original and the 10 perturbed copies of each image.
+def target_indices(target, b: int, device) -> torch.Tensor:
+    """``target`` (an int, a 0-d tensor or B class indices, on any device) -> (B,) long on ``device``."""
+    if not torch.is_tensor(target) or target.dim() == 0:
+        return torch.as_tensor(target, device=device).long().expand(b)
+    return target.to(device).long()
 
-    ``x``: (B, C, H, W) model input; ``maps``: (B, H, W) attributions at input
-    resolution; ``target``: int or (B,) class indices. ``sequential`` feeds
-    every copy separately (for the speed comparison only).
-    Returns p0 (B,), p (B, L), drop (B, L) = p0 - p, aoppc (B,), removed (B, L) fractions.
+
+@torch.no_grad()
+def perturbation_tensors(model: torch.nn.Module, x: torch.Tensor, maps, target, scheme: str = "threshold",
+                         order: str = "morf", mode: str = "signed", images_per_batch: int = 1,
+                         sequential: bool = False) -> dict[str, torch.Tensor]:
+    """:func:`perturbation_curves` as tensors on ``x``'s device (no copy to the host).
+
+    Every tensor is made on (or moved to) ``x.device`` before it meets another:
+    the maps (a host array or a tensor anywhere) and ``target`` are moved there,
+    and the levels, ranks and removal masks are built there
+    (:func:`removal_masks`). The model must live on ``x``'s device.
     """
     b = len(x)
-    target = torch.as_tensor(target, device=x.device).long().expand(b) if not torch.is_tensor(target) \
-        or target.dim() == 0 else target.to(x.device).long()
-    norm = normalise(importance(maps, mode)).to(x.device)
+    target = target_indices(target, b, x.device)
+    norm = normalise(importance(maps, mode).to(x.device))
     rm = removal_masks(norm, scheme, order)                       # (B, L, H, W)
     p0 = torch.empty(b, device=x.device)
     p = torch.empty(b, N_LEVELS, device=x.device)
@@ -121,9 +132,23 @@ def perturbation_curves(model: torch.nn.Module, x: torch.Tensor, maps, target, s
         prob = torch.sigmoid(logits.gather(1, tg.view(-1, 1)).squeeze(1)).view(-1, 1 + N_LEVELS)
         p0[sl], p[sl] = prob[:, 0], prob[:, 1:]
     drop = p0.unsqueeze(1) - p
-    return {"p0": p0.cpu().numpy(), "p": p.cpu().numpy(), "drop": drop.cpu().numpy(),
-            "aoppc": drop.mean(1).cpu().numpy(),
-            "removed": rm.float().mean((2, 3)).cpu().numpy()}
+    return {"p0": p0, "p": p, "drop": drop, "aoppc": drop.mean(1), "removed": rm.float().mean((2, 3))}
+
+
+def perturbation_curves(model: torch.nn.Module, x: torch.Tensor, maps, target, scheme: str = "threshold",
+                        order: str = "morf", mode: str = "signed", images_per_batch: int = 1,
+                        sequential: bool = False) -> dict:
+    """Probabilities of ``target`` on the original and the 10 perturbed copies of each image.
+
+    ``x``: (B, C, H, W) model input; ``maps``: (B, H, W) attributions at input
+    resolution; ``target``: int or (B,) class indices. ``sequential`` feeds
+    every copy separately (for the speed comparison only).
+    Returns p0 (B,), p (B, L), drop (B, L) = p0 - p, aoppc (B,), removed (B, L) fractions,
+    as numpy arrays (computed on ``x``'s device by :func:`perturbation_tensors`).
+    """
+    r = perturbation_tensors(model, x, maps, target, scheme=scheme, order=order, mode=mode,
+                             images_per_batch=images_per_batch, sequential=sequential)
+    return {k: v.cpu().numpy() for k, v in r.items()}
 
 
 def random_maps(shape, seed: int) -> np.ndarray:

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -263,12 +264,146 @@ def test_lung_mass_and_sanity_helpers():
     assert not torch.equal(rnd.conv1.weight, model.conv1.weight)
 
 
-@pytest.mark.parametrize("scheme", ["threshold", "fraction"])
-def test_removal_masks_stay_on_the_maps_device(scheme):
-    """Every tensor the AOPPC masks need is made on the map's device (a CUDA run crashed on CPU-made levels);
-    the meta device stands in for a GPU on a CPU-only machine."""
-    from cxrbench import explanation_metrics as EM
+# --- device safety of the aoppc stage (issue 15 item 1) ----------------------------
+# The meta device stands in for a GPU on a CPU-only machine: a tensor made on
+# the CPU and combined with a meta tensor raises "Tensor on device cpu is not on
+# the expected device meta", as it does with a CUDA tensor.
 
-    norm = EM.normalise(EM.importance(torch.rand(2, 8, 8, device="meta")))
-    out = EM.removal_masks(norm, scheme, "lerf")
-    assert out.device.type == "meta" and tuple(out.shape) == (2, EM.N_LEVELS, 8, 8)
+META = torch.device("meta")
+B, S = 3, 16                      # 3 images with images_per_batch=2: a full and a partial batch
+
+
+def _meta_net():
+    """SmallNet's layers on the meta device (shapes only, no data)."""
+    return SmallNet().eval().to(META)
+
+
+def _maps_on_every_kind():
+    """The maps as the stage loads them (float32 numpy) and as tensors on the meta device and the CPU."""
+    a = np.random.default_rng(0).standard_normal((B, S, S)).astype(np.float32)
+    return {"numpy": a, "meta": torch.from_numpy(a).to(META), "cpu": torch.from_numpy(a)}
+
+
+@pytest.mark.parametrize("order", EM.ORDERS)
+@pytest.mark.parametrize("scheme", EM.SCHEMES)
+@pytest.mark.parametrize("mode", ["signed", "abs"])
+def test_removal_masks_stay_on_the_maps_device(scheme, order, mode):
+    """Every tensor the AOPPC masks need is made on the map's device (a CUDA run crashed on CPU-made
+    levels, counts and ranks)."""
+    imp = EM.importance(torch.rand(2, 8, 8, device=META), mode)
+    norm = EM.normalise(imp)
+    out = EM.removal_masks(norm, scheme, order)
+    assert imp.device == norm.device == out.device == META
+    assert out.dtype == torch.bool and tuple(out.shape) == (2, EM.N_LEVELS, 8, 8)
+
+
+@pytest.mark.parametrize("target", [1, torch.tensor(1), torch.tensor([0, 1, 1]), np.array([1, 0, 1]),
+                                    torch.tensor([0, 1, 1], device=META)],
+                         ids=["int", "0-d cpu", "cpu", "numpy", "meta"])
+def test_target_indices_on_the_requested_device(target):
+    t = EM.target_indices(target, B, META)
+    assert t.device == META and t.dtype == torch.long and tuple(t.shape) == (B,)
+
+
+@pytest.mark.parametrize("order", EM.ORDERS)
+@pytest.mark.parametrize("scheme", EM.SCHEMES)
+def test_perturbation_tensors_stay_on_the_inputs_device(scheme, order):
+    """The whole AOPPC computation (maps from the host or any device, targets in every accepted form,
+    batched and sequential) runs on the input's device and leaves its results there."""
+    model, x = _meta_net(), torch.rand(B, 1, S, S, device=META)
+    targets = [1, torch.tensor(1), torch.tensor([0, 1, 1]), torch.tensor([0, 1, 1], device=META)]
+    for name, maps in _maps_on_every_kind().items():
+        for target in targets:
+            for sequential in (False, True):
+                r = EM.perturbation_tensors(model, x, maps, target, scheme=scheme, order=order, mode="abs",
+                                            images_per_batch=2, sequential=sequential)
+                shapes = {k: tuple(v.shape) for k, v in r.items()}
+                assert {v.device for v in r.values()} == {META}, name
+                assert shapes == {"p0": (B,), "p": (B, EM.N_LEVELS), "drop": (B, EM.N_LEVELS), "aoppc": (B,),
+                                  "removed": (B, EM.N_LEVELS)}
+
+
+@pytest.mark.parametrize("scheme", EM.SCHEMES)
+def test_perturbation_curves_reach_the_host_copy_on_meta(scheme):
+    """``perturbation_curves`` (what the stage calls) gets as far as copying its results to the host,
+    which a meta tensor cannot do: no device mismatch before that point."""
+    model, x = _meta_net(), torch.rand(B, 1, S, S, device=META)
+    target = torch.tensor([0, 1, 1], device=META)
+    with pytest.raises(NotImplementedError, match="Cannot copy out of meta tensor"):
+        EM.perturbation_curves(model, x, _maps_on_every_kind()["numpy"], target, scheme=scheme,
+                               images_per_batch=2)
+
+
+@pytest.mark.parametrize("input_mode", ["full", "lungs_removed"])
+def test_aoppc_stage_chain_on_meta(tmp_path, monkeypatch, input_mode):
+    """The stage's own sequence on the meta device: a saved classifier loaded onto it, the cache rows
+    made its input, the targets and the (stored and random) maps scored in every scheme and order."""
+    from cxrbench import models as M
+
+    torch.manual_seed(0)
+    model = M.create_model("test_resnet", 2, 1, "none", input_size=32).eval()      # resized inside: 48 -> 32
+    M.save_classifier(tmp_path / "models/classifier/test_resnet/fold0/best.pt", model,
+                      M.classifier_meta("test_resnet", ["a", "covid19"], 1, 32, 48, input_mode, 0))
+    monkeypatch.chdir(tmp_path)
+    model, meta = A.load_classifier("test_resnet", 0, META, "best.pt")
+    assert {t.device for t in list(model.parameters()) + list(model.buffers())} == {META}
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (B, 1, 48, 48), dtype=np.uint8)
+    masks = np.zeros((B, 48, 48), np.uint8)
+    masks[:, 10:30, 8:40] = 1
+    x = A.classifier_input(images, meta, META, masks)
+    assert x.device == META and x.dtype == torch.float32 and tuple(x.shape) == (B, 1, 48, 48)
+    target = torch.as_tensor(np.array([1, 1, 1]), device=META)
+    named = {"stored": rng.standard_normal((B, 48, 48)).astype(np.float16).astype(np.float32),
+             "random": EM.random_maps((B, 48, 48), 0)}
+    for maps in named.values():
+        for scheme in EM.SCHEMES:
+            for order in EM.ORDERS:
+                r = EM.perturbation_tensors(model, x, maps, target, scheme=scheme, order=order, mode="abs",
+                                            images_per_batch=2)
+                assert {v.device for v in r.values()} == {META}
+
+
+# What the aoppc stage calls from the package, and how each is covered here.
+DEVICE_TESTED = {
+    "EM.perturbation_curves": "test_perturbation_tensors_stay_on_the_inputs_device, "
+                              "test_perturbation_curves_reach_the_host_copy_on_meta",
+    "A.load_classifier": "test_aoppc_stage_chain_on_meta",
+    "A.classifier_input": "test_aoppc_stage_chain_on_meta",
+}
+HOST_ONLY = {"EM.levels", "EM.random_maps", "EM.lung_mass_fraction", "EM.area_fraction",
+             "EM.rank_correlation", "EM.mean_std", "A.validate"}
+
+
+class _NoTorch(TorchFunctionMode):
+    """Fails on any torch call: a host-only function that made a tensor could make it on the wrong device."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        raise AssertionError(f"a host-only function called torch ({getattr(func, '__name__', func)})")
+
+
+def _stage_calls() -> set[str]:
+    """``EM.f`` and ``A.f`` called in stages/aoppc.py."""
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "stages" / "aoppc.py").read_text())
+    return {f"{n.func.value.id}.{n.func.attr}" for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+            and isinstance(n.func.value, ast.Name) and n.func.value.id in ("EM", "A")}
+
+
+def test_every_function_the_aoppc_stage_calls_is_device_tested(params):
+    """Each package function the stage calls is either run on the meta device above or is host-only:
+    it takes and returns numpy and calls no torch function at all (checked here on the stage's inputs).
+    A new call in the stage must be added to one of the two sets, with its test."""
+    calls = _stage_calls()
+    assert calls == set(DEVICE_TESTED) | HOST_ONLY, f"classify: {sorted(calls ^ (set(DEVICE_TESTED) | HOST_ONLY))}"
+    maps = EM.random_maps((2, S, S), 0)
+    masks = np.zeros((2, S, S), np.uint8)
+    masks[:, :8] = 1
+    with _NoTorch():
+        out = [EM.levels("threshold"), EM.levels("fraction"), maps, EM.lung_mass_fraction(maps, masks),
+               EM.area_fraction(masks), EM.rank_correlation(maps, EM.random_maps((2, S, S), 1)),
+               EM.mean_std([0.1, 0.3])["mean"], A.validate(params).methods]
+    assert not any(torch.is_tensor(v) for v in out)
