@@ -22,13 +22,17 @@ Conventions (shared with :mod:`cxrbench.localisation`):
   (target / other) is the nearest integer to fraction x count (halves up), so
   every part of every fold gets the same shares within rounding.
 
-The tag is applied to the cache after preprocessing: the rest of the cache is
-reused and only what the tag changes reruns (pipeline integration pending).
+The tag is applied after preprocessing: the ``confound`` stage writes the plan
+(``data/confounder/plan.csv``, one row per image with its box and tag value),
+and every stage that reads the cache for the classifier stamps it in memory
+(:func:`apply`). The rest of the cache is reused, and with ``enabled: false``
+the plan tags nothing, so the images are untouched (bit-identical results).
 """
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -100,9 +104,10 @@ def validate(params: dict) -> dict:
     sigma = _number("confounder.remove_sigma", p.get("remove_sigma"), 0.25, 4,
                     example=" (Gaussian sigma in tag sides, e.g. 0.5; below 0.25 the tag's centre gets no "
                             "weight from the band)")
+    removal = check_choice("confounder.removal", p.get("removal"), REMOVALS)
     return {"enabled": enabled, "label": label, "fraction_target": f_target, "fraction_other": f_other,
             "size": size, "intensity": intensity, "shape": shape, "margin": margin, "seed": seed,
-            "remove_context": context, "remove_sigma": sigma}
+            "removal": removal, "remove_context": context, "remove_sigma": sigma}
 
 
 def geometry(cfg: dict, side: int) -> tuple[int, int]:
@@ -357,3 +362,129 @@ def remove(images_u8: Any, boxes: Any, how: str, *, context: float = 1.0, sigma:
         filled = np.clip(np.floor(filled.reshape(crop.shape) + 0.5), 0, 255).astype(np.uint8)
         out[i, ..., y0:y1, x0:x1] = filled[..., y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
     return out
+
+
+# --- the pipeline's plan ---------------------------------------------------------------------------------
+
+PLAN_DIR = "data/confounder"
+PLAN_FILE = "plan.csv"
+PLAN_COLUMNS = ("path", "stratum", "target", "tagged", *BOX_COLUMNS, "value")
+
+
+def plan_for_cache(splits: pd.DataFrame, index: pd.DataFrame, images_u8: np.ndarray, params: dict) -> pd.DataFrame:
+    """The run's plan: :func:`plan` over the rows of data/splits.csv (every image of the cache), or no tag at
+    all when ``confounder.enabled`` is false; plus ``value``, the tag's pixel value per image (resolved
+    here once, so ``intensity: contrast`` reads the untagged image), -1 where untagged.
+
+    ``index`` is data/index.csv (its ``labels`` column) aligned with ``images_u8`` (the cache).
+    """
+    cfg = validate(params)
+    if len(index) != len(images_u8):
+        raise ValueError(f"index lists {len(index)} images but the cache holds {len(images_u8)}: rerun the "
+                         f"preprocess stage (dvc repro preprocess)")
+    row = {p: i for i, p in enumerate(index["path"])}
+    missing = [p for p in splits["path"] if p not in row]
+    if missing:
+        raise ValueError(f"{len(missing)} image(s) of data/splits.csv are not in data/index.csv, e.g. "
+                         f"{missing[0]}: rerun the split stage (dvc repro split)")
+    rows = np.array([row[p] for p in splits["path"]], dtype=np.int64)
+    side = int(images_u8.shape[-1])
+    out = plan(splits, index["labels"].to_numpy()[rows], params, side=side)
+    if not cfg["enabled"]:
+        out["tagged"] = False
+        _set_boxes(out, np.full((len(out), 2), -1, dtype=np.int64), out.attrs["tag"])
+    value = np.full(len(out), -1, dtype=np.int64)
+    on = out["tagged"].to_numpy(bool)
+    if on.any():
+        value[on] = tag_values(images_u8[rows[on]], out.loc[on, list(BOX_COLUMNS)].to_numpy(), cfg["intensity"])
+    out["value"] = value
+    return out
+
+
+def read_plan(path: str | Path = f"{PLAN_DIR}/{PLAN_FILE}") -> pd.DataFrame:
+    """data/confounder/plan.csv as written by the confound stage (columns :data:`PLAN_COLUMNS`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the confound stage (dvc repro confound)")
+    frame = pd.read_csv(path, keep_default_na=False)
+    missing = [c for c in PLAN_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {missing}: rerun the confound stage (dvc repro confound)")
+    frame["tagged"] = frame["tagged"].astype(str).str.lower().isin(["true", "1"])
+    frame["target"] = frame["target"].astype(str).str.lower().isin(["true", "1"])
+    return frame
+
+
+def with_geometry(frame: pd.DataFrame, params: dict, side: int) -> pd.DataFrame:
+    """``frame`` (e.g. from :func:`read_plan`) with the attrs :func:`move` needs (side, tag, margin)."""
+    tag, margin = geometry(validate(params), side)
+    frame.attrs.update(side=int(side), tag=tag, margin=margin)
+    return frame
+
+
+def stamp_plan(images_u8: np.ndarray, rows: np.ndarray, plan_frame: pd.DataFrame) -> np.ndarray:
+    """A copy of ``images_u8[rows]`` with the tags of ``plan_frame``'s rows (aligned with ``rows``) drawn at
+    their recorded value (the plan's ``value``, not re-derived from the image)."""
+    out = np.array(images_u8[rows], copy=True)
+    b = plan_frame[list(BOX_COLUMNS)].to_numpy(np.int64)
+    v = plan_frame["value"].to_numpy(np.int64)
+    for i in np.flatnonzero(plan_frame["tagged"].to_numpy(bool)):
+        x0, y0, x1, y1 = b[i]
+        out[i, ..., y0:y1, x0:x1] = v[i]
+    return out
+
+
+def apply(cache: Any, path: str | Path = f"{PLAN_DIR}/{PLAN_FILE}") -> dict:
+    """Stamp the plan's tags into ``cache.images`` (a :class:`cxrbench.cache.Cache` read into memory).
+
+    Nothing is copied or changed when the plan tags no image (``confounder.enabled: false``). Returns a
+    summary: ``tagged`` (count) and ``target_tagged``.
+    """
+    frame = read_plan(path)
+    on = frame["tagged"].to_numpy(bool)
+    summary = {"tagged": int(on.sum()), "target_tagged": int((on & frame["target"].to_numpy(bool)).sum())}
+    if not on.any():
+        return summary
+    if not cache.images.flags.writeable:
+        raise ValueError(f"{path} tags {summary['tagged']} images but the cache was opened read-only "
+                         f"(in_memory=False); open it with Cache(..., in_memory=True)")
+    sel = frame[on]
+    missing = [p for p in sel["path"] if p not in cache.row]
+    if missing:
+        raise ValueError(f"{path} tags {len(missing)} image(s) not in the cache, e.g. {missing[0]}: rerun the "
+                         f"confound stage (dvc repro confound)")
+    if int(sel["x1"].max()) > cache.images.shape[-1] or int(sel["y1"].max()) > cache.images.shape[-2]:
+        raise ValueError(f"{path} has boxes outside the {cache.images.shape[-1]} px cache: it was planned for "
+                         f"another preprocess.size; rerun the confound stage (dvc repro confound)")
+    rows = cache.rows(sel["path"])
+    cache.images[rows] = stamp_plan(cache.images, rows, sel.reset_index(drop=True))
+    return summary
+
+
+def conditions(images_u8: np.ndarray, rows: np.ndarray, plan_frame: pd.DataFrame, params: dict) -> dict:
+    """The reliance test's inputs for the cache rows ``rows`` (untagged ``images_u8``; ``plan_frame`` aligned
+    with ``rows``, carrying :func:`with_geometry`'s attrs):
+
+    * ``as_is``: the plan's tags, as the model saw them in training;
+    * ``removed``: each tag of the plan filled from around it (``confounder.removal``), never from the tag;
+    * ``moved``: the tag on every non-target image and on none of the target label's (:func:`move`).
+
+    Returns ``{name: (images (N, C, H, W) uint8, tagged (N,) bool)}``.
+    """
+    cfg = validate(params)
+    if len(plan_frame) != len(rows):
+        raise ValueError(f"plan_frame has {len(plan_frame)} rows for {len(rows)} images; align it with rows")
+    frame = plan_frame.reset_index(drop=True)
+    frame.attrs.update(plan_frame.attrs)
+    as_is = stamp_plan(images_u8, rows, frame)
+    boxes = frame[list(BOX_COLUMNS)].to_numpy(np.int64)
+    removed = remove(as_is, boxes, cfg["removal"], context=cfg["remove_context"], sigma=cfg["remove_sigma"])
+    moved_plan = move(frame, params)
+    base = np.asarray(images_u8[rows])
+    moved_plan["value"] = tag_values(base, moved_plan[list(BOX_COLUMNS)].to_numpy(np.int64), cfg["intensity"])
+    kept = frame["tagged"].to_numpy(bool) & moved_plan["tagged"].to_numpy(bool)
+    moved_plan.loc[kept, "value"] = frame.loc[kept, "value"]         # a tag that stays keeps its value
+    moved = stamp_plan(images_u8, rows, moved_plan)
+    tagged = frame["tagged"].to_numpy(bool)
+    return {"as_is": (as_is, tagged), "removed": (removed, np.zeros(len(rows), dtype=bool)),
+            "moved": (moved, moved_plan["tagged"].to_numpy(bool))}

@@ -41,3 +41,31 @@ def label_distribution(frame: pd.DataFrame, names, path: str | Path) -> None:
         ax.legend(fontsize=7)
     fig.suptitle("Label distribution by split (patient-level, leak-free)")
     save(fig, path)
+
+
+def planted_grid(images: np.ndarray, maps: dict, boxes: np.ndarray, path: str | Path, title: str = "") -> None:
+    """Tagged images (first row) and each method's map (one row per method) with the tag's box drawn."""
+    from matplotlib.patches import Rectangle
+
+    n = len(images)
+    rows = 1 + len(maps)
+    fig, axes = plt.subplots(rows, n, figsize=(1.8 * n, 1.8 * rows), squeeze=False)
+    panels = [("image", None)] + list(maps.items())
+    for r, (name, m) in enumerate(panels):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.imshow(images[c][0], cmap="gray", vmin=0, vmax=255)
+            if m is not None:
+                v = m[c]
+                span = float(np.abs(v).max()) or 1.0
+                side = images[c].shape[-1]
+                ax.imshow(v, cmap="bwr", vmin=-span, vmax=span, alpha=0.6,
+                          extent=(-0.5, side - 0.5, side - 0.5, -0.5))
+            x0, y0, x1, y1 = boxes[c]
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="lime", lw=1))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    save(fig, path)

@@ -166,6 +166,17 @@ def section_explain(r: Report) -> None:
         r.image(png.relative_to(r.root), f"Attribution maps: {png.stem}")
 
 
+def section_ground_truth(r: Report) -> None:
+    """The planted shortcut (when confounder.enabled) and the severity plausibility check."""
+    r.text("## Ground truth for explanations")
+    if r.include("metrics/planted.md", "metrics/planted.md not found: run `dvc repro planted`."):
+        x = _json(r.root / "metrics/planted.json")
+        if x is not None and x.get("enabled"):
+            r.image("plots/planted/ranking.png", "Methods: localisation of the planted tag vs AOPPC (gain over random)")
+            r.image("plots/planted/maps.png", "Tagged test images, each method's map and the tag's box")
+    r.include("metrics/severity.md", "metrics/severity.md not found: run `dvc repro severity`.")
+
+
 def section_cohort(r: Report) -> None:
     r.text("## The authors' cohort")
     r.text("### Audit of this run's cohort")
@@ -176,7 +187,8 @@ def section_cohort(r: Report) -> None:
 
 
 SECTIONS: tuple[Callable[[Report], None], ...] = (section_data, section_unet, section_classification,
-                                                  section_external, section_explain, section_cohort)
+                                                  section_external, section_explain, section_ground_truth,
+                                                  section_cohort)
 
 
 def build(params: dict, root: Path = Path("."), title: str = "cxrbench report") -> Report:

@@ -60,6 +60,9 @@ def main(mirror: Path, out: Path = Path("data/sample")) -> None:
     cc_out.mkdir(parents=True)
     rows = rows.rename(columns=lambda c: "" if c.startswith("Unnamed:") else c)  # upstream's trailing column
     rows.to_csv(cc_out / "metadata.csv", index=False, encoding="utf-8")
+    # the radiologists' severity scores (CC BY-SA, Cohen et al. 2020), whole: the severity stage reads them
+    (cc_out / "annotations").mkdir()
+    shutil.copy2(cc_src / "annotations" / "covid-severity-scores.csv", cc_out / "annotations")
     for fn in picked["filename"]:
         size = shrink(cc_src / "images" / fn, cc_out / "images" / fn)
         if fn in masks:

@@ -25,6 +25,7 @@ from cxrbench import attribution as A  # noqa: E402
 from cxrbench import explanation_metrics as EM  # noqa: E402
 from cxrbench import params as P  # noqa: E402
 from cxrbench import runtime, training  # noqa: E402
+from cxrbench import confounder  # noqa: E402
 from cxrbench.cache import Cache  # noqa: E402
 from cxrbench.io import read_json, write_csv, write_json, write_text  # noqa: E402
 from cxrbench.plotting import plt, save  # noqa: E402
@@ -73,6 +74,7 @@ def main() -> None:
     rt = runtime.configure()
     device = runtime.device()
     cache = Cache("data/cache", "data/index.csv")
+    confounder.apply(cache)                                 # the planted shortcut (confounder.enabled; else a no-op)
 
     results: dict = {}           # method -> backbone -> fold -> metric -> {mean, std, n}
     per_image: dict = {}         # (method, metric) -> list of per-image arrays (pooled)

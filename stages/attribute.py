@@ -31,6 +31,7 @@ from cxrbench import attribution as A  # noqa: E402
 from cxrbench import params as P  # noqa: E402
 from cxrbench import runtime, training  # noqa: E402
 from cxrbench import splitting  # noqa: E402
+from cxrbench import confounder  # noqa: E402
 from cxrbench.cache import Cache  # noqa: E402
 from cxrbench.segmentation import LUNG_MASKS, load_lung_masks  # noqa: E402
 from cxrbench.explanation_metrics import randomise_weights  # noqa: E402
@@ -91,6 +92,7 @@ def main() -> None:
     device = runtime.device()
 
     cache = Cache("data/cache", "data/index.csv")
+    confounder.apply(cache)                                 # the planted shortcut (confounder.enabled; else a no-op)
     sel = select(cache, targets, max_images, fold)
     if len(sel) == 0:
         reason = f"no held-out test image is positive for {targets}"

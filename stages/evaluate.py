@@ -17,6 +17,7 @@ from cxrbench import evaluation as E  # noqa: E402
 from cxrbench import params as P  # noqa: E402
 from cxrbench import runtime  # noqa: E402
 from cxrbench import audit, audit_inputs, splitting, training  # noqa: E402
+from cxrbench import confounder  # noqa: E402
 from cxrbench.cache import Cache  # noqa: E402
 from cxrbench.io import write_csv, write_json  # noqa: E402
 from cxrbench.labels import LabelTable  # noqa: E402
@@ -67,6 +68,7 @@ def main() -> None:
     if list(meta["labels"]) != list(table.names):
         raise RuntimeError(f"classifier labels {meta['labels']} differ from the labels in use (labels.names, or the paper's with cohort: paper and paper_rules.labels: paper): rerun the train stage")
     cache = Cache("data/cache", "data/index.csv")
+    confounder.apply(cache)                                 # the planted shortcut (confounder.enabled; else a no-op)
     splits = pd.read_csv("data/splits.csv", keep_default_na=False)
     pred = predictions(model, meta, cache, splits, args.fold, device, ev["batch_size"])
     cuts, how = E.thresholds_from_frame(pred, table.names, ev["threshold"], ev["fixed_threshold"],

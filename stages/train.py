@@ -19,6 +19,7 @@ import pandas as pd  # noqa: E402
 from cxrbench import params as P  # noqa: E402
 from cxrbench import runtime  # noqa: E402
 from cxrbench import audit, audit_inputs, splitting, training  # noqa: E402
+from cxrbench import confounder  # noqa: E402
 from cxrbench.cache import Cache  # noqa: E402
 from cxrbench.indexing import label_matrix  # noqa: E402
 from cxrbench.io import write_json  # noqa: E402
@@ -42,6 +43,9 @@ def main() -> None:
     params = P.from_arguments(args)
     training.validate(params)                                    # before the cache is read into memory
     cache = Cache("data/cache", "data/index.csv")
+    tags = confounder.apply(cache)                          # the planted shortcut (confounder.enabled; else a no-op)
+    if tags["tagged"]:
+        print(f"train: planted tag on {tags['tagged']} images of the cache ({tags['target_tagged']} of the target label)")
     cfg = training.config_for(params, args.backbone, args.fold, cache.meta)
     if args.variant == "audit":
         a = audit.validate(params)

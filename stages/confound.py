@@ -1,0 +1,46 @@
+"""Stage confound: the planted shortcut's plan (issue 16), after preprocessing.
+
+Writes data/confounder/plan.csv (one row per image of data/splits.csv: stratum, target, tagged, box
+x0 y0 x1 y1 in cache pixels, tag value) and metrics/confound.json (counts per stratum). With
+confounder.enabled false the plan tags nothing, so every stage that applies it sees the untouched cache.
+The stages that read the cache for the classifier stamp the tags in memory (cxrbench.confounder.apply).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cxrbench import confounder as C  # noqa: E402
+from cxrbench import params as P  # noqa: E402
+from cxrbench.cache import Cache  # noqa: E402
+from cxrbench.io import write_csv, write_json  # noqa: E402
+
+
+def main() -> None:
+    params = P.stage_params(__doc__)
+    cfg = C.validate(params)
+    cache = Cache("data/cache", "data/index.csv", in_memory=False)
+    splits = pd.read_csv("data/splits.csv", keep_default_na=False)
+    frame = C.plan_for_cache(splits, cache.index, cache.images, params)
+    write_csv(f"{C.PLAN_DIR}/{C.PLAN_FILE}", frame)
+    by = frame.groupby(["stratum", "target"])["tagged"].agg(["sum", "count"])
+    strata = {f"{s}|{'target' if t else 'other'}": {"tagged": int(r["sum"]), "images": int(r["count"])}
+              for (s, t), r in by.iterrows()}
+    side = int(cache.images.shape[-1])
+    write_json("metrics/confound.json", {
+        "enabled": cfg["enabled"], "label": cfg["label"], "tag_px": frame.attrs["tag"], "cache_px": side,
+        "tagged": int(frame["tagged"].sum()), "images": len(frame),
+        "target_tagged": int((frame["tagged"] & frame["target"]).sum()), "targets": int(frame["target"].sum()),
+        "values": sorted(int(v) for v in np.unique(frame.loc[frame["tagged"], "value"])), "strata": strata})
+    state = "on" if cfg["enabled"] else "off (confounder.enabled: false): nothing tagged"
+    print(f"confound: {state}; {int(frame['tagged'].sum())}/{len(frame)} images tagged "
+          f"({int((frame['tagged'] & frame['target']).sum())}/{int(frame['target'].sum())} {cfg['label']}), "
+          f"{frame.attrs['tag']} px tag on the {side} px cache")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Stage planted: does the model use the planted tag, and which attribution method finds it? (issue 16)
+
+With confounder.enabled (the `planted` profile) every classifier of the run was trained on tagged images.
+This stage scores each on the held-out test images as they were tagged, with the tags removed and with
+the tag moved onto every non-target image (reliance, patient-bootstrap CIs); scores every attribution
+map of the attribute stage against the tag's box (pointing game, relevance mass, relevance rank, AUROC;
+random-map control; CIs over patients, on the set of maps where every method is defined); and ranks the
+methods by localisation next to their AOPPC gain on the same models.
+
+Writes metrics/planted.json, metrics/planted.md and plots/planted/. With confounder.enabled false it
+writes only that status (nothing was planted, so nothing can be localised).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cxrbench import audit, bootstrap, runtime, training  # noqa: E402
+from cxrbench import confounder as C  # noqa: E402
+from cxrbench import explanation_metrics as EM  # noqa: E402
+from cxrbench import params as P  # noqa: E402
+from cxrbench import planted  # noqa: E402
+from cxrbench.cache import Cache  # noqa: E402
+from cxrbench.io import read_json, write_json, write_text  # noqa: E402
+from cxrbench.models import load_classifier  # noqa: E402
+from cxrbench.plotting import planted_grid  # noqa: E402
+
+OUT_JSON, OUT_MD, PLOTS = "metrics/planted.json", "metrics/planted.md", Path("plots/planted")
+
+
+def maps_of(npz, method: str) -> np.ndarray:
+    """A method's maps of an attribute-stage file, in float32 at their recorded scale."""
+    return npz[method].astype(np.float32) * npz[f"{method}__scale"].astype(np.float32)[:, None, None]
+
+
+def boxes_on(boxes: np.ndarray, cache_side: int, map_side: int) -> np.ndarray:
+    """Cache-pixel boxes on a map of another side (explain.interpolate false), grown outwards."""
+    if map_side == cache_side:
+        return boxes
+    s = map_side / cache_side
+    return np.stack([np.floor(boxes[:, 0] * s), np.floor(boxes[:, 1] * s),
+                     np.ceil(boxes[:, 2] * s), np.ceil(boxes[:, 3] * s)], axis=1).astype(np.int64)
+
+
+def main() -> None:
+    params = P.stage_params(__doc__)
+    cfg = C.validate(params)
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    if not cfg["enabled"]:
+        note = ("confounder.enabled is false: no tag was planted, so there is no reliance or localisation to "
+                "score. Run the `planted` profile (python -m cxrbench.profiles run planted).")
+        write_json(OUT_JSON, {"enabled": False, "status": "disabled"})
+        write_text(OUT_MD, f"### Planted shortcut\n\n{note}\n")
+        write_text(PLOTS / "README.txt", note + "\n")
+        print("planted: off (confounder.enabled: false)")
+        return
+    stats = bootstrap.validate(params)
+    n_boot, seed, conf = stats["resamples"], stats["seed"], stats["confidence"]
+    rt = runtime.configure()
+    device = runtime.device()
+    backbones, folds = P.section(params, "train.backbones"), P.section(params, "train.folds")
+    if P.section(params, "train.input_mode") != "full":
+        raise P.ParamError("train.input_mode", "the planted study scores the main classifiers on whole images; "
+                                               "set train.input_mode: full in its profile")
+    checkpoint = training.checkpoint_file(params)
+    seed_loc = P.check_int("explain.seed", P.section(params, "explain.seed"))
+    importance = P.section(params, "aoppc.importance")
+
+    cache = Cache("data/cache", "data/index.csv")                # untagged: the conditions stamp their own
+    side = int(cache.images.shape[-1])
+    plan = C.with_geometry(C.read_plan(), params, side)
+    splits = pd.read_csv("data/splits.csv", keep_default_na=False)
+    test = splits[splits["split"] == "test"].reset_index(drop=True)
+    by_path = plan.set_index("path")
+    test_plan = by_path.loc[test["path"]].reset_index()
+    test_plan.attrs.update(plan.attrs)
+    rows = cache.rows(test["path"])
+    groups = test["group"].to_numpy()
+    target = test_plan["target"].to_numpy(bool)
+    conds = C.conditions(cache.images, rows, test_plan, params)
+    moved = conds["moved"][1]
+
+    # --- 1. reliance -------------------------------------------------------------------------------------
+    reliance, per_model = {}, {}
+    for bb in backbones:
+        fold_probs = []
+        for k in folds:
+            model, meta = load_classifier(f"{audit.paths('main', bb, k).model_dir}/{checkpoint}", device)
+            li = list(meta["labels"]).index(cfg["label"])
+            probs = {name: training.predict(model, imgs, np.arange(len(imgs)), device, 64)[:, li]
+                     for name, (imgs, _) in conds.items()}
+            fold_probs.append(probs)
+            per_model[f"{bb}-f{k}"] = planted.reliance(probs, target=target, tagged=test_plan["tagged"].to_numpy(bool),
+                                                       moved=moved, groups=groups, n_boot=n_boot, seed=seed,
+                                                       confidence=conf)
+        mean = {c: np.mean([p[c] for p in fold_probs], axis=0) for c in conds}
+        reliance[bb] = planted.reliance(mean, target=target, tagged=test_plan["tagged"].to_numpy(bool), moved=moved,
+                                        groups=groups, n_boot=n_boot, seed=seed, confidence=conf)
+        print(f"planted: {bb} reliance shown: {reliance[bb]['reliance_shown']}")
+
+    # --- 2. localisation ---------------------------------------------------------------------------------
+    frames, grid = [], {}
+    group_of = dict(zip(splits["path"], splits["group"]))
+    for bb in backbones:
+        for k in folds:
+            npz = np.load(f"data/attributions/{bb}-f{k}.npz", allow_pickle=False)
+            if "skipped" in npz.files:
+                print(f"planted: {bb}-f{k}: attribution skipped ({npz['skipped']})")
+                continue
+            paths = npz["paths"].astype(str)
+            sub = by_path.loc[paths]
+            on = sub["tagged"].to_numpy(bool)
+            if not on.any():
+                continue
+            methods = [m for m in P.section(params, "explain.methods") if m in npz.files]
+            boxes = sub.loc[on, list(C.BOX_COLUMNS)].to_numpy(np.int64)
+            for m in methods:
+                maps = EM.importance(maps_of(npz, m)[on], importance).numpy()
+                b = boxes_on(boxes, side, maps.shape[-1])
+                frames.append(planted.localisation_frame(
+                    maps, b, method=m, backbone=bb, fold=k, paths=paths[on],
+                    groups=[group_of[p] for p in paths[on]], rng=np.random.default_rng([seed_loc, k])))
+                if (bb, k) == (backbones[0], folds[0]):
+                    grid[m] = maps[:4]
+            frames.append(planted.random_frame(b, maps.shape[-2:], backbone=bb, fold=k, paths=paths[on],
+                                               groups=[group_of[p] for p in paths[on]], seed=seed_loc))
+            if (bb, k) == (backbones[0], folds[0]):
+                grid_images = C.stamp_plan(cache.images, cache.rows(paths[on][:4]),
+                                           sub[on].iloc[:4].reset_index(drop=True))
+                grid_boxes = boxes[:4]
+    if not frames:
+        raise RuntimeError("no attributed test image carries the tag: raise explain.max_images or "
+                           "confounder.fraction_target")
+    loc = pd.concat(frames, ignore_index=True)
+    loc_table = planted.localisation_table(loc, n_boot=n_boot, seed=seed, confidence=conf)
+
+    # --- 3. ranking against AOPPC on the same models -------------------------------------------------------
+    aoppc = planted.aoppc_gain(read_json("metrics/aoppc.json"))
+    ranking = planted.ranking(loc_table, aoppc, metric="rank")
+
+    planted.ranking_plot(ranking, PLOTS / "ranking.png")
+    planted_grid(grid_images, grid, grid_boxes, PLOTS / "maps.png",
+                 title=f"{backbones[0]} fold {folds[0]}: tagged test images, maps and the tag's box")
+    write_json(OUT_JSON, {"enabled": True, "label": cfg["label"], "removal": cfg["removal"],
+                          "tag_px": int(plan.attrs["tag"]), "cache_px": side, "test_images": len(test),
+                          "test_tagged": int(test_plan["tagged"].sum()), "reliance": reliance,
+                          "reliance_per_model": per_model, "localisation": loc_table, "ranking": ranking,
+                          "runtime": rt})
+    md = ["### Planted shortcut", "",
+          f"A {plan.attrs['tag']} px square (value {cfg['intensity']}) on {int(test_plan['tagged'].sum())} of "
+          f"{len(test)} test images ({int((test_plan['tagged'] & test_plan['target']).sum())} of "
+          f"{int(target.sum())} {cfg['label']}); removal: {cfg['removal']}.", "",
+          "#### Does the model use the tag?", "", planted.reliance_table(reliance), "",
+          "#### Which method finds it?", ""]
+    for metric in ("rank", "mass", "pointing", "auroc"):
+        md += [planted.localisation_markdown(loc_table, metric), ""]
+    md += ["#### Localisation vs AOPPC ranking", "", planted.ranking_markdown(ranking), ""]
+    write_text(OUT_MD, "\n".join(md))
+    print(f"planted: {OUT_MD}, {OUT_JSON}, {PLOTS}/ranking.png, {PLOTS}/maps.png")
+
+
+if __name__ == "__main__":
+    main()

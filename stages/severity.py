@@ -1,0 +1,118 @@
+"""Stage severity: do the maps spread over the lungs as the radiologists' severity scores do? (issue 16 item 5)
+
+covid-chestxray-dataset's annotations/covid-severity-scores.csv gives, for 94 images, the mean of three
+radiologists' geographic extent (0-8) and opacity (0-6) scores (CC BY-SA, Cohen et al. 2020). For the
+held-out test images that have a score, each classifier of train.backbones x train.folds is explained
+with every method of severity.methods (target: severity.target), and the share of positive relevance
+inside the segment stage's lung mask is rank-correlated with the score (Spearman, CI over patients);
+per backbone the share is the mean over its folds. Control: a uniform random map (its share is the lung
+mask's area share), so a method is only plausible where it beats the mask's own correlation.
+
+Writes metrics/severity.json and metrics/severity.md; with severity.methods empty, only that status.
+Images are untagged (the planted tag is not applied here).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from cxrbench import attribution as A  # noqa: E402
+from cxrbench import bootstrap, runtime, severity, training  # noqa: E402
+from cxrbench import params as P  # noqa: E402
+from cxrbench.cache import Cache  # noqa: E402
+from cxrbench.io import write_json, write_text  # noqa: E402
+from cxrbench.segmentation import LUNG_MASKS, load_lung_masks  # noqa: E402
+
+OUT_JSON, OUT_MD = "metrics/severity.json", "metrics/severity.md"
+
+
+def main() -> None:
+    params = P.stage_params(__doc__)
+    sv = P.section(params, "severity")
+    methods = sv.get("methods")
+    if not isinstance(methods, list):
+        raise P.ParamError("severity.methods", f"expected a list of attribution methods ([] skips), got {methods!r}")
+    for m in methods:
+        A.check_method(m, "severity.methods")
+    score_col = P.check_choice("severity.score", sv.get("score"), ["extent", "opacity"])
+    if not methods:
+        write_json(OUT_JSON, {"status": "skipped", "reason": "severity.methods is empty"})
+        write_text(OUT_MD, "### Severity plausibility\n\nSkipped: severity.methods is empty.\n")
+        print("severity: skipped (severity.methods is empty)")
+        return
+    stats = bootstrap.validate(params)
+    rt = runtime.configure()
+    device = runtime.device()
+    s = A.validate(params)
+    target_name = sv.get("target")
+    scores_file = Path(sv.get("scores_file", ""))
+    scores = severity.read_scores(scores_file)
+    meta_lines = severity.read_scores_meta(scores_file)
+
+    cache = Cache("data/cache", "data/index.csv")
+    splits = pd.read_csv("data/splits.csv", keep_default_na=False)
+    test = splits[splits["split"] == "test"]
+    scored = test.merge(scores, on="path", how="inner").reset_index(drop=True)
+    base = {"scores_file": str(scores_file), "score": score_col, "scored_images": int(len(scores)),
+            "scored_test_images": int(len(scored)), "scored_test_groups": int(scored["group"].nunique()),
+            "license": meta_lines, "methods": methods, "target": target_name}
+    if len(scored) < 5:
+        write_json(OUT_JSON, {**base, "status": "too_few", "reason": f"{len(scored)} scored test images (< 5)"})
+        write_text(OUT_MD, f"### Severity plausibility\n\nNot scored: {len(scored)} held-out test images have a "
+                           f"severity score (< 5).\n")
+        print(f"severity: too few scored test images ({len(scored)})")
+        return
+    rows = cache.rows(scored["path"])
+    if not Path(LUNG_MASKS).is_file():
+        raise FileNotFoundError(f"{LUNG_MASKS} not found: run the segment stage (dvc repro segment)")
+    lungs = np.asarray(load_lung_masks(len(cache.index), mmap=True)[rows])
+    checkpoint = training.checkpoint_file(params)
+    shares: dict = {}          # backbone -> method -> list over folds of (N,) shares
+    status: dict = {}
+    for bb in P.section(params, "train.backbones"):
+        for k in P.section(params, "train.folds"):
+            model, meta = A.load_classifier(bb, k, device, checkpoint)
+            labels = list(meta["labels"])
+            if target_name not in labels:
+                raise P.ParamError("severity.target", f"{target_name!r} is not among the classifier's labels")
+            x = A.classifier_input(cache.images[rows], meta, device, lungs)
+            masks = A.resize_masks(lungs, tuple(x.shape[-2:]))
+            prepared, _ = A.prepare_for_attribution(model, x)
+            max_batch = s.max_batch or A.estimate_max_batch(model, x, s.memory_fraction)
+            target = torch.full((len(x),), labels.index(target_name), device=device)
+            maps, st = A.run_methods(methods, lambda m: A.make(m, model, prepared, s, max_batch, bb), x, target,
+                                     log=lambda msg: print(f"  {bb}-f{k}" + msg))
+            status[f"{bb}-f{k}"] = st
+            for m, a in maps.items():
+                v, map_status = severity.lung_share(a.astype(np.float32), masks)
+                shares.setdefault(bb, {}).setdefault(m, []).append(v)
+                status[f"{bb}-f{k}"][m]["maps"] = {str(u): int((map_status == u).sum()) for u in np.unique(map_status)}
+            area = masks.reshape(len(masks), -1).mean(1)
+            shares.setdefault(bb, {}).setdefault("lung area (random map)", []).append(area)
+            print(f"severity: {bb}-f{k} {len(maps)}/{len(methods)} methods on {len(x)} scored test images")
+    y = scored[score_col].to_numpy(float)
+    groups = scored["group"].to_numpy()
+    results = {}
+    for bb, per in shares.items():
+        for m, folds in per.items():
+            v = np.stack(folds).mean(0)          # NaN where any fold's map is degenerate: correlate() drops and counts
+            results.setdefault(bb, {})[m] = severity.correlate(v, y, groups, n_boot=stats["resamples"],
+                                                               seed=stats["seed"], confidence=stats["confidence"])
+    write_json(OUT_JSON, {**base, "status": "ok", "results": results, "methods_status": status, "runtime": rt})
+    write_text(OUT_MD, "\n".join([
+        "### Severity plausibility", "",
+        f"Spearman correlation between the share of positive relevance inside the lungs and the radiologists' "
+        f"{score_col} score, {len(scored)} held-out test images of {scored['group'].nunique()} patients "
+        f"(mean over folds per backbone; CI over patients; dropped: images whose map was degenerate in some fold). Control: the lung mask's area share (what a "
+        f"uniform random map gives). Scores: {scores_file.name} (CC BY-SA, Cohen et al. 2020).", "",
+        severity.severity_table(results), ""]))
+    print(f"severity: {OUT_MD}")
+
+
+if __name__ == "__main__":
+    main()
