@@ -68,4 +68,5 @@ def planted_grid(images: np.ndarray, maps: dict, boxes: np.ndarray, path: str | 
             if c == 0:
                 ax.set_ylabel(name, fontsize=7)
     fig.suptitle(title, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.99))
     save(fig, path)

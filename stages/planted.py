@@ -18,7 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 
+from cxrbench import attribution as A  # noqa: E402
 from cxrbench import audit, bootstrap, runtime, training  # noqa: E402
 from cxrbench import confounder as C  # noqa: E402
 from cxrbench import explanation_metrics as EM  # noqa: E402
@@ -44,6 +46,22 @@ def boxes_on(boxes: np.ndarray, cache_side: int, map_side: int) -> np.ndarray:
     s = map_side / cache_side
     return np.stack([np.floor(boxes[:, 0] * s), np.floor(boxes[:, 1] * s),
                      np.ceil(boxes[:, 2] * s), np.ceil(boxes[:, 3] * s)], axis=1).astype(np.int64)
+
+
+def randomised_maps(params: dict, backbone: str, fold: int, cache: Cache, plan_rows: pd.DataFrame, methods: list,
+                    device, label: str, checkpoint: str, seed: int) -> dict:
+    """Maps of ``methods`` from a weight-randomised copy of the classifier, on the tagged images of
+    ``plan_rows`` (stamped as the attribute stage saw them), target ``label``."""
+    model, meta = load_classifier(f"{audit.paths('main', backbone, fold).model_dir}/{checkpoint}", device)
+    rnd = EM.randomise_weights(model, seed)
+    x = A.classifier_input(C.stamp_plan(cache.images, cache.rows(plan_rows["path"]), plan_rows), meta, device)
+    s = A.validate(params)
+    prepared, _ = A.prepare_for_attribution(rnd, x)
+    max_batch = s.max_batch or A.estimate_max_batch(rnd, x, s.memory_fraction)
+    target = torch.full((len(x),), list(meta["labels"]).index(label), device=device)
+    maps, status = A.run_methods(methods, lambda m: A.make(m, rnd, prepared, s, max_batch, backbone), x, target,
+                                 log=lambda msg: print(f"  {backbone}-f{fold} (randomised){msg}"))
+    return {m: a.astype(np.float32) for m, a in maps.items()}
 
 
 def main() -> None:
@@ -103,7 +121,7 @@ def main() -> None:
         print(f"planted: {bb} reliance shown: {reliance[bb]['reliance_shown']}")
 
     # --- 2. localisation ---------------------------------------------------------------------------------
-    frames, grid = [], {}
+    frames, rand_frames, grid, grid_inputs = [], [], {}, {}
     group_of = dict(zip(splits["path"], splits["group"]))
     for bb in backbones:
         for k in folds:
@@ -124,31 +142,47 @@ def main() -> None:
                 frames.append(planted.localisation_frame(
                     maps, b, method=m, backbone=bb, fold=k, paths=paths[on],
                     groups=[group_of[p] for p in paths[on]], rng=np.random.default_rng([seed_loc, k])))
-                if (bb, k) == (backbones[0], folds[0]):
-                    grid[m] = maps[:4]
+                grid.setdefault((bb, k), {})[m] = maps[:4]
             frames.append(planted.random_frame(b, maps.shape[-2:], backbone=bb, fold=k, paths=paths[on],
                                                groups=[group_of[p] for p in paths[on]], seed=seed_loc))
-            if (bb, k) == (backbones[0], folds[0]):
-                grid_images = C.stamp_plan(cache.images, cache.rows(paths[on][:4]),
-                                           sub[on].iloc[:4].reset_index(drop=True))
-                grid_boxes = boxes[:4]
+            # control: the same methods on a weight-randomised copy of the model, which cannot use the tag;
+            # a method that still finds the tag there reads the image (the square's edges), not the model
+            rmaps = randomised_maps(params, bb, k, cache, sub[on].reset_index(), methods, device,
+                                    cfg["label"], checkpoint, seed_loc)
+            for m, mp in rmaps.items():
+                mp = EM.importance(mp, importance).numpy()
+                rand_frames.append(planted.localisation_frame(
+                    mp, boxes_on(boxes, side, mp.shape[-1]), method=m, backbone=bb, fold=k, paths=paths[on],
+                    groups=[group_of[p] for p in paths[on]], rng=np.random.default_rng([seed_loc, k])))
+            rand_frames.append(planted.random_frame(b, maps.shape[-2:], backbone=bb, fold=k, paths=paths[on],
+                                                    groups=[group_of[p] for p in paths[on]], seed=seed_loc))
+            grid_inputs[(bb, k)] = (C.stamp_plan(cache.images, cache.rows(paths[on][:4]),
+                                                 sub[on].iloc[:4].reset_index(drop=True)), boxes[:4])
     if not frames:
         raise RuntimeError("no attributed test image carries the tag: raise explain.max_images or "
                            "confounder.fraction_target")
     loc = pd.concat(frames, ignore_index=True)
     loc_table = planted.localisation_table(loc, n_boot=n_boot, seed=seed, confidence=conf)
+    loc_rand = planted.localisation_table(pd.concat(rand_frames, ignore_index=True), n_boot=n_boot, seed=seed,
+                                          confidence=conf)
 
     # --- 3. ranking against AOPPC on the same models -------------------------------------------------------
     aoppc = planted.aoppc_gain(read_json("metrics/aoppc.json"))
     ranking = planted.ranking(loc_table, aoppc, metric="rank")
 
     planted.ranking_plot(ranking, PLOTS / "ranking.png")
-    planted_grid(grid_images, grid, grid_boxes, PLOTS / "maps.png",
-                 title=f"{backbones[0]} fold {folds[0]}: tagged test images, maps and the tag's box")
+    # the figure shows the model that relies on the tag most (largest target drop), where a map should find it
+    drops = {key: (per_model[f"{key[0]}-f{key[1]}"]["target_drop"].get("estimate") or float("-inf"))
+             for key in grid_inputs}
+    shown = max(drops, key=drops.get)
+    planted_grid(grid_inputs[shown][0], grid[shown], grid_inputs[shown][1], PLOTS / "maps.png",
+                 title=f"{shown[0]} fold {shown[1]} (the model whose score drops most without the tag): "
+                       f"tagged test images, maps and the tag's box")
     write_json(OUT_JSON, {"enabled": True, "label": cfg["label"], "removal": cfg["removal"],
                           "tag_px": int(plan.attrs["tag"]), "cache_px": side, "test_images": len(test),
                           "test_tagged": int(test_plan["tagged"].sum()), "reliance": reliance,
-                          "reliance_per_model": per_model, "localisation": loc_table, "ranking": ranking,
+                          "reliance_per_model": per_model, "localisation": loc_table,
+                          "localisation_randomised_model": loc_rand, "ranking": ranking,
                           "runtime": rt})
     md = ["### Planted shortcut", "",
           f"A {plan.attrs['tag']} px square (value {cfg['intensity']}) on {int(test_plan['tagged'].sum())} of "
@@ -158,6 +192,9 @@ def main() -> None:
           "#### Which method finds it?", ""]
     for metric in ("rank", "mass", "pointing", "auroc"):
         md += [planted.localisation_markdown(loc_table, metric), ""]
+    md += ["#### Control: the same methods on a weight-randomised copy of each model", "",
+           "A randomised model cannot use the tag: what a method still finds there comes from the image (the "
+           "square's edges), not from the model.", "", planted.localisation_markdown(loc_rand, "rank"), ""]
     md += ["#### Localisation vs AOPPC ranking", "", planted.ranking_markdown(ranking), ""]
     write_text(OUT_MD, "\n".join(md))
     print(f"planted: {OUT_MD}, {OUT_JSON}, {PLOTS}/ranking.png, {PLOTS}/maps.png")
