@@ -30,9 +30,18 @@ way. A useful map has MoRF AOPPC > random > LeRF AOPPC.
 All 10 perturbed copies of an image (plus the original) go through the model
 in one batch; several images may share a batch (``images_per_batch``).
 
+Degenerate maps (issue 15 item 2): a map with one value everywhere
+(``constant``, e.g. an all-zero Grad-CAM when the target logit decreases with
+every feature) or with a NaN or infinity (``nonfinite``) has no ranking of
+pixels. :func:`map_status` says which (the rule of
+:func:`cxrbench.localisation.map_status`, not a second definition); such maps
+are a status, not a score: the aoppc stage leaves them out of every metric of
+their method and counts them (:mod:`cxrbench.aoppc_tables`).
+
 Devices: every tensor is made on the device of the map or image it meets
 (``device=`` or ``*_like``); :func:`perturbation_tensors` runs on the input's
-device and :func:`perturbation_curves` only copies its results to the host.
+device and :func:`perturbation_curves` only copies its results to the host;
+:func:`take` selects rows on the tensor's own device.
 The other metrics take and return numpy arrays and never touch a device.
 """
 
@@ -41,9 +50,72 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import localisation
+
 N_LEVELS = 10
 SCHEMES = ("threshold", "fraction")
 ORDERS = ("morf", "lerf")
+DEGENERATE = ("constant", "nonfinite")
+MAP_STATUSES = ("ok",) + DEGENERATE
+
+
+def map_status(maps) -> np.ndarray:
+    """Per map of a host array (N, H, W): ``ok``, ``constant`` (one value everywhere) or ``nonfinite``
+    (a NaN or infinity): :func:`cxrbench.localisation.map_status`. An empty stack gives an empty array."""
+    a = np.asarray(maps)
+    if a.ndim == 3 and len(a) == 0:
+        return np.array([], dtype=object)
+    return localisation.map_status(a)
+
+
+def map_report(maps, paths) -> dict:
+    """What metrics/attribute/*.json records per method: ``maps`` (count per status, every status listed)
+    and ``degenerate`` (the image paths of the constant or non-finite maps, in row order; empty if none)."""
+    status = map_status(maps)
+    paths = [str(p) for p in paths]
+    if len(paths) != len(status):
+        raise ValueError(f"map_report: {len(status)} maps but {len(paths)} image paths")
+    return {"maps": {s: int((status == s).sum()) for s in MAP_STATUSES},
+            "degenerate": [p for p, s in zip(paths, status) if s != "ok"]}
+
+
+def degenerate_text(counts: dict) -> str:
+    """``{ok, constant, nonfinite}`` counts -> e.g. ``4/16 constant`` or ``3/16 (2 constant, 1 nonfinite)``;
+    ``''`` when no map is degenerate. Every map degenerate adds ``(no usable map)``."""
+    n = sum(int(counts.get(s, 0)) for s in MAP_STATUSES)
+    bad = {s: int(counts.get(s, 0)) for s in DEGENERATE if counts.get(s, 0)}
+    k = sum(bad.values())
+    if not k:
+        return ""
+    kinds = next(iter(bad)) if len(bad) == 1 else "(" + ", ".join(f"{v} {s}" for s, v in bad.items()) + ")"
+    return f"{k}/{n} {kinds}" + (" (no usable map)" if k == n else "")
+
+
+def degenerate_summary(methods: dict) -> str:
+    """One log line from metrics/attribute/*.json's ``methods``: the degenerate maps per method, then those
+    of the randomised model (``sanity``; a constant one passes the sanity check)."""
+    def part(entries):
+        return ", ".join(f"{m} {t}" for m, t in ((m, degenerate_text(st.get("maps", {}))) for m, st in entries) if t)
+
+    own = part((m, st) for m, st in methods.items() if st.get("ok"))
+    rnd = part((m, st["sanity"]) for m, st in methods.items() if st.get("ok") and st.get("sanity", {}).get("ok"))
+    return (f"degenerate maps: {own or 'none'}"
+            + (f"; randomised model: {rnd} (a constant one passes the sanity check)" if rnd else ""))
+
+
+def stored_maps(z, name: str) -> np.ndarray:
+    """Maps as data/attributions/*.npz stores them (float16 ``name`` times the per-image ``name__scale``),
+    as float32 (N, H, W): what the aoppc stage scores."""
+    return z[name].astype(np.float32) * z[f"{name}__scale"][:, None, None]
+
+
+def take(t: torch.Tensor, index) -> torch.Tensor:
+    """Rows ``index`` (host integers) of ``t``, selected on ``t``'s device; ``t`` itself when ``index`` is
+    every row in order (the common case: no map excluded, nothing copied)."""
+    idx = np.asarray(index, dtype=np.int64).reshape(-1)
+    if len(idx) == len(t) and np.array_equal(idx, np.arange(len(t))):
+        return t
+    return t.index_select(0, torch.as_tensor(idx, device=t.device))
 
 
 def importance(attr: np.ndarray | torch.Tensor, mode: str = "signed") -> torch.Tensor:

@@ -5,6 +5,10 @@ paper's threshold levels (CXR-Net eq. 12) and with fraction (MoRF) levels,
 the least-important-first (LeRF) control for both, the random-map baseline,
 the share of attribution mass inside the lung mask, and the Spearman rank
 correlation with the maps of a weight-randomised model (sanity check).
+Degenerate maps (constant or non-finite) are a status, not a score: left out
+of every metric of their method and counted; the common-set tables compare
+all methods on the same (backbone, fold, image) set (cxrbench/aoppc_tables.py,
+which holds the aggregation and the tables).
 
 Writes metrics/aoppc.json, metrics/aoppc_table.md (next to CXR-Net's values),
 plots/aoppc/curves.csv (method, level, p_drop: threshold MoRF, pooled),
@@ -21,6 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from cxrbench import aoppc_tables as AT  # noqa: E402
 from cxrbench import attribution as A  # noqa: E402
 from cxrbench import explanation_metrics as EM  # noqa: E402
 from cxrbench import params as P  # noqa: E402
@@ -30,11 +35,7 @@ from cxrbench.cache import Cache  # noqa: E402
 from cxrbench.io import read_json, write_csv, write_json, write_text  # noqa: E402
 from cxrbench.plotting import plt, save  # noqa: E402
 
-RANDOM = "random"
-
-
-def load_maps(z, name: str) -> np.ndarray:
-    return z[name].astype(np.float32) * z[f"{name}__scale"][:, None, None]
+RANDOM = AT.RANDOM
 
 
 def figure(backbone: str, fold: int, images: np.ndarray, z, methods: list, path: Path, n: int = 3) -> None:
@@ -76,14 +77,9 @@ def main() -> None:
     cache = Cache("data/cache", "data/index.csv")
     confounder.apply(cache)                                 # the planted shortcut (confounder.enabled; else a no-op)
 
-    results: dict = {}           # method -> backbone -> fold -> metric -> {mean, std, n}
-    per_image: dict = {}         # (method, metric) -> list of per-image arrays (pooled)
+    scores = AT.new_scores()     # per-image values and map statuses (cxrbench.aoppc_tables)
     curves = []                  # rows of curves_all.csv
     status: dict = {}
-
-    def add(method, backbone, key, metric, values):
-        results.setdefault(method, {}).setdefault(backbone, {}).setdefault(key, {})[metric] = EM.mean_std(values)
-        per_image.setdefault((method, metric), []).append(np.asarray(values, dtype=np.float64))
 
     for backbone in backbones:
         figure_done = False
@@ -96,40 +92,28 @@ def main() -> None:
                 print(f"aoppc {backbone} fold {fold}: skipped ({z['skipped']})")
                 continue
             att = read_json(f"metrics/attribute/{backbone}-f{fold}.json")
-            status.setdefault(backbone, {})[key] = {
-                m: (st if not st["ok"] else "ok") for m, st in att["methods"].items()}
             model, meta = A.load_classifier(backbone, fold, device, checkpoint_file)
             x = A.classifier_input(cache.images[z["rows"]], meta, device, z["masks"])
             target = torch.as_tensor(z["target"], device=device)
-            masks = z["masks"]
-            has_mask = masks.reshape(len(masks), -1).any(1)
-            named = {m: load_maps(z, m) for m in s.methods if m in z.files}
+            named = {m: EM.stored_maps(z, m) for m in s.methods if m in z.files}
             named[RANDOM] = EM.random_maps((len(x),) + tuple(x.shape[-2:]), seed + fold)
-            for m, maps in named.items():
-                for scheme in EM.SCHEMES:
-                    for order in EM.ORDERS:
-                        r = EM.perturbation_curves(model, x, maps, target, scheme=scheme, order=order,
-                                                   mode=importance, images_per_batch=per_batch)
-                        add(m, backbone, key, f"aoppc_{scheme}_{order}", r["aoppc"])
-                        for lvl, x_lvl in enumerate(EM.levels(scheme)):
-                            curves.append({"method": m, "backbone": backbone, "fold": fold, "scheme": scheme,
-                                           "order": order, "level": float(x_lvl),
-                                           "p_drop": float(r["drop"][:, lvl].mean()),
-                                           "removed": float(r["removed"][:, lvl].mean())})
-                if has_mask.any():
-                    add(m, backbone, key, "lung_mass", EM.lung_mass_fraction(maps[has_mask], masks[has_mask]))
-                if f"rand__{m}" in z.files:
-                    k = len(z[f"rand__{m}"])
-                    add(m, backbone, key, "sanity_spearman", EM.rank_correlation(maps[:k], load_maps(z, f"rand__{m}")))
-            if has_mask.any():
-                add("lung_area", backbone, key, "lung_mass", EM.area_fraction(masks[has_mask]))
-            print(f"aoppc {backbone} fold {fold}: {len(x)} images, {len(named) - 1} methods")
+            randomised = {m: EM.stored_maps(z, f"rand__{m}") for m in named if f"rand__{m}" in z.files}
+
+            def score(rows, maps, scheme, order, x=x, target=target, model=model):
+                return EM.perturbation_curves(model, EM.take(x, rows), maps, EM.take(target, rows), scheme=scheme,
+                                              order=order, mode=importance, images_per_batch=per_batch)
+
+            curves += AT.score_fold(scores, backbone, fold, named, z["masks"], randomised, score)
+            status.setdefault(backbone, {})[key] = AT.fold_status(att["methods"], scores, backbone, fold)
+            bad = {m: st for m, st in status[backbone][key].items() if st != "ok"}
+            print(f"aoppc {backbone} fold {fold}: {len(x)} images, {len(named) - 1} methods"
+                  + "".join(f"; {m}: {st if isinstance(st, str) else 'failed'}" for m, st in bad.items()))
             if not figure_done:
                 imgs = x[:3].mean(1, keepdim=True).cpu().numpy()
                 figure(backbone, fold, imgs, z, s.methods, Path(f"plots/attributions/{backbone}.png"))
                 figure_done = True
 
-    pooled = {f"{m}|{metric}": EM.mean_std(np.concatenate(v)) for (m, metric), v in per_image.items()}
+    result = AT.summary(scores, s.methods)
     write_json("metrics/aoppc.json", {
         "definition": {"aoppc_threshold_morf": "CXR-Net eq. 12: zero pixels with min-max importance >= x, "
                                                "x = 1.0..0.1; mean over levels of p(orig) - p(perturbed)",
@@ -139,7 +123,8 @@ def main() -> None:
                        "lung_mass": "share of |attribution| inside the lung mask; lung_area: mask share of image",
                        "sanity_spearman": "Spearman of |map| vs. |map| of a weight-randomised model (low = passes)",
                        "importance": importance},
-        "runtime": rt, "pooled": pooled, "by_method": results, "status": status})
+        "runtime": rt, "pooled": result["pooled"], "by_method": result["by_method"], "status": status,
+        "maps": result["maps"], "sanity": result["sanity"], "common": result["common"]})
 
     frame = pd.DataFrame(curves)
     if len(frame):
@@ -166,20 +151,9 @@ def main() -> None:
         fig.text(0.5, 0.5, "no attribution maps (every fold skipped)", ha="center")
         save(fig, "plots/aoppc/curves.png")
 
-    lines = ["| method | AOPPC threshold (eq. 12) | AOPPC fraction MoRF | LeRF fraction | CXR-Net reported |",
-             "|---|---|---|---|---|"]
-    for m in list(s.methods) + [RANDOM]:
-        def cell(metric):
-            v = pooled.get(f"{m}|{metric}")
-            return f"{v['mean']:.3f} ± {v['std']:.3f} (n={v['n']})" if v and v["n"] else "-"
-        ref = reference.get(m)
-        lines.append(f"| {m} | {cell('aoppc_threshold_morf')} | {cell('aoppc_fraction_morf')} | "
-                     f"{cell('aoppc_fraction_lerf')} | {ref if ref is not None else '-'} |")
-    write_text("metrics/aoppc_table.md", "AOPPC pooled over backbones, folds and images (mean ± std over images). "
-               "CXR-Net (seed 003) reports its own models on its own data: a reference, not a like-for-like "
-               "comparison.\n\n" + "\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    table = AT.markdown(result, s.methods, reference)
+    write_text("metrics/aoppc_table.md", table)
+    print(table, end="")
 
 if __name__ == "__main__":
     main()

@@ -10,8 +10,14 @@ For each target class of ``explain.targets`` (default covid19): the first
   tiny gradients out of float16 underflow), and ``rand__{method}`` maps of a
   weight-randomised copy of the model for the first ``explain.sanity_images``
   images (the sanity check of the aoppc stage).
-* metrics/attribute/{backbone}-f{fold}.json: per method ok + seconds, or the
-  recorded reason it could not run; the model preparation report; max_batch.
+* metrics/attribute/{backbone}-f{fold}.json: per method ok (it ran) + seconds, or
+  the recorded reason it could not run; for a method that ran, ``maps``: how
+  many of its maps (as stored) are ok, constant (one value everywhere, e.g. an
+  all-zero Grad-CAM) or nonfinite, and ``degenerate``: the image paths of the
+  constant or non-finite ones (empty list when none); the same under
+  ``sanity`` for the randomised model's maps; the model preparation report;
+  max_batch. Degenerate maps are a status, not a score: the aoppc stage leaves
+  them out of every metric and counts them.
 
 No matching test image: the fold is recorded as skipped (reason in both files).
 """
@@ -34,6 +40,7 @@ from cxrbench import splitting  # noqa: E402
 from cxrbench import confounder  # noqa: E402
 from cxrbench.cache import Cache  # noqa: E402
 from cxrbench.segmentation import LUNG_MASKS, load_lung_masks  # noqa: E402
+from cxrbench import explanation_metrics as EM  # noqa: E402
 from cxrbench.explanation_metrics import randomise_weights  # noqa: E402
 from cxrbench.io import atomic_path, write_json  # noqa: E402
 
@@ -70,6 +77,19 @@ def scaled(maps: dict, prefix: str = "") -> dict:
         out[f"{prefix}{name}"] = (m32 / scale[:, None, None]).astype(np.float16)
         out[f"{prefix}{name}__scale"] = scale
     return out
+
+
+def record_map_status(status: dict, arrays: dict, paths: list) -> None:
+    """Add ``maps`` and ``degenerate`` (:func:`cxrbench.explanation_metrics.map_report`) to each method's
+    status, from its maps as stored in ``arrays`` (what the aoppc stage scores), and the same under ``sanity``
+    for the randomised model's maps (``rand__{method}``, the first images)."""
+    for m, st in status.items():
+        if st.get("ok") and m in arrays:
+            st.update(EM.map_report(EM.stored_maps(arrays, m), paths))
+        rnd = st.get("sanity")
+        if rnd is not None and rnd.get("ok") and f"rand__{m}" in arrays:
+            stored = EM.stored_maps(arrays, f"rand__{m}")
+            rnd.update(EM.map_report(stored, paths[:len(stored)]))
 
 
 def main() -> None:
@@ -143,6 +163,7 @@ def main() -> None:
     arrays = {"rows": rows, "paths": np.array(sel["path"].tolist()), "target": target.cpu().numpy(),
               "target_name": np.array(sel["target_name"].tolist()), "masks": masks.astype(np.uint8),
               **scaled(maps), **scaled(rand_maps, "rand__")}
+    record_map_status(status, arrays, sel["path"].tolist())
     with atomic_path(npz_path) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
@@ -152,8 +173,8 @@ def main() -> None:
         "max_batch_from": "params" if s.max_batch else "estimate", "device": str(device),
         "prepare": rep.as_dict(), "runtime": rt, "seconds": round(time.perf_counter() - t0, 2), "methods": status})
     bad = [m for m, st in status.items() if not st["ok"]]
-    print(f"attribute {backbone} fold {fold}: {len(maps)}/{len(s.methods)} methods ok"
-          + (f"; failed (recorded): {bad}" if bad else ""))
+    print(f"attribute {backbone} fold {fold}: {len(maps)}/{len(s.methods)} methods ran; "
+          + EM.degenerate_summary(status) + (f"; failed (recorded): {bad}" if bad else ""))
 
 
 if __name__ == "__main__":

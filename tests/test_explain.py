@@ -363,17 +363,42 @@ def test_aoppc_stage_chain_on_meta(tmp_path, monkeypatch, input_mode):
                 r = EM.perturbation_tensors(model, x, maps, target, scheme=scheme, order=order, mode="abs",
                                             images_per_batch=2)
                 assert {v.device for v in r.values()} == {META}
+    # a degenerate map's image left out: the stage selects the other rows of x and target on their device
+    rows = np.array([0, 2])
+    xs, ts = EM.take(x, rows), EM.take(target, rows)
+    assert xs.device == ts.device == META and tuple(xs.shape) == (2, 1, 48, 48) and tuple(ts.shape) == (2,)
+    for scheme in EM.SCHEMES:
+        r = EM.perturbation_tensors(model, xs, named["stored"][rows], ts, scheme=scheme, mode="abs",
+                                    images_per_batch=2)
+        assert {v.device for v in r.values()} == {META}
+
+
+@pytest.mark.parametrize("rows", [[0, 2], [1], [0, 1, 2]], ids=["subset", "one", "all"])
+def test_take_stays_on_the_tensors_device(rows):
+    """``EM.take`` (rows of a degenerate map's method left out) selects on the tensor's device; every row in
+    order returns the tensor itself (nothing copied: the scores are those of the full batch)."""
+    x = torch.rand(B, 1, S, S, device=META)
+    t = torch.tensor([0, 1, 1], device=META)
+    for v in (x, t):
+        out = EM.take(v, np.array(rows))
+        assert out.device == META and out.shape[0] == len(rows)
+        assert (out is v) == (rows == [0, 1, 2])
+    cpu = torch.arange(6.0).view(B, 2)
+    torch.testing.assert_close(EM.take(cpu, np.array([2, 0])), cpu[[2, 0]])
 
 
 # What the aoppc stage calls from the package, and how each is covered here.
 DEVICE_TESTED = {
     "EM.perturbation_curves": "test_perturbation_tensors_stay_on_the_inputs_device, "
                               "test_perturbation_curves_reach_the_host_copy_on_meta",
+    "EM.take": "test_take_stays_on_the_tensors_device, test_aoppc_stage_chain_on_meta",
     "A.load_classifier": "test_aoppc_stage_chain_on_meta",
     "A.classifier_input": "test_aoppc_stage_chain_on_meta",
 }
-HOST_ONLY = {"EM.levels", "EM.random_maps", "EM.lung_mass_fraction", "EM.area_fraction",
-             "EM.rank_correlation", "EM.mean_std", "A.validate"}
+# AT.score_fold is host-only given a host ``curves``: the stage's device work is its closure, whose calls
+# (EM.perturbation_curves, EM.take) are in the stage's source and classified above.
+HOST_ONLY = {"EM.random_maps", "EM.stored_maps", "A.validate", "AT.new_scores", "AT.score_fold",
+             "AT.fold_status", "AT.summary", "AT.markdown"}
 
 
 class _NoTorch(TorchFunctionMode):
@@ -384,13 +409,13 @@ class _NoTorch(TorchFunctionMode):
 
 
 def _stage_calls() -> set[str]:
-    """``EM.f`` and ``A.f`` called in stages/aoppc.py."""
+    """``EM.f``, ``A.f`` and ``AT.f`` (cxrbench.aoppc_tables) called in stages/aoppc.py."""
     import ast
 
     tree = ast.parse((Path(__file__).resolve().parents[1] / "stages" / "aoppc.py").read_text())
     return {f"{n.func.value.id}.{n.func.attr}" for n in ast.walk(tree)
             if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-            and isinstance(n.func.value, ast.Name) and n.func.value.id in ("EM", "A")}
+            and isinstance(n.func.value, ast.Name) and n.func.value.id in ("EM", "A", "AT")}
 
 
 def test_every_function_the_aoppc_stage_calls_is_device_tested(params):
@@ -399,11 +424,24 @@ def test_every_function_the_aoppc_stage_calls_is_device_tested(params):
     A new call in the stage must be added to one of the two sets, with its test."""
     calls = _stage_calls()
     assert calls == set(DEVICE_TESTED) | HOST_ONLY, f"classify: {sorted(calls ^ (set(DEVICE_TESTED) | HOST_ONLY))}"
+    from cxrbench import aoppc_tables as AT
+
     maps = EM.random_maps((2, S, S), 0)
     masks = np.zeros((2, S, S), np.uint8)
     masks[:, :8] = 1
+    stored = {"m": maps.astype(np.float16), "m__scale": np.ones(2, np.float32),
+              "rand__m": np.zeros((2, S, S), np.float16), "rand__m__scale": np.ones(2, np.float32)}
+
+    def host_curves(rows, m, scheme, order):        # the stage's closure, minus the device
+        return {"aoppc": m.mean((1, 2)), "drop": np.zeros((len(rows), EM.N_LEVELS)),
+                "removed": np.zeros((len(rows), EM.N_LEVELS))}
+
     with _NoTorch():
-        out = [EM.levels("threshold"), EM.levels("fraction"), maps, EM.lung_mass_fraction(maps, masks),
-               EM.area_fraction(masks), EM.rank_correlation(maps, EM.random_maps((2, S, S), 1)),
-               EM.mean_std([0.1, 0.3])["mean"], A.validate(params).methods]
+        scores = AT.new_scores()
+        named = {"m": EM.stored_maps(stored, "m"), "random": EM.random_maps((2, S, S), 1)}
+        rows = AT.score_fold(scores, "b", 0, named, masks, {"m": EM.stored_maps(stored, "rand__m")}, host_curves)
+        result = AT.summary(scores, ["m"])
+        out = [EM.levels("threshold"), maps, rows, result, AT.fold_status({"m": {"ok": True}}, scores, "b", 0),
+               AT.markdown(result, ["m"], {}), A.validate(params).methods]
     assert not any(torch.is_tensor(v) for v in out)
+    assert result["sanity"]["by_method"]["m"]["randomised_constant_passed"] == 2
