@@ -181,6 +181,19 @@ def prepare_for_attribution(model: nn.Module, example: torch.Tensor) -> tuple[nn
     return model, rep
 
 
+def convergence_summary(conv: dict, tolerance: float, paths: list) -> dict:
+    """:meth:`DeepLiftMethod.convergence` per image plus what exceeds ``explain.deeplift_tolerance``
+    (relative): median and max, the count and the images above it."""
+    rel = np.asarray(conv["relative"], dtype=float)
+    if len(rel) != len(paths):
+        raise ValueError(f"{len(rel)} convergence deltas for {len(paths)} images")
+    above = rel > tolerance
+    return {"tolerance": float(tolerance), "relative_median": float(np.median(rel)) if len(rel) else None,
+            "relative_max": float(rel.max()) if len(rel) else None, "above_tolerance": int(above.sum()),
+            "images": int(len(rel)), "above_paths": [p for p, a in zip(paths, above) if a],
+            "relative": [round(float(v), 6) for v in rel], "delta": [float(v) for v in conv["delta"]]}
+
+
 # --- memory ------------------------------------------------------------------
 
 def available_memory(device: torch.device | str) -> int:
@@ -326,11 +339,30 @@ class DeepLiftMethod(Method):
     def rows_per_input(self) -> int:
         return 2
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.deltas: list[torch.Tensor] = []     # per image, in call order: sum(map) - (f(x) - f(0))
+        self.sums: list[torch.Tensor] = []       # per image: sum(map)
+
     def _one(self, x, target):
         from captum.attr import DeepLift
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Ss]etting forward, backward hooks.*")
-            return DeepLift(self.model).attribute(x, baselines=torch.zeros_like(x), target=target)
+            a, delta = DeepLift(self.model).attribute(x, baselines=torch.zeros_like(x), target=target,
+                                                      return_convergence_delta=True)
+        self.deltas.append(delta.detach().float().cpu())
+        self.sums.append(a.detach().float().reshape(len(a), -1).sum(1).cpu())
+        return a
+
+    def convergence(self) -> dict:
+        """DeepLIFT's completeness check per image of the last ``attribute`` calls: ``delta`` =
+        sum(map) - (f(x) - f(0)) (Captum's convergence delta) and ``relative`` = |delta| / |f(x) - f(0)|."""
+        if not self.deltas:
+            return {"delta": [], "relative": []}
+        delta = torch.cat(self.deltas).double()
+        diff = torch.cat(self.sums).double() - delta                  # f(x) - f(0)
+        rel = delta.abs() / diff.abs().clamp_min(1e-12)
+        return {"delta": delta.tolist(), "relative": rel.tolist()}
 
 
 @register("gradcam")

@@ -106,6 +106,8 @@ def main() -> None:
     max_images = P.check_int("explain.max_images", P.section(params, "explain.max_images"), minimum=1)
     n_sanity = P.check_int("explain.sanity_images", P.section(params, "explain.sanity_images"), minimum=0)
     seed = P.check_int("explain.seed", P.section(params, "explain.seed"))
+    tolerance = P.check_fraction("explain.deeplift_tolerance", P.section(params, "explain.deeplift_tolerance"),
+                                 open_high=False)
     npz_path = Path(f"data/attributions/{backbone}-f{fold}.npz")
     metrics_path = Path(f"metrics/attribute/{backbone}-f{fold}.json")
     rt = runtime.configure()
@@ -143,11 +145,20 @@ def main() -> None:
         print(f"  note: {rep.functional_relu_calls} functional relu call(s) cannot be hooked: DeepLIFT treats "
               f"them as linear, guided backprop does not guide them")
 
+    built = {}
+
     def build(m):
-        return A.make(m, model, prepared, s, max_batch, backbone)
+        built[m] = A.make(m, model, prepared, s, max_batch, backbone)
+        return built[m]
 
     t0 = time.perf_counter()
     maps, status = A.run_methods(s.methods, build, x, target)
+    if status.get("deeplift", {}).get("ok"):                   # completeness: sum(map) = f(x) - f(0)?
+        conv = A.convergence_summary(built["deeplift"].convergence(), tolerance, sel["path"].tolist())
+        status["deeplift"]["convergence"] = conv
+        print(f"  deeplift completeness |sum - (f(x) - f(0))| / |f(x) - f(0)|: median "
+              f"{conv['relative_median']:.2g}, max {conv['relative_max']:.2g}; {conv['above_tolerance']}/"
+              f"{conv['images']} above explain.deeplift_tolerance {tolerance:g}")
 
     rand_maps = {}
     if n_sanity:

@@ -445,3 +445,39 @@ def test_every_function_the_aoppc_stage_calls_is_device_tested(params):
                AT.markdown(result, ["m"], {}), A.validate(params).methods]
     assert not any(torch.is_tensor(v) for v in out)
     assert result["sanity"]["by_method"]["m"]["randomised_constant_passed"] == 2
+
+
+def test_deeplift_records_its_convergence_delta_per_image():
+    """The method keeps Captum's convergence delta per image across chunks; the relative delta is
+    |sum(map) - (f(x) - f(0))| / |f(x) - f(0)|, checked here against a direct computation; the summary
+    flags the images above the tolerance."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=1, padding=1),
+                          nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3)).eval()
+    x = torch.rand(5, 1, 12, 12)
+    target = torch.tensor([0, 1, 2, 0, 1])
+    m = A.make("deeplift", model, A.prepare_for_attribution(model, x)[0], _settings(max_batch=4), 4)
+    maps = m.attribute(x, target)                          # 2 rows per input: chunks of 2, 2 and 1 images
+    conv = m.convergence()
+    assert len(conv["delta"]) == len(conv["relative"]) == 5
+    with torch.no_grad():
+        diff = (model(x) - model(torch.zeros_like(x))).gather(1, target[:, None])[:, 0].double()
+    delta = maps.double().reshape(5, -1).sum(1) - diff
+    torch.testing.assert_close(torch.tensor(conv["delta"], dtype=torch.float64), delta, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(conv["relative"], dtype=torch.float64), delta.abs() / diff.abs(),
+                               rtol=1e-4, atol=1e-6)
+    paths = [f"img{i}.png" for i in range(5)]
+    rel = np.asarray(conv["relative"])
+    tol = float(np.median(rel))
+    summary = A.convergence_summary(conv, tol, paths)
+    assert summary["above_tolerance"] == int((rel > tol).sum()) == len(summary["above_paths"])
+    assert summary["relative_max"] == pytest.approx(rel.max())
+    assert A.convergence_summary(conv, 1e9, paths)["above_tolerance"] == 0
+    with pytest.raises(ValueError, match="5 convergence deltas for 4 images"):
+        A.convergence_summary(conv, tol, paths[:4])
+
+
+def test_attribute_stage_records_deeplift_completeness():
+    src = (Path(__file__).resolve().parents[1] / "stages" / "attribute.py").read_text()
+    assert 'status["deeplift"]["convergence"] = conv' in src and "explain.deeplift_tolerance" in src
