@@ -1,4 +1,4 @@
-"""Aggregation and tables of the aoppc stage (issue 15 items 2 and 7): host-only, numpy in, dicts and text out.
+"""Aggregation and tables of the aoppc stage: host-only, numpy in, dicts and text out.
 
 The stage scores each (backbone, fold) with :func:`score_fold` into one
 accumulator (:func:`new_scores`) and writes what :func:`summary` and

@@ -1,4 +1,4 @@
-"""The planted shortcut: a small visible tag stamped into the preprocessed cache (issue 16, item 1).
+"""The planted shortcut: a small visible tag stamped into the preprocessed cache.
 
 The tag is ground truth by construction: a filled square of ``confounder.size`` x
 the image side, stamped into a share ``fraction_target`` of the images of one

@@ -30,7 +30,7 @@ way. A useful map has MoRF AOPPC > random > LeRF AOPPC.
 All 10 perturbed copies of an image (plus the original) go through the model
 in one batch; several images may share a batch (``images_per_batch``).
 
-Degenerate maps (issue 15 item 2): a map with one value everywhere
+Degenerate maps: a map with one value everywhere
 (``constant``, e.g. an all-zero Grad-CAM when the target logit decreases with
 every feature) or with a NaN or infinity (``nonfinite``) has no ranking of
 pixels. :func:`map_status` says which (the rule of

@@ -1,4 +1,4 @@
-"""Localisation of attribution maps against a known region (issue 16, item 3): implemented once, vectorised.
+"""Localisation of attribution maps against a known region: implemented once, vectorised.
 
 Every function takes a batch of maps ``(N, H, W)`` (one channel: reduce the
 input channels first, e.g. sum them) and a region per map: boxes ``(N, 4)``

@@ -1,4 +1,4 @@
-"""Analysis of the planted-shortcut study (issue 16; docs/planted_shortcut.md): pure functions on arrays and frames.
+"""Analysis of the planted-shortcut study (docs/planted_shortcut.md): pure functions on arrays and frames.
 
 Three questions, each answered with a percentile bootstrap over patient groups
 (:mod:`cxrbench.bootstrap`):

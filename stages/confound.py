@@ -1,4 +1,4 @@
-"""Stage confound: the planted shortcut's plan (issue 16), after preprocessing.
+"""Stage confound: the planted shortcut's plan, after preprocessing.
 
 Writes data/confounder/plan.csv (one row per image of data/splits.csv: stratum, target, tagged, box
 x0 y0 x1 y1 in cache pixels, tag value) and metrics/confound.json (counts per stratum). With

@@ -1,4 +1,4 @@
-"""Stage planted: does the model use the planted tag, and which attribution method finds it? (issue 16)
+"""Stage planted: does the model use the planted tag, and which attribution method finds it?
 
 With confounder.enabled (the `planted` profile) every classifier of the run was trained on tagged images.
 This stage scores each on the held-out test images as they were tagged, with the tags removed and with

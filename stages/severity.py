@@ -1,4 +1,4 @@
-"""Stage severity: do the maps spread over the lungs as the radiologists' severity scores do? (issue 16 item 5)
+"""Stage severity: do the maps spread over the lungs as the radiologists' severity scores do?
 
 covid-chestxray-dataset's annotations/covid-severity-scores.csv gives, for 94 images, the mean of three
 radiologists' geographic extent (0-8) and opacity (0-6) scores (CC BY-SA, Cohen et al. 2020). For the

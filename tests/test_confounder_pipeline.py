@@ -1,5 +1,5 @@
 """The planted tag in the pipeline: the confound stage's plan, stamped into the cache in memory by every
-stage that feeds the classifier, and the reliance test's three conditions (issue 16)."""
+stage that feeds the classifier, and the reliance test's three conditions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Degenerate attribution maps are a status, not a score; common-set tables (issue 15 items 2 and 7)."""
+"""Degenerate attribution maps are a status, not a score; common-set tables."""
 
 import importlib.util
 import sys
@@ -229,7 +229,7 @@ def test_common_set_drops_the_image_for_every_method(toy):
 # --- no degenerate map: the former keys give the former values ----------------------------------------------
 
 def _former_aggregation(folds, curves_of):
-    """stages/aoppc.py's aggregation before issue 15 item 2 (b69c458..28a31ad), verbatim on the same inputs."""
+    """stages/aoppc.py's aggregation before degenerate maps were excluded (b69c458..28a31ad), verbatim on the same inputs."""
     results, per_image, curves = {}, {}, []
 
     def add(method, backbone, key, metric, values):
