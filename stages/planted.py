@@ -34,11 +34,6 @@ from cxrbench.plotting import planted_grid  # noqa: E402
 OUT_JSON, OUT_MD, PLOTS = "metrics/planted.json", "metrics/planted.md", Path("plots/planted")
 
 
-def maps_of(npz, method: str) -> np.ndarray:
-    """A method's maps of an attribute-stage file, in float32 at their recorded scale."""
-    return npz[method].astype(np.float32) * npz[f"{method}__scale"].astype(np.float32)[:, None, None]
-
-
 def boxes_on(boxes: np.ndarray, cache_side: int, map_side: int) -> np.ndarray:
     """Cache-pixel boxes on a map of another side (explain.interpolate false), grown outwards."""
     if map_side == cache_side:
@@ -48,19 +43,18 @@ def boxes_on(boxes: np.ndarray, cache_side: int, map_side: int) -> np.ndarray:
                      np.ceil(boxes[:, 2] * s), np.ceil(boxes[:, 3] * s)], axis=1).astype(np.int64)
 
 
-def randomised_maps(params: dict, backbone: str, fold: int, cache: Cache, plan_rows: pd.DataFrame, methods: list,
-                    device, label: str, checkpoint: str, seed: int) -> dict:
-    """Maps of ``methods`` from a weight-randomised copy of the classifier, on the tagged images of
-    ``plan_rows`` (stamped as the attribute stage saw them), target ``label``."""
-    model, meta = load_classifier(f"{audit.paths('main', backbone, fold).model_dir}/{checkpoint}", device)
+def randomised_maps(params: dict, model, meta: dict, name: str, cache: Cache, plan_rows: pd.DataFrame,
+                    methods: list, device, label: str, seed: int) -> dict:
+    """Maps of ``methods`` from a weight-randomised copy of ``model`` (classifier ``name``), on the tagged images
+    of ``plan_rows`` (stamped as the attribute stage saw them), target ``label``."""
     rnd = EM.randomise_weights(model, seed)
     x = A.classifier_input(C.stamp_plan(cache.images, cache.rows(plan_rows["path"]), plan_rows), meta, device)
     s = A.validate(params)
     prepared, _ = A.prepare_for_attribution(rnd, x)
     max_batch = s.max_batch or A.estimate_max_batch(rnd, x, s.memory_fraction)
     target = torch.full((len(x),), list(meta["labels"]).index(label), device=device)
-    maps, status = A.run_methods(methods, lambda m: A.make(m, rnd, prepared, s, max_batch, backbone), x, target,
-                                 log=lambda msg: print(f"  {backbone}-f{fold} (randomised){msg}"))
+    maps, status = A.run_methods(methods, lambda m: A.make(m, rnd, prepared, s, max_batch, meta["backbone"]), x,
+                                 target, log=lambda msg: print(f"  {name} (randomised){msg}"))
     return {m: a.astype(np.float32) for m, a in maps.items()}
 
 
@@ -102,32 +96,25 @@ def main() -> None:
     conds = C.conditions(cache.images, rows, test_plan, params)
     moved = conds["moved"][1]
 
-    # --- 1. reliance -------------------------------------------------------------------------------------
+    # --- 1. reliance and 2. localisation, one model at a time -------------------------------------------------
     reliance, per_model = {}, {}
-    for bb in backbones:
-        fold_probs = []
-        for k in folds:
-            model, meta = load_classifier(f"{audit.paths('main', bb, k).model_dir}/{checkpoint}", device)
-            li = list(meta["labels"]).index(cfg["label"])
-            probs = {name: training.predict(model, imgs, np.arange(len(imgs)), device, 64)[:, li]
-                     for name, (imgs, _) in conds.items()}
-            fold_probs.append(probs)
-            per_model[f"{bb}-f{k}"] = planted.reliance(probs, target=target, tagged=test_plan["tagged"].to_numpy(bool),
-                                                       moved=moved, groups=groups, n_boot=n_boot, seed=seed,
-                                                       confidence=conf)
-        mean = {c: np.mean([p[c] for p in fold_probs], axis=0) for c in conds}
-        reliance[bb] = planted.reliance(mean, target=target, tagged=test_plan["tagged"].to_numpy(bool), moved=moved,
-                                        groups=groups, n_boot=n_boot, seed=seed, confidence=conf)
-        print(f"planted: {bb} reliance shown: {reliance[bb]['reliance_shown']}")
-
-    # --- 2. localisation ---------------------------------------------------------------------------------
     frames, rand_frames, grid, grid_inputs = [], [], {}, {}
     group_of = dict(zip(splits["path"], splits["group"]))
     for bb in backbones:
+        fold_probs = []
         for k in folds:
-            npz = np.load(f"data/attributions/{bb}-f{k}.npz", allow_pickle=False)
+            name = f"{bb}-f{k}"
+            model, meta = load_classifier(f"{audit.paths('main', bb, k).model_dir}/{checkpoint}", device)
+            li = list(meta["labels"]).index(cfg["label"])
+            probs = {c: training.predict(model, imgs, np.arange(len(imgs)), device, 64)[:, li]
+                     for c, (imgs, _) in conds.items()}
+            fold_probs.append(probs)
+            per_model[name] = planted.reliance(probs, target=target, tagged=test_plan["tagged"].to_numpy(bool),
+                                               moved=moved, groups=groups, n_boot=n_boot, seed=seed, confidence=conf)
+
+            npz = np.load(f"data/attributions/{name}.npz", allow_pickle=False)
             if "skipped" in npz.files:
-                print(f"planted: {bb}-f{k}: attribution skipped ({npz['skipped']})")
+                print(f"planted: {name}: attribution skipped ({npz['skipped']})")
                 continue
             paths = npz["paths"].astype(str)
             sub = by_path.loc[paths]
@@ -135,29 +122,31 @@ def main() -> None:
             if not on.any():
                 continue
             methods = [m for m in P.section(params, "explain.methods") if m in npz.files]
+            shape = tuple(npz["masks"].shape[-2:])             # every map is at the classifier input's size
             boxes = sub.loc[on, list(C.BOX_COLUMNS)].to_numpy(np.int64)
+            b = boxes_on(boxes, side, shape[-1])
+            ids = {"backbone": bb, "fold": k, "paths": paths[on], "groups": [group_of[p] for p in paths[on]]}
             for m in methods:
-                maps = EM.importance(maps_of(npz, m)[on], importance).numpy()
-                b = boxes_on(boxes, side, maps.shape[-1])
-                frames.append(planted.localisation_frame(
-                    maps, b, method=m, backbone=bb, fold=k, paths=paths[on],
-                    groups=[group_of[p] for p in paths[on]], rng=np.random.default_rng([seed_loc, k])))
+                maps = EM.importance(EM.stored_maps(npz, m)[on], importance).numpy()
+                frames.append(planted.localisation_frame(maps, b, method=m, rng=np.random.default_rng([seed_loc, k]),
+                                                         **ids))
                 grid.setdefault((bb, k), {})[m] = maps[:4]
-            frames.append(planted.random_frame(b, maps.shape[-2:], backbone=bb, fold=k, paths=paths[on],
-                                               groups=[group_of[p] for p in paths[on]], seed=seed_loc))
+            frames.append(planted.random_frame(b, shape, seed=seed_loc, **ids))
             # control: the same methods on a weight-randomised copy of the model, which cannot use the tag;
             # a method that still finds the tag there reads the image (the square's edges), not the model
-            rmaps = randomised_maps(params, bb, k, cache, sub[on].reset_index(), methods, device,
-                                    cfg["label"], checkpoint, seed_loc)
+            rmaps = randomised_maps(params, model, meta, name, cache, sub[on].reset_index(), methods, device,
+                                    cfg["label"], seed_loc)
             for m, mp in rmaps.items():
-                mp = EM.importance(mp, importance).numpy()
                 rand_frames.append(planted.localisation_frame(
-                    mp, boxes_on(boxes, side, mp.shape[-1]), method=m, backbone=bb, fold=k, paths=paths[on],
-                    groups=[group_of[p] for p in paths[on]], rng=np.random.default_rng([seed_loc, k])))
-            rand_frames.append(planted.random_frame(b, maps.shape[-2:], backbone=bb, fold=k, paths=paths[on],
-                                                    groups=[group_of[p] for p in paths[on]], seed=seed_loc))
+                    EM.importance(mp, importance).numpy(), b, method=m, rng=np.random.default_rng([seed_loc, k]),
+                    **ids))
+            rand_frames.append(planted.random_frame(b, shape, seed=seed_loc, **ids))
             grid_inputs[(bb, k)] = (C.stamp_plan(cache.images, cache.rows(paths[on][:4]),
                                                  sub[on].iloc[:4].reset_index(drop=True)), boxes[:4])
+        mean = {c: np.mean([p[c] for p in fold_probs], axis=0) for c in conds}
+        reliance[bb] = planted.reliance(mean, target=target, tagged=test_plan["tagged"].to_numpy(bool), moved=moved,
+                                        groups=groups, n_boot=n_boot, seed=seed, confidence=conf)
+        print(f"planted: {bb} reliance shown: {reliance[bb]['reliance_shown']}")
     if not frames:
         raise RuntimeError("no attributed test image carries the tag: raise explain.max_images or "
                            "confounder.fraction_target")
