@@ -36,7 +36,7 @@ be averaged in. :func:`counts` tallies the statuses.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -199,13 +199,13 @@ def localise(maps: Any, region: Any, *, rng: Any, ties: str = "random") -> pd.Da
     return pd.DataFrame({"pointing": pointing, "mass": mass, "rank": rank, "auroc": auc, "status": mass_status})
 
 
-def counts(status: Any) -> dict[str, int]:
-    """How many maps have each status (every status listed, zeros included)."""
+def counts(status: Any, names: Sequence[str] = STATUSES) -> dict[str, int]:
+    """How many maps have each status of ``names`` (every one listed, zeros included); another value raises."""
     s = np.asarray(status, dtype=object)
-    unknown = set(s.tolist()) - set(STATUSES)
+    unknown = set(s.tolist()) - set(names)
     if unknown:
-        raise ValueError(f"status: unknown value(s) {sorted(unknown)}; expected {list(STATUSES)}")
-    return {name: int((s == name).sum()) for name in STATUSES}
+        raise ValueError(f"status: unknown value(s) {sorted(unknown)}; expected {list(names)}")
+    return {name: int((s == name).sum()) for name in names}
 
 
 # --- chance --------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import pandas as pd
 from scipy import stats
 
 from .bootstrap import format_ci, group_ci
-from .localisation import map_status
+from .localisation import counts, map_status
 
 PREFIX = "covid_chestxray/images/"
 EXTENT_COLUMNS = ("geographic_mean", "geographic_extent_mean")      # the mirror's name, and the documented one
@@ -158,11 +158,7 @@ def lung_share(maps: Any, lung_masks: Any, mode: str = "positive") -> tuple[np.n
 
 def share_counts(status: Any) -> dict[str, int]:
     """How many maps have each :func:`lung_share` status (zeros included)."""
-    s = np.asarray(status, dtype=object)
-    unknown = set(s.tolist()) - set(SHARE_STATUSES)
-    if unknown:
-        raise ValueError(f"status: unknown value(s) {sorted(unknown)}; expected {list(SHARE_STATUSES)}")
-    return {k: int((s == k).sum()) for k in SHARE_STATUSES}
+    return counts(status, SHARE_STATUSES)
 
 
 # --- correlation ---------------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def main() -> None:
             for m, a in maps.items():
                 v, map_status = severity.lung_share(a.astype(np.float32), masks)
                 shares.setdefault(bb, {}).setdefault(m, []).append(v)
-                status[f"{bb}-f{k}"][m]["maps"] = {str(u): int((map_status == u).sum()) for u in np.unique(map_status)}
+                status[f"{bb}-f{k}"][m]["maps"] = severity.share_counts(map_status)
             area = masks.reshape(len(masks), -1).mean(1)
             shares.setdefault(bb, {}).setdefault("lung area (random map)", []).append(area)
             print(f"severity: {bb}-f{k} {len(maps)}/{len(methods)} methods on {len(x)} scored test images")
