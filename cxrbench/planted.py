@@ -135,10 +135,8 @@ def reliance(probs: Mapping[str, Any], *, target: Any, tagged: Any, moved: Any, 
     if not isinstance(probs, Mapping) or set(probs) != set(CONDITIONS):
         got = sorted(probs) if isinstance(probs, Mapping) else type(probs).__name__
         raise ValueError(f"probs: expected a dict with exactly the keys {list(CONDITIONS)}, got {got}")
-    p = {c: _vector(f"probs[{c!r}]", probs[c], None, "prob") for c in CONDITIONS}
-    n = len(p["as_is"])
-    for c in CONDITIONS:
-        _vector(f"probs[{c!r}]", p[c], n, "prob")
+    n = len(np.asarray(probs["as_is"]).reshape(-1))
+    p = {c: _vector(f"probs[{c!r}]", probs[c], n, "prob") for c in CONDITIONS}
     target = _vector("target", target, n, "bool")
     tagged = _vector("tagged", tagged, n, "bool")
     moved = _vector("moved", moved, n, "bool")
