@@ -35,7 +35,24 @@ from . import explanation_metrics as EM
 RANDOM = "random"
 LUNG_AREA = "lung_area"
 SANITY = "sanity_spearman"
-AOPPC_METRICS = tuple(f"aoppc_{s}_{o}" for s in EM.SCHEMES for o in EM.ORDERS)
+PIXEL_SCHEMES = ("threshold", "pixels")          # zero pixels (the paper's black), 10 levels
+
+
+def specs(fills=EM.FILLS, region_orders=EM.ORDERS) -> list[dict]:
+    """The perturbations the stage scores, each a dict ``metric``, ``scheme``, ``order``, ``fill``: threshold
+    and pixel deletion (black, both orders), then region perturbation with each of ``fills`` in
+    ``region_orders``. Metric names: ``aoppc_{scheme}_{order}``, ``aoppc_region_{fill}_{order}``."""
+    out = [{"metric": f"aoppc_{s}_{o}", "scheme": s, "order": o, "fill": "black"}
+           for s in PIXEL_SCHEMES for o in EM.ORDERS]
+    for f in fills:
+        if f not in EM.FILLS:
+            raise ValueError(f"fill {f!r} is not one of {EM.FILLS}")
+        out += [{"metric": f"aoppc_region_{f}_{o}", "scheme": "region", "order": o, "fill": f}
+                for o in region_orders]
+    return out
+
+
+AOPPC_METRICS = tuple(sp["metric"] for sp in specs())
 COMMON_METRICS = AOPPC_METRICS + ("lung_mass",)
 SANITY_COUNTS = ("images", "compared", "randomised_constant_passed", "randomised_nonfinite", "excluded_degenerate")
 
@@ -47,6 +64,14 @@ DEFINITIONS = {
               "maps ok (sanity_spearman's values); randomised_constant_passed = the randomised model's map is "
               "constant, i.e. changed completely: passes, no Spearman; randomised_nonfinite: not compared; "
               "excluded_degenerate: the trained model's map is degenerate",
+    "gain": "per image: AOPPC of the method minus AOPPC of the random map on the same image (MoRF; 0 = no better "
+            "than a random pixel ranking = chance), over the common set; mean and a percentile bootstrap CI "
+            "resampling patients (stats.resamples, stats.seed, stats.confidence); n = (backbone, fold, image) "
+            "triples",
+    "agreement": "rank agreement of the methods (random excluded) across the region-perturbation fills, on the "
+                 "common set: Kendall's W over the fills (1 = same ranking under every fill) and Kendall's tau per "
+                 "pair of fills",
+    "removed_share": "threshold scheme (eq. 12), MoRF: mean share of the image removed at each level x, per method",
     "common": "the (backbone, fold, image) set where every method of explain.methods and the random control has "
               "a non-degenerate map; pooled over it and per backbone (common set within the backbone); "
               "lung_mass over its images with a lung mask; sanity_spearman is not part of it (its own images)",
@@ -59,8 +84,9 @@ def fold_key(fold) -> str:
 
 def new_scores() -> dict:
     """The accumulator: ``blocks`` (per-image values in the order scored), ``status`` per (method, backbone,
-    fold key) and ``sanity`` counts per (method, backbone, fold key)."""
-    return {"blocks": [], "status": {}, "sanity": {}}
+    fold key), ``sanity`` counts per (method, backbone, fold key) and ``groups`` (the patient of each image
+    per (backbone, fold key): the bootstrap's resampling unit)."""
+    return {"blocks": [], "status": {}, "sanity": {}, "groups": {}}
 
 
 def add_status(scores: dict, method: str, backbone: str, fold, status) -> None:
@@ -100,16 +126,23 @@ def sanity_split(original, randomised) -> dict:
 
 
 def score_fold(scores: dict, backbone: str, fold: int, maps: dict, masks: np.ndarray, randomised: dict,
-               curves: Callable[[np.ndarray, np.ndarray, str, str], dict]) -> list[dict]:
+               curves: Callable[[np.ndarray, np.ndarray, dict], dict], perturbations: list[dict] | None = None,
+               groups=None) -> list[dict]:
     """Score every map of one (backbone, fold) into ``scores``; returns the rows of curves_all.csv.
 
     ``maps``: method -> float32 (N, H, W) maps (the random control included, named :data:`RANDOM`);
     ``masks``: (N, H, W) lung masks; ``randomised``: method -> the randomised model's maps of the first
-    images; ``curves(rows, maps_of_rows, scheme, order)`` -> :func:`~cxrbench.explanation_metrics.perturbation_curves`'s
-    dict for those rows (the stage's device work). Degenerate maps are never passed to ``curves`` nor to any
-    other metric.
+    images; ``curves(rows, maps_of_rows, spec)`` -> :func:`~cxrbench.explanation_metrics.perturbation_curves`'s
+    dict for those rows under one of ``perturbations`` (:func:`specs`; default all), the stage's device
+    work; ``groups``: the patient of each image (default: each image its own). Degenerate maps are never
+    passed to ``curves`` nor to any other metric.
     """
+    perturbations = specs() if perturbations is None else perturbations
     has_mask = np.asarray(masks).reshape(len(masks), -1).any(1)
+    groups = np.arange(len(masks)) if groups is None else np.asarray(groups)
+    if len(groups) != len(masks):
+        raise ValueError(f"{backbone} {fold_key(fold)}: {len(groups)} patient groups for {len(masks)} images")
+    scores["groups"][(backbone, fold_key(fold))] = groups
     rows = []
     for m, a in maps.items():
         status = EM.map_status(a)
@@ -118,18 +151,18 @@ def score_fold(scores: dict, backbone: str, fold: int, maps: dict, masks: np.nda
         add_status(scores, m, backbone, fold, status)
         ok = status == "ok"
         keep = np.flatnonzero(ok)
-        for scheme in EM.SCHEMES:
-            for order in EM.ORDERS:
-                values = np.zeros(0)
-                if len(keep):
-                    r = curves(keep, a[keep], scheme, order)
-                    values = r["aoppc"]
-                    for lvl, x_lvl in enumerate(EM.levels(scheme)):
-                        rows.append({"method": m, "backbone": backbone, "fold": fold, "scheme": scheme,
-                                     "order": order, "level": float(x_lvl),
-                                     "p_drop": float(r["drop"][:, lvl].mean()),
-                                     "removed": float(r["removed"][:, lvl].mean())})
-                add_values(scores, m, backbone, fold, f"aoppc_{scheme}_{order}", values, keep)
+        for sp in perturbations:
+            values = np.zeros(0)
+            if len(keep):
+                r = curves(keep, a[keep], sp)
+                values = r["aoppc"]
+                for lvl in range(r["drop"].shape[1]):
+                    x_lvl = EM.levels(sp["scheme"], r["drop"].shape[1])[lvl]
+                    rows.append({"method": m, "backbone": backbone, "fold": fold, "scheme": sp["scheme"],
+                                 "fill": sp["fill"], "order": sp["order"], "level": float(x_lvl),
+                                 "p_drop": float(r["drop"][:, lvl].mean()),
+                                 "removed": float(r["removed"][:, lvl].mean()), "images": int(len(keep))})
+            add_values(scores, m, backbone, fold, sp["metric"], values, keep)
         if has_mask.any():
             sel = np.flatnonzero(has_mask & ok)
             values = EM.lung_mass_fraction(a[sel], masks[sel]) if len(sel) else np.zeros(0)
@@ -265,13 +298,118 @@ def common(scores: dict, methods: list) -> dict:
     }
 
 
-def summary(scores: dict, methods: list) -> dict:
-    """The new and the per-method parts of metrics/aoppc.json: ``pooled``, ``by_method`` (their former keys
-    and values), ``maps``, ``sanity`` and ``common``."""
-    return {"pooled": pooled(scores), "by_method": by_method(scores),
-            "maps": {"definition": DEFINITIONS["maps"], "by_method": map_totals(scores)},
-            "sanity": {"definition": DEFINITIONS["sanity"], "by_method": sanity_totals(scores)},
-            "common": common(scores, methods)}
+def _aligned(scores: dict, method: str, metric: str, sets: dict, backbone: str | None = None):
+    """Per-image values of ``method`` minus the random map's (same image), over the common set ``sets``,
+    with the patient of each image: (gains, patients)."""
+    index = {(m, bb, fk, me): (v, i) for m, bb, fk, me, v, i in scores["blocks"] if me == metric}
+    gains, patients = [], []
+    for (bb, fk), rows in sets.items():
+        if backbone is not None and bb != backbone:
+            continue
+        a, r = index.get((method, bb, fk, metric)), index.get((RANDOM, bb, fk, metric))
+        if a is None or r is None or not len(rows):
+            continue
+        va, vr = dict(zip(a[1].tolist(), a[0])), dict(zip(r[1].tolist(), r[0]))
+        grp = scores["groups"].get((bb, fk))
+        for i in rows.tolist():
+            gains.append(va[i] - vr[i])
+            patients.append(str(grp[i]) if grp is not None else f"{bb}|{fk}|{i}")
+    return np.asarray(gains, dtype=np.float64), np.asarray(patients, dtype=object)
+
+
+def gain_ci(gains: np.ndarray, patients: np.ndarray, stats: dict) -> dict:
+    """Mean gain over the random map with a percentile bootstrap CI over patients (``stats``: resamples,
+    seed, confidence; cxrbench.bootstrap). Fewer than 2 patients: the estimate alone, ``ci: null``."""
+    from . import bootstrap as B
+    out = {"mean": round(float(gains.mean()), 4) if len(gains) else None, "n": int(len(gains)),
+           "patients": int(len(set(patients.tolist())))}
+    if out["patients"] < 2:
+        return {**out, "low": None, "high": None, "ci": "fewer than 2 patients: no interval"}
+    ci = B.group_ci(lambda idx: float(gains[idx].mean()), patients, n_boot=int(stats["resamples"]),
+                    seed=int(stats["seed"]), confidence=float(stats["confidence"]))
+    return {**out, "low": round(ci["low"], 4), "high": round(ci["high"], 4), "confidence": ci["confidence"]}
+
+
+def kendall_w(ranks: np.ndarray) -> float | None:
+    """Kendall's coefficient of concordance of (raters, items) ranks (1 = every rater ranks alike, 0 = no
+    agreement); None with fewer than 2 raters or items."""
+    m, n = ranks.shape
+    if m < 2 or n < 2:
+        return None
+    r = ranks.sum(0)
+    return float(12 * ((r - r.mean()) ** 2).sum() / (m ** 2 * (n ** 3 - n)))
+
+
+def rank_agreement(table: dict, methods: list, metrics: list) -> dict:
+    """Do the perturbations rank the methods alike? Ranks of the methods' mean AOPPC (over one image set:
+    the common set, where ranking by AOPPC is ranking by gain over random) under each of ``metrics``:
+    Kendall's W over them, and Kendall's tau per pair."""
+    from scipy.stats import kendalltau, rankdata
+    have = [m for m in methods if all((table.get(f"{m}|{me}") or {}).get("n") for me in metrics)]
+    if len(have) < 2 or len(metrics) < 2:
+        return {"methods": have, "metrics": list(metrics), "kendall_w": None, "pairs": {},
+                "note": "fewer than 2 methods or perturbations with values"}
+    means = np.array([[table[f"{m}|{me}"]["mean"] for m in have] for me in metrics], dtype=np.float64)
+    ranks = np.vstack([rankdata(-row) for row in means])
+    pairs = {f"{a} vs {b}": round(float(kendalltau(means[i], means[j]).statistic), 3)
+             for i, a in enumerate(metrics) for j, b in enumerate(metrics) if i < j}
+    return {"methods": have, "metrics": list(metrics),
+            "ranking": {me: [have[k] for k in np.argsort(ranks[i], kind="stable")] for i, me in enumerate(metrics)},
+            "kendall_w": round(kendall_w(ranks), 3), "pairs": pairs}
+
+
+def gains(scores: dict, methods: list, metrics: list, stats: dict) -> dict:
+    """metrics/aoppc.json ``gain``: per metric and method, AOPPC minus the random map's on the same image
+    (0 = no better than a random ranking of the pixels), over the common set, pooled and per backbone, mean
+    with a bootstrap CI over patients; and the rank agreement of the methods across the region fills."""
+    everyone = list(dict.fromkeys(list(methods) + [RANDOM]))
+    sets, _, _ = common_images(scores, everyone)
+    backbones = list(dict.fromkeys(bb for bb, _ in sets))
+    out = {"definition": DEFINITIONS["gain"], "chance": 0.0, "pooled": {}, "by_backbone": {bb: {} for bb in backbones}}
+    for metric in metrics:
+        for m in methods:
+            out["pooled"][f"{m}|{metric}"] = gain_ci(*_aligned(scores, m, metric, sets), stats)
+            for bb in backbones:
+                out["by_backbone"][bb][f"{m}|{metric}"] = gain_ci(*_aligned(scores, m, metric, sets, bb), stats)
+    return out
+
+
+def removed_share(rows: list[dict]) -> dict:
+    """Per method: the mean share of the image each threshold level removes (MoRF; over every scored image,
+    weighted by images per fold): how much of eq. 12's score is the map's histogram."""
+    acc: dict = {}
+    for r in rows:
+        if r["scheme"] == "threshold" and r["order"] == "morf":
+            a = acc.setdefault(r["method"], {}).setdefault(r["level"], [0.0, 0])
+            a[0] += r["removed"] * r["images"]
+            a[1] += r["images"]
+    return {m: {f"{lvl:.1f}": round(v / n, 4) for lvl, (v, n) in sorted(levels.items(), reverse=True) if n}
+            for m, levels in acc.items()}
+
+
+def summary(scores: dict, methods: list, rows: list[dict] | None = None, stats: dict | None = None,
+            fills: list | None = None) -> dict:
+    """metrics/aoppc.json's aggregated parts: ``pooled``, ``by_method`` (per method over its own maps),
+    ``maps``, ``sanity``, ``common`` (all methods on the same images), and with ``stats`` (bootstrap
+    settings) ``gain`` (over the random map, CIs over patients) and ``agreement`` (rank agreement across
+    ``fills``); with ``rows`` (the curves) ``removed_share``."""
+    out = {"pooled": pooled(scores), "by_method": by_method(scores),
+           "maps": {"definition": DEFINITIONS["maps"], "by_method": map_totals(scores)},
+           "sanity": {"definition": DEFINITIONS["sanity"], "by_method": sanity_totals(scores)},
+           "common": common(scores, methods)}
+    if rows is not None:
+        out["removed_share"] = {"definition": DEFINITIONS["removed_share"], "by_method": removed_share(rows)}
+    if stats is not None:
+        metrics = sorted({b[3] for b in scores["blocks"] if b[3].startswith("aoppc_") and b[3].endswith("_morf")},
+                         key=list(AOPPC_METRICS).index)
+        out["gain"] = gains(scores, methods, metrics, stats)
+        region = [f"aoppc_region_{f}_morf" for f in (fills or [])]
+        com = out["common"]
+        out["agreement"] = {
+            "definition": DEFINITIONS["agreement"],
+            "pooled": rank_agreement(com["pooled"], methods, region),
+            "by_backbone": {bb: rank_agreement(t, methods, region) for bb, t in com["by_backbone"].items()}}
+    return out
 
 
 def _cell(table: dict, m: str, metric: str) -> str:
@@ -279,15 +417,33 @@ def _cell(table: dict, m: str, metric: str) -> str:
     return f"{v['mean']:.3f} ± {v['std']:.3f} (n={v['n']})" if v and v["n"] else "-"
 
 
-def markdown(result: dict, methods: list, reference: dict) -> str:
+def _gain_cell(table: dict, m: str, metric: str) -> str:
+    v = table.get(f"{m}|{metric}")
+    if not v or not v["n"]:
+        return "-"
+    ci = f" [{v['low']:+.3f}, {v['high']:+.3f}]" if v.get("low") is not None else ""
+    return f"{v['mean']:+.3f}{ci}"
+
+
+def _region_metrics(result: dict) -> list[str]:
+    return [k.split("|", 1)[1] for k in result["pooled"] if k.startswith(f"{RANDOM}|aoppc_region_")
+            and k.endswith("_morf")]
+
+
+def markdown(result: dict, methods: list, reference: dict, region: str = "") -> str:
     """metrics/aoppc_table.md from :func:`summary`'s dict: the per-method table (with its map counts), the
-    randomisation check, the common-set table pooled and per backbone."""
+    gains over the random map per perturbation with CIs and the rank agreement across fills, the removed
+    share per threshold level, the randomisation check, the common-set tables pooled and per backbone.
+    ``region``: a sentence stating the region perturbation's patch and steps."""
     methods = list(methods) + [RANDOM]
     pooled_, maps = result["pooled"], result["maps"]["by_method"]
+    region_metrics = _region_metrics(result)
+    fill = lambda me: me[len("aoppc_region_"):-len("_morf")]  # noqa: E731
     lines = ["AOPPC pooled over backbones, folds and images (mean ± std over images; each method over its own "
-             "non-degenerate maps). CXR-Net (seed 003) reports its own models on its own data: a reference, not a "
-             "like-for-like comparison.", "",
-             "| method | AOPPC threshold (eq. 12) | AOPPC fraction MoRF | LeRF fraction | CXR-Net reported "
+             "non-degenerate maps). Threshold = CXR-Net eq. 12 (black); pixel deletion = the top 10 %, 20 %, ..., "
+             "100 % of pixels zeroed (black; the last level blanks the image for every map). CXR-Net (seed 003) "
+             "reports its own models on its own data: a reference, not a like-for-like comparison.", "",
+             "| method | AOPPC threshold (eq. 12) | pixel deletion MoRF | pixel deletion LeRF | CXR-Net reported "
              "| maps: ok / degenerate |",
              "|---|---|---|---|---|---|"]
     for m in methods:
@@ -295,8 +451,40 @@ def markdown(result: dict, methods: list, reference: dict) -> str:
         c = maps.get(m)
         counts = f"{c['ok']} / {c['excluded_degenerate']}" if c else "-"
         lines.append(f"| {m} | {_cell(pooled_, m, 'aoppc_threshold_morf')} | "
-                     f"{_cell(pooled_, m, 'aoppc_fraction_morf')} | {_cell(pooled_, m, 'aoppc_fraction_lerf')} | "
+                     f"{_cell(pooled_, m, 'aoppc_pixels_morf')} | {_cell(pooled_, m, 'aoppc_pixels_lerf')} | "
                      f"{ref if ref is not None else '-'} | {counts} |")
+    gain = result.get("gain")
+    if gain:
+        g = gain["pooled"]
+        metrics = ["aoppc_threshold_morf", "aoppc_pixels_morf"] + region_metrics
+        heads = ["threshold", "pixel deletion"] + [f"region, {fill(me)}" for me in region_metrics]
+        n = result["common"]["images"]["pooled"]
+        lines += ["", f"Gain over the random map (AOPPC minus the random map's on the same image; chance = 0), MoRF, "
+                  f"on the common set ({n} images), mean [95 % CI, bootstrap over patients]. {region}", "",
+                  "| method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+        for m in methods[:-1]:
+            lines.append(f"| {m} | " + " | ".join(_gain_cell(g, m, me) for me in metrics) + " |")
+        ag = result.get("agreement", {}).get("pooled")
+        if ag and ag.get("kendall_w") is not None:
+            lines += ["", f"Rank agreement of the {len(ag['methods'])} methods across the fills "
+                      f"({', '.join(fill(me) for me in ag['metrics'])}): Kendall's W = {ag['kendall_w']:.3f} "
+                      "(1 = the same ranking under every fill); Kendall's tau per pair: "
+                      + ", ".join(f"{k.replace('aoppc_region_', '').replace('_morf', '')} {v:+.3f}"
+                                  for k, v in ag["pairs"].items()) + "."]
+            for me, order in ag["ranking"].items():
+                lines.append(f"- {fill(me)}: " + " > ".join(order))
+            for bb, a in result["agreement"]["by_backbone"].items():
+                if a.get("kendall_w") is not None:
+                    lines.append(f"- within {bb}: W = {a['kendall_w']:.3f}")
+    share = result.get("removed_share", {}).get("by_method")
+    if share:
+        lv = ["0.9", "0.5", "0.1"]
+        lines += ["", "Share of the image each threshold level removes (eq. 12, MoRF; mean over images): the "
+                  "threshold score depends on how much a map's histogram lets each level remove.", "",
+                  "| method | " + " | ".join(f"x = {x}" for x in lv) + " |", "|---" * (len(lv) + 1) + "|"]
+        for m in methods:
+            if m in share:
+                lines.append(f"| {m} | " + " | ".join(f"{share[m].get(x, float('nan')):.3f}" for x in lv) + " |")
     sanity = result["sanity"]["by_method"]
     if sanity:
         lines += ["", "Model randomisation (Spearman of |map| vs. the weight-randomised model's; low = passes). "
@@ -309,13 +497,14 @@ def markdown(result: dict, methods: list, reference: dict) -> str:
                 lines.append(f"| {m} | {_cell(pooled_, m, SANITY)} | {s['randomised_constant_passed']} | "
                              f"{s['randomised_nonfinite']} | {s['excluded_degenerate']} | {s['images']} |")
     com = result["common"]
-    head = ["| method | AOPPC threshold (eq. 12) | AOPPC fraction MoRF | LeRF fraction | lung mass |",
-            "|---|---|---|---|---|"]
+    cols = ["aoppc_threshold_morf", "aoppc_pixels_morf", "aoppc_pixels_lerf"] + region_metrics + ["lung_mass"]
+    head = ["| method | AOPPC threshold (eq. 12) | pixel deletion MoRF | pixel deletion LeRF | "
+            + "".join(f"region {fill(me)} | " for me in region_metrics) + "lung mass |",
+            "|---" * (len(cols) + 1) + "|"]
 
     def table(t: dict) -> list[str]:
         rows = methods + ([LUNG_AREA] if f"{LUNG_AREA}|lung_mass" in t else [])
-        return head + [f"| {m} | {_cell(t, m, 'aoppc_threshold_morf')} | {_cell(t, m, 'aoppc_fraction_morf')} | "
-                       f"{_cell(t, m, 'aoppc_fraction_lerf')} | {_cell(t, m, 'lung_mass')} |" for m in rows]
+        return head + [f"| {m} | " + " | ".join(_cell(t, m, c) for c in cols) + " |" for m in rows]
 
     n = com["images"]
     lines += ["", f"Common set: {n['pooled']} of {n['scored']} (backbone, fold, image) where every method and the "

@@ -460,7 +460,7 @@ def _weighted_mean(entries: list[dict]) -> tuple[float | None, int]:
     return sum(e["mean"] * e["n"] for e in entries) / n, n
 
 
-def aoppc_gain(aoppc_json: Mapping, key: str = "aoppc_fraction_morf") -> dict[str, dict[str, float]]:
+def aoppc_gain(aoppc_json: Mapping, key: str = "aoppc_pixels_morf") -> dict[str, dict[str, float]]:
     """Per scope (each backbone, ``pooled``) and method: AOPPC gain over the random control from metrics/aoppc.json.
 
     Reads ``by_method[method][backbone]["f{fold}"][key] = {mean, std, n}``.
@@ -473,7 +473,7 @@ def aoppc_gain(aoppc_json: Mapping, key: str = "aoppc_fraction_morf") -> dict[st
         raise ValueError("aoppc_json: expected metrics/aoppc.json's content, with a 'by_method' dict")
     if key.endswith("_lerf"):
         raise ValueError(f"key={key!r}: a LeRF score is lower-is-better; rank by a MoRF key "
-                         f"(e.g. aoppc_fraction_morf)")
+                         f"(e.g. aoppc_pixels_morf)")
     by_method = aoppc_json["by_method"]
     if CONTROL not in by_method:
         raise ValueError(f"aoppc_json: no '{CONTROL}' method; the gain over random needs the control")

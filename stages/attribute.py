@@ -5,9 +5,11 @@ For each target class of ``explain.targets`` (default covid19): the first
 
 * data/attributions/{backbone}-f{fold}.npz: ``rows`` (cache rows), ``paths``,
   ``target`` (class index per image), ``masks`` (lung masks at input
-  resolution), per method ``{method}`` float16 (N, H, W) maps divided by a
-  per-image scale ``{method}__scale`` (float32; map = stored * scale, which keeps
-  tiny gradients out of float16 underflow), and ``rand__{method}`` maps of a
+  resolution), per method ``{method}`` float32 (N, H, W) maps divided by a
+  per-image scale ``{method}__scale`` (float32; map = stored * scale: maxima of
+  1, so maps of any magnitude compare alike; float32, because float16 storage
+  made 91-99 % of a map's pixels tie with another and underflowed tiny
+  gradients), and ``rand__{method}`` maps of a
   weight-randomised copy of the model for the first ``explain.sanity_images``
   images (the sanity check of the aoppc stage).
 * metrics/attribute/{backbone}-f{fold}.json: per method ok (it ran) + seconds, or
@@ -74,7 +76,7 @@ def scaled(maps: dict, prefix: str = "") -> dict:
         m32 = m.astype(np.float32) if m.dtype != np.float32 else m
         scale = np.abs(m32).reshape(len(m32), -1).max(1)
         scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-        out[f"{prefix}{name}"] = (m32 / scale[:, None, None]).astype(np.float16)
+        out[f"{prefix}{name}"] = (m32 / scale[:, None, None]).astype(np.float32)
         out[f"{prefix}{name}__scale"] = scale
     return out
 

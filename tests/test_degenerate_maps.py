@@ -47,11 +47,12 @@ def _toy_curves(x, target, seen=None):
     """The stage's closure on a CPU toy model (records which rows each call scored)."""
     model = Toy()
 
-    def curves(rows, maps, scheme, order):
+    def curves(rows, maps, spec):
         if seen is not None:
             seen.append((np.asarray(rows).copy(), maps.copy()))
-        return EM.perturbation_curves(model, EM.take(x, rows), maps, EM.take(target, rows), scheme=scheme,
-                                      order=order, images_per_batch=2)
+        return EM.perturbation_curves(model, EM.take(x, rows), maps, EM.take(target, rows), scheme=spec["scheme"],
+                                      order=spec["order"], fill=spec["fill"], images_per_batch=2, patch=2, steps=6,
+                                      blur_sigma=1.0)
     return curves
 
 
@@ -114,6 +115,24 @@ def test_attribute_stage_records_degenerate_maps_and_never_calls_them_ok():
     assert EM.degenerate_summary({"saliency": status["saliency"]}) == "degenerate maps: none"
 
 
+def test_stored_maps_keep_float32_precision_so_storage_creates_no_ties():
+    """Maps are stored as float32 (divided by their maximum): a smooth map keeps all its distinct values and a
+    tiny gradient keeps its shape. The float16 storage it replaces tied most pixels with another (91-99 % on
+    the sample demo) and flushed gradients below 6e-8 to zero."""
+    stage = _attribute_stage()
+    yy, xx = np.mgrid[0:64, 0:64]
+    smooth = (np.exp(-((yy - 30.0) ** 2 + (xx - 20.0) ** 2) / 800.0) + 1e-3 * xx + 3.7e-5 * yy).astype(np.float32)[None]
+    tiny = smooth * 1e-9
+    arrays = stage.scaled({"smooth": smooth, "tiny": tiny})
+    assert arrays["smooth"].dtype == np.float32
+    for name, m in (("smooth", smooth), ("tiny", tiny)):
+        back = EM.stored_maps(arrays, name)
+        assert len(np.unique(back)) == len(np.unique(m)) == 64 * 64
+        np.testing.assert_allclose(back, m, rtol=1e-6)
+    as_half = (smooth / smooth.max()).astype(np.float16)
+    assert len(np.unique(as_half)) < 0.6 * smooth.size              # what float16 did: 2254 values for 4096 pixels
+
+
 # --- exclusion from every metric -----------------------------------------------------------------------
 
 def test_constant_maps_are_excluded_from_every_metric_of_their_method(toy):
@@ -138,8 +157,8 @@ def test_constant_maps_are_excluded_from_every_metric_of_their_method(toy):
     assert len(cam_calls) == len(AOPPC) and all(np.array_equal(r, ok) for r, _ in cam_calls)
     assert not any(np.array_equal(r, np.arange(N)) and np.array_equal(m, maps["cam"]) for r, m in seen)
     # its AOPPC values are those of the three ok images scored alone
-    alone = EM.perturbation_curves(Toy(), x[ok], maps["cam"][ok], target[ok], scheme="fraction")["aoppc"]
-    assert cell["aoppc_fraction_morf"]["mean"] == EM.mean_std(alone)["mean"]
+    alone = EM.perturbation_curves(Toy(), x[ok], maps["cam"][ok], target[ok], scheme="pixels")["aoppc"]
+    assert cell["aoppc_pixels_morf"]["mean"] == EM.mean_std(alone)["mean"]
     # the other methods keep every map
     good = AT.by_method(scores)["good"]["bb"]["f0"]
     assert good["excluded_degenerate"] == 0 and all(good[m]["n"] == N for m in AOPPC)
@@ -213,8 +232,8 @@ def test_common_set_drops_the_image_for_every_method(toy):
         assert f"{m}|sanity_spearman" not in com["pooled"]
     assert com["pooled"]["lung_area|lung_mass"]["n"] == 6
     # per method (not common), good keeps all 15 images and cam its 3 + 5 ok ones
-    assert res["pooled"]["good|aoppc_fraction_morf"]["n"] == 15
-    assert res["pooled"]["cam|aoppc_fraction_morf"]["n"] == 8
+    assert res["pooled"]["good|aoppc_pixels_morf"]["n"] == 15
+    assert res["pooled"]["cam|aoppc_pixels_morf"]["n"] == 8
     # the common value of `good` is its mean over exactly the common images
     blocks = [b for b in scores["blocks"] if b[0] == "good" and b[3] == "aoppc_threshold_morf"]
     common_vals = np.concatenate([blocks[0][4][[0, 2, 4]], blocks[1][4]])
@@ -241,9 +260,9 @@ def _former_aggregation(folds, curves_of):
         has_mask = masks.reshape(len(masks), -1).any(1)
         run = curves_of(backbone, fold)
         for m, maps in named.items():
-            for scheme in EM.SCHEMES:
+            for scheme in AT.PIXEL_SCHEMES:           # the schemes it had ("fraction" is now "pixels")
                 for order in EM.ORDERS:
-                    r = run(np.arange(len(maps)), maps, scheme, order)
+                    r = run(np.arange(len(maps)), maps, {"scheme": scheme, "order": order, "fill": "black"})
                     add(m, backbone, key, f"aoppc_{scheme}_{order}", r["aoppc"])
                     for lvl, x_lvl in enumerate(EM.levels(scheme)):
                         curves.append({"method": m, "backbone": backbone, "fold": fold, "scheme": scheme,
@@ -279,8 +298,10 @@ def test_without_degenerate_maps_the_former_keys_are_bit_identical(toy):
     old_pooled, old_by_method, old_curves, old_values = _former_aggregation(folds, curves_of)
     scores, new_curves = AT.new_scores(), []
     for bb, fold, maps, masks, rand in folds:
-        new_curves += AT.score_fold(scores, bb, fold, maps, masks, rand, curves_of(bb, fold))
+        new_curves += AT.score_fold(scores, bb, fold, maps, masks, rand, curves_of(bb, fold),
+                                    perturbations=AT.specs(fills=[]))
     res = AT.summary(scores, ["good", "cam"])
+    new_curves = [{k: v for k, v in r.items() if k not in ("fill", "images")} for r in new_curves]
     # the per-image values themselves, bit for bit and in the same order (mean_std's rounding hides nothing)
     new_values = {}
     for m, _, _, metric, v, _ in scores["blocks"]:
@@ -289,7 +310,7 @@ def test_without_degenerate_maps_the_former_keys_are_bit_identical(toy):
     for k, v in new_values.items():
         assert np.concatenate(v).tobytes() == old_values[k].tobytes(), k
     assert list(res["pooled"]) == list(old_pooled) and res["pooled"] == old_pooled
-    assert old_pooled["good|aoppc_fraction_morf"]["n"] == 15 and old_pooled["good|lung_mass"]["n"] == 8
+    assert old_pooled["good|aoppc_pixels_morf"]["n"] == 15 and old_pooled["good|lung_mass"]["n"] == 8
     new_keys = {"maps", "excluded_degenerate", "sanity"}
     former_keys_only = {m: {bb: {f: {k: v for k, v in cell.items() if k not in new_keys} for f, cell in fs.items()}
                             for bb, fs in bbs.items()} for m, bbs in res["by_method"].items()}

@@ -73,7 +73,7 @@ def test_committed_gate_catches_a_label_shuffled_model(committed):
 def test_committed_gate_catches_a_broken_attribution(committed):
     """A method whose maps are noise scores what the random-map control scores: its gain over it falls to 0."""
     cfg, spread, baseline, tol = committed
-    random_key = next(m for m in baseline if m.endswith("pooled.random|aoppc_fraction_morf.mean") and " - " not in m)
+    random_key = next(m for m in baseline if m.endswith("pooled.random|aoppc_pixels_morf.mean") and " - " not in m)
     guarded = [c.metric for c in cfg.checks if "aoppc.json" in c.metric and c.metric != random_key]
     assert guarded
     for metric in guarded:

@@ -208,7 +208,7 @@ def test_ranking_agreement_reversal_and_ties(tmp_path):
     assert (tmp_path / "r.png").stat().st_size > 1000
 
 
-def _cell(mean, n, key="aoppc_fraction_morf"):
+def _cell(mean, n, key="aoppc_pixels_morf"):
     return {key: {"mean": mean, "std": 0.1, "n": n}, "lung_mass": {"mean": 0.3, "std": 0.1, "n": n}}
 
 
@@ -228,6 +228,6 @@ def test_aoppc_gain_weighted_means():
     with pytest.raises(ValueError, match="random"):
         PL.aoppc_gain({"by_method": {"m1": j["by_method"]["m1"]}})
     with pytest.raises(ValueError, match="MoRF"):
-        PL.aoppc_gain(j, key="aoppc_fraction_lerf")
+        PL.aoppc_gain(j, key="aoppc_pixels_lerf")
 
 
