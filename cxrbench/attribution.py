@@ -574,8 +574,10 @@ HARMLESS_CAPTUM_NOTES = (r"Input Tensor \d+ did not already require gradients",
 
 
 def run_methods(methods: list[str], build: Callable[[str], Method], x: torch.Tensor, target: torch.Tensor,
-                log: Callable[[str], None] = print) -> tuple[dict, dict]:
-    """Maps per method (float16 numpy (B, H, W)) and a status per method.
+                log: Callable[[str], None] = print, dtype=np.float16) -> tuple[dict, dict]:
+    """Maps per method (numpy (B, H, W) of ``dtype``: float16 by default, what data/attributions stores after
+    scaling; float32 keeps the tiny gradients of a weight-randomised model out of float16 underflow) and a
+    status per method.
 
     Status: {"ok": True, "seconds": s} or {"ok": False, "reason": "..."} for
     the expected errors above (out of memory, unsupported module).
@@ -601,7 +603,7 @@ def run_methods(methods: list[str], build: Callable[[str], Method], x: torch.Ten
             status[name] = {"ok": False, "reason": "non-finite values in the attribution map"}
             log(f"  {name}: non-finite map")
             continue
-        maps[name] = a.cpu().numpy().astype(np.float16)
+        maps[name] = a.cpu().numpy().astype(dtype)
         status[name] = {"ok": True, "seconds": round(time.perf_counter() - t, 3)}
         log(f"  {name}: {status[name]['seconds']:.1f}s")
     return maps, status
