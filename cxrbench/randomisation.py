@@ -409,7 +409,7 @@ def _counts_text(e: dict | None) -> str:
     c = e["counts"]
     parts = [f"{c['compared']}"]
     if c["changed_constant"]:
-        parts.append(f"{c['changed_constant']} constant (pass)")
+        parts.append(f"{c['changed_constant']} constant")
     if c["changed_nonfinite"]:
         parts.append(f"{c['changed_nonfinite']} non-finite")
     if c["reference_degenerate"]:
@@ -430,8 +430,9 @@ def markdown(summary: dict, metrics: Sequence[str], methods: Sequence[str], imag
              f"(the cascade's last step); **null**: two independently randomised models (the similarity the input "
              f"alone produces: the level to compare Full with); **logit**: the trained model's map for the target "
              f"vs for another label (seeded choice). Lower = the map depends more on the weights / the class. "
-             f"n: maps compared, then the randomised model's constant maps (counted as passing, no similarity), "
-             f"non-finite ones, and images excluded because the trained model's map is degenerate.", ""]
+             f"n: maps compared, then the second map's constant ones (no similarity; for full and logit they count "
+             f"as passing: the map changed completely), non-finite ones, and images excluded because the first "
+             f"map (trained model; null: the first randomised model) is degenerate.", ""]
     for metric in metrics:
         lines += [f"#### {METRIC_NAMES.get(metric, metric)}", "",
                   "| backbone | method | full | null | logit | n full | n null | n logit |",
