@@ -309,15 +309,18 @@ def run_checks(model: nn.Module, x: torch.Tensor, target: torch.Tensor, other: t
 # --- summaries -------------------------------------------------------------------------------------------
 
 def _weighted_mean(values: np.ndarray) -> Callable[[np.ndarray], float | None]:
+    values = np.asarray(values, dtype=float)
+
     def stat(w: np.ndarray) -> float | None:
         total = w.sum()
-        return float((w * values).sum() / total) if total > 0 else None
+        return float(w @ values / total) if total > 0 else None
     return stat
 
 
 def _mean_defined(v: np.ndarray) -> float:
-    v = v[np.isfinite(v)]
-    return float(v.mean()) if len(v) else float("nan")
+    """The mean of the finite values (NaN when none): called per resample, so plain Python on a few folds."""
+    ok = [x for x in v.tolist() if x == x and abs(x) != float("inf")]
+    return sum(ok) / len(ok) if ok else float("nan")
 
 
 def summarise(frame, metrics: Sequence[str], n_boot: int, seed: int, confidence: float) -> dict:
