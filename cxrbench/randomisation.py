@@ -323,6 +323,11 @@ def _mean_defined(v: np.ndarray) -> float:
     return sum(ok) / len(ok) if ok else float("nan")
 
 
+def _finite_or_none(v):
+    """JSON has no NaN: an undefined estimate or bound is None."""
+    return None if isinstance(v, float) and not np.isfinite(v) else v
+
+
 def summarise(frame, metrics: Sequence[str], n_boot: int, seed: int, confidence: float) -> dict:
     """Per method x backbone: for each comparison (the cascade's steps, the null, the random logit) the
     counts of :data:`PAIR_STATUSES` and, per metric, the mean over folds of the mean over compared images
@@ -361,8 +366,8 @@ def summarise(frame, metrics: Sequence[str], n_boot: int, seed: int, confidence:
                 reducers = {j: (lambda t, j=j: _mean_defined(t[:, j])) for j in range(len(keys))}
                 cis = fold_bootstrap(arms_by_fold, reducers, n_boot, seed, confidence)
                 for j, key in enumerate(keys):
-                    entries[key][metric] = {k: cis[j][k] for k in ("estimate", "low", "high", "confidence",
-                                                                   "n_boot", "undefined")}
+                    entries[key][metric] = {k: _finite_or_none(cis[j][k]) for k in (
+                        "estimate", "low", "high", "confidence", "n_boot", "undefined")}
             else:       # too few patient groups for a bootstrap: the mean alone
                 for key in keys:
                     sub = cell[(cell["comparison"] == key[0]) & (cell["step"] == key[1])
