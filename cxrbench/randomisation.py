@@ -236,30 +236,63 @@ def ssim(a, b) -> np.ndarray:
                      for x, y in zip(a, b)])
 
 
+def _unit_ranks(maps: np.ndarray) -> np.ndarray:
+    """Per row of (N, H, W): the ranks of the pixels (ties averaged, as :func:`scipy.stats.spearmanr`),
+    centred and scaled to unit norm, so that a dot product of two rows is their Spearman correlation."""
+    from scipy.stats import rankdata
+
+    r = rankdata(maps.reshape(len(maps), -1), axis=1)
+    r -= r.mean(1, keepdims=True)
+    norm = np.sqrt((r * r).sum(1, keepdims=True))
+    return r / np.where(norm > 0, norm, 1.0)
+
+
+class Reference:
+    """The first maps of a comparison (the trained model's, or replicate 0's for the null), compared with
+    several others (each cascade step, another label): their ranks are computed once.
+
+    ``Reference(maps).compare(other, metrics)`` -> ``status`` (:func:`pair_status`) and, per metric of
+    :data:`METRICS`, a float per image: the similarity where the status is ``compared``, NaN elsewhere
+    (the status says why). Spearman is computed on ranks (equal to :func:`scipy.stats.spearmanr` and
+    :func:`cxrbench.explanation_metrics.rank_correlation`; a test checks it), vectorised over images.
+    """
+
+    def __init__(self, maps):
+        self.maps = np.asarray(maps, dtype=np.float32)
+        self._ranks: dict = {}
+
+    def _ranks_of(self, absolute: bool) -> np.ndarray:
+        if absolute not in self._ranks:
+            self._ranks[absolute] = _unit_ranks(np.abs(self.maps) if absolute else self.maps)
+        return self._ranks[absolute]
+
+    def compare(self, other, metrics: Sequence[str] = METRICS) -> dict:
+        other = np.asarray(other, dtype=np.float32)
+        if self.maps.shape != other.shape:
+            raise ValueError(f"similarities: maps of shapes {self.maps.shape} and {other.shape}")
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown similarity {unknown}; valid ones are {list(METRICS)}")
+        status = pair_status(self.maps, other)
+        keep = np.flatnonzero(status == "compared")
+        out = {"status": status}
+        for m in metrics:
+            v = np.full(len(other), np.nan)
+            if len(keep):
+                if m in ("spearman", "spearman_abs"):
+                    absolute = m == "spearman_abs"
+                    mine = self._ranks_of(absolute)[keep]
+                    theirs = _unit_ranks(np.abs(other[keep]) if absolute else other[keep])
+                    v[keep] = np.clip((mine * theirs).sum(1), -1.0, 1.0)
+                else:
+                    v[keep] = ssim(self.maps[keep], other[keep])
+            out[m] = v
+        return out
+
+
 def similarities(reference, other, metrics: Sequence[str] = METRICS) -> dict:
-    """``status`` (:func:`pair_status`) and, per metric of :data:`METRICS`, a float per image: the
-    similarity where the status is ``compared``, NaN elsewhere (the status says why)."""
-    reference = np.asarray(reference, dtype=np.float32)
-    other = np.asarray(other, dtype=np.float32)
-    if reference.shape != other.shape:
-        raise ValueError(f"similarities: maps of shapes {reference.shape} and {other.shape}")
-    status = pair_status(reference, other)
-    keep = np.flatnonzero(status == "compared")
-    out = {"status": status}
-    for m in metrics:
-        v = np.full(len(reference), np.nan)
-        if len(keep):
-            a, b = reference[keep], other[keep]
-            if m == "spearman":
-                v[keep] = EM.rank_correlation(a, b, absolute=False)
-            elif m == "spearman_abs":
-                v[keep] = EM.rank_correlation(a, b, absolute=True)
-            elif m == "ssim":
-                v[keep] = ssim(a, b)
-            else:
-                raise ValueError(f"unknown similarity {m!r}; valid ones are {list(METRICS)}")
-        out[m] = v
-    return out
+    """:meth:`Reference.compare` of two stacks of maps (N, H, W): ``status`` and one array per metric."""
+    return Reference(reference).compare(other, metrics)
 
 
 # --- one classifier --------------------------------------------------------------------------------------
@@ -286,23 +319,24 @@ def run_checks(model: nn.Module, x: torch.Tensor, target: torch.Tensor, other: t
         for m in ref:
             if m not in oth:
                 continue
-            sim = similarities(ref[m], oth[m], metrics)
+            sim = ref[m].compare(oth[m], metrics)
             for i in range(len(sim["status"])):
                 rows.append({"comparison": comparison, "step": step, "layer": layer, "method": m, "image": i,
                              "status": sim["status"][i], **{k: float(sim[k][i]) for k in metrics}})
 
-    add("cascade", 0, "", trained, trained)
-    add("random_logit", 0, "", trained, other_maps)
+    reference = {m: Reference(a) for m, a in trained.items()}
+    add("cascade", 0, "", reference, trained)
+    add("random_logit", 0, "", reference, other_maps)
     last = None
     for k, g, rnd in cascade(model, seed, groups):
         maps, st = attribute(rnd, x, target, f"top {k}/{len(groups)} randomised ({g.name})")
         status["cascade"][g.name] = st
-        add("cascade", k, g.name, trained, maps)
+        add("cascade", k, g.name, reference, maps)
         last = maps
         log(f"  cascade {k}/{len(groups)}: {g.name} randomised")
     null_maps, st_null = attribute(full_randomisation(model, seed, 1, groups), x, target, "randomised, replicate 1")
     status["null"] = st_null
-    add("null", 0, "", last, null_maps)
+    add("null", 0, "", {m: Reference(a) for m, a in last.items()}, null_maps)
     return rows, status
 
 

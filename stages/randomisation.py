@@ -141,8 +141,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"randomisation {name}: {len(status['groups'])} layer groups, {models[name]['seconds']}s")
 
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    t1 = time.perf_counter()
     summary = (R.summarise(frame, cfg.metrics, stats["resamples"], stats["seed"], stats["confidence"])
                if len(frame) else {})
+    print(f"randomisation: {len(frame)} per-image similarities summarised ({stats['resamples']} resamples) in "
+          f"{time.perf_counter() - t1:.1f}s")
     curves = pd.DataFrame(R.curve_rows(summary, cfg.metrics),
                           columns=["backbone", "method", "metric", "step", "layer", "similarity", "low", "high", "n",
                                    "null", "null_low", "null_high"])

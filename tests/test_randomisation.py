@@ -360,3 +360,19 @@ def test_randomisation_stage_on_the_sample(tmp_path, monkeypatch, sample_data, p
     assert Path("plots/randomisation/cascade.png").stat().st_size > 0
     md = Path("metrics/randomisation.md").read_text()
     assert "| test_resnet | saliency |" in md and "null" in md
+
+
+def test_vectorised_spearman_equals_scipy_with_ties_and_the_reference_is_reused():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((4, 20, 20)).astype(np.float32)
+    b = a + rng.standard_normal((4, 20, 20)).astype(np.float32)
+    a[:, :10] = 0.0                                       # many ties, like a ReLU'd Grad-CAM
+    b[1] = -a[1]                                          # a sign flip: signed -1, |map| +1
+    ref = R.Reference(a)
+    sim = ref.compare(b)
+    np.testing.assert_allclose(sim["spearman"], EM.rank_correlation(a, b, absolute=False), atol=1e-9)
+    np.testing.assert_allclose(sim["spearman_abs"], EM.rank_correlation(a, b, absolute=True), atol=1e-9)
+    assert sim["spearman"][1] == pytest.approx(-1.0) and sim["spearman_abs"][1] == pytest.approx(1.0)
+    again = ref.compare(a)                                # the cached ranks serve a second comparison
+    np.testing.assert_allclose(again["spearman"], 1.0)
+    np.testing.assert_allclose(again["ssim"], 1.0)
