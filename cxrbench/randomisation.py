@@ -490,7 +490,7 @@ def markdown(summary: dict, metrics: Sequence[str], methods: Sequence[str], imag
                              f"{_fmt((s['null'] or {}).get(metric))} | {_fmt((s['random_logit'] or {}).get(metric))} | "
                              f"{_counts_text(full)} | {_counts_text(s['null'])} | {_counts_text(s['random_logit'])} |")
         lines.append("")
-    metric = metrics[0]
+    metric = "spearman_abs" if "spearman_abs" in metrics else metrics[0]      # Adebayo et al.'s main metric
     lines += [f"#### Cascade ({METRIC_NAMES.get(metric, metric)}, mean; step k: the top k layer groups randomised)", ""]
     for b in backbones:
         layers = next((s[b]["cascade"] for s in summary.values() if b in s), [])
