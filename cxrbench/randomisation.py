@@ -74,9 +74,9 @@ def _holds_state(m: nn.Module) -> bool:
 def _is_stage_sequence(m: nn.Module) -> bool:
     """A ``nn.Sequential`` of *stages* rather than one stage: its parameter-holding children are all
     ``nn.Sequential`` (EfficientNet's ``blocks``), or are of more than one type with at least one of them
-    a container of parameter-holding modules (DenseNet's ``features``: conv, norm, dense blocks, transitions). A sequence
-    of blocks of one type (ResNet's ``layer4``, Inception-ResNet's ``repeat``) or of plain layers
-    (DenseNet's transition: norm, conv) is one stage."""
+    a container of parameter-holding modules (DenseNet's ``features``: conv, norm, dense blocks,
+    transitions). A sequence of blocks of one type (ResNet's ``layer4``, Inception-ResNet's ``repeat``)
+    or of plain layers (DenseNet's transition: norm, conv) is one stage."""
     if not isinstance(m, nn.Sequential):
         return False
     kids = [c for c in m.children() if _holds_state(c)]
@@ -364,11 +364,13 @@ def _finite_or_none(v):
 
 def summarise(frame, metrics: Sequence[str], n_boot: int, seed: int, confidence: float) -> dict:
     """Per method x backbone: for each comparison (the cascade's steps, the null, the random logit) the
-    counts of :data:`PAIR_STATUSES` and, per metric, the mean over folds of the mean over compared images
-    with a percentile bootstrap CI resampling patient groups within each fold's images
-    (:func:`cxrbench.bootstrap.fold_bootstrap`; every comparison and step on the same draws). A fold with
-    no compared image for a comparison is left out of its mean (its maps are counted). ``frame``: the rows
-    of :func:`run_checks` with ``backbone``, ``fold`` and ``group`` (patient group) columns added."""
+    counts of :data:`PAIR_STATUSES`, ``n`` and ``patients`` (compared maps, their patient groups; the same
+    image explained by several folds' models counts once per fold in ``n``) and, per metric, the mean over
+    folds of the mean over compared images with a percentile bootstrap CI resampling patient groups within
+    each fold's images (:func:`cxrbench.bootstrap.fold_bootstrap`; every comparison and step on the same
+    draws). A fold with no compared image for a comparison is left out of its mean (its maps are counted).
+    ``frame``: the rows of :func:`run_checks` with ``backbone``, ``fold`` and ``group`` (patient group)
+    columns added."""
     from .bootstrap import fold_bootstrap
 
     out: dict = {}
@@ -382,6 +384,7 @@ def summarise(frame, metrics: Sequence[str], n_boot: int, seed: int, confidence:
             sub = cell[(cell["comparison"] == key[0]) & (cell["step"] == key[1])]
             entries[key] = {"counts": {s: int((sub["status"] == s).sum()) for s in PAIR_STATUSES},
                             "n": int((sub["status"] == "compared").sum()),
+                            "patients": int(sub.loc[sub["status"] == "compared", "group"].nunique()),
                             "folds": int(sub.loc[sub["status"] == "compared", "fold"].nunique())}
             if key[0] == "cascade":
                 entries[key] = {"step": key[1], "layer": layer[key], **entries[key]}
@@ -449,7 +452,7 @@ def _counts_text(e: dict | None) -> str:
     if not e:
         return "–"
     c = e["counts"]
-    parts = [f"{c['compared']}"]
+    parts = [f"{c['compared']} ({e['patients']} pat.)"]
     if c["changed_constant"]:
         parts.append(f"{c['changed_constant']} constant")
     if c["changed_nonfinite"]:
@@ -472,9 +475,10 @@ def markdown(summary: dict, metrics: Sequence[str], methods: Sequence[str], imag
              f"(the cascade's last step); **null**: two independently randomised models (the similarity the input "
              f"alone produces: the level to compare Full with); **logit**: the trained model's map for the target "
              f"vs for another label (seeded choice). Lower = the map depends more on the weights / the class. "
-             f"n: maps compared, then the second map's constant ones (no similarity; for full and logit they count "
-             f"as passing: the map changed completely), non-finite ones, and images excluded because the first "
-             f"map (trained model; null: the first randomised model) is degenerate.", ""]
+             f"n: maps compared (their patients; an image explained by two folds' models counts twice), then "
+             f"the second map's constant ones (no similarity; for full and logit they count as passing: the map "
+             f"changed completely), non-finite ones, and images excluded because the first map (trained model; "
+             f"null: the first randomised model) is degenerate.", ""]
     for metric in metrics:
         lines += [f"#### {METRIC_NAMES.get(metric, metric)}", "",
                   "| backbone | method | full | null | logit | n full | n null | n logit |",

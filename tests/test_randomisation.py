@@ -223,7 +223,7 @@ def test_degenerate_maps_are_a_counted_status_not_a_number():
     assert full["n"] == 2
     np.testing.assert_allclose(full["spearman_abs"]["estimate"], np.nanmean(sim["spearman_abs"]))
     md = R.markdown({"m": {"b": out}}, R.METRICS, ["m"], 5)
-    assert "2, 1 constant, 1 non-finite, 1 excluded" in md
+    assert "2 (2 pat.), 1 constant, 1 non-finite, 1 excluded" in md
 
 
 def test_cascade_order_on_a_timm_resnet18_is_top_down():
