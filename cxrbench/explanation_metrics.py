@@ -47,6 +47,8 @@ The other metrics take and return numpy arrays and never touch a device.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -433,20 +435,47 @@ def area_fraction(masks: np.ndarray) -> np.ndarray:
     return m.reshape(len(m), -1).mean(1)
 
 
+@contextlib.contextmanager
+def seeded_rng(seed: int, devices=()):
+    """Run the block with torch's CPU generator (and those of the CUDA ``devices``) seeded with ``seed``,
+    then put every one of them back as it was: no global RNG side effect.
+
+    Seeds exactly what ``torch.manual_seed(seed)`` seeds for those generators (so values drawn inside are
+    the same), but touches no other CUDA device's generator (``torch.manual_seed`` seeds them all).
+    """
+    devices = sorted({int(d) for d in devices})
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(int(seed))
+        for d in devices:
+            torch.cuda.default_generators[d].manual_seed(int(seed))
+        yield
+
+
+def cuda_devices(model: torch.nn.Module) -> list[int]:
+    """The CUDA device indices of ``model``'s parameters and buffers (what re-initialising it draws from)."""
+    return sorted({t.device.index or 0 for t in list(model.parameters()) + list(model.buffers())
+                   if t.device.type == "cuda"})
+
+
 def randomise_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """A copy of ``model`` with every parameter re-initialised (Adebayo et al. 2018,
     full-model randomisation): each module's own ``reset_parameters`` (PyTorch's
-    default init; BatchNorm also resets its running statistics)."""
+    default init; BatchNorm also resets its running statistics).
+
+    Draws from generators seeded with ``seed`` inside :func:`seeded_rng`: the same values as
+    ``torch.manual_seed(seed)`` followed by the resets, without changing torch's global RNG state.
+    ``model`` is left untouched. Layer by layer (cascading) randomisation: :mod:`cxrbench.randomisation`.
+    """
     import copy
-    torch.manual_seed(seed)
     rnd = copy.deepcopy(model)
     n = 0
-    for mod in rnd.modules():
-        if hasattr(mod, "reset_parameters") and callable(mod.reset_parameters):
-            mod.reset_parameters()
-            n += 1
-        if hasattr(mod, "reset_running_stats"):
-            mod.reset_running_stats()
+    with seeded_rng(seed, cuda_devices(rnd)):
+        for mod in rnd.modules():
+            if hasattr(mod, "reset_parameters") and callable(mod.reset_parameters):
+                mod.reset_parameters()
+                n += 1
+            if hasattr(mod, "reset_running_stats"):
+                mod.reset_running_stats()
     if n == 0:
         raise ValueError("randomise_weights: no module with reset_parameters")
     return rnd.eval()
