@@ -47,7 +47,7 @@ def main() -> None:
     prepared, rep = A.prepare_for_attribution(model, x)
     s = A.Settings(methods=args.methods, steps=args.steps, window=args.window, stride=args.stride,
                    interpolate="bilinear", target_layers={"resnet": "layer4"}, max_batch=args.max_batch,
-                   memory_fraction=0.5)
+                   memory_fraction=0.5, scorecam_batch=None, lrp_composite="epsilon_gamma_box")
     with torch.no_grad():
         model(x)                                                     # warm-up
     per_image = {}
