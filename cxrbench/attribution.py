@@ -1,7 +1,8 @@
 """Attribution maps for the classifiers, one class per method.
 
-Methods (Chatterjee et al., seed 000, section 3.4, all via Captum; plus the
-class-activation maps of seeds 001 and 003):
+Methods (Chatterjee et al., seed 000, section 3.4, all via Captum; the
+class-activation maps of seeds 001 and 003 and more through pytorch-grad-cam;
+LRP of seed 001 through zennit):
 
 ==================  ===========================================================
 occlusion           captum.attr.Occlusion, zero baseline, window/stride in params
@@ -12,9 +13,29 @@ integrated_gradients captum.attr.IntegratedGradients, zero baseline, n_steps
 deeplift            captum.attr.DeepLift, zero baseline (Rescale rule)
 gradcam             captum.attr.LayerGradCam on the target layer (ReLU), upsampled
                     to the input with LayerAttribution.interpolate
-gradcam_pp          Grad-CAM++ (Chattopadhay et al. 2018), own implementation below
+                    (kept over pytorch-grad-cam's GradCAM: 3x faster, same map,
+                    benchmarks/bench_explain.py)
+gradcam_pp          Grad-CAM++ (Chattopadhay et al. 2018): pytorch_grad_cam.GradCAMPlusPlus
 guided_gradcam      captum.attr.GuidedGradCam on the target layer
+scorecam            Score-CAM (Wang et al. 2020): pytorch_grad_cam.ScoreCAM, gradient-
+                    free, one forward per channel of the layer and image (slow on CPU)
+layercam            LayerCAM (Jiang et al. 2021): pytorch_grad_cam.LayerCAM
+xgradcam            XGrad-CAM (Fu et al. 2020): pytorch_grad_cam.XGradCAM
+eigencam            Eigen-CAM (Muhammad & Yeasin 2020): pytorch_grad_cam.EigenCAM,
+                    class-agnostic (the target is ignored), sign of the component arbitrary
+lrp                 LRP (Bach et al. 2015): zennit Gradient attributor, composite
+                    explain.lrp_composite, canonizers per timm backbone family
 ==================  ===========================================================
+
+The pytorch-grad-cam maps are the library's own (its weights, activations,
+gradients and final ReLU) stopped before its per-image min-max scaling to
+[0, 1] and cv2 resize: they keep their magnitude and are upsampled with
+``explain.interpolate`` like Grad-CAM's (:class:`_LayerResolution`). All rows
+of a chunk go through one forward/backward with ``ClassifierOutputTarget(t_i)``
+per row. LRP acts on the timm backbone inside :class:`cxrbench.models.Classifier`
+(its resize and normalisation pass relevance through unchanged in total); a
+backbone whose residual additions no canonizer rewrites raises
+NotImplementedError, recorded by :func:`run_methods` as the method's status.
 
 Every map is returned as a float32 (B, H, W) tensor at input resolution: the
 attribution summed over input channels (Captum's own heat-map convention).
@@ -885,6 +906,7 @@ def load_classifier(backbone: str, fold: int, device, checkpoint_file: str = "be
 
 # Errors a method may raise for a (method, backbone) pair that cannot run; they
 # are recorded with their message. Anything else is a bug and propagates.
+# (NotImplementedError: e.g. lrp on a backbone without canonizers, LRP_BACKBONES.)
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError, NotImplementedError)
 
 
