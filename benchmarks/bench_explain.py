@@ -4,8 +4,14 @@
    resnet18, 1 channel, random weights, 18 classes) at 128 px.
 2. AOPPC: all 1 + 10 copies of each image in one forward (batched) vs one
    forward per copy (sequential); speed-up = sequential / batched time.
+3. Grad-CAM: ours (Captum's LayerGradCam, one batched backward, upsampled in
+   torch) vs pytorch-grad-cam's GradCAM on the same inputs and layer, both as
+   the attribute stage would run it (the library's map at layer resolution,
+   upsampled the same way) and as the library returns it by default (min-max
+   scaled, cv2 resize); seconds per image (best of --repeats), the ratio
+   library / ours, and the largest difference of the min-max scaled maps.
 
-    python benchmarks/bench_explain.py [--images 4] [--size 128] [--steps 50] [--threads 2]
+    python benchmarks/bench_explain.py [--images 4] [--size 128] [--steps 50] [--threads 2] [--methods ...]
 
 Prints a JSON object; timings depend on the machine and its load.
 """
@@ -35,6 +41,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--methods", nargs="*", default=list(A.METHODS))
+    ap.add_argument("--repeats", type=int, default=5, help="Grad-CAM comparison: best of this many runs")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
@@ -47,7 +54,9 @@ def main() -> None:
     prepared, rep = A.prepare_for_attribution(model, x)
     s = A.Settings(methods=args.methods, steps=args.steps, window=args.window, stride=args.stride,
                    interpolate="bilinear", target_layers={"resnet": "layer4"}, max_batch=args.max_batch,
-                   memory_fraction=0.5)
+                   memory_fraction=0.5, scorecam_batch=None, lrp_composite="epsilon_gamma_box")
+    import pytorch_grad_cam  # noqa: F401  (imported before timing: the libraries' import is not a method's cost)
+    import zennit.attribution  # noqa: F401
     with torch.no_grad():
         model(x)                                                     # warm-up
     per_image = {}
@@ -73,8 +82,65 @@ def main() -> None:
            "aoppc_same_value": timing["batched_aoppc"] == timing["sequential_aoppc"],
            "aoppc_speedup_batched_vs_sequential": round(timing["sequential"] / timing["batched"], 2),
            "aoppc_speedup_4_images_vs_sequential": round(timing["sequential"] / timing["batched_4_images"], 2),
-           "torch": torch.__version__, "prepare": rep.as_dict()}
+           "gradcam_libraries": gradcam_libraries(model, prepared, x, target, s, args.max_batch, args.repeats),
+           "torch": torch.__version__, "machine": machine(), "prepare": rep.as_dict()}
     print(json.dumps(out, indent=2))
+
+
+def machine() -> str:
+    import os
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU {cpu}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, torch threads {torch.get_num_threads()}"
+
+
+def gradcam_libraries(model, prepared, x, target, s, max_batch: int, repeats: int) -> dict:
+    """Grad-CAM of resnet18's layer4: Captum (``gradcam``, ours) vs pytorch-grad-cam's GradCAM."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    class LibraryGradCam(A.LibraryCamMethod):
+        library_name = "GradCAM"
+
+    ours = A.make("gradcam", model, prepared, s, max_batch, "resnet18")
+    layer = A.target_layer(prepared, "resnet18", s.target_layers)[1]
+    lib = LibraryGradCam(prepared, s.method_settings(), max_batch, layer)
+
+    def lib_default():
+        cam = GradCAM(model=prepared, target_layers=[layer])
+        try:
+            return torch.from_numpy(cam(x, [ClassifierOutputTarget(int(t)) for t in target]))
+        finally:
+            cam.activations_and_grads.release()
+
+    def best(fn):
+        times, out = [], None
+        for _ in range(repeats):
+            t = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t)
+        return min(times) / len(x), out
+
+    def minmax(m):
+        lo, hi = m.amin((1, 2), keepdim=True), m.amax((1, 2), keepdim=True)
+        return (m - lo) / (hi - lo + 1e-7)
+
+    t_ours, m_ours = best(lambda: ours.attribute(x, target))
+    t_lib, m_lib = best(lambda: lib.attribute(x, target))
+    t_def, m_def = best(lib_default)
+    return {"seconds_per_image": {"captum_LayerGradCam (ours)": round(t_ours, 5),
+                                  "pytorch_grad_cam_GradCAM (as the stage runs it)": round(t_lib, 5),
+                                  "pytorch_grad_cam_GradCAM (library default output)": round(t_def, 5)},
+            "ratio_library_over_ours": round(t_lib / t_ours, 2),
+            "ratio_library_default_over_ours": round(t_def / t_ours, 2),
+            "max_abs_diff_minmax_maps": float((minmax(m_ours) - minmax(m_lib)).abs().max()),
+            "max_abs_diff_minmax_vs_library_default": float((minmax(m_ours) - m_def).abs().max()),
+            "repeats": repeats}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Attribution maps for the classifiers, one class per method.
 
-Methods (Chatterjee et al., seed 000, section 3.4, all via Captum; plus the
-class-activation maps of seeds 001 and 003):
+Methods (Chatterjee et al., seed 000, section 3.4, all via Captum; the
+class-activation maps of seeds 001 and 003 and more through pytorch-grad-cam;
+LRP of seed 001 through zennit):
 
 ==================  ===========================================================
 occlusion           captum.attr.Occlusion, zero baseline, window/stride in params
@@ -12,9 +13,29 @@ integrated_gradients captum.attr.IntegratedGradients, zero baseline, n_steps
 deeplift            captum.attr.DeepLift, zero baseline (Rescale rule)
 gradcam             captum.attr.LayerGradCam on the target layer (ReLU), upsampled
                     to the input with LayerAttribution.interpolate
-gradcam_pp          Grad-CAM++ (Chattopadhay et al. 2018), own implementation below
+                    (kept over pytorch-grad-cam's GradCAM: 3x faster, same map,
+                    benchmarks/bench_explain.py)
+gradcam_pp          Grad-CAM++ (Chattopadhay et al. 2018): pytorch_grad_cam.GradCAMPlusPlus
 guided_gradcam      captum.attr.GuidedGradCam on the target layer
+scorecam            Score-CAM (Wang et al. 2020): pytorch_grad_cam.ScoreCAM, gradient-
+                    free, one forward per channel of the layer and image (slow on CPU)
+layercam            LayerCAM (Jiang et al. 2021): pytorch_grad_cam.LayerCAM
+xgradcam            XGrad-CAM (Fu et al. 2020): pytorch_grad_cam.XGradCAM
+eigencam            Eigen-CAM (Muhammad & Yeasin 2020): pytorch_grad_cam.EigenCAM,
+                    class-agnostic (the target is ignored), sign of the component arbitrary
+lrp                 LRP (Bach et al. 2015): zennit Gradient attributor, composite
+                    explain.lrp_composite, canonizers per timm backbone family
 ==================  ===========================================================
+
+The pytorch-grad-cam maps are the library's own (its weights, activations,
+gradients and final ReLU) stopped before its per-image min-max scaling to
+[0, 1] and cv2 resize: they keep their magnitude and are upsampled with
+``explain.interpolate`` like Grad-CAM's (:class:`_LayerResolution`). All rows
+of a chunk go through one forward/backward with ``ClassifierOutputTarget(t_i)``
+per row. LRP acts on the timm backbone inside :class:`cxrbench.models.Classifier`
+(its resize and normalisation pass relevance through unchanged in total); a
+backbone whose residual additions no canonizer rewrites raises
+NotImplementedError, recorded by :func:`run_methods` as the method's status.
 
 Every map is returned as a float32 (B, H, W) tensor at input resolution: the
 attribution summed over input channels (Captum's own heat-map convention).
@@ -348,8 +369,10 @@ class Method:
     needs_layer = False
     needs_prepared = False
 
-    def __init__(self, model: nn.Module, settings: dict, max_batch: int, layer: nn.Module | None = None):
+    def __init__(self, model: nn.Module, settings: dict, max_batch: int, layer: nn.Module | None = None,
+                 backbone: str | None = None):
         self.model, self.settings, self.max_batch, self.layer = model, settings, max_batch, layer
+        self.backbone = backbone
 
     def _one(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -466,50 +489,358 @@ class GradCamMethod(Method):
         return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode=self.settings["interpolate"])
 
 
-@register("gradcam_pp")
-class GradCamPPMethod(Method):
-    """Grad-CAM++ (Chattopadhay et al. 2018, eq. 19 with the exponential closed form).
+def _upsample(cam: torch.Tensor, x: torch.Tensor, mode: str) -> torch.Tensor:
+    """(B, h, w) or (B, 1, h, w) layer-resolution map -> (B, 1, H, W) at the input's size, ``explain.interpolate``
+    (the same call as Captum's ``LayerAttribution.interpolate``, which Grad-CAM uses)."""
+    if cam.dim() == 3:
+        cam = cam.unsqueeze(1)
+    return F.interpolate(cam, size=tuple(x.shape[-2:]), mode=mode)
 
-    With A the target layer's activations and g = dS/dA the gradient of the
-    class logit S, taking Y = exp(S) makes the higher derivatives closed-form
-    (dY/dA = Y g, d2Y/dA2 = Y g^2, d3Y/dA3 = Y g^3), so
 
-        alpha_k(ij) = g^2 / (2 g^2 + sum_ab A_k(ab) g^3)    (0 where the denominator is 0)
-        w_k        = sum_ij alpha_k(ij) relu(g_k(ij))       (Y > 0 only scales all w_k)
-        map        = relu(sum_k w_k A_k), upsampled to the input.
+# --- class-activation maps through pytorch-grad-cam (grad-cam 1.5.7) ------------
 
-    Activations come from a forward hook on the target layer, gradients from
-    autograd.grad on them (runs on the prepared model: no in-place op may
-    overwrite the hooked activation).
+class _LayerResolution:
+    """Mixed into a pytorch-grad-cam class: the rectified map at the target layer's resolution.
+
+    The library's ``compute_cam_per_layer`` ends each map with ``scale_cam_image``: a per-image min-max
+    scaling to [0, 1] and a ``cv2.resize`` (bilinear) to the input size. Here the same map stops before
+    that step (``np.maximum(cam, 0)`` of the library's own ``get_cam_image``: its weights, its activations
+    and gradients), so that it keeps its magnitude like every other method's map (the attribute stage
+    stores a per-image scale) and is upsampled with ``explain.interpolate`` like Grad-CAM's.
+    tests/test_libraries.py checks that min-max scaling this map and resizing it bilinearly gives the
+    library's own output.
+    """
+
+    def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):
+        acts = [a.cpu().data.numpy() for a in self.activations_and_grads.activations]
+        grads = [g.cpu().data.numpy() for g in self.activations_and_grads.gradients]
+        if len(self.target_layers) != 1 or len(acts) != 1:
+            raise RuntimeError(f"expected one target layer called once per forward, got {len(self.target_layers)} "
+                               f"layer(s) and {len(acts)} activation(s) (a module reused in the forward?)")
+        cam = self.get_cam_image(input_tensor, self.target_layers[0], targets, acts[0],
+                                 grads[0] if grads else None, eigen_smooth)
+        return [np.maximum(cam, 0)]
+
+    def aggregate_multi_layers(self, cam_per_target_layer):
+        return cam_per_target_layer[0]
+
+
+_CAM_CLASSES: dict[str, type] = {}
+
+
+def _cam_class(library_name: str) -> type:
+    """The library's CAM class ``library_name`` with :class:`_LayerResolution` mixed in (made once)."""
+    if library_name not in _CAM_CLASSES:
+        import pytorch_grad_cam
+        base = getattr(pytorch_grad_cam, library_name)
+        _CAM_CLASSES[library_name] = type(f"LayerResolution{library_name}", (_LayerResolution, base), {})
+    return _CAM_CLASSES[library_name]
+
+
+class LibraryCamMethod(Method):
+    """A class-activation map of pytorch-grad-cam on the target layer (``explain.target_layers``).
+
+    All rows of a chunk in one forward/backward: the library sums ``ClassifierOutputTarget(t_i)`` of row i
+    (the target logit) over the batch before its backward, so row i's gradients are those of its own
+    target. The rectified map at the layer's resolution (:class:`_LayerResolution`) is upsampled with
+    ``explain.interpolate``. Runs on the prepared model (no in-place op after the hooked layer).
     """
     needs_layer = True
     needs_prepared = True
+    library_name = "?"
+
+    def configure(self, cam) -> None:
+        """Per-method settings on the library's object (Score-CAM: its batch size)."""
 
     def _one(self, x, target):
-        store = {}
-
-        def fwd(_m, _i, out):
-            store["a"] = out[0] if isinstance(out, (tuple, list)) else out
-
-        h = self.layer.register_forward_hook(fwd)
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        cam = _cam_class(self.library_name)(model=self.model, target_layers=[self.layer])
+        self.configure(cam)
         try:
             with torch.enable_grad():
-                xi = x.detach().requires_grad_(True)
-                logits = self.model(xi)
-                score = logits.gather(1, target.view(-1, 1)).sum()
-                a = store["a"]
-                g, = torch.autograd.grad(score, a)
+                maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in target])
         finally:
-            h.remove()
-        a = a.detach()
-        g2, g3 = g.pow(2), g.pow(3)
-        denom = 2 * g2 + (a.sum(dim=(2, 3), keepdim=True) * g3)
-        alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)),
-                            torch.zeros_like(denom))
-        w = (alpha * F.relu(g)).sum(dim=(2, 3), keepdim=True)
-        cam = F.relu((w * a).sum(1, keepdim=True))
-        return F.interpolate(cam, size=tuple(x.shape[-2:]), mode=self.settings["interpolate"],
-                             **({} if self.settings["interpolate"] == "nearest" else {"align_corners": False}))
+            # the library keeps its hooks, the last outputs (and their retained graph) and the parameters'
+            # .grad: all released here (its own `with` form would also swallow an IndexError)
+            cam.activations_and_grads.release()
+            cam.outputs = None
+            self.model.zero_grad(set_to_none=True)
+        cam_t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32)).to(x.device)
+        return _upsample(cam_t, x, self.settings["interpolate"])
+
+
+@register("gradcam_pp")
+class GradCamPPMethod(LibraryCamMethod):
+    """Grad-CAM++ (Chattopadhay et al. 2018, eq. 19, exponential closed form): pytorch_grad_cam.GradCAMPlusPlus.
+
+    With A the layer's activations and g = dS/dA: alpha = g^2 / (2 g^2 + sum_ab A g^3 + 1e-6), 0 where
+    g = 0; w_k = sum_ij alpha relu(g); map = relu(sum_k w_k A_k).
+    """
+    library_name = "GradCAMPlusPlus"
+
+
+@register("scorecam")
+class ScoreCamMethod(LibraryCamMethod):
+    """Score-CAM (Wang et al. 2020): pytorch_grad_cam.ScoreCAM, gradient-free.
+
+    Each channel's activation, upsampled to the input (the library's own ``UpsamplingBilinear2d``,
+    align_corners=True, whatever ``explain.interpolate`` says) and min-max scaled to [0, 1], masks the
+    input; w_k = softmax over channels of the target logit on the masked inputs. Costs one forward per
+    channel of the layer and image (512 for a ResNet18's layer4), ``explain.scorecam_batch`` masked
+    copies per forward.
+    """
+    library_name = "ScoreCAM"
+
+    def configure(self, cam) -> None:
+        cam.batch_size = self.settings["scorecam_batch"] or self.max_batch
+
+    def _one(self, x, target):
+        # the library draws a tqdm bar per image and batch; the stage logs one line per method instead
+        from unittest import mock
+        from types import SimpleNamespace
+        import pytorch_grad_cam.score_cam as score_cam
+        with mock.patch.object(score_cam, "tqdm", SimpleNamespace(tqdm=lambda it, *a, **k: it)):
+            return super()._one(x, target)
+
+
+@register("layercam")
+class LayerCamMethod(LibraryCamMethod):
+    """LayerCAM (Jiang et al. 2021): pytorch_grad_cam.LayerCAM, map = relu(sum_k relu(g_k) * A_k) (per location)."""
+    library_name = "LayerCAM"
+
+
+@register("xgradcam")
+class XGradCamMethod(LibraryCamMethod):
+    """XGrad-CAM (Fu et al. 2020): pytorch_grad_cam.XGradCAM, w_k = sum_ij g A / (sum_ij A + 1e-7)."""
+    library_name = "XGradCAM"
+
+
+@register("eigencam")
+class EigenCamMethod(LibraryCamMethod):
+    """Eigen-CAM (Muhammad & Yeasin 2020): pytorch_grad_cam.EigenCAM, gradient-free and class-agnostic.
+
+    The projection of the layer's (centred) activations on their first principal component, rectified.
+    The target is ignored (every class gets the same map), and the sign of a principal component is
+    arbitrary: the rectified half may be the background.
+    """
+    library_name = "EigenCAM"
+
+
+# --- LRP through zennit (0.5.1) ------------------------------------------------
+
+LRP_COMPOSITES = ("epsilon", "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1_flat")
+
+# timm backbones whose every residual addition is rewritten by a canonizer below (or that have none):
+# any other backbone raises NotImplementedError (recorded): a skip connection left as a plain `+` passes
+# its full relevance down both branches, which counts it twice.
+LRP_BACKBONES = {r"resnet(18|26|34|50|101|152)": "resnet", r"efficientnet_lite[0-4]": "efficientnet_lite",
+                 r"densenet(121|161|169|201)": "densenet", r"inception_v3": "inception_v3"}
+
+
+def _lrp_family(backbone: str | None) -> str | None:
+    import re
+    if backbone is None:
+        return None
+    for pattern, family in LRP_BACKBONES.items():
+        if re.fullmatch(pattern, backbone):
+            return family
+    raise NotImplementedError(f"lrp: no canonizer for backbone {backbone!r} (its residual additions would "
+                              f"count relevance twice); supported: {list(LRP_BACKBONES)}")
+
+
+def _merge_batch_norm_canonizer():
+    """zennit's batch-norm merge for a convolution / dense layer and the batch norm that follows it as the
+    next child of the same parent module (timm's ``conv1``, ``bn1``; a ``downsample`` of (conv, bn)), of as
+    many channels. timm's BatchNormAct2d (batch norm + activation, a subclass of nn.BatchNorm2d) counts as
+    one: merged, its batch norm becomes the identity and its activation stays.
+
+    zennit's own SequentialMergeBatchNorm pairs consecutive *leaves* of the whole tree: it misses
+    BatchNormAct2d (its leaves are the activation) and, on a DenseNet, pairs a layer's last convolution
+    with the next layer's batch norm, which runs on the concatenation instead (a shape error at best).
+    """
+    from zennit.canonizers import MergeBatchNorm as ZennitMerge
+    from zennit.types import BatchNorm, Linear
+
+    class MergeBatchNorm(ZennitMerge):
+        def apply(self, root_module):
+            instances = []
+            for parent in root_module.modules():
+                children = list(parent.children())
+                for first, second in zip(children, children[1:]):
+                    if (isinstance(first, Linear) and isinstance(second, (BatchNorm, nn.BatchNorm2d))
+                            and first.weight.shape[0] == second.num_features):
+                        instance = self.copy()
+                        instance.register((first,), second)
+                        instances.append(instance)
+            return instances
+
+    return MergeBatchNorm()
+
+
+def _residual_sum_canonizer(family: str):
+    """The residual addition of timm's blocks through zennit's ``Sum`` module (its rule: Norm, relevance
+    shared in proportion to each summand's contribution): ResNet's BasicBlock / Bottleneck (forward
+    rewritten as timm's, with the Sum) and EfficientNet's DepthwiseSeparableConv / InvertedResidual
+    (their own forward without the skip, then the Sum)."""
+    from zennit.canonizers import Canonizer
+    from zennit.layer import Sum
+
+    if family == "resnet":
+        from timm.models.resnet import BasicBlock, Bottleneck
+        types = (BasicBlock, Bottleneck)
+
+        def forward(self, x):
+            shortcut = x
+            if isinstance(self, BasicBlock):
+                out = self.aa(self.act1(self.drop_block(self.bn1(self.conv1(x)))))
+                out = self.bn2(self.conv2(out))
+            else:
+                out = self.act1(self.bn1(self.conv1(x)))
+                out = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(out)))))
+                out = self.bn3(self.conv3(out))
+            if self.se is not None:
+                out = self.se(out)
+            if self.drop_path is not None:
+                out = self.drop_path(out)
+            if self.downsample is not None:
+                shortcut = self.downsample(shortcut)
+            out = self.canonizer_sum(torch.stack([shortcut, out], dim=-1))
+            return (self.act2 if isinstance(self, BasicBlock) else self.act3)(out)
+    elif family == "efficientnet_lite":
+        from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
+        types = (DepthwiseSeparableConv, InvertedResidual)
+
+        def forward(self, x):
+            out = type(self).forward(self, x)            # has_skip is False while canonized: the branch alone
+            return self.canonizer_sum(torch.stack([x, out], dim=-1))
+    else:
+        return None
+
+    class ResidualSum(Canonizer):
+        def __init__(self):
+            self.module = None
+
+        def apply(self, root_module):
+            instances = []
+            for m in root_module.modules():
+                if isinstance(m, types) and getattr(m, "has_skip", True):
+                    inst = ResidualSum()
+                    inst.register(m)
+                    instances.append(inst)
+            return instances
+
+        def register(self, module):
+            self.module = module
+            module.canonizer_sum = Sum()
+            module.forward = forward.__get__(module)
+            if hasattr(module, "has_skip"):
+                module.has_skip = False
+
+        def remove(self):
+            del self.module.canonizer_sum
+            del self.module.forward                      # back to the class's forward
+            if hasattr(self.module, "has_skip"):
+                self.module.has_skip = True
+
+    return ResidualSum()
+
+
+def lrp_canonizers(backbone: str | None) -> list:
+    """zennit canonizers for ``backbone`` (a timm name; None: a plain network, batch norms merged only)."""
+    family = _lrp_family(backbone)
+    out = [_merge_batch_norm_canonizer()]
+    residual = _residual_sum_canonizer(family) if family else None
+    return out + ([residual] if residual is not None else [])
+
+
+def lrp_composite(name: str, canonizers: list, low, high):
+    """zennit composite ``explain.lrp_composite``: ``epsilon`` (the epsilon rule on every convolution and
+    dense layer), ``epsilon_plus_flat``, ``epsilon_gamma_box`` (ZBox on the first layer, bounded by
+    ``low``/``high``: the backbone's input range) or ``epsilon_alpha2_beta1_flat`` (zennit's defaults:
+    epsilon 1e-6, gamma 0.25). All pass relevance unchanged through activations and unmerged batch norms
+    and share it in proportion through sums and average pools (zennit's base layer map)."""
+    from zennit import composites as Z
+    from zennit.rules import Epsilon
+    from zennit.types import Convolution
+    check_choice("explain.lrp_composite", name, LRP_COMPOSITES)
+    if name == "epsilon":
+        return Z.LayerMapComposite(layer_map=Z.layer_map_base() + [(Convolution, Epsilon()), (nn.Linear, Epsilon())],
+                                   canonizers=canonizers)
+    if name == "epsilon_gamma_box":
+        return Z.EpsilonGammaBox(low=low, high=high, canonizers=canonizers)
+    cls = {"epsilon_plus_flat": Z.EpsilonPlusFlat, "epsilon_alpha2_beta1_flat": Z.EpsilonAlpha2Beta1Flat}[name]
+    return cls(canonizers=canonizers)
+
+
+def _reset_unshared(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, _Unshared):
+            m.calls = 0
+
+
+@register("lrp")
+class LRPMethod(Method):
+    """Layer-wise relevance propagation (Bach et al. 2015): zennit's ``Gradient`` attributor under the
+    composite ``explain.lrp_composite`` with :func:`lrp_canonizers`; relevance initialised with the target
+    logit (one-hot of the target times the output), so that a conserving rule sums to that logit.
+
+    On a :class:`cxrbench.models.Classifier` the composite acts on the timm ``backbone`` with the resized
+    and normalised input: the normalisation (an elementwise one-to-one map) passes relevance unchanged, and
+    the resize passes it back to the cache pixels through the transpose of the bilinear interpolation,
+    whose weights sum to one per output pixel (relevance conserved). The canonized backbone must reproduce
+    the logits (a canonizer that changed the function is a bug, raised). Runs on the prepared model
+    (no in-place activation under zennit's hooks).
+    """
+    needs_prepared = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sums: list[torch.Tensor] = []       # per image: sum(map)
+        self.logits: list[torch.Tensor] = []     # per image: the target logit
+
+    def _one(self, x, target):
+        from zennit.attribution import Gradient
+        from .models import Classifier
+        model = self.model
+        canonizers = lrp_canonizers(self.backbone)
+        if isinstance(model, Classifier):
+            net, c = model.backbone, x.shape[1]
+            if model.aux:
+                net.aux_logits = False                   # as Classifier.forward in eval mode
+            with torch.enable_grad():
+                xr = x.detach().requires_grad_(True)
+                resized = model.resize(xr)
+            xn = model.normalise(resized.detach())
+            low = model.normalise(torch.zeros(1, c, 1, 1, device=x.device))
+            high = model.normalise(torch.ones(1, c, 1, 1, device=x.device))
+        else:
+            net, xn, low, high = model, x.detach(), 0.0, 1.0
+        with torch.no_grad():
+            _reset_unshared(net)
+            plain = net(xn)
+        composite = lrp_composite(self.settings["lrp_composite"], canonizers, low, high)
+        onehot = F.one_hot(target, plain.shape[1]).to(plain.dtype)
+        _reset_unshared(net)
+        with torch.enable_grad(), Gradient(model=net, composite=composite) as attributor:
+            out, rel = attributor(xn.clone(), lambda o: o * onehot)
+        tol = 1e-3 * max(1.0, float(plain.abs().max()))
+        if not torch.allclose(out.detach(), plain, atol=tol, rtol=0):
+            raise RuntimeError(f"lrp: the canonized {self.backbone or 'model'} changed the logits by up to "
+                               f"{float((out.detach() - plain).abs().max()):.3g} (a canonizer bug)")
+        if isinstance(model, Classifier) and resized.shape != x.shape:
+            with torch.enable_grad():
+                rel, = torch.autograd.grad(resized, xr, rel)
+        self.sums.append(rel.detach().float().reshape(len(rel), -1).sum(1).cpu())
+        self.logits.append(plain.gather(1, target.view(-1, 1))[:, 0].float().cpu())
+        return rel.detach()
+
+    def conservation(self) -> dict:
+        """Per image of the last ``attribute`` calls: sum(map), the target logit and
+        |sum - logit| / |logit| (exact only for the epsilon rule without biases)."""
+        if not self.sums:
+            return {"sum": [], "logit": [], "relative": []}
+        s, z = torch.cat(self.sums).double(), torch.cat(self.logits).double()
+        return {"sum": s.tolist(), "logit": z.tolist(), "relative": ((s - z).abs() / z.abs().clamp_min(1e-12)).tolist()}
 
 
 @register("guided_gradcam")
@@ -535,10 +866,13 @@ class Settings:
     target_layers: dict
     max_batch: int | None
     memory_fraction: float
+    scorecam_batch: int | None    # Score-CAM's masked copies per forward; None: max_batch
+    lrp_composite: str            # one of LRP_COMPOSITES
 
     def method_settings(self) -> dict:
         return {"steps": self.steps, "window": self.window, "stride": self.stride,
-                "interpolate": self.interpolate}
+                "interpolate": self.interpolate, "scorecam_batch": self.scorecam_batch,
+                "lrp_composite": self.lrp_composite}
 
 
 def validate(params: dict) -> Settings:
@@ -550,6 +884,9 @@ def validate(params: dict) -> Settings:
     mb = section(params, "explain.max_batch")
     if mb is not None:
         check_int("explain.max_batch", mb, minimum=1)
+    scorecam_batch = section(params, "explain.scorecam_batch")
+    if scorecam_batch is not None:
+        check_int("explain.scorecam_batch", scorecam_batch, minimum=1)
     layers = section(params, "explain.target_layers")
     if not isinstance(layers, dict) or not layers:
         raise ParamError("explain.target_layers", "expected a mapping backbone family -> module path")
@@ -564,7 +901,10 @@ def validate(params: dict) -> Settings:
                                  ["nearest", "bilinear", "bicubic"]),
         target_layers=dict(layers), max_batch=mb,
         memory_fraction=check_fraction("explain.memory_fraction", section(params, "explain.memory_fraction"),
-                                       open_high=False))
+                                       open_high=False),
+        scorecam_batch=scorecam_batch,
+        lrp_composite=check_choice("explain.lrp_composite", section(params, "explain.lrp_composite"),
+                                   LRP_COMPOSITES))
 
 
 def check_method(name: str, key: str = "explain.methods") -> str:
@@ -599,7 +939,7 @@ def make(name: str, model: nn.Module, prepared: nn.Module, settings: Settings, m
     cls = METHODS[check_method(name)]
     net = prepared if cls.needs_prepared else model
     layer = target_layer(net, backbone, settings.target_layers)[1] if cls.needs_layer else None
-    return cls(net, settings.method_settings(), max_batch, layer)
+    return cls(net, settings.method_settings(), max_batch, layer, backbone)
 
 
 def classifier_input(images_u8: np.ndarray, meta: dict, device, masks: np.ndarray | None = None) -> torch.Tensor:
@@ -657,6 +997,7 @@ def load_classifier(backbone: str, fold: int, device, checkpoint_file: str = "be
 
 # Errors a method may raise for a (method, backbone) pair that cannot run; they
 # are recorded with their message. Anything else is a bug and propagates.
+# (NotImplementedError: e.g. lrp on a backbone without canonizers, LRP_BACKBONES.)
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError, NotImplementedError)
 
 

@@ -150,10 +150,18 @@ class Classifier(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
         self.aux = aux
 
-    def forward(self, x: torch.Tensor):
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        """Cache images -> the backbone's input size (bilinear; a no-op at that size)."""
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        x = (x - self.mean) / self.std
+        return x
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Resized images -> the backbone's input: ``(x - mean) / std`` per channel."""
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor):
+        x = self.normalise(self.resize(x))
         if self.aux:
             # inception_v3: auxiliary logits only while training -> (logits, aux_logits)
             self.backbone.aux_logits = self.training

@@ -17,7 +17,9 @@ For each target class of ``explain.targets`` (default covid19): the first
   many of its maps (as stored) are ok, constant (one value everywhere, e.g. an
   all-zero Grad-CAM) or nonfinite, and ``degenerate``: the image paths of the
   constant or non-finite ones (empty list when none); the same under
-  ``sanity`` for the randomised model's maps; the model preparation report;
+  ``sanity`` for the randomised model's maps; for deeplift its completeness per image
+  (``convergence``) and for lrp its relevance conservation per image (``conservation``:
+  sum(map), the target logit and their relative gap); the model preparation report;
   max_batch. Degenerate maps are a status, not a score: the aoppc stage leaves
   them out of every metric and counts them.
 
@@ -161,6 +163,15 @@ def main() -> None:
         print(f"  deeplift completeness |sum - (f(x) - f(0))| / |f(x) - f(0)|: median "
               f"{conv['relative_median']:.2g}, max {conv['relative_max']:.2g}; {conv['above_tolerance']}/"
               f"{conv['images']} above explain.deeplift_tolerance {tolerance:g}")
+
+    if status.get("lrp", {}).get("ok"):                        # relevance conservation: sum(map) = target logit?
+        cons = built["lrp"].conservation()
+        rel = np.asarray(cons["relative"], dtype=float)
+        status["lrp"]["conservation"] = {
+            "composite": s.lrp_composite, "relative_median": float(np.median(rel)), "relative_max": float(rel.max()),
+            "relative": [round(float(v), 6) for v in rel], "sum": cons["sum"], "logit": cons["logit"]}
+        print(f"  lrp conservation |sum - logit| / |logit| ({s.lrp_composite}): median {np.median(rel):.2g}, "
+              f"max {rel.max():.2g} (biases and stabilisers absorb relevance; exact only for epsilon without biases)")
 
     rand_maps = {}
     if n_sanity:

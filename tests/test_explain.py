@@ -112,7 +112,7 @@ class SmallNet(nn.Module):
 def _settings(**kw):
     base = dict(methods=list(A.METHODS), steps=8, window=8, stride=8, interpolate="bilinear",
                 target_layers={"resnet": "layer4", "densenet": "features.norm5"}, max_batch=64,
-                memory_fraction=0.5)
+                memory_fraction=0.5, scorecam_batch=None, lrp_composite="epsilon_gamma_box")
     base.update(kw)
     return A.Settings(**base)
 
@@ -225,8 +225,8 @@ def test_chunking_gives_same_attributions(method):
 
 def test_unknown_method_and_layer_raise_param_error():
     with pytest.raises(ParamError, match="valid methods are"):
-        A.check_method("lrp")
-    params = {"explain": {"methods": ["saliency", "lrp"], "max_batch": None, "target_layers": {"resnet": "layer4"},
+        A.check_method("smoothgrad")
+    params = {"explain": {"methods": ["saliency", "smoothgrad"], "max_batch": None, "target_layers": {"resnet": "layer4"},
                           "ig_steps": 8, "occlusion_window": 8, "occlusion_stride": 8,
                           "interpolate": "bilinear", "memory_fraction": 0.5}}
     with pytest.raises(ParamError, match="saliency"):
@@ -247,7 +247,7 @@ def test_gradcam_pp_matches_gradcam_for_single_location_layer():
     s = _settings(interpolate="nearest")
     pp = A.make("gradcam_pp", model, prepared, s, 8, "resnet18").attribute(x, 3)
     assert pp.shape == (1, 32, 32) and torch.isfinite(pp).all()
-    assert float(pp.std()) == 0.0             # one location upsampled: a constant map
+    assert float(pp.max()) == float(pp.min()) > 0     # one location upsampled: a constant map
 
 
 def test_lung_mass_and_sanity_helpers():
