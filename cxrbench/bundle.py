@@ -700,7 +700,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "pack":
             if not 1 <= args.jpeg_quality <= 100:
                 raise BundleError(f"--jpeg-quality {args.jpeg_quality}: expected 1..100")
-            pack(args.profile, args.out, args.set, args.wheels, args.python, args.jpeg_quality, args.max_mib)
+            from .params import ParamError        # the package is there when packing
+
+            try:
+                pack(args.profile, args.out, args.set, args.wheels, args.python, args.jpeg_quality, args.max_mib)
+            except (ParamError, FileNotFoundError) as err:
+                raise BundleError(str(err)) from err
             return 0
         if args.action == "run":
             return run(args.bundle, args.work.resolve(), args.step_seconds, args.state_out, args.resume_from,

@@ -105,3 +105,21 @@ def test_training_stops_at_the_deadline_after_a_checkpoint_and_resumes(tmp_path,
     out = training.train(cfg, images, targets, np.arange(16), np.arange(16, 24), tmp_path, device="cpu",
                          progress=False)
     assert out["resumed"] and out["complete"] and out["epochs_done"] == 3
+
+
+def test_bench_gpu_runs_at_tiny_sizes(tmp_path):
+    """benchmarks/bench_gpu.py (the figures that size the gpu profile) runs on whatever device is here."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--size", "32", "--backbones", "resnet18", "--batch", "4", "--steps", "1", "--attr-images", "1",
+                      "--methods", "saliency", "gradcam", "--device", "cpu", "--json", str(tmp_path / "b.json")])
+    (t,) = out["throughput"]
+    assert t["train_images_per_s"] > 0 and t["synthetic_train_images_per_s"] > 0 and t["loader"] == "BatchLoader"
+    assert [r["method"] for r in out["attribution"]] == ["saliency", "gradcam"]
+    assert all(r["seconds_per_image"] > 0 for r in out["attribution"]) and out["device"].startswith("CPU")
+    assert (tmp_path / "b.json").is_file()
