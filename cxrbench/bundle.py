@@ -32,9 +32,10 @@ What a bundle holds (``manifest.json`` lists each file with its size and SHA-256
 
 How DVC runs there: the unpacked source has no git repository, so DVC runs with
 ``core.no_scm`` (no experiments): the profile's overrides are written into that
-copy's params.yaml and each step is one ``dvc repro --no-commit`` (no DVC cache
-copies of the models; dvc.lock still records every finished stage, so the next
-step skips it). A step ends cleanly before its limit: training loops stop after
+copy's params.yaml and each step is one ``dvc repro`` (dvc.lock records every
+finished stage and DVC's cache holds its outputs, so the next step skips it;
+``--no-commit`` would skip the copies but makes DVC rerun every stage whose
+outputs are not in its cache, tried). A step ends cleanly before its limit: training loops stop after
 a checkpoint when the next epoch would cross ``CXRBENCH_DEADLINE`` (the stage
 exits 75, DVC stops, the next step resumes from ``last.pt``); any other stage
 still running at the hard deadline is interrupted (SIGINT, then SIGKILL) and
@@ -547,7 +548,7 @@ def run_step(work: Path, deadlines: dict, extra: list[str]) -> tuple[str, dict]:
     rwlock = work / ".dvc" / "tmp" / "rwlock"
     if rwlock.exists():          # left by a DVC killed in an earlier step; no DVC runs in WORK now
         rwlock.unlink()
-    cmd = [sys.executable, "-m", "dvc", "repro", "--no-commit"] + extra
+    cmd = [sys.executable, "-m", "dvc", "repro"] + extra
     log(f"{' '.join(cmd[1:])} until {time.strftime('%H:%M:%S', time.localtime(deadlines['hard']))}")
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, bufsize=1)

@@ -185,3 +185,8 @@ def test_read_manifest_checks_sizes_and_hashes(tmp_path):
         B.read_manifest(tmp_path)
     with pytest.raises(B.BundleError, match="manifest.json not found"):
         B.read_manifest(tmp_path / "nothing")
+
+
+def test_host_missing_installs_only_what_the_host_lacks():
+    wheels = ["dvc_data-3.18.3-py3-none-any.whl", "no_such_dist_cxrbench-1.0-py3-none-any.whl"]
+    assert B.host_missing(wheels) == ["no_such_dist_cxrbench-1.0-py3-none-any.whl"]
