@@ -42,8 +42,9 @@ still running at the hard deadline is interrupted (SIGINT, then SIGKILL) and
 reruns in the next step, so each stage must fit in one step. State stays in WORK
 (a warm machine or the node's disk); ``--state-out`` also writes
 ``state.tar.gz`` there, everything in WORK but the cache, the raw data and the
-models, for a new host (``run --resume-from state.tar.gz``): stages whose
-outputs it holds and whose dependencies recompute identically are skipped.
+models, so finished results survive a lost machine; ``run --resume-from`` restores
+them on a new host, but DVC then reruns every stage (the restored outputs are not
+in its cache; measured in docs/gpu.md), so it saves results, not compute.
 """
 
 from __future__ import annotations
@@ -617,7 +618,8 @@ def run(bundle: Path, work: Path, step_seconds: float, state_out: Path | None, r
     if not state_path.is_file():
         log(f"unpacking {bundle} into {work}")
         unpack(bundle, work, manifest, resume_from)
-        write_json(state_path, {"bundle": manifest["files"]["source.tar.gz"]["sha256"], "steps": []})
+        steps = json.loads(state_path.read_text(encoding="utf-8"))["steps"] if state_path.is_file() else []
+        write_json(state_path, {"bundle": manifest["files"]["source.tar.gz"]["sha256"], "steps": steps})
     state = json.loads(state_path.read_text(encoding="utf-8"))
     if state["bundle"] != manifest["files"]["source.tar.gz"]["sha256"]:
         raise BundleError(f"{work} was unpacked from another bundle: use a new --work folder")
