@@ -318,8 +318,12 @@ def estimate_max_batch(model: nn.Module, example: torch.Tensor, fraction: float 
 
     Per row: the bytes of every leaf module's output in one forward (probe with
     one row) times ``overhead`` (gradients, Captum's copies of hooked tensors).
-    A coarse, safe-side estimate; set ``explain.max_batch`` to override it.
+    A coarse, safe-side estimate; set ``explain.max_batch`` to override it. On
+    CUDA the per-row bytes are measured instead (:func:`measured_row_bytes`).
     """
+    if example.device.type == "cuda":
+        per_row = measured_row_bytes(model, example) * overhead
+        return int(max(1, min(cap, available_memory(example.device) * fraction // max(1, per_row))))
     total = [0]
 
     def hook(_m, _i, out):
@@ -335,6 +339,30 @@ def estimate_max_batch(model: nn.Module, example: torch.Tensor, fraction: float 
             h.remove()
     per_row = max(1, int(total[0] * overhead) + example[:1].numel() * example.element_size())
     return int(max(1, min(cap, available_memory(example.device) * fraction // per_row)))
+
+
+def measured_row_bytes(model: nn.Module, example: torch.Tensor) -> int:
+    """Peak CUDA bytes one more row adds to a forward + input-gradient backward (the work of the gradient
+    methods): the peak with 2 rows minus the peak with 1, so the model's own weights and their gradients
+    cancel. CUDA only (``torch.cuda.max_memory_allocated``)."""
+    dev = example.device
+    if dev.type != "cuda":
+        raise ValueError(f"measured_row_bytes needs a CUDA tensor, got one on {dev}")
+    peaks = []
+    for rows in (1, 2):
+        x = example[:1].detach().repeat(rows, *([1] * (example.dim() - 1))).requires_grad_(True)
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        out = model(x)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        out[:, 0].sum().backward()
+        torch.cuda.synchronize(dev)
+        peaks.append(torch.cuda.max_memory_allocated(dev) - base)
+        del x, out
+        model.zero_grad(set_to_none=True)
+    torch.cuda.empty_cache()
+    return int(max(peaks[1] - peaks[0], peaks[1] // 2, 1))
 
 
 def _chunks(n: int, size: int):

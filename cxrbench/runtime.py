@@ -10,6 +10,11 @@
 * ``CXRBENCH_PROGRESS``: ``bar`` (tqdm, the default on a terminal), ``lines``
   (one plain line per epoch or per ~10 % of items: the default when stderr is
   not a terminal, e.g. CI or ``dvc exp run --queue``) or ``off``.
+* ``CXRBENCH_DEADLINE``: a Unix time (seconds). A resumable training loop
+  (classifier, U-Net) that would cross it with its next epoch stops after its
+  last checkpoint and the stage exits with :data:`DEADLINE_EXIT`, so a
+  time-boxed step (``python -m cxrbench.bundle run``) ends cleanly and the next
+  step resumes. Unset: no deadline. It never changes a result.
 """
 
 from __future__ import annotations
@@ -34,6 +39,44 @@ def _positive_env(name: str) -> int | None:
     if n < 1:
         raise ValueError(f"environment variable {name}={value!r}: expected a positive integer")
     return n
+
+
+DEADLINE_EXIT = 75          # EX_TEMPFAIL: the stage stopped at CXRBENCH_DEADLINE; rerun it to resume
+
+
+class DeadlineReached(RuntimeError):
+    """A resumable loop stopped before ``CXRBENCH_DEADLINE``; its checkpoint is complete."""
+
+
+def deadline() -> float | None:
+    """``CXRBENCH_DEADLINE`` as a Unix time, or None when unset."""
+    value = os.environ.get("CXRBENCH_DEADLINE")
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"environment variable CXRBENCH_DEADLINE={value!r}: expected a Unix time in seconds "
+                         f"(e.g. $(($(date +%s) + 540)))") from None
+
+
+def check_deadline(next_seconds: float, what: str) -> None:
+    """Raise :class:`DeadlineReached` when ``next_seconds`` more (the next epoch) would cross the deadline."""
+    end = deadline()
+    if end is not None and time.time() + next_seconds > end:
+        raise DeadlineReached(f"{what}: the next epoch (~{next_seconds:.0f} s) would cross CXRBENCH_DEADLINE "
+                              f"({end - time.time():.0f} s left); stopped after the last checkpoint, rerun to resume")
+
+
+@contextlib.contextmanager
+def exit_on_deadline():
+    """In a stage's main: turn :class:`DeadlineReached` into one log line and exit :data:`DEADLINE_EXIT`
+    (non-zero, so DVC does not record the stage as done)."""
+    try:
+        yield
+    except DeadlineReached as err:
+        print(f"deadline: {err}", flush=True)
+        sys.exit(DEADLINE_EXIT)
 
 
 def cores() -> int:

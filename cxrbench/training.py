@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import audit_inputs, checkpoints
+from . import audit_inputs, checkpoints, gpu
 from . import models as M
 from .cache import BatchLoader, to_float
 from .labels import LabelTable
 from .params import ParamError, check_choice, check_int, section
-from .runtime import deterministic
+from .runtime import check_deadline, deterministic
 from .runtime import progress as progress_bar
 from .runtime import progress_mode
 from .runtime import device as runtime_device
@@ -292,25 +292,27 @@ def loss_of(out, y: torch.Tensor, criterion: nn.Module, smoothing: float, aux_we
 def predict(model: nn.Module, images: np.ndarray, rows: np.ndarray, device, batch_size: int = 64,
             amp: bool = False) -> np.ndarray:
     """Sigmoid probabilities (N, L) of the cache rows ``rows``, in that order."""
-    model.eval()
-    loader = BatchLoader(images, np.zeros((len(rows), 1), np.float32), rows, batch_size, prefetch=2,
-                         pin_memory=device.type == "cuda")
+    model = gpu.prepare_model(model, device).eval()         # channels_last on CUDA; unchanged on the CPU
+    dummy = np.zeros((len(rows), 1), np.float32)
+    loader = (gpu.batches(images, dummy, rows, batch_size, device, prefetch=2) if gpu.on_cuda(device)
+              else BatchLoader(images, dummy, rows, batch_size, prefetch=2))
     out = []
     for x, _, _ in loader:
-        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+        with gpu.autocast(device, amp):
             logits = model(to_float(x, device))
         out.append(torch.sigmoid(logits.float()).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 @torch.no_grad()
-def mean_loss(model, images, targets, rows, device, batch_size, amp=False) -> float:
+def mean_loss(model, images, targets, rows, device, batch_size, amp=False, loader=None) -> float:
+    """Mean BCE per label and image of ``rows``; ``loader``: batches of those rows made once (CUDA)."""
     model.eval()
     crit = nn.BCEWithLogitsLoss(reduction="sum")
-    loader = BatchLoader(images, targets, rows, batch_size, prefetch=2)
+    loader = loader if loader is not None else BatchLoader(images, targets, rows, batch_size, prefetch=2)
     total = 0.0
     for x, y, _ in loader:
-        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+        with gpu.autocast(device, amp):
             logits = model(to_float(x, device))
         total += float(crit(logits.float(), y.to(device)))
     return total / max(1, targets.size)
@@ -363,8 +365,9 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
     torch.manual_seed(cfg.seed)
     model = M.create_model(cfg.backbone, len(cfg.labels), cfg.in_chans, cfg.pretrained, cfg.input_size,
                            aux=cfg.aux_weight > 0, weights=cfg.weights, normalize=cfg.normalize).to(device)
+    model = gpu.prepare_model(model, device)               # channels_last on CUDA; unchanged on the CPU
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    scaler = gpu.grad_scaler(device, use_amp)              # fp16 only; bf16 and the CPU need no scaling
     tr_targets, va_targets = targets[train_rows], targets[val_rows]
     pw = pos_weight_of(tr_targets).to(device) if cfg.pos_weight else None
     criterion = nn.BCEWithLogitsLoss(pos_weight=pw)
@@ -390,14 +393,22 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
         from dvclive import Live
         live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, resume=resumed and start > 0)
 
-    loader = BatchLoader(images, tr_targets, train_rows, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                         drop_last=cfg.drop_last and len(train_rows) > cfg.batch_size,
-                         pin_memory=device.type == "cuda")
+    drop = cfg.drop_last and len(train_rows) > cfg.batch_size
+    val_batch = max(cfg.batch_size, 32)
+    if gpu.on_cuda(device):     # the rows on the GPU once when they fit (gpu.batches), else a pinned host loader
+        loader = gpu.batches(images, tr_targets, train_rows, cfg.batch_size, device, shuffle=True, seed=cfg.seed,
+                             drop_last=drop)
+        val_loader = gpu.batches(images, va_targets, val_rows, val_batch, device, prefetch=2)
+    else:
+        loader = BatchLoader(images, tr_targets, train_rows, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                             drop_last=drop)
+        val_loader = None
     t_start = time.perf_counter()
     seen = 0
     for epoch in range(start, cfg.epochs):
         if stop_after_epochs is not None and epoch >= stop_after_epochs:
             break
+        t_epoch = time.perf_counter()
         model.train()
         loader.epoch = epoch
         torch.manual_seed(cfg.seed * 100003 + epoch)       # dropout etc.: a function of (seed, epoch)
@@ -408,7 +419,7 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
         for b, (x, y, _) in enumerate(bar):
             x = augment_batch(to_float(x, device), cfg.augment, gen)
             y = y.to(device, non_blocking=True)
-            with torch.autocast(device.type, enabled=use_amp):
+            with gpu.autocast(device, use_amp):
                 out = model(x)
             loss = loss_of(out, y, criterion, cfg.label_smoothing, cfg.aux_weight)
             if on_batch is not None:
@@ -427,7 +438,7 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
             n += len(x)
             bar.set_postfix(loss=f"{total / n:.4f}")
         seen += n
-        val_loss = mean_loss(model, images, va_targets, val_rows, device, max(cfg.batch_size, 32), use_amp)
+        val_loss = mean_loss(model, images, va_targets, val_rows, device, val_batch, use_amp, loader=val_loader)
         rec = {"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val_loss}
         history.append(rec)
         meta = M.classifier_meta(
@@ -451,6 +462,8 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
             live.next_step()
         print(f"train: {cfg.backbone} f{cfg.fold} epoch {epoch + 1}/{cfg.epochs} train_loss {rec['train_loss']:.4f} "
               f"val_loss {val_loss:.4f}{' *' if best['epoch'] == epoch else ''}", flush=True)
+        if epoch + 1 < cfg.epochs:                         # a time-boxed step stops here, checkpoint complete
+            check_deadline(time.perf_counter() - t_epoch, f"train {cfg.backbone} f{cfg.fold} after epoch {epoch + 1}")
     seconds = time.perf_counter() - t_start
     if live is not None:
         live.end()

@@ -35,7 +35,7 @@ from . import checkpoints
 from . import segmentation as seg
 from .cache import BatchLoader, to_float
 from .params import ParamError, check_choice, check_int, section
-from .runtime import deterministic
+from .runtime import check_deadline, deterministic
 from .runtime import progress as progress_bar
 from .runtime import device as runtime_device
 
@@ -410,6 +410,8 @@ def _train(cfg: UNetConfig, images: np.ndarray, masks: np.ndarray, parts: dict[s
         bar.set_postfix(train=f"{h['train_loss']:.3f}", val=f"{val_loss:.3f}", iou=f"{val_iou:.3f}")
         if max_steps is not None and steps >= max_steps:
             break
+        if epoch + 1 < cfg.epochs:                         # a time-boxed step stops here, checkpoint complete
+            check_deadline(time.perf_counter() - te, f"train_unet after epoch {epoch + 1}")
     return {"history": history, "best": best, "seconds": time.perf_counter() - t0}
 
 

@@ -59,10 +59,11 @@ def main() -> None:
     targets = label_matrix(cache.index, cfg.labels)
     images = training.apply_input_mode(cache.images, cfg.input_mode, cfg.mask_dilation, options=cfg.input_options)
     name = f"{args.backbone}-f{args.fold}" + (f" ({args.control})" if args.control else "")
-    summary = training.train(cfg, images, targets, cache.rows(parts["train"]["path"]),
-                             cache.rows(parts["val"]["path"]), out.model_dir,
-                             live_dir=out.live_dir, device=args.device, progress=not args.no_progress,
-                             paths={k: list(parts[k]["path"]) for k in ("train", "val")})
+    with runtime.exit_on_deadline():               # CXRBENCH_DEADLINE: stop after a checkpoint, exit 75
+        summary = training.train(cfg, images, targets, cache.rows(parts["train"]["path"]),
+                                 cache.rows(parts["val"]["path"]), out.model_dir,
+                                 live_dir=out.live_dir, device=args.device, progress=not args.no_progress,
+                                 paths={k: list(parts[k]["path"]) for k in ("train", "val")})
     write_json(out.train_metrics, {**summary, "runtime": rt})
     print(f"train: {name} best epoch {summary['best_epoch'] + 1} val_loss {summary['best_val_loss']:.4f}")
 

@@ -41,7 +41,8 @@ def main(argv=None) -> None:
     fingerprint = unet.data_fingerprint(cache.meta, {k: list(paths[parts[k]]) for k in ("train", "val")})
     live = Live(dir=LIVE_DIR, save_dvc_exp=False, dvcyaml=None)
     try:
-        result = unet.train(cfg, cache.images, cache.masks, parts, MODEL, live=live, fingerprint=fingerprint)
+        with runtime.exit_on_deadline():           # CXRBENCH_DEADLINE: stop after a checkpoint, exit 75
+            result = unet.train(cfg, cache.images, cache.masks, parts, MODEL, live=live, fingerprint=fingerprint)
     finally:
         live.end()
 
