@@ -164,6 +164,10 @@ def section_explain(r: Report) -> None:
         r.image("plots/aoppc/curves.png", "Probability drop per perturbation level (MoRF, LeRF, random)")
     for png in sorted((r.root / "plots/attributions").glob("*.png")) if (r.root / "plots/attributions").is_dir() else []:
         r.image(png.relative_to(r.root), f"Attribution maps: {png.stem}")
+    r.text("### Randomisation checks")
+    if r.include("metrics/randomisation.md", "metrics/randomisation.md not found: run `dvc repro randomisation`."):
+        r.image("plots/randomisation/cascade.png", "Cascading randomisation: similarity of each method's map to the "
+                "trained model's as layers are re-initialised from the head down (null reference as a band)")
 
 
 def section_ground_truth(r: Report) -> None:

@@ -78,7 +78,8 @@ def _inputs(n=6):
 
 def _attribute(methods=("saliency", "input_x_gradient")):
     s = A.Settings(methods=list(methods), steps=8, window=0.25, stride=0.25, interpolate="bilinear",
-                   target_layers={}, max_batch=16, memory_fraction=0.5)
+                   target_layers={}, max_batch=16, memory_fraction=0.5, scorecam_batch=None,
+                   lrp_composite="epsilon")
 
     def run(model, x, target, label):
         prepared, _ = A.prepare_for_attribution(model, x)
