@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from . import explanation_metrics as EM
+from . import map_properties as MP
 
 RANDOM = "random"
 LUNG_AREA = "lung_area"
@@ -53,7 +54,7 @@ def specs(fills=EM.FILLS, region_orders=EM.ORDERS) -> list[dict]:
 
 
 AOPPC_METRICS = tuple(sp["metric"] for sp in specs())
-COMMON_METRICS = AOPPC_METRICS + ("lung_mass",)
+COMMON_METRICS = AOPPC_METRICS + ("lung_mass",) + MP.PROPERTIES
 SANITY_COUNTS = ("images", "compared", "randomised_constant_passed", "randomised_nonfinite", "excluded_degenerate")
 
 DEFINITIONS = {
@@ -167,6 +168,8 @@ def score_fold(scores: dict, backbone: str, fold: int, maps: dict, masks: np.nda
             sel = np.flatnonzero(has_mask & ok)
             values = EM.lung_mass_fraction(a[sel], masks[sel]) if len(sel) else np.zeros(0)
             add_values(scores, m, backbone, fold, "lung_mass", values, sel)
+        for name, values in MP.properties(a[keep]).items():                  # Quantus: sparseness, complexity
+            add_values(scores, m, backbone, fold, name, values, keep)
         if m in randomised:
             rnd = randomised[m]
             split = sanity_split(status, EM.map_status(rnd))
@@ -497,9 +500,11 @@ def markdown(result: dict, methods: list, reference: dict, region: str = "") -> 
                 lines.append(f"| {m} | {_cell(pooled_, m, SANITY)} | {s['randomised_constant_passed']} | "
                              f"{s['randomised_nonfinite']} | {s['excluded_degenerate']} | {s['images']} |")
     com = result["common"]
-    cols = ["aoppc_threshold_morf", "aoppc_pixels_morf", "aoppc_pixels_lerf"] + region_metrics + ["lung_mass"]
+    cols = (["aoppc_threshold_morf", "aoppc_pixels_morf", "aoppc_pixels_lerf"] + region_metrics + ["lung_mass"]
+            + list(MP.PROPERTIES))
     head = ["| method | AOPPC threshold (eq. 12) | pixel deletion MoRF | pixel deletion LeRF | "
-            + "".join(f"region {fill(me)} | " for me in region_metrics) + "lung mass |",
+            + "".join(f"region {fill(me)} | " for me in region_metrics)
+            + "lung mass | sparseness (Quantus) | complexity (Quantus) |",
             "|---" * (len(cols) + 1) + "|"]
 
     def table(t: dict) -> list[str]:
@@ -508,7 +513,9 @@ def markdown(result: dict, methods: list, reference: dict, region: str = "") -> 
 
     n = com["images"]
     lines += ["", f"Common set: {n['pooled']} of {n['scored']} (backbone, fold, image) where every method and the "
-              f"random control has a non-degenerate map (all methods on the same images)."]
+              f"random control has a non-degenerate map (all methods on the same images). Sparseness: Gini index "
+              f"of |map| (Chalasani et al. 2020; 0 = flat, the random map about 1/3); complexity: entropy of the "
+              f"pixels' shares of |map| (Bhatt et al. 2020; a flat map ln(pixels)); both by Quantus 0.6.0."]
     if com["missing"]:
         lines.append("No maps (their folds add no image): "
                      + ", ".join(f"{e['method']} {e['backbone']} {e['fold']}" for e in com["missing"]) + ".")

@@ -274,3 +274,18 @@ def test_region_settings_are_validated_with_the_param_named(params):
         AS.validate(with_overrides(params, {"aoppc.region.fills": ["grey"]}))
     with pytest.raises(ParamError, match="aoppc.region.road_noise"):
         AS.validate(with_overrides(params, {"aoppc.region.road_noise": -1}))
+
+
+def test_quantus_map_properties_on_maps_with_known_answers():
+    """Sparseness (Gini of |map|) and complexity (entropy of the shares) from Quantus: a 4 x 4 block carries
+    all the mass -> entropy ln 16 and a Gini near 1; a uniform random map -> Gini about 1/3 and entropy
+    near ln(H x W)."""
+    from cxrbench import map_properties as MP
+    block = np.zeros((1, 64, 64), np.float32)
+    block[0, 10:14, 20:24] = 1.0
+    noise = np.random.default_rng(0).random((1, 64, 64)).astype(np.float32)
+    p = MP.properties(np.concatenate([block, noise]))
+    assert p["complexity"][0] == pytest.approx(np.log(16), abs=1e-4)
+    assert p["sparseness"][0] > 0.99 and 0.30 < p["sparseness"][1] < 0.36
+    assert np.log(64 * 64) - 0.3 < p["complexity"][1] < np.log(64 * 64)
+    assert {k: len(v) for k, v in MP.properties(np.zeros((0, 8, 8))).items()} == {"sparseness": 0, "complexity": 0}
