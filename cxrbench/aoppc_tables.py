@@ -7,7 +7,7 @@ the ``curves`` callable the stage passes in.
 
 Degenerate maps (:func:`cxrbench.explanation_metrics.map_status`: ``constant``
 or ``nonfinite``) are a status, not a score. Such a map is left out of every
-per-map metric of its method (AOPPC threshold / fraction, MoRF / LeRF, lung
+per-map metric of its method (AOPPC threshold / pixels / region, MoRF / LeRF, lung
 mass, the sanity Spearman), so each metric's ``n`` counts non-degenerate maps
 and ``excluded_degenerate`` counts the others. In the model-randomisation
 check a *constant* map of the randomised model passes (the map changed

@@ -10,25 +10,39 @@ space [0, 1]) and ``p`` is the sigmoid probability of the target class::
 
 with ``f(0)`` the unperturbed image. (Eq. 12 writes a sum over the n images
 with a 1/10 factor; the reported values 0.629-0.903 are <= 1, so it is the
-mean over images, as here.) Two definitions of the levels:
+mean over images, as here.) Three perturbations (``scheme``):
 
-``threshold`` (the paper's): level x in {1.0, 0.9, ..., 0.1} removes every
+``threshold`` (the paper's): level x in {1.0, 0.9, ..., 0.1} zeroes every
     pixel whose normalised importance is >= x ("all the pixels with a value
     of x were replaced with zeros", f(1) removing the most important regions).
     How many pixels a level removes depends on the map's histogram: a peaked
-    map removes few pixels at every level, a flat one many. The paper's text
-    also calls f(0) "no change", which no threshold reading satisfies; we take
-    f(0) as the original image, as the formula needs.
-``fraction`` (MoRF, Samek et al. 2017): level k in {1..10} removes the top
-    10 k % pixels by importance (exact counts, ties broken by a stable sort).
-    Comparable across methods; level 10 blanks the whole image for all maps.
+    map removes few pixels at every level, a flat one many (``removed``). The
+    paper's text also calls f(0) "no change", which no threshold reading
+    satisfies; we take f(0) as the original image, as the formula needs.
+``pixels`` (pixel deletion; called "fraction MoRF" before, which it is not:
+    Samek et al. remove regions): level k in {1..10} zeroes the top 10 k %
+    pixels by importance (exact counts). Level 10 blanks the whole image for
+    every map.
+``region`` (region perturbation, Samek et al. 2017): the map is cut into
+    ``patch`` x ``patch`` squares ranked by their summed importance; step k
+    removes the first k of them (``steps`` steps) and AOPPC is the mean drop
+    over steps 0..L (step 0, the image itself, a drop of 0). The removed
+    patches are filled with ``fill``: ``black`` (0, the paper's, which is also
+    the baseline of occlusion, integrated gradients and DeepLIFT), ``blur``
+    (:func:`gaussian_blur` of the image) or ``road`` (ROAD's noisy linear
+    imputation, :func:`noisy_linear_imputation`). With the black fill the
+    drops equal Quantus' ``RegionPerturbation`` (tests/test_perturbation.py).
+
+Ties (pixels or patches of equal importance) are ranked in a seeded random
+order (:func:`rank_descending`), not in raster order, which made a constant
+map remove the top rows first.
 
 Controls: ``order='lerf'`` removes the least important pixels first (the
 levels applied to 1 - map); a random map (uniform noise) is scored the same
 way. A useful map has MoRF AOPPC > random > LeRF AOPPC.
 
-All 10 perturbed copies of an image (plus the original) go through the model
-in one batch; several images may share a batch (``images_per_batch``).
+All perturbed copies of an image (plus the original) go through the model in
+one batch; several images may share a batch (``images_per_batch``).
 
 Degenerate maps: a map with one value everywhere
 (``constant``, e.g. an all-zero Grad-CAM when the target logit decreases with
