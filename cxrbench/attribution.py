@@ -1065,3 +1065,34 @@ def run_methods(methods: list[str], build: Callable[[str], Method], x: torch.Ten
         status[name] = {"ok": True, "seconds": round(time.perf_counter() - t, 3)}
         log(f"  {name}: {status[name]['seconds']:.1f}s")
     return maps, status
+
+
+@dataclass
+class Attribution:
+    """What :func:`attribute_all` returns: the maps and status of :func:`run_methods`, the built methods
+    (DeepLIFT's convergence and LRP's conservation are read from them), the rows per forward used and
+    the model's :class:`PrepareReport`."""
+    maps: dict
+    status: dict
+    built: dict
+    max_batch: int
+    prepare: PrepareReport
+
+
+def attribute_all(methods: list[str], model: nn.Module, x: torch.Tensor, target: torch.Tensor, settings: Settings,
+                  backbone: str | None = None, max_batch: int | None = None,
+                  log: Callable[[str], None] = print) -> Attribution:
+    """Every method of ``methods`` on ``model``: the model prepared once (:func:`prepare_for_attribution`),
+    ``max_batch`` rows per forward (given, else ``explain.max_batch``, else :func:`estimate_max_batch` on
+    ``x``), then :func:`run_methods`. The one sequence the attribute, severity, planted and randomisation
+    stages share."""
+    prepared, rep = prepare_for_attribution(model, x)
+    max_batch = int(max_batch or settings.max_batch or estimate_max_batch(model, x, settings.memory_fraction))
+    built: dict[str, Method] = {}
+
+    def build(name: str) -> Method:
+        built[name] = make(name, model, prepared, settings, max_batch, backbone)
+        return built[name]
+
+    maps, status = run_methods(methods, build, x, target, log=log)
+    return Attribution(maps, status, built, max_batch, rep)

@@ -141,22 +141,14 @@ def main() -> None:
     x = A.classifier_input(cache.images[rows], meta, device, masks)
     masks = A.resize_masks(masks, tuple(x.shape[-2:]))
 
-    prepared, rep = A.prepare_for_attribution(model, x)
-    max_batch = s.max_batch or A.estimate_max_batch(model, x, s.memory_fraction)
-    print(f"attribute {backbone} fold {fold}: {len(x)} images at {tuple(x.shape[1:])}, max_batch {max_batch}, "
-          f"prepare {rep.as_dict()}")
+    print(f"attribute {backbone} fold {fold}: {len(x)} images at {tuple(x.shape[1:])}")
+    t0 = time.perf_counter()
+    run = A.attribute_all(s.methods, model, x, target, s, backbone)
+    maps, status, built, max_batch, rep = run.maps, run.status, run.built, run.max_batch, run.prepare
+    print(f"  max_batch {max_batch}, prepare {rep.as_dict()}")
     if rep.functional_relu_calls:
         print(f"  note: {rep.functional_relu_calls} functional relu call(s) cannot be hooked: DeepLIFT treats "
               f"them as linear, guided backprop does not guide them")
-
-    built = {}
-
-    def build(m):
-        built[m] = A.make(m, model, prepared, s, max_batch, backbone)
-        return built[m]
-
-    t0 = time.perf_counter()
-    maps, status = A.run_methods(s.methods, build, x, target)
     if status.get("deeplift", {}).get("ok"):                   # completeness: sum(map) = f(x) - f(0)?
         conv = A.convergence_summary(built["deeplift"].convergence(), tolerance, sel["path"].tolist())
         status["deeplift"]["convergence"] = conv
@@ -176,11 +168,10 @@ def main() -> None:
     rand_maps = {}
     if n_sanity:
         rnd = randomise_weights(model, seed)
-        rnd_prepared, _ = A.prepare_for_attribution(rnd, x)
         ok = [m for m in s.methods if status[m]["ok"]]
-        rand_maps, rstatus = A.run_methods(
-            ok, lambda m: A.make(m, rnd, rnd_prepared, s, max_batch, backbone), x[:n_sanity], target[:n_sanity],
-            log=lambda msg: print("  (randomised)" + msg))
+        rnd_run = A.attribute_all(ok, rnd, x[:n_sanity], target[:n_sanity], s, backbone, max_batch,
+                                  log=lambda msg: print("  (randomised)" + msg))
+        rand_maps, rstatus = rnd_run.maps, rnd_run.status
         for m, st in rstatus.items():
             status[m]["sanity"] = st
 

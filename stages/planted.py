@@ -50,12 +50,10 @@ def randomised_maps(params: dict, model, meta: dict, name: str, cache: Cache, pl
     rnd = EM.randomise_weights(model, seed)
     x = A.classifier_input(C.stamp_plan(cache.images, cache.rows(plan_rows["path"]), plan_rows), meta, device)
     s = A.validate(params)
-    prepared, _ = A.prepare_for_attribution(rnd, x)
-    max_batch = s.max_batch or A.estimate_max_batch(rnd, x, s.memory_fraction)
     target = torch.full((len(x),), list(meta["labels"]).index(label), device=device)
-    maps, status = A.run_methods(methods, lambda m: A.make(m, rnd, prepared, s, max_batch, meta["backbone"]), x,
-                                 target, log=lambda msg: print(f"  {name} (randomised){msg}"))
-    return {m: a.astype(np.float32) for m, a in maps.items()}
+    run = A.attribute_all(methods, rnd, x, target, s, meta["backbone"],
+                          log=lambda msg: print(f"  {name} (randomised){msg}"))
+    return run.maps
 
 
 def main() -> None:

@@ -116,9 +116,8 @@ def main(argv: list[str] | None = None) -> None:
 
             def attribute(net, xx, t, label, name=name, max_batch=max_batch, failed=failed):
                 t1 = time.perf_counter()
-                prepared, _ = A.prepare_for_attribution(net, xx)
-                maps, st = A.run_methods(cfg.methods, lambda m: A.make(m, net, prepared, s, max_batch, bb), xx, t,
-                                         log=lambda msg: None)
+                run = A.attribute_all(cfg.methods, net, xx, t, s, bb, max_batch, log=lambda msg: None)
+                maps, st = run.maps, run.status
                 bad = {m: v["reason"] for m, v in st.items() if not v["ok"]}
                 if bad:
                     failed[label] = bad

@@ -82,12 +82,10 @@ def main() -> None:
                 raise P.ParamError("severity.target", f"{target_name!r} is not among the classifier's labels")
             x = A.classifier_input(cache.images[rows], meta, device, lungs)
             masks = A.resize_masks(lungs, tuple(x.shape[-2:]))
-            prepared, _ = A.prepare_for_attribution(model, x)
-            max_batch = s.max_batch or A.estimate_max_batch(model, x, s.memory_fraction)
             target = torch.full((len(x),), labels.index(target_name), device=device)
-            maps, st = A.run_methods(methods, lambda m: A.make(m, model, prepared, s, max_batch, bb), x, target,
-                                     log=lambda msg: print(f"  {bb}-f{k}" + msg))
-            status[f"{bb}-f{k}"] = st
+            run = A.attribute_all(methods, model, x, target, s, bb, log=lambda msg: print(f"  {bb}-f{k}" + msg))
+            maps = run.maps
+            status[f"{bb}-f{k}"] = run.status
             for m, a in maps.items():
                 v, map_status = severity.lung_share(a.astype(np.float32), masks)
                 shares.setdefault(bb, {}).setdefault(m, []).append(v)
