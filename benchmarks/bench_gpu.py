@@ -17,7 +17,6 @@ Prints a table; ``--json FILE`` also writes every figure. Images are synthetic u
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings

@@ -169,6 +169,9 @@ def test_rank_descending_orders_distinct_values_and_is_seed_dependent_only_for_t
     r0, r1 = EM.rank_descending(s, seed=0), EM.rank_descending(s, seed=1)
     assert r0[0, 1] == 0 and r0[0, 0] == 4 and r0[0, 4] == 3
     assert sorted(r0[0, 2:4].tolist()) == [1, 2]
+    assert r1[0, [0, 1, 4]].tolist() == r0[0, [0, 1, 4]].tolist() and sorted(r1[0, 2:4].tolist()) == [1, 2]
+    ties = {tuple(EM.rank_descending(s, seed=k)[0, 2:4].tolist()) for k in range(20)}
+    assert ties == {(1, 2), (2, 1)}                     # the seed decides the order of the tied pair only
     distinct = torch.rand(3, 50)
     torch.testing.assert_close(EM.rank_descending(distinct, 0), EM.rank_descending(distinct, 7))
 

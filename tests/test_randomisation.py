@@ -307,7 +307,7 @@ def test_randomisation_stage_on_the_sample(tmp_path, monkeypatch, sample_data, p
 
     from cxrbench import models as M
     from cxrbench.cache import Cache
-    from cxrbench.confounder import BOX_COLUMNS, PLAN_COLUMNS
+    from cxrbench.confounder import PLAN_COLUMNS
 
     run = tmp_path / "run"
     (run / "data").mkdir(parents=True)
