@@ -1,4 +1,4 @@
-"""Cost of one bootstrap resample's AUROC: cxrbench.bootstrap.auroc_statistic vs scikit-learn.
+"""Cost of one bootstrap resample's AUROC: cxrbench.core.bootstrap.auroc_statistic vs scikit-learn.
 
     python benchmarks/bench_bootstrap.py [--n 300] [--calls 2000]
 
@@ -10,17 +10,13 @@ of both implementations on the same weights, and checks that they agree.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+from sklearn.metrics import roc_auc_score
 
-import numpy as np  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
-
-from cxrbench import runtime  # noqa: E402
-from cxrbench.bootstrap import auroc_statistic  # noqa: E402
+from cxrbench.core import runtime
+from cxrbench.core.bootstrap import auroc_statistic
 
 
 def main() -> None:

@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from torch import nn
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from cxrbench import models as M  # noqa: E402
-from cxrbench.cache import BatchLoader, to_float  # noqa: E402
+from cxrbench.classify import models as M
+from cxrbench.data.cache import BatchLoader, to_float
 
 
 def images_of(size: int, n: int) -> tuple[np.ndarray, int]:

@@ -3,7 +3,7 @@
     python benchmarks/bench_data.py [--n 200] [--size 512] [--batch 16] [--steps 10]
 
 Needs data/index.csv and data/raw (run the download and index stages first).
-1. preprocess: images/s of cxrbench.preprocess over --n indexed images, with
+1. preprocess: images/s of cxrbench.data.preprocess over --n indexed images, with
    CXRBENCH_WORKERS (default: every core) worker processes;
 2. loader: batches/s of BatchLoader alone, and of a resnet18 train step fed by
    (a) BatchLoader from the uint8 cache, (b) one synthetic float tensor already
@@ -14,21 +14,18 @@ Needs data/index.csv and data/raw (run the download and index stages first).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pandas as pd
+import timm
+import torch
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
-
-from cxrbench.cache import BatchLoader, Cache, to_float  # noqa: E402
-from cxrbench.preprocess import Recipe, build_cache  # noqa: E402
-from cxrbench.runtime import workers  # noqa: E402
+from cxrbench.core.runtime import workers
+from cxrbench.data.cache import BatchLoader, Cache, to_float
+from cxrbench.data.preprocess import Recipe, build_cache
 
 
 def main() -> None:

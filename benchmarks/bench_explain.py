@@ -21,15 +21,12 @@ import json
 import sys
 import time
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from cxrbench import attribution as A  # noqa: E402
-from cxrbench import explanation_metrics as EM  # noqa: E402
+from cxrbench.explain import attribution as A
+from cxrbench.explain.metrics import perturbation as EM
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
     python benchmarks/bench_gpu.py --size 64 --backbones resnet18 --steps 2 --attr-images 1 \\
         --methods saliency gradcam                                  # CPU: a quick check that it runs
 
-Per backbone, with the training code's own CUDA path (cxrbench.gpu: bf16 autocast, channels_last, the uint8
+Per backbone, with the training code's own CUDA path (cxrbench.classify.gpu: bf16 autocast, channels_last, the uint8
 rows on the GPU when they fit):
 * train and inference images/s (random init, 18 labels, the --batch size, after a warm-up);
 * the loader vs synthetic-tensor ratio: train images/s when batches come from the loader the training uses
@@ -17,21 +17,20 @@ Prints a table; ``--json FILE`` also writes every figure. Images are synthetic u
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from torch import nn
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from cxrbench import attribution as A  # noqa: E402
-from cxrbench import gpu, models as M, runtime  # noqa: E402
-from cxrbench import params as P  # noqa: E402
-from cxrbench.cache import to_float  # noqa: E402
+from cxrbench.classify import gpu
+from cxrbench.classify import models as M
+from cxrbench.core import params as P
+from cxrbench.core import runtime
+from cxrbench.data.cache import to_float
+from cxrbench.explain import attribution as A
 
 LABELS = 18
 
@@ -175,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{name:22s} {r['method']:22s} {spi} {peak} {r['max_batch']:9d}"
                       + (f"  {r['error']}" if "error" in r else ""), flush=True)
     if args.json:
-        from cxrbench.io import write_json
+        from cxrbench.core.io import write_json
 
         write_json(args.json, result)
     return result

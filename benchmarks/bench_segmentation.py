@@ -10,20 +10,16 @@ segment stage. A script, not a test; the numbers depend on the machine's load.
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from cxrbench import params as P  # noqa: E402
-from cxrbench import segmentation as seg  # noqa: E402
-from cxrbench import unet  # noqa: E402
-from cxrbench.cache import to_float  # noqa: E402
-from cxrbench.runtime import workers  # noqa: E402
+from cxrbench.core import params as P
+from cxrbench.core.runtime import workers
+from cxrbench.data.cache import to_float
+from cxrbench.lungs import segmentation as seg
+from cxrbench.lungs import unet
 
 
 def main() -> None:

@@ -14,18 +14,15 @@ rows are never read.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_fscore_support
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxrbench import evaluation as E  # noqa: E402
-from cxrbench import params as P  # noqa: E402
-from cxrbench.labels import LabelTable  # noqa: E402
+from cxrbench.classify import evaluation as E
+from cxrbench.core import params as P
+from cxrbench.data.labels import LabelTable
 
 CANDIDATES = (1, 2, 3, 5, 8, 10, 15, 20)
 

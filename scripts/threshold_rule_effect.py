@@ -12,19 +12,16 @@ at the labels' prevalences (micro F1 = micro prevalence).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxrbench import bootstrap as B  # noqa: E402
-from cxrbench import evaluation as E  # noqa: E402
-from cxrbench import params as P  # noqa: E402
-from cxrbench import training  # noqa: E402
-from cxrbench.labels import LabelTable  # noqa: E402
+from cxrbench.classify import evaluation as E
+from cxrbench.classify import training
+from cxrbench.core import bootstrap as B
+from cxrbench.core import params as P
+from cxrbench.data.labels import LabelTable
 
 
 def main() -> None:

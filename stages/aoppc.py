@@ -11,7 +11,7 @@ the share of the image each threshold level removes; the share of attribution
 mass inside the lung mask; the Spearman rank correlation with the maps of a
 weight-randomised model. Degenerate maps (constant or non-finite) are a status,
 not a score, and the common-set tables compare all methods on the same
-(backbone, fold, image) set (cxrbench/aoppc_scoring.py, aoppc_tables.py).
+(backbone, fold, image) set (cxrbench/explain/metrics/scoring.py, aoppc_tables.py).
 
 Writes metrics/aoppc.json, metrics/aoppc_table.md (next to CXR-Net's values),
 plots/aoppc/curves.csv (method, level, p_drop: threshold MoRF, pooled),
@@ -19,22 +19,20 @@ plots/aoppc/curves_all.csv (every backbone/fold/perturbation/order),
 plots/aoppc/curves.png and plots/attributions/{backbone}.png (first fold).
 """
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from cxrbench import aoppc_plots as AP  # noqa: E402
-from cxrbench import aoppc_scoring as AS  # noqa: E402
-from cxrbench import aoppc_tables as AT  # noqa: E402
-from cxrbench import attribution as A  # noqa: E402
-from cxrbench import params as P  # noqa: E402
-from cxrbench import runtime, training  # noqa: E402
-from cxrbench import confounder  # noqa: E402
-from cxrbench.cache import Cache  # noqa: E402
-from cxrbench.io import write_csv, write_json, write_text  # noqa: E402
+from cxrbench.classify import training
+from cxrbench.core import params as P
+from cxrbench.core import runtime
+from cxrbench.core.io import write_csv, write_json, write_text
+from cxrbench.data import confounder
+from cxrbench.data.cache import Cache
+from cxrbench.explain import attribution as A
+from cxrbench.explain import plots as AP
+from cxrbench.explain.metrics import scoring as AS
+from cxrbench.explain.metrics import tables as AT
 
 
 def main() -> None:

@@ -27,26 +27,23 @@ No matching test image: the fold is recorded as skipped (reason in both files).
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pandas as pd
+import torch
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from cxrbench import attribution as A  # noqa: E402
-from cxrbench import params as P  # noqa: E402
-from cxrbench import runtime, training  # noqa: E402
-from cxrbench import splitting  # noqa: E402
-from cxrbench import confounder  # noqa: E402
-from cxrbench.cache import Cache  # noqa: E402
-from cxrbench.segmentation import LUNG_MASKS, load_lung_masks  # noqa: E402
-from cxrbench import explanation_metrics as EM  # noqa: E402
-from cxrbench.explanation_metrics import randomise_weights  # noqa: E402
-from cxrbench.io import atomic_path, write_json  # noqa: E402
+from cxrbench.classify import training
+from cxrbench.core import params as P
+from cxrbench.core import runtime
+from cxrbench.core.io import atomic_path, write_json
+from cxrbench.data import confounder, splitting
+from cxrbench.data.cache import Cache
+from cxrbench.explain import attribution as A
+from cxrbench.explain.metrics import perturbation as EM
+from cxrbench.explain.metrics.perturbation import randomise_weights
+from cxrbench.lungs.segmentation import LUNG_MASKS, load_lung_masks
 
 
 def lung_masks(cache: Cache) -> tuple[np.ndarray, str]:
@@ -84,7 +81,7 @@ def scaled(maps: dict, prefix: str = "") -> dict:
 
 
 def record_map_status(status: dict, arrays: dict, paths: list) -> None:
-    """Add ``maps`` and ``degenerate`` (:func:`cxrbench.explanation_metrics.map_report`) to each method's
+    """Add ``maps`` and ``degenerate`` (:func:`cxrbench.explain.metrics.perturbation.map_report`) to each method's
     status, from its maps as stored in ``arrays`` (what the aoppc stage scores), and the same under ``sanity``
     for the randomised model's maps (``rand__{method}``, the first images)."""
     for m, st in status.items():

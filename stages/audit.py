@@ -7,19 +7,19 @@ bootstrap CIs, and draws plots/shortcut_audit.png (AUROC per control) and
 plots/shortcut_controls.png (what each model sees).
 """
 
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
-from cxrbench import audit, audit_inputs, bootstrap  # noqa: E402
-from cxrbench import params as P  # noqa: E402
-from cxrbench import segmentation as seg  # noqa: E402
-from cxrbench.cache import Cache  # noqa: E402
-from cxrbench.io import read_json, write_json, write_text  # noqa: E402
+from cxrbench.core import paths
+from cxrbench.core import bootstrap
+from cxrbench.core import params as P
+from cxrbench.core.io import read_json, write_json, write_text
+from cxrbench.data.cache import Cache
+from cxrbench.lungs import controls as audit_inputs
+from cxrbench.lungs import segmentation as seg
+from cxrbench.studies import audit
 
 
 def test_part(path: str) -> pd.DataFrame:
@@ -41,7 +41,7 @@ def main() -> None:
     records, excluded = [], {}
     for bb in a["backbones"]:
         for k in folds:
-            full = test_part(audit.paths("main", bb, k).predictions)
+            full = test_part(paths.run("main", bb, k).predictions)
             paths = list(full["path"])
             labels = [c[len("prob_"):] for c in full.columns if c.startswith("prob_")]   # the label table in use
             needed = {v for s in a["scores"].values() for v in (s["score"], s["truth"]) if not v.startswith("source=")}
@@ -51,7 +51,7 @@ def main() -> None:
                                                    f"{labels}: score labels the models predict")
             prob = {"full": full}
             for c in a["controls"]:
-                frame = test_part(audit.paths("audit", bb, k, c).predictions)
+                frame = test_part(paths.run("audit", bb, k, c).predictions)
                 if list(frame["path"]) != paths:
                     raise RuntimeError(f"{bb} fold {k}: the {c} model was evaluated on other test images than the "
                                        f"full-image model: rerun evaluate for both (dvc repro evaluate audit_evaluate)")

@@ -3,21 +3,18 @@
 Writes data/confounder/plan.csv (one row per image of data/splits.csv: stratum, target, tagged, box
 x0 y0 x1 y1 in cache pixels, tag value) and metrics/confound.json (counts per stratum). With
 confounder.enabled false the plan tags nothing, so every stage that applies it sees the untouched cache.
-The stages that read the cache for the classifier stamp the tags in memory (cxrbench.confounder.apply).
+The stages that read the cache for the classifier stamp the tags in memory (cxrbench.data.confounder.apply).
 """
 
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
-from cxrbench import confounder as C  # noqa: E402
-from cxrbench import params as P  # noqa: E402
-from cxrbench.cache import Cache  # noqa: E402
-from cxrbench.io import write_csv, write_json  # noqa: E402
+from cxrbench.core import params as P
+from cxrbench.core.io import write_csv, write_json
+from cxrbench.data import confounder as C
+from cxrbench.data.cache import Cache
 
 
 def main() -> None:

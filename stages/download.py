@@ -4,14 +4,11 @@ usage: python stages/download.py NAME
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxrbench import params as P  # noqa: E402
-from cxrbench.io import write_json  # noqa: E402
-from cxrbench.sources import ExtractLimits, SourceSpec, fetch  # noqa: E402
+from cxrbench.core import params as P
+from cxrbench.core.io import write_json
+from cxrbench.data.sources import ExtractLimits, SourceSpec, fetch
 
 
 def main() -> None:

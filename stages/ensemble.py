@@ -9,22 +9,17 @@ and plots/roc_ensemble.csv. (Outside data/predictions and metrics/eval, which it
 """
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from cxrbench import bootstrap  # noqa: E402
-from cxrbench import ensemble as EN  # noqa: E402
-from cxrbench import evaluation as E  # noqa: E402
-from cxrbench import paper_scoring  # noqa: E402
-from cxrbench import params as P  # noqa: E402
-from cxrbench import training  # noqa: E402
-from cxrbench.io import read_json, write_csv, write_json, write_text  # noqa: E402
-from cxrbench.labels import LabelTable  # noqa: E402
+from cxrbench.classify import ensemble as EN
+from cxrbench.classify import evaluation as E
+from cxrbench.classify import paper_scoring, training
+from cxrbench.core import bootstrap
+from cxrbench.core import params as P
+from cxrbench.core.io import read_json, write_csv, write_json, write_text
+from cxrbench.data.labels import LabelTable
 
 
 def main() -> None:

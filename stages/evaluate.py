@@ -6,22 +6,20 @@ plots/roc/BACKBONE-fK.csv (micro-averaged test ROC).
 """
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from cxrbench import evaluation as E  # noqa: E402
-from cxrbench import params as P  # noqa: E402
-from cxrbench import runtime  # noqa: E402
-from cxrbench import audit, audit_inputs, splitting, training  # noqa: E402
-from cxrbench import confounder  # noqa: E402
-from cxrbench.cache import Cache  # noqa: E402
-from cxrbench.io import write_csv, write_json  # noqa: E402
-from cxrbench.labels import LabelTable  # noqa: E402
-from cxrbench.models import load_classifier  # noqa: E402
+from cxrbench.core import paths
+from cxrbench.classify import evaluation as E
+from cxrbench.classify import training
+from cxrbench.classify.models import load_classifier
+from cxrbench.core import params as P
+from cxrbench.core import runtime
+from cxrbench.core.io import write_csv, write_json
+from cxrbench.data import confounder, splitting
+from cxrbench.data.cache import Cache
+from cxrbench.data.labels import LabelTable
+from cxrbench.lungs import controls as audit_inputs
 
 
 def predictions(model, meta, cache: Cache, splits: pd.DataFrame, fold: int, device, batch_size: int) -> pd.DataFrame:
@@ -50,7 +48,7 @@ def main() -> None:
     ap.add_argument("fold", type=int)
     ap.add_argument("--device", default=None)
     P.add_stage_arguments(ap)
-    ap.add_argument("--variant", choices=audit.VARIANTS, default="main",
+    ap.add_argument("--variant", choices=paths.VARIANTS, default="main",
                     help="audit: evaluate a shortcut-audit control's model (models/audit/CONTROL)")
     ap.add_argument("--control", choices=audit_inputs.CONTROLS, default=None,
                     help="with --variant audit: which control")
@@ -58,7 +56,7 @@ def main() -> None:
     if (args.variant == "audit") != (args.control is not None):
         ap.error("--control goes with --variant audit, and --variant audit needs --control")
     rt = runtime.configure()
-    out = audit.paths(args.variant, args.backbone, args.fold, args.control)
+    out = paths.run(args.variant, args.backbone, args.fold, args.control)
     params = P.from_arguments(args)
     ev = E.validate(params)
     training.validate(params)

@@ -4,17 +4,14 @@ Off when external.sources is empty: it then writes an "off" metrics/external.jso
 plots/external_calibration.png at once. Otherwise reads data/index.csv, data/cache/meta.json (the recipe),
 models/classifier, metrics/eval (thresholds), data/predictions (internal test) and each source's images;
 writes data/external/<source>/ (preprocessed cache, per-image predictions), metrics/external.{json,md} and
-plots/external_calibration.png. See cxrbench/external.py.
+plots/external_calibration.png. See cxrbench/studies/external.py.
 """
 
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxrbench import external  # noqa: E402
-from cxrbench import params as P  # noqa: E402
-from cxrbench import runtime  # noqa: E402
+from cxrbench.core import params as P
+from cxrbench.core import runtime
+from cxrbench.studies import external
 
 
 def main() -> None:

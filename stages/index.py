@@ -4,17 +4,14 @@ Reads data/raw/{covid_chestxray,kermany,v7_masks}; writes data/index.csv and
 data/index_report.json (missing, corrupt, duplicate files).
 """
 
-import sys
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxrbench import cohort, copies, dedupe, indexing  # noqa: E402
-from cxrbench import params as P  # noqa: E402
-from cxrbench.io import write_csv, write_json  # noqa: E402
-from cxrbench.labels import LabelTable  # noqa: E402
-from cxrbench.runtime import workers  # noqa: E402
+from cxrbench.core import params as P
+from cxrbench.core.io import write_csv, write_json
+from cxrbench.core.runtime import workers
+from cxrbench.data import cohort, copies, dedupe, indexing
+from cxrbench.data.labels import LabelTable
 
 RAW = Path("data/raw")
 

@@ -11,25 +11,24 @@ Writes metrics/planted.json, metrics/planted.md and plots/planted/. With confoun
 writes only that status (nothing was planted, so nothing can be localised).
 """
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pandas as pd
+import torch
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from cxrbench import attribution as A  # noqa: E402
-from cxrbench import audit, bootstrap, runtime, training  # noqa: E402
-from cxrbench import confounder as C  # noqa: E402
-from cxrbench import explanation_metrics as EM  # noqa: E402
-from cxrbench import params as P  # noqa: E402
-from cxrbench import planted  # noqa: E402
-from cxrbench.cache import Cache  # noqa: E402
-from cxrbench.io import read_json, write_json, write_text  # noqa: E402
-from cxrbench.models import load_classifier  # noqa: E402
-from cxrbench.plotting import planted_grid  # noqa: E402
+from cxrbench.core import paths
+from cxrbench.classify import training
+from cxrbench.classify.models import load_classifier
+from cxrbench.core import bootstrap, runtime
+from cxrbench.core import params as P
+from cxrbench.core.io import read_json, write_json, write_text
+from cxrbench.core.plotting import planted_grid
+from cxrbench.data import confounder as C
+from cxrbench.data.cache import Cache
+from cxrbench.explain import attribution as A
+from cxrbench.explain.metrics import perturbation as EM
+from cxrbench.studies import planted
 
 OUT_JSON, OUT_MD, PLOTS = "metrics/planted.json", "metrics/planted.md", Path("plots/planted")
 
@@ -62,7 +61,7 @@ def main() -> None:
     PLOTS.mkdir(parents=True, exist_ok=True)
     if not cfg["enabled"]:
         note = ("confounder.enabled is false: no tag was planted, so there is no reliance or localisation to "
-                "score. Run the `planted` profile (python -m cxrbench.profiles run planted).")
+                "score. Run the `planted` profile (cxrbench profiles run planted).")
         write_json(OUT_JSON, {"enabled": False, "status": "disabled"})
         write_text(OUT_MD, f"### Planted shortcut\n\n{note}\n")
         write_text(PLOTS / "README.txt", note + "\n")
@@ -102,7 +101,7 @@ def main() -> None:
         fold_probs = []
         for k in folds:
             name = f"{bb}-f{k}"
-            model, meta = load_classifier(f"{audit.paths('main', bb, k).model_dir}/{checkpoint}", device)
+            model, meta = load_classifier(f"{paths.run('main', bb, k).model_dir}/{checkpoint}", device)
             li = list(meta["labels"]).index(cfg["label"])
             probs = {c: training.predict(model, imgs, np.arange(len(imgs)), device, 64)[:, li]
                      for c, (imgs, _) in conds.items()}

@@ -1,15 +1,12 @@
 """Stage preprocess: resize, pad, percentile-normalise every indexed image (and mask) into data/cache."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from cxrbench import params as P  # noqa: E402
-from cxrbench.runtime import workers  # noqa: E402
-from cxrbench.preprocess import Recipe, build_cache, index_digest  # noqa: E402
+from cxrbench.core import params as P
+from cxrbench.core.runtime import workers
+from cxrbench.data.preprocess import Recipe, build_cache, index_digest
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ trained model, on each step of the cascading randomisation (the top k layer grou
 k = 1 .. all; Adebayo et al. 2018), on a second, independent full randomisation (the null reference) and,
 on the trained model, for another label drawn per image (the random-logit check; Sixt et al. 2020).
 Per image: signed and |map| Spearman and SSIM (randomisation.metrics); degenerate maps are counted, not
-scored (cxrbench/randomisation.py holds the definitions).
+scored (cxrbench/explain/randomisation.py holds the definitions).
 
 Writes metrics/randomisation.json (per method x backbone, per step, the null and the random logit: mean
 over folds of the mean over images, patient-bootstrap CI, n and status counts; the layer groups and the
@@ -16,24 +16,22 @@ plots/randomisation/cascade.png (similarity vs number of randomised groups, one 
 null reference as a band).
 """
 
-import sys
 import time
 import zlib
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pandas as pd
+import torch
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from cxrbench import attribution as A  # noqa: E402
-from cxrbench import bootstrap, confounder, runtime, training  # noqa: E402
-from cxrbench import params as P  # noqa: E402
-from cxrbench import randomisation as R  # noqa: E402
-from cxrbench.cache import Cache  # noqa: E402
-from cxrbench.io import write_csv, write_json, write_text  # noqa: E402
-from cxrbench.plotting import plt, save  # noqa: E402
+from cxrbench.classify import training
+from cxrbench.core import bootstrap, runtime
+from cxrbench.core import params as P
+from cxrbench.core.io import write_csv, write_json, write_text
+from cxrbench.core.plotting import plt, save
+from cxrbench.data import confounder
+from cxrbench.data.cache import Cache
+from cxrbench.explain import attribution as A
+from cxrbench.explain import randomisation as R
 
 OUT_JSON, OUT_MD = "metrics/randomisation.json", "metrics/randomisation.md"
 OUT_CSV, OUT_PNG = "plots/randomisation/cascade.csv", "plots/randomisation/cascade.png"
@@ -150,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
                                    "null", "null_low", "null_high"])
     write_json(OUT_JSON, {
         "definition": {
-            "cascade": "step k: the top k layer groups (cxrbench.randomisation.cascade_groups) re-initialised; "
+            "cascade": "step k: the top k layer groups (cxrbench.explain.randomisation.cascade_groups) re-initialised; "
                        "similarity of each image's map to the trained model's (step 0: the trained model itself)",
             "null": "similarity between the maps of two independently, fully randomised models "
                     "(replicates 0 and 1): what the input alone produces",

@@ -1,14 +1,11 @@
 """Stage report: a self-contained report of the run in report/ (README.md + img/) and the model card of its
 classifiers (report/model_card.md)."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxrbench import model_card  # noqa: E402
-from cxrbench import params as P  # noqa: E402
-from cxrbench.reporting import build  # noqa: E402
+from cxrbench.core import params as P
+from cxrbench.report import model_card
+from cxrbench.report.document import build
 
 
 def main() -> None:

@@ -5,20 +5,17 @@ data/index.csv (plus data/lungs/meta.json), metrics/segment.json (lung-area
 fraction and connected components per source, implausible masks) and plots/segment_grid.png.
 """
 
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from cxrbench import params as P  # noqa: E402
-from cxrbench import runtime  # noqa: E402
-from cxrbench import segmentation as seg  # noqa: E402
-from cxrbench import unet  # noqa: E402
-from cxrbench.cache import Cache  # noqa: E402
-from cxrbench.io import atomic_path, write_json  # noqa: E402
+from cxrbench.core import params as P
+from cxrbench.core import runtime
+from cxrbench.core.io import atomic_path, write_json
+from cxrbench.data.cache import Cache
+from cxrbench.lungs import segmentation as seg
+from cxrbench.lungs import unet
 
 MODEL = Path("models/unet/model.pt")
 OUT_DIR = Path("data/lungs")

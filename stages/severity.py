@@ -12,21 +12,20 @@ Writes metrics/severity.json and metrics/severity.md; with severity.methods empt
 Images are untagged (the planted tag is not applied here).
 """
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pandas as pd
+import torch
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from cxrbench import attribution as A  # noqa: E402
-from cxrbench import bootstrap, runtime, severity, training  # noqa: E402
-from cxrbench import params as P  # noqa: E402
-from cxrbench.cache import Cache  # noqa: E402
-from cxrbench.io import write_json, write_text  # noqa: E402
-from cxrbench.segmentation import LUNG_MASKS, load_lung_masks  # noqa: E402
+from cxrbench.classify import training
+from cxrbench.core import bootstrap, runtime
+from cxrbench.core import params as P
+from cxrbench.core.io import write_json, write_text
+from cxrbench.data.cache import Cache
+from cxrbench.explain import attribution as A
+from cxrbench.lungs.segmentation import LUNG_MASKS, load_lung_masks
+from cxrbench.studies import severity
 
 OUT_JSON, OUT_MD = "metrics/severity.json", "metrics/severity.md"
 

@@ -3,18 +3,15 @@
 Writes data/splits.csv, metrics/data.json and plots/label_distribution.png.
 """
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from cxrbench import params as P  # noqa: E402
-from cxrbench import cohort, dedupe, splitting  # noqa: E402
-from cxrbench.io import read_json, write_csv, write_json, write_text  # noqa: E402
-from cxrbench.labels import LabelTable  # noqa: E402
-from cxrbench.plotting import label_distribution  # noqa: E402
+from cxrbench.core import params as P
+from cxrbench.core.io import read_json, write_csv, write_json, write_text
+from cxrbench.core.plotting import label_distribution
+from cxrbench.data import cohort, dedupe, splitting
+from cxrbench.data.labels import LabelTable
 
 RAW = Path("data/raw")
 

@@ -9,20 +9,19 @@ and dvclive/train/BACKBONE-fK. Reruns resume from last.pt when its configuration
 
 import argparse
 import dataclasses
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from cxrbench import params as P  # noqa: E402
-from cxrbench import runtime  # noqa: E402
-from cxrbench import audit, audit_inputs, splitting, training  # noqa: E402
-from cxrbench import confounder  # noqa: E402
-from cxrbench.cache import Cache  # noqa: E402
-from cxrbench.indexing import label_matrix  # noqa: E402
-from cxrbench.io import write_json  # noqa: E402
+from cxrbench.core import paths
+from cxrbench.classify import training
+from cxrbench.core import params as P
+from cxrbench.core import runtime
+from cxrbench.core.io import write_json
+from cxrbench.data import confounder, splitting
+from cxrbench.data.cache import Cache
+from cxrbench.data.indexing import label_matrix
+from cxrbench.lungs import controls as audit_inputs
+from cxrbench.studies import audit
 
 
 def main() -> None:
@@ -32,7 +31,7 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     ap.add_argument("--no-progress", action="store_true")
     P.add_stage_arguments(ap)
-    ap.add_argument("--variant", choices=audit.VARIANTS, default="main",
+    ap.add_argument("--variant", choices=paths.VARIANTS, default="main",
                     help="audit: a shortcut-audit control's model (--control), outputs under models/audit/CONTROL")
     ap.add_argument("--control", choices=audit_inputs.CONTROLS, default=None,
                     help="with --variant audit: which control of audit.controls")
@@ -53,7 +52,7 @@ def main() -> None:
             raise P.ParamError("audit.controls", f"control {args.control!r} is not in audit.controls {a['controls']}")
         cfg = dataclasses.replace(cfg, input_mode=args.control,
                                   input_options=audit_inputs.options_for(args.control, a))
-    out = audit.paths(args.variant, args.backbone, args.fold, args.control)
+    out = paths.run(args.variant, args.backbone, args.fold, args.control)
     splits = pd.read_csv("data/splits.csv", keep_default_na=False)
     parts = splitting.fold_parts(splits, args.fold)          # the test part is never touched here
     targets = label_matrix(cache.index, cfg.labels)

@@ -5,22 +5,19 @@ dvclive/unet (per-epoch train/val loss, val IoU), metrics/unet.json and
 plots/unet_overlays.png.
 """
 
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pandas as pd
+from dvclive import Live
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from dvclive import Live  # noqa: E402
-
-from cxrbench import params as P  # noqa: E402
-from cxrbench import runtime  # noqa: E402
-from cxrbench import segmentation as seg  # noqa: E402
-from cxrbench import unet  # noqa: E402
-from cxrbench.cache import Cache  # noqa: E402
-from cxrbench.io import write_json  # noqa: E402
+from cxrbench.core import params as P
+from cxrbench.core import runtime
+from cxrbench.core.io import write_json
+from cxrbench.data.cache import Cache
+from cxrbench.lungs import segmentation as seg
+from cxrbench.lungs import unet
 
 MODEL = Path("models/unet/model.pt")
 LIVE_DIR = "dvclive/unet"

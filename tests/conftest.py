@@ -8,9 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cxrbench import dedupe, indexing, params as P, splitting
-from cxrbench.labels import LabelTable
-from cxrbench.sources import SourceSpec, fetch
+from cxrbench.data import dedupe
+from cxrbench.data import indexing
+from cxrbench.core import params as P
+from cxrbench.data import splitting
+from cxrbench.data.labels import LabelTable
+from cxrbench.data.sources import SourceSpec, fetch
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
@@ -61,7 +64,7 @@ def sample_data(tmp_path_factory, raw, index_frame, table) -> Path:
     Tests that need real preprocessed X-rays use this, never the workspace's
     data/, so they run (and do not skip) in a clean clone.
     """
-    from cxrbench import preprocess
+    from cxrbench.data import preprocess
 
     root = tmp_path_factory.mktemp("sample_data")
     index_frame.to_csv(root / "index.csv", index=False)

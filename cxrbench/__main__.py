@@ -1,0 +1,7 @@
+"""``python -m cxrbench``: the same as the ``cxrbench`` command."""
+
+import sys
+
+from cxrbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,193 @@
+"""Seed 000's preprocessing, cached once for every later stage.
+
+Per image: bicubic resize of the longer side to ``size``; clip intensities to
+the ``percentiles`` of the image (seed 000: 1st and 95th) and scale to [0, 1];
+build one channel per recipe (``raw``; ``clahe`` as CXR-Net and COVID-CXNet;
+``histeq`` and ``unsharp`` as DeepCOVIDExplainer); zero-pad, centred, to
+``size`` x ``size``. Padding comes last, so percentiles and equalisation see only
+the image. Lung masks get the same resize and padding.
+
+The cache (``data/cache``) holds ``images.npy`` (N, C, S, S) uint8 and
+``masks.npy`` (N, S, S) uint8 in the row order of ``data/index.csv``, plus
+``meta.json``; it is written to a temporary folder and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from numpy.lib.format import open_memmap
+from PIL import Image
+from skimage import exposure, filters
+
+from cxrbench.data.images import load_grey, load_mask
+from cxrbench.core.io import atomic_path, write_json
+from cxrbench.core.params import ParamError, check_choice, check_int, check_subset, section
+from cxrbench.core.runtime import progress as progress_bar
+
+RECIPES = ("raw", "clahe", "histeq", "unsharp")
+INTENSITY = ("percentile", "fixed")
+
+
+class MaskMismatchError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Recipe:
+    size: int
+    percentiles: tuple[float, float]
+    channels: tuple[str, ...]
+    clahe_clip_limit: float = 0.01
+    unsharp_radius: float = 2.0
+    unsharp_amount: float = 1.0
+    intensity: str = "percentile"
+    fixed_range: tuple[float, float] = (0.0, 255.0)
+
+    @classmethod
+    def from_params(cls, params: dict) -> "Recipe":
+        p = section(params, "preprocess")
+        check_int("preprocess.size", p.get("size"), minimum=16, maximum=4096)
+        pct = p.get("percentiles")
+        if (not isinstance(pct, list) or len(pct) != 2 or not all(isinstance(v, (int, float)) for v in pct)
+                or not 0 <= pct[0] < pct[1] <= 100):
+            raise ParamError("preprocess.percentiles", f"expected [low, high] with 0 <= low < high <= 100, got {pct!r}")
+        check_subset("preprocess.channels", p.get("channels"), RECIPES)
+        intensity = check_choice("preprocess.intensity", p.get("intensity", "percentile"), INTENSITY)
+        rng = p.get("fixed_range", [0, 255])
+        if (not isinstance(rng, list) or len(rng) != 2 or not all(isinstance(v, (int, float)) for v in rng)
+                or not 0 <= rng[0] < rng[1] <= 255):
+            raise ParamError("preprocess.fixed_range", f"expected [low, high] within 0..255, got {rng!r}")
+        for key in ("clahe_clip_limit", "unsharp_radius", "unsharp_amount"):
+            v = p.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise ParamError(f"preprocess.{key}", f"expected a positive number, got {v!r}")
+        return cls(p["size"], (float(pct[0]), float(pct[1])), tuple(p["channels"]),
+                   float(p["clahe_clip_limit"]), float(p["unsharp_radius"]), float(p["unsharp_amount"]),
+                   intensity, (float(rng[0]), float(rng[1])))
+
+
+def geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(new_h, new_w, top, left): the resized shape and its offset in the padded square."""
+    scale = size / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    return new_h, new_w, (size - new_h) // 2, (size - new_w) // 2
+
+
+def _pad(img: np.ndarray, size: int, top: int, left: int) -> np.ndarray:
+    out = np.zeros((size, size), dtype=img.dtype)
+    out[top:top + img.shape[0], left:left + img.shape[1]] = img
+    return out
+
+
+def normalise(img: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    lo, hi = np.percentile(img, percentiles)
+    if hi <= lo:
+        return np.zeros_like(img, dtype=np.float32)
+    return ((np.clip(img, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+def channel(img01: np.ndarray, name: str, recipe: Recipe) -> np.ndarray:
+    if name == "raw":
+        return img01
+    if name == "clahe":
+        return exposure.equalize_adapthist(img01, clip_limit=recipe.clahe_clip_limit).astype(np.float32)
+    if name == "histeq":
+        return exposure.equalize_hist(img01).astype(np.float32)
+    if name == "unsharp":
+        return np.clip(filters.unsharp_mask(img01, radius=recipe.unsharp_radius, amount=recipe.unsharp_amount),
+                       0, 1).astype(np.float32)
+    raise ParamError("preprocess.channels", f"unknown recipe {name!r}; valid values are {list(RECIPES)}")
+
+
+def prepare(grey: np.ndarray, recipe: Recipe) -> np.ndarray:
+    """A grey float image in [0, 1] of any shape -> (C, size, size) uint8.
+
+    ``intensity: percentile`` (seed 000's paper): clip to the image's own
+    percentiles. ``fixed`` (seed 000's published code): the 8-bit values,
+    clipped to ``fixed_range`` (their 0..207) and scaled to [0, 1].
+    """
+    new_h, new_w, top, left = geometry(*grey.shape, recipe.size)
+    resized = np.asarray(Image.fromarray(grey.astype(np.float32), mode="F").resize((new_w, new_h), Image.BICUBIC))
+    if recipe.intensity == "fixed":
+        lo, hi = recipe.fixed_range
+        img01 = ((np.clip(resized * 255.0, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+    else:
+        img01 = normalise(resized, recipe.percentiles)
+    chans = [_pad(np.round(channel(img01, c, recipe) * 255).astype(np.uint8), recipe.size, top, left)
+             for c in recipe.channels]
+    return np.stack(chans)
+
+
+def prepare_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A boolean mask of the original image size -> (size, size) uint8 in {0, 1}, same geometry."""
+    new_h, new_w, top, left = geometry(*mask.shape, size)
+    resized = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((new_w, new_h), Image.BILINEAR))
+    return _pad((resized >= 128).astype(np.uint8), size, top, left)
+
+
+def _work(job: tuple[str, str, Recipe]) -> tuple[np.ndarray, np.ndarray | None]:
+    image_path, mask_path, recipe = job
+    grey = load_grey(image_path)
+    mask = None
+    if mask_path:
+        m = load_mask(mask_path)
+        if m.shape != grey.shape:
+            raise MaskMismatchError(
+                f"mask {mask_path} is {m.shape[1]}x{m.shape[0]} but its image {image_path} is "
+                f"{grey.shape[1]}x{grey.shape[0]}; a mask must have its image's exact size")
+        mask = prepare_mask(m, recipe.size)
+    return prepare(grey, recipe), mask
+
+
+def index_digest(index_csv: Path) -> str:
+    return hashlib.sha1(Path(index_csv).read_bytes()).hexdigest()
+
+
+class DiskFullError(OSError):
+    pass
+
+
+def check_free_space(out_dir: Path, needed: int, margin: float = 1.05) -> None:
+    """Refuse to start a memory-mapped cache that cannot fit: a full disk kills the writer with SIGBUS."""
+    out_dir = Path(out_dir)
+    where = next(p for p in [out_dir, *out_dir.parents] if p.exists())
+    free = shutil.disk_usage(where).free
+    if free < needed * margin:
+        raise DiskFullError(f"the cache {out_dir} needs {needed / 2**30:.2f} GiB but {where.resolve()} has "
+                            f"{free / 2**30:.2f} GiB free: free space, or lower preprocess.size")
+
+
+def build_cache(index: pd.DataFrame, raw: Path, out_dir: Path, recipe: Recipe, workers: int,
+                index_sha1: str) -> dict:
+    """Preprocess every indexed image (and its mask) into ``out_dir``; return meta."""
+    n, c, s = len(index), len(recipe.channels), recipe.size
+    check_free_space(out_dir, n * (c + 1) * s * s)
+    jobs = [(str(raw / p), str(raw / m) if m else "", recipe) for p, m in zip(index["path"], index["mask"].fillna(""))]
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, c, s, s))
+        masks = open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, s, s))
+        has_mask = np.zeros(n, dtype=bool)
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = pool.map(_work, jobs, chunksize=8)
+            for i, (img, mask) in enumerate(progress_bar(results, total=n, desc=f"preprocess {s}px", unit="img")):
+                images[i] = img
+                if mask is not None:
+                    masks[i] = mask
+                    has_mask[i] = True
+        images.flush()
+        masks.flush()
+        del images, masks
+        meta = {"n": n, "size": s, "channels": list(recipe.channels), "percentiles": list(recipe.percentiles),
+                "index_sha1": index_sha1, "with_mask": int(has_mask.sum()),
+                "recipe": dataclasses.asdict(recipe)}       # all of it: predict re-applies it to new images
+        write_json(tmp / "meta.json", meta)
+    return meta

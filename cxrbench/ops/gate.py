@@ -1,0 +1,258 @@
+"""The CI metric gate: compare this run's metrics with a committed baseline.
+
+``params.yaml: gate.checks`` lists the metrics to guard, each as
+``file:dotted.key`` with a direction, a reason and a tolerance. A metric
+regresses when it moves the wrong way by more than its tolerance (``higher`` is
+better: it may drop by at most the tolerance; ``lower``: it may rise by at
+most; ``equal``: it must stay within the tolerance either way). A metric
+missing from the current run is a failure too: a stage that silently stopped
+writing it must not pass.
+
+The tolerance is a number (0 for counts that must be exact), or ``spread``:
+``gate.spread_factor`` times the range (max - min) of the metric over the
+perturbed runs of the reference profile recorded in ``gate.spread``
+(``cxrbench spread measure`` writes it: other thread counts, another
+seed, another instruction set). So a metric fails only when it moves further
+than ``spread_factor`` times what those perturbations moved it.
+
+    cxrbench gate check      # print the table, exit 1 on a regression
+    cxrbench gate snapshot   # write the baseline from the current metrics
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cxrbench.core.io import read_json, write_json
+from cxrbench.core.params import ParamError, check_choice, load, section
+
+DIRECTIONS = ("higher", "lower", "equal")
+SPREAD = "spread"
+
+
+@dataclass(frozen=True)
+class Check:
+    metric: str                  # "metrics/unet.json:test.iou.mean"
+    tolerance: float | str       # a number, or "spread" (from the measured spread)
+    direction: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    baseline: Path
+    spread: Path | None
+    spread_factor: float
+    checks: list[Check]
+
+
+def config_from_params(params: dict) -> GateConfig:
+    """Validate ``gate`` of params.yaml; every error names the key and what to write instead."""
+    g = section(params, "gate")
+    baseline = g.get("baseline")
+    if not isinstance(baseline, str) or not baseline:
+        raise ParamError("gate.baseline", "expected the path of the committed baseline JSON")
+    raw = g.get("checks")
+    if not isinstance(raw, list) or not raw:
+        raise ParamError("gate.checks", "expected a non-empty list of {metric, tolerance, direction, reason}")
+    out = []
+    for i, c in enumerate(raw):
+        key = f"gate.checks[{i}]"
+        if not isinstance(c, dict) or ":" not in str(c.get("metric", "")):
+            raise ParamError(key, f"`metric` must read FILE:dotted.key, got {c!r}")
+        terms(str(c["metric"]))
+        tol = c.get("tolerance")
+        if tol != SPREAD and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0):
+            raise ParamError(f"{key}.tolerance", f"expected a number >= 0 or {SPREAD!r}, got {tol!r}")
+        out.append(Check(c["metric"], tol if tol == SPREAD else float(tol),
+                         check_choice(f"{key}.direction", c.get("direction", "higher"), DIRECTIONS),
+                         str(c.get("reason", ""))))
+    spread = g.get("spread")
+    needs_spread = any(c.tolerance == SPREAD for c in out)
+    if needs_spread and (not isinstance(spread, str) or not spread):
+        raise ParamError("gate.spread", f"checks with tolerance: {SPREAD} need the path of the spread JSON")
+    factor = g.get("spread_factor", 1.0)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 1:
+        raise ParamError("gate.spread_factor", f"expected a number >= 1 (the margin over the measured spread), "
+                                               f"got {factor!r}")
+    return GateConfig(Path(baseline), Path(spread) if spread else None, float(factor), out)
+
+
+def spread_range(spread: dict, metric: str, exclude: str | None = None) -> float | None:
+    """max - min of ``metric`` over the runs of a spread JSON (``exclude``: leave one run out)."""
+    values = [v for run, v in (spread.get("metrics", {}).get(metric, {}).get("values") or {}).items()
+              if run != exclude and v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if len(values) < 2:
+        return None
+    return float(max(values) - min(values))
+
+
+def tolerances(checks: list[Check], spread: dict | None, factor: float,
+               exclude: str | None = None) -> dict[str, float | None]:
+    """The tolerance of each check: its number, or ``factor`` x the measured range (None: not measured)."""
+    out = {}
+    for c in checks:
+        if c.tolerance != SPREAD:
+            out[c.metric] = float(c.tolerance)
+        else:
+            r = spread_range(spread or {}, c.metric, exclude)
+            out[c.metric] = None if r is None else factor * r
+    return out
+
+
+def lookup(obj: Any, key: str) -> float | None:
+    """The number at dotted ``key``; a part ``field=value`` picks the list item whose field is value."""
+    for part in key.split("."):
+        if isinstance(obj, dict) and part in obj:
+            obj = obj[part]
+        elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
+            obj = obj[int(part)]
+        elif isinstance(obj, list) and "=" in part:
+            field, value = part.split("=", 1)
+            obj = next((o for o in obj if isinstance(o, dict) and str(o.get(field)) == value), None)
+            if obj is None:
+                return None
+        else:
+            return None
+    if isinstance(obj, bool) or not isinstance(obj, (int, float)):
+        return None
+    return float(obj)
+
+
+def current_values(checks: list[Check], root: Path = Path(".")) -> dict[str, float | None]:
+    """Each check's value under ``root``; a metric ``A - B`` (two FILE:key terms) is their difference."""
+    cache: dict[str, Any] = {}
+
+    def one(term: str) -> float | None:
+        file, key = term.split(":", 1)
+        if file not in cache:
+            path = root / file
+            cache[file] = read_json(path) if path.is_file() else None
+        return lookup(cache[file], key) if cache[file] is not None else None
+
+    out = {}
+    for c in checks:
+        values = [one(t) for t in terms(c.metric)]
+        out[c.metric] = None if any(v is None for v in values) else (
+            values[0] if len(values) == 1 else values[0] - values[1])
+    return out
+
+
+def terms(metric: str) -> list[str]:
+    """``FILE:key`` -> [it]; ``FILE:a - FILE:b`` (a control-adjusted metric) -> [both]."""
+    parts = [t.strip() for t in metric.split(" - ")]
+    if len(parts) > 2 or any(":" not in t for t in parts):
+        raise ParamError("gate.checks", f"metric {metric!r}: expected FILE:dotted.key or FILE:a - FILE:b")
+    return parts
+
+
+def label(metric: str) -> tuple[str, str]:
+    """(files, keys) of a metric for tables: ``a.json``, ``x.y``; a difference joins each side with `` - ``."""
+    parts = terms(metric)
+    return (" - ".join(dict.fromkeys(t.split(":", 1)[0] for t in parts)),
+            " - ".join(t.split(":", 1)[1] for t in parts))
+
+
+def evaluate(checks: list[Check], baseline: dict[str, float], current: dict[str, float | None],
+             tol: dict[str, float | None] | None = None) -> list[dict]:
+    """One row per check: baseline, current, change, tolerance and status.
+
+    ``tol`` maps a metric to its tolerance (see :func:`tolerances`); by default each
+    check's own number. A ``spread`` check with no measured spread has status
+    ``no spread``, which fails: measure it (``cxrbench spread measure``).
+    """
+    tol = tol if tol is not None else {c.metric: (None if c.tolerance == SPREAD else c.tolerance) for c in checks}
+    rows = []
+    for c in checks:
+        base, cur, t = baseline.get(c.metric), current.get(c.metric), tol.get(c.metric)
+        change = None
+        if base is None:
+            status = "no baseline"
+        elif cur is None or (isinstance(cur, float) and math.isnan(cur)):
+            status = "MISSING"
+        elif t is None:
+            status, change = "no spread", cur - base
+        else:
+            change = cur - base
+            worse = {"higher": -change, "lower": change, "equal": abs(change)}[c.direction]
+            status = "REGRESSION" if worse > t + 1e-12 else "ok"
+        rows.append(dict(metric=c.metric, baseline=base, current=cur, change=change, tolerance=t,
+                         rule="spread" if c.tolerance == SPREAD else "fixed", direction=c.direction, status=status))
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    def f(v):
+        return "-" if v is None else f"{v:.4f}"
+    head = ["Path", "Metric", "Baseline", "Current", "Change", "Tolerance", "Rule", "Better", "Status"]
+    body = [[*label(r["metric"]), f(r["baseline"]), f(r["current"]),
+             "-" if r["change"] is None else f"{r['change']:+.4f}", f(r["tolerance"]), r.get("rule", "fixed"),
+             r["direction"], r["status"]] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(head)] + [line(b) for b in body])
+
+
+def failed(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["status"] != "ok"]
+
+
+def check(cfg: GateConfig, root: Path = Path("."), baseline_path: Path | None = None) -> tuple[int, list[dict]]:
+    """Run the gate on the metrics under ``root``: (exit code, rows)."""
+    baseline_path = baseline_path or cfg.baseline
+    if not baseline_path.is_file():
+        print(f"{baseline_path} not found: create it with `cxrbench gate snapshot` "
+              f"after a run of the reference profile", file=sys.stderr)
+        return 1, []
+    spread = None
+    if cfg.spread is not None:
+        if cfg.spread.is_file():
+            spread = read_json(cfg.spread)
+        else:
+            print(f"{cfg.spread} (gate.spread) not found: measure it with `cxrbench spread measure`",
+                  file=sys.stderr)
+    rows = evaluate(cfg.checks, read_json(baseline_path), current_values(cfg.checks, root),
+                    tolerances(cfg.checks, spread, cfg.spread_factor))
+    return (1 if failed(rows) else 0), rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="cxrbench gate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("action", choices=["check", "snapshot"])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--baseline", help="override gate.baseline")
+    ap.add_argument("--root", default=".", help="folder whose metrics/ are checked or snapshot (default: here)")
+    args = ap.parse_args(argv)
+    cfg = config_from_params(load(args.params))
+    baseline_path = Path(args.baseline) if args.baseline else cfg.baseline
+    if args.action == "snapshot":
+        current = current_values(cfg.checks, Path(args.root))
+        missing = [m for m, v in current.items() if v is None]
+        if missing:
+            print(f"cannot snapshot: metrics missing from this run: {missing}", file=sys.stderr)
+            return 1
+        write_json(baseline_path, current)
+        print(f"wrote {baseline_path} ({len(current)} metrics)")
+        return 0
+    code, rows = check(cfg, Path(args.root), baseline_path)
+    if not rows:
+        return code
+    print(format_table(rows))
+    bad = failed(rows)
+    if bad:
+        print(f"\nmetric gate FAILED: {len(bad)} of {len(rows)} metrics regressed, are missing or have no "
+              f"measured spread: " + ", ".join(f"{r['metric']} ({r['status']})" for r in bad), file=sys.stderr)
+        return 1
+    print(f"\nmetric gate passed: {len(rows)} metrics within tolerance "
+          f"(spread rule: {cfg.spread_factor:g} x the range over the runs of {cfg.spread})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

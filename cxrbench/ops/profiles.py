@@ -1,0 +1,143 @@
+"""Run the pipeline under a profile: params overrides kept in ``profiles/NAME.yaml``.
+
+A profile is a flat mapping ``dotted.param.key: value``. It never edits the
+committed params.yaml: it becomes ``dvc exp run --temp -S key=value ...``, a DVC
+experiment run in a temporary copy of the repository, that ``dvc exp show`` and
+``dvc exp diff`` compare like any other (``dvc exp apply NAME`` brings its
+results into the workspace).
+
+    cxrbench profiles show ci
+    cxrbench profiles run sample               # the embedded demo
+    cxrbench profiles run ci --workspace       # CI: results land in the workspace
+    cxrbench profiles run mirror -- preprocess # extra args go to dvc exp run
+    cxrbench profiles run sample --set preprocess.channels=[raw,clahe] --name clahe
+    cxrbench profiles run sample --queue --set train.backbones=[resnet18,densenet121]
+
+``--workspace`` runs in the workspace instead: DVC then rewrites params.yaml
+with the profile's values (and drops its comments), so use it only in a
+throwaway clone (CI), and ``git checkout params.yaml`` afterwards.
+
+Relative mirror paths that lie outside the repository (``../shared/data``) are
+made absolute, because ``--temp`` and queued experiments run in a copy of the
+repository elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cxrbench.core.params import ParamError, flatten, load, parse_overrides, section
+
+PROFILE_DIR = Path("profiles")
+
+
+def read_profile(name: str, root: Path = Path(".")) -> dict[str, Any]:
+    path = root / PROFILE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (root / PROFILE_DIR).glob("*.yaml"))
+        raise FileNotFoundError(f"profile {name!r}: {path} not found; known profiles are {known}")
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of dotted param keys to values")
+    return flatten(raw)
+
+
+def check_keys(overrides: dict[str, Any], params: dict, profile: str) -> None:
+    for key in overrides:
+        try:
+            section(params, key)
+        except ParamError as err:
+            raise ParamError(key, f"profile {profile!r} overrides a key that params.yaml does not have") from err
+
+
+def resolve_paths(overrides: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Mirror paths outside the repository become absolute; paths inside stay relative."""
+    out = dict(overrides)
+    root = root.resolve()
+    for key, value in overrides.items():
+        if key.endswith(".mirror") and isinstance(value, str) and not Path(value).is_absolute():
+            target = (root / value).resolve()
+            if not target.is_relative_to(root):
+                out[key] = str(target)
+    return out
+
+
+def hydra_value(value: Any) -> str:
+    """A value in the override syntax of ``dvc exp run -S`` (Hydra's grammar)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, list):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot express {value!r} as a -S override")
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``--set key=value`` items: the parser every stage script uses too (:func:`cxrbench.core.params.parse_overrides`)."""
+    return parse_overrides(items)
+
+
+def exp_command(name: str, overrides: dict[str, Any], extra: list[str], temp: bool, exp_name: str | None,
+                queue: bool = False) -> list[str]:
+    cmd = ["dvc", "exp", "run"]
+    if queue:
+        cmd.append("--queue")
+    elif temp:
+        cmd.append("--temp")
+    if exp_name:
+        cmd += ["--name", exp_name]
+    for key, value in overrides.items():
+        cmd += ["-S", f"{key}={hydra_value(value)}"]
+    return cmd + extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="cxrbench profiles", description=__doc__,
+                                 usage="%(prog)s {show,run} PROFILE [options] [-- dvc exp run arguments]",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("action", choices=["show", "run"])
+    ap.add_argument("profile")
+    ap.add_argument("--workspace", action="store_true",
+                    help="run in the workspace (rewrites params.yaml; for throwaway clones such as CI)")
+    ap.add_argument("--name", help="experiment name (default: DVC's)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="one more override on top of the profile (repeatable); it replaces the profile's value")
+    ap.add_argument("--queue", action="store_true", help="queue the experiment (dvc queue start runs it)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []   # after --: dvc exp run's own arguments
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    args = ap.parse_args(argv)
+    args.extra = extra
+    root = Path(".")
+    overrides = {**read_profile(args.profile, root), **parse_sets(args.set)}
+    overrides = resolve_paths(overrides, root)
+    check_keys(overrides, load(), args.profile)
+    cmd = exp_command(args.profile, overrides, args.extra, not args.workspace, args.name, args.queue)
+    if args.action == "show":
+        print(" ".join(_quote(c) for c in cmd))
+        return 0
+    print("+", " ".join(_quote(c) for c in cmd), flush=True)
+    return subprocess.call(cmd)
+
+
+def _quote(s: str) -> str:
+    import shlex
+    return shlex.quote(s)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""The study's report and model card."""
+
+__all__ = ['document', 'model_card']

@@ -1,0 +1,205 @@
+"""The study's report: one self-contained folder (``report/README.md`` + ``report/img/``).
+
+Built from what the stages wrote (metrics/*.json, tables, plots); a section
+whose inputs do not exist says which stage to run instead of failing, so a
+partial pipeline still gets a report. Figures are copied next to the text so
+the folder can be shared alone.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from cxrbench.core.io import atomic_path
+
+PACKAGES = ("torch", "torchvision", "timm", "captum", "monai", "scikit-learn", "scikit-image", "numpy",
+            "pandas", "dvc", "dvclive")
+
+
+def _json(path: Path) -> Any | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def md_table(header: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+class Report:
+    def __init__(self, root: Path = Path(".")):
+        self.root = root
+        self.parts: list[str] = []
+        self.images: list[tuple[Path, str]] = []
+        self.files: dict[str, str] = {}          # more text files of the folder (the model card), by name
+
+    def text(self, s: str) -> None:
+        self.parts.append(s.rstrip() + "\n")
+
+    def image(self, path: str | Path, caption: str) -> None:
+        src = self.root / path
+        if not src.is_file():
+            self.text(f"*{caption}: {path} not found (run its stage).*")
+            return
+        name = str(path).replace("/", "__")
+        self.images.append((src, name))
+        self.text(f"![{caption}](img/{name})\n\n*{caption}* (`{path}`)")
+
+    def include(self, path: str | Path, missing: str) -> bool:
+        src = self.root / path
+        if src.is_file():
+            self.text(src.read_text())
+            return True
+        self.text(f"*{missing}*")
+        return False
+
+    def write(self, out_dir: Path) -> None:
+        with atomic_path(out_dir) as tmp:
+            (tmp / "img").mkdir(parents=True)
+            for src, name in self.images:
+                shutil.copy2(src, tmp / "img" / name)
+            (tmp / "README.md").write_text("\n".join(self.parts), encoding="utf-8")
+            for name, text in self.files.items():
+                (tmp / name).write_text(text, encoding="utf-8")
+
+
+def provenance(params: dict, root: Path) -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown (not a git checkout)"
+    versions = []
+    for p in PACKAGES:
+        try:
+            versions.append([p, metadata.version(p)])
+        except metadata.PackageNotFoundError:
+            versions.append([p, "not installed"])
+    return ("## Provenance\n\n"
+            f"- git commit: `{commit}`\n- Python {platform.python_version()} on {platform.machine()}\n\n"
+            + md_table(["package", "version"], versions)
+            + "\n\n<details><summary>params.yaml used for this run</summary>\n\n```yaml\n"
+            + yaml.safe_dump(params, sort_keys=False, width=100) + "```\n</details>\n")
+
+
+def section_data(r: Report) -> None:
+    r.text("## Data and split")
+    d = _json(r.root / "metrics/data.json")
+    if d is None:
+        r.text("*metrics/data.json not found: run `dvc repro split`.*")
+        return
+    rows = [["images", d["images"]], ["patients", d["patients"]], ["patient groups", d["groups"]],
+            ["test images (held out)", d["test_images"]], ["dev images (K folds)", d["dev_images"]],
+            ["files listed upstream but missing", d["missing_files"]], ["corrupt files", d["corrupt_files"]],
+            ["exact copies dropped", d["exact_copies_dropped"]],
+            ["near-duplicate pairs across patients (merged)", d["near_duplicate_pairs_across_patients"]],
+            ["**patients on two sides of a split**", d["leaked_patients"]],
+            ["**groups on two sides of a split**", d["leaked_groups"]]]
+    r.text(md_table(["", "count"], rows))
+    r.text("Split proof: every patient and every duplicate group lies in exactly one of test / dev, and in "
+           "exactly one dev fold (checked by the split stage, which stops otherwise).")
+    r.image("plots/label_distribution.png", "Label distribution by split")
+
+
+def section_unet(r: Report) -> None:
+    r.text("## Lung segmentation (U-Net, CXR-Net loss)")
+    u = _json(r.root / "metrics/unet.json")
+    if u is None:
+        r.text("*metrics/unet.json not found: run `dvc repro train_unet`.*")
+        return
+    t = u["test"]
+    r.text(md_table(["held-out test patients", "images", "IoU mean", "IoU median", "Dice mean", "Dice median"],
+                    [[u["patients"]["test"], t["iou"]["n"], t["iou"]["mean"], t["iou"]["median"],
+                      t["dice"]["mean"], t["dice"]["median"]]]))
+    r.text(f"Trained {u['epochs']} epochs at {u['size']} px on {u['images']['train']} images of "
+           f"{u['patients']['train']} dev patients; epoch {u['best_epoch']} chosen on the validation part. "
+           "CXR-Net reports IoU 0.925 on its own data.")
+    r.image("plots/unet_overlays.png", "Held-out images: image, V7 mask, U-Net mask")
+    s = _json(r.root / "metrics/segment.json")
+    if s is not None:
+        rows = [[src, v["area_fraction"]["mean"], v["area_fraction"]["std"], v["implausible"]]
+                for src, v in s["by_source"].items()]
+        r.text(md_table(["source", "lung area fraction (mean)", "std", "implausible masks"], rows))
+        r.image("plots/segment_grid.png", "Segmented Kermany and covid-chestxray images")
+
+
+def section_classification(r: Report) -> None:
+    r.text("## Classification (seed 000, Table 2)")
+    r.include("metrics/table2.md", "metrics/table2.md not found: run `dvc repro ensemble`.")
+    if r.include("metrics/shortcut_audit.md", "metrics/shortcut_audit.md not found: run `dvc repro audit`."):
+        r.image("plots/shortcut_audit.png", "Shortcut audit: AUROC of every control with its CI (chance 0.5)")
+        r.image("plots/shortcut_controls.png", "What each audit model sees")
+
+
+def section_external(r: Report) -> None:
+    """metrics/external.md (it brings its own heading) and, when the stage was on, its calibration plot."""
+    if not (r.root / "metrics/external.md").is_file():
+        r.text("## External validation\n\n*metrics/external.md not found: run `dvc repro external`.*")
+        return
+    r.include("metrics/external.md", "")
+    x = _json(r.root / "metrics/external.json")
+    if x is not None and x.get("status") == "on":
+        r.image("plots/external_calibration.png", "Calibration, internal test vs external (reliability diagrams)")
+
+
+def section_explain(r: Report) -> None:
+    r.text("## Explanations and AOPPC")
+    if r.include("metrics/aoppc_table.md", "metrics/aoppc_table.md not found: run `dvc repro aoppc`."):
+        r.image("plots/aoppc/curves.png", "Probability drop per perturbation level (MoRF, LeRF, random)")
+    for png in sorted((r.root / "plots/attributions").glob("*.png")) if (r.root / "plots/attributions").is_dir() else []:
+        r.image(png.relative_to(r.root), f"Attribution maps: {png.stem}")
+    r.text("### Randomisation checks")
+    if r.include("metrics/randomisation.md", "metrics/randomisation.md not found: run `dvc repro randomisation`."):
+        r.image("plots/randomisation/cascade.png", "Cascading randomisation: similarity of each method's map to the "
+                "trained model's as layers are re-initialised from the head down (null reference as a band)")
+
+
+def section_ground_truth(r: Report) -> None:
+    """The planted shortcut (when confounder.enabled) and the severity plausibility check."""
+    r.text("## Ground truth for explanations")
+    if r.include("metrics/planted.md", "metrics/planted.md not found: run `dvc repro planted`."):
+        x = _json(r.root / "metrics/planted.json")
+        if x is not None and x.get("enabled"):
+            r.image("plots/planted/ranking.png", "Methods: localisation of the planted tag vs AOPPC (gain over random)")
+            r.image("plots/planted/maps.png", "Tagged test images, each method's map and the tag's box")
+    r.include("metrics/severity.md", "metrics/severity.md not found: run `dvc repro severity`.")
+
+
+def section_cohort(r: Report) -> None:
+    r.text("## The authors' cohort")
+    r.text("### Audit of this run's cohort")
+    r.include("metrics/cohort_audit.md", "metrics/cohort_audit.md not found: run `dvc repro split`.")
+    r.text("### How much of the published score survives: the one-factor ablation ladder (committed)")
+    r.include("results/ablation.md", "results/ablation.md not found: build it with `cxrbench ablation "
+                                     "run` and `cxrbench ablation table` (README, 'The authors' cohort').")
+
+
+SECTIONS: tuple[Callable[[Report], None], ...] = (section_data, section_unet, section_classification,
+                                                  section_external, section_explain, section_ground_truth,
+                                                  section_cohort)
+
+
+def build(params: dict, root: Path = Path("."), title: str = "cxrbench report") -> Report:
+    r = Report(root)
+    r.text(f"# {title}\n\nGenerated by `stages/report.py` from this run's metrics and plots. The model card of "
+           f"this run's classifiers: [model_card.md](model_card.md).")
+    for section in SECTIONS:
+        section(r)
+    r.text(provenance(params, root))
+    return r

@@ -1,0 +1,237 @@
+"""Plausibility against radiologists' severity scores: does a map put more relevance in the lungs of sicker patients?
+
+The covid-chestxray-dataset mirror ships ``annotations/covid-severity-scores.csv``
+(Cohen et al. 2020, arXiv 2005.11856; CC BY-SA): for 94 images, the mean of
+three raters' *geographic extent* (0-8: extent of ground-glass opacity or
+consolidation, 0-4 per lung) and *opacity* (0-6: degree of opacity, 0-3 per
+lung). The file opens with ``## `` comment lines (title, ``License:``,
+``Citation:``, the scores' definitions); :func:`read_scores_meta` keeps them
+so a report can credit the source.
+
+* :func:`read_scores`: the scores by pipeline path (``covid_chestxray/images/<filename>``).
+* :func:`lung_share`: per map, the share of its positive relevance inside the lung mask.
+* :func:`correlate`: Spearman's rho between that share and a score, with a CI over patient groups.
+
+Degenerate inputs give a status, never a number: a map that is constant,
+non-finite or has no positive value, an empty lung mask (:func:`lung_share`),
+fewer than 5 scored maps or fewer than 2 patient groups (:func:`correlate`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from cxrbench.core.bootstrap import format_ci, group_ci
+from cxrbench.explain.metrics.localisation import counts, map_status
+
+PREFIX = "covid_chestxray/images/"
+EXTENT_COLUMNS = ("geographic_mean", "geographic_extent_mean")      # the mirror's name, and the documented one
+RANGES = {"extent": (0.0, 8.0), "opacity": (0.0, 6.0)}
+SHARE_STATUSES = ("ok", "constant", "nonfinite", "no_positive", "empty_mask")
+MODES = ("positive", "absolute")
+MIN_N, MIN_GROUPS = 5, 2
+
+
+# --- scores --------------------------------------------------------------------------------------------------
+
+def _lines(path: Path) -> list[tuple[int, str]]:
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file (the covid-chestxray-dataset mirror's "
+                         f"annotations/covid-severity-scores.csv)")
+    text = path.read_text(encoding="utf-8-sig")
+    return [(i, line) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def read_scores_meta(path: str | Path) -> dict[str, str]:
+    """The file's ``## `` comment lines: ``title`` (the first, without a key) and ``key: value`` pairs with the
+    key lower-cased (``license``, ``citation``, ``geographic_extent_mean``, ``opacity_mean``)."""
+    path = Path(path)
+    meta: dict[str, str] = {}
+    for i, line in _lines(path):
+        if not line.startswith("##"):
+            break
+        body = line[2:].strip().rstrip(",").strip()
+        m = re.match(r"([A-Za-z_][A-Za-z0-9_]*):\s*(.*)$", body)
+        if m:
+            meta[m.group(1).lower()] = m.group(2).strip()
+        elif "title" not in meta:
+            meta["title"] = body
+        else:
+            meta[f"line_{i}"] = body
+    for needed in ("license", "citation"):
+        if needed not in meta:
+            raise ValueError(f"{path}: no '## {needed.capitalize()}:' line; the scores' source must be credited")
+    return meta
+
+
+def read_scores(path: str | Path, prefix: str = PREFIX) -> pd.DataFrame:
+    """The severity scores: columns ``path`` (``prefix + filename``), ``extent`` (0-8), ``opacity`` (0-6).
+
+    Validates the header (``filename``, ``geographic_mean`` or
+    ``geographic_extent_mean``, ``opacity_mean``), one row per file, and the
+    ranges; errors name the file and line.
+    """
+    path = Path(path)
+    rows = [(i, line) for i, line in _lines(path) if not line.startswith("##")]
+    if not rows:
+        raise ValueError(f"{path}: no header and no rows after the '##' comment lines")
+    (hline, header), body = rows[0], rows[1:]
+    cols = [c.strip() for c in next(csv.reader([header]))]
+    if len(cols) != 3 or cols[0] != "filename" or cols[1] not in EXTENT_COLUMNS or cols[2] != "opacity_mean":
+        raise ValueError(f"{path}, line {hline}: header {cols}; expected filename, one of {list(EXTENT_COLUMNS)}, "
+                         f"opacity_mean")
+    out, seen = [], {}
+    for i, line in body:
+        cells = [c.strip() for c in next(csv.reader([line]))]
+        if len(cells) != 3 or not cells[0]:
+            raise ValueError(f"{path}, line {i}: expected 3 cells (filename, extent, opacity), got {cells}")
+        if cells[0] in seen:
+            raise ValueError(f"{path}, line {i}: {cells[0]} already scored on line {seen[cells[0]]}")
+        seen[cells[0]] = i
+        values = {}
+        for name, cell in zip(("extent", "opacity"), cells[1:]):
+            try:
+                v = float(cell)
+            except ValueError:
+                raise ValueError(f"{path}, line {i}: {name} {cell!r} is not a number") from None
+            lo, hi = RANGES[name]
+            if not (math.isfinite(v) and lo <= v <= hi):
+                raise ValueError(f"{path}, line {i}: {name} {v!r} outside its range {lo:g}-{hi:g}")
+            values[name] = v
+        out.append({"path": prefix + cells[0], **values})
+    if not out:
+        raise ValueError(f"{path}: a header but no scored image")
+    return pd.DataFrame(out, columns=["path", "extent", "opacity"])
+
+
+def scores_for(scores: pd.DataFrame, paths: Iterable[str], column: str) -> np.ndarray:
+    """``column`` of :func:`read_scores` aligned to ``paths`` (NaN where an image is not scored)."""
+    if column not in RANGES:
+        raise ValueError(f"column: expected one of {list(RANGES)}, got {column!r}")
+    return scores.set_index("path")[column].reindex(list(paths)).to_numpy(np.float64)
+
+
+# --- lung share ----------------------------------------------------------------------------------------------
+
+def lung_share(maps: Any, lung_masks: Any, mode: str = "positive") -> tuple[np.ndarray, np.ndarray]:
+    """Share of each map's relevance inside its lung mask: ``sum(R+ in lungs) / sum(R+)``.
+
+    ``maps`` (N, H, W) signed relevance, ``lung_masks`` (N, H, W) booleans or
+    0/1. ``mode='positive'``: ``R+ = max(R, 0)`` (evidence for the class, as
+    the relevance mass accuracy); ``'absolute'``: ``|R|``. Returns ``(values,
+    status)``: status ``empty_mask`` (no lung pixel), ``nonfinite``,
+    ``constant`` or ``no_positive`` (nothing to share) give NaN.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
+    a = np.asarray(maps)
+    m = np.asarray(lung_masks)
+    if a.ndim != 3 or 0 in a.shape:
+        raise ValueError(f"maps: expected a non-empty (N, H, W) array (sum the channels first), got shape {a.shape}")
+    if m.shape != a.shape:
+        raise ValueError(f"lung_masks: expected the maps' shape {a.shape} (resize the masks to the maps), got "
+                         f"{m.shape}")
+    if m.dtype != bool and not np.isin(m, (0, 1)).all():
+        raise ValueError(f"lung_masks: expected booleans or 0/1, got dtype {m.dtype} with other values")
+    n = len(a)
+    status = map_status(a).astype(object)
+    flat, mask = a.reshape(n, -1).astype(np.float64), m.reshape(n, -1).astype(bool)
+    ok = status == "ok"
+    weight = np.zeros_like(flat)
+    weight[ok] = np.maximum(flat[ok], 0.0) if mode == "positive" else np.abs(flat[ok])
+    total = weight.sum(1)
+    status[ok & (total == 0)] = "no_positive"
+    status[~mask.any(1)] = "empty_mask"
+    good = status == "ok"
+    values = np.full(n, np.nan)
+    values[good] = (weight[good] * mask[good]).sum(1) / total[good]
+    return values, status
+
+
+def share_counts(status: Any) -> dict[str, int]:
+    """How many maps have each :func:`lung_share` status (zeros included)."""
+    return counts(status, SHARE_STATUSES)
+
+
+# --- correlation ---------------------------------------------------------------------------------------------
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    rx, ry = stats.rankdata(x), stats.rankdata(y)
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def correlate(values: Any, scores: Any, groups: Any, *, n_boot: int, seed: int, confidence: float = 0.95) -> dict:
+    """Spearman's rho between ``values`` (e.g. :func:`lung_share`) and ``scores``, with a CI over patient groups.
+
+    Pairs where either is NaN (a map that is not ``ok``, an unscored image) are
+    dropped and counted (``dropped``). Status ``too_few`` (fewer than 5 pairs or
+    2 groups) or ``constant`` (one side has a single value): ``rho`` None.
+    Otherwise ``rho`` is a group_ci dict (``estimate``, ``low``, ``high``, ...)
+    and ``p`` the asymptotic p-value of scipy's spearmanr (images as independent).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)
+    g = np.asarray(groups, dtype=object)
+    if v.ndim != 1 or s.shape != v.shape or g.shape != v.shape:
+        raise ValueError(f"values, scores, groups: expected three 1-d arrays of one length, got shapes {v.shape}, "
+                         f"{s.shape}, {g.shape}")
+    if n_boot < 100:
+        raise ValueError(f"n_boot={n_boot}: at least 100 resamples are needed for a percentile interval")
+    keep = np.isfinite(v) & np.isfinite(s)
+    v, s, g = v[keep], s[keep], g[keep]
+    n, n_groups = int(len(v)), int(len(set(g.tolist())))
+    out: dict[str, Any] = {"n": n, "groups": n_groups, "dropped": int((~keep).sum()), "rho": None, "p": None,
+                           "confidence": confidence, "n_boot": n_boot}
+    if n < MIN_N or n_groups < MIN_GROUPS:
+        return {**out, "status": "too_few"}
+    if _spearman(v, s) is None:
+        return {**out, "status": "constant"}
+    ci = group_ci(lambda idx: _spearman(v[idx], s[idx]), g, n_boot=n_boot, seed=seed, confidence=confidence)
+    ci = {k: (None if isinstance(x, float) and not math.isfinite(x) else x) for k, x in ci.items()}
+    return {**out, "status": "ok", "rho": ci, "p": float(stats.spearmanr(v, s).pvalue)}
+
+
+def severity_table(rows: Sequence[Mapping[str, Any]] | Mapping[str, Mapping[str, Mapping[str, Any]]],
+                   columns: Sequence[str] | None = None, meta: Mapping[str, str] | None = None) -> str:
+    """Markdown: one row per :func:`correlate` result.
+
+    ``rows``: a list of correlate() dicts, each with its label keys ``columns``
+    (default ``method, score``), or a nested ``{backbone: {method: correlate()}}``
+    (labelled ``backbone, method``). ``meta`` (:func:`read_scores_meta`) adds
+    the source's licence and citation.
+    """
+    if isinstance(rows, Mapping):
+        columns = tuple(columns or ("backbone", "method"))
+        rows = [{columns[0]: outer, columns[1]: inner, **r}
+                for outer, per in rows.items() for inner, r in per.items()]
+    columns = tuple(columns or ("method", "score"))
+    if not rows:
+        raise ValueError("rows: nothing to tabulate (expected correlate() dicts with label keys)")
+    for r in rows:
+        missing = [c for c in (*columns, "status", "rho", "n", "groups") if c not in r]
+        if missing:
+            raise ValueError(f"rows: a row lacks {missing}; each row is correlate(...) plus the label columns "
+                             f"{list(columns)}")
+    lines = ["| " + " | ".join([*columns, "Spearman rho [CI]", "n", "groups", "dropped", "status"]) + " |",
+             "|" + "---|" * (len(columns) + 5)]
+    for r in rows:
+        rho = format_ci(r["rho"]) if r["status"] == "ok" else "–"
+        lines.append("| " + " | ".join([*(str(r[c]) for c in columns), rho, str(r["n"]), str(r["groups"]),
+                                        str(r.get("dropped", 0)), r["status"]]) + " |")
+    conf, n_boot = rows[0].get("confidence"), rows[0].get("n_boot")
+    lines += ["", f"Spearman rho between the share of positive relevance inside the lungs and the radiologists' "
+                  f"mean score; CI: {100 * conf:g} % percentile bootstrap over patient groups ({n_boot} resamples). "
+                  f"No number with fewer than {MIN_N} maps or {MIN_GROUPS} groups."]
+    if meta:
+        lines.append(f"Scores: {meta.get('citation', '?')} License: {meta.get('license', '?')}.")
+    return "\n".join(lines)

@@ -1,0 +1,192 @@
+"""The offline bundle (cxrbench/ops/bundle.py): size limits, step planning, unpacking, collecting; no pipeline run."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from cxrbench.ops import bundle as B
+from cxrbench.data.images import load_grey, load_mask
+from cxrbench.data.preprocess import Recipe, prepare, prepare_mask
+
+MIB = B.MIB
+
+
+def test_check_sizes_limits():
+    B.check_sizes({"a": 10 * MIB, "b": 20 * MIB}, 64, "x")
+    with pytest.raises(B.BundleError, match=r"over the 64 MiB limit.*a 60.0 MiB"):
+        B.check_sizes({"a": 60 * MIB, "b": 5 * MIB}, 64, "x")
+    with pytest.raises(B.BundleError, match="9 files, more than 8"):
+        B.check_sizes({str(i): 1 for i in range(9)}, 64, "x", max_files=8)
+    with pytest.raises(B.BundleError, match=r"\['big'\] over 16 MiB"):
+        B.check_sizes({"big": 17 * MIB}, 64, "x", max_file_mib=16)
+
+
+def test_plan_deadlines_end_inside_the_step():
+    d = B.plan_deadlines(1000.0, 600)
+    assert d["soft"] < d["hard"] < d["end"] == 1600.0
+    assert d["end"] - d["hard"] == B.STEP_RESERVE_SECONDS
+    assert d["hard"] - d["soft"] == B.INTERRUPT_GRACE_SECONDS
+    with pytest.raises(B.BundleError, match="--step-seconds"):
+        B.plan_deadlines(0.0, B.STEP_RESERVE_SECONDS + B.INTERRUPT_GRACE_SECONDS)
+
+
+def test_stage_seconds_from_dvc_output():
+    lines = [(0.0, "Running stage 'index':"), (1.0, "> python stages/index.py"), (5.0, "Running stage 'split':"),
+             (7.0, "Stage 'x' didn't change, skipping"), (9.0, "Running stage 'index':")]
+    assert B.stage_seconds(lines, 12.0) == {"index": 8.0, "split": 4.0}
+    assert B.stage_seconds([], 3.0) == {}
+
+
+def _tar(path: Path, members: dict[str, bytes], link: str | None = None) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if link:
+            info = tarfile.TarInfo(link)
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+    return path
+
+
+def test_safe_extract_refuses_escapes_and_links(tmp_path):
+    B.safe_extract(_tar(tmp_path / "ok.tar", {"a/b.txt": b"x"}), tmp_path / "ok")
+    assert (tmp_path / "ok/a/b.txt").read_bytes() == b"x"
+    with pytest.raises(B.BundleError, match=r"'\.\./evil'"):
+        B.safe_extract(_tar(tmp_path / "up.tar", {"../evil": b"x"}), tmp_path / "up")
+    with pytest.raises(B.BundleError, match="lnk"):
+        B.safe_extract(_tar(tmp_path / "ln.tar", {"a": b"x"}, link="lnk"), tmp_path / "ln")
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "ln" / "a").exists()   # nothing written first
+
+
+def _xray(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    img = 120 + 80 * np.sin(xx / 37.0) * np.cos(yy / 23.0) + rng.normal(0, 6, (h, w))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_resize_like_preprocess_keeps_the_cache(tmp_path, fmt):
+    """A pre-resized image gives the cache row of the original within the 8-bit rounding (PNG) or the
+    re-encoding (JPEG); one already small enough travels byte for byte."""
+    src = tmp_path / ("big.png" if fmt == "PNG" else "big.jpg")
+    Image.fromarray(_xray(300, 220)).save(src, format=fmt, quality=95)
+    data, resized = B.resize_like_preprocess(src, 128, 95)
+    assert resized
+    out = tmp_path / ("small" + src.suffix)
+    out.write_bytes(data)
+    with Image.open(out) as im:
+        assert im.format == fmt and max(im.size) == 128
+    r = Recipe(size=128, percentiles=(1.0, 95.0), channels=("raw",))
+    diff = np.abs(prepare(load_grey(out), r).astype(int) - prepare(load_grey(src), r).astype(int))
+    assert diff.max() <= (2 if fmt == "PNG" else 40) and diff.mean() < (0.5 if fmt == "PNG" else 3)
+    same, resized = B.resize_like_preprocess(out, 128, 95)
+    assert not resized and same == data
+
+
+def test_resized_mask_is_exact(tmp_path):
+    mask = np.zeros((300, 220), np.uint8)
+    mask[40:260, 30:100] = 255
+    mask[60:250, 120:200] = 255
+    src = tmp_path / "m.png"
+    Image.fromarray(mask).save(src)
+    out = tmp_path / "m_small.png"
+    out.write_bytes(B.resize_mask_like_preprocess(src, (128, 94), 128))
+    np.testing.assert_array_equal(prepare_mask(load_mask(out), 128), prepare_mask(load_mask(src), 128))
+    with pytest.raises(B.BundleError, match="its image"):
+        B.resize_mask_like_preprocess(src, (128, 128), 128)
+
+
+def test_wheel_plan_leaves_the_torch_stack_and_unused_packages_to_the_host():
+    plan = B.wheel_plan()
+    for name in ("dvc", "dvclive", "captum", "monai", "imagehash", "dulwich", "omegaconf"):
+        assert name in plan
+    for name in ("torch", "numpy", "pandas", "timm", "scipy", "pygit2", "celery", "pywavelets"):
+        assert name not in plan
+
+
+def test_host_params_points_the_sources_at_the_study_mirror(tmp_path):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "params.yaml").write_text(Path("params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    (tree / "cxrbench").symlink_to(Path("cxrbench").resolve())
+    B.host_params(tree, {"sources.kermany.mirror": "@mirror/kermany", "train.epochs": 3}, tmp_path / "work")
+    p = yaml.safe_load((tree / "params.yaml").read_text(encoding="utf-8"))
+    assert p["sources"]["kermany"]["mirror"] == str(tmp_path / "work/.mirror/kermany")
+    assert p["train"]["epochs"] == 3 and p["train"]["batch_size"] == 16          # the rest untouched
+
+
+def _work(tmp_path: Path) -> Path:
+    work = tmp_path / "work"
+    for rel, data in {"metrics/data.json": b"{}", "report/README.md": b"# r", "plots/a.png": b"png",
+                      "dvc.lock": b"schema: '2.0'", "params.yaml": b"a: 1",
+                      "models/classifier/resnet18/fold0/best.pt": b"w" * 1000, "data/cache/images.npy": b"c" * 1000,
+                      "data/lungs/masks.npy": b"l"}.items():
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        (work / rel).write_bytes(data)
+    step = {"step": 1, "started": time.time(), "seconds": 10.0, "outcome": "deadline", "stages": {"index": 4.0}}
+    step2 = dict(step, step=2, outcome="complete", stages={"index": 1.0, "train@resnet18-0": 5.0})
+    (work / B.RUN_STATE).write_text(json.dumps({"bundle": "x", "steps": [step, step2]}), encoding="utf-8")
+    (work / B.RUN_LOG).write_text("log\n", encoding="utf-8")
+    return work
+
+
+def _names(path: Path) -> list[str]:
+    with tarfile.open(path) as tar:
+        return tar.getnames()
+
+
+def test_collect_at_most_8_files_and_never_models(tmp_path):
+    work = _work(tmp_path)
+    written = B.collect(work, tmp_path / "out")
+    assert len(written) <= B.COLLECT_MAX_FILES and set(written) == {p.name for p in (tmp_path / "out").iterdir()}
+    names = [n for f in B.RESULT_PARTS for n in _names(tmp_path / "out" / f)]
+    assert "metrics/data.json" in names and "report/README.md" in names and "plots/a.png" in names
+    assert not any(n.startswith(("models", "data")) for n in names)
+    t = json.loads((tmp_path / "out/timings.json").read_text())
+    assert t["stages"] == {"index": 5.0, "train@resnet18-0": 5.0} and t["total_seconds"] == 20.0 and t["complete"]
+    with pytest.raises(B.BundleError, match="no bundle run"):
+        B.collect(tmp_path / "empty", tmp_path / "out2")
+
+
+def test_state_archive_leaves_models_and_cache_out(tmp_path):
+    work = _work(tmp_path)
+    info = B.state_archive(work, tmp_path / "state.tar.gz")
+    names = _names(tmp_path / "state.tar.gz")
+    assert "data/lungs/masks.npy" in names and "dvc.lock" in names and B.RUN_STATE in names
+    assert not any(n.startswith(("models/classifier", "data/cache")) for n in names)
+    assert info["left_out"] == []
+    (work / "report/noise.bin").write_bytes(np.random.default_rng(0).bytes(4000))
+    info = B.state_archive(work, tmp_path / "small.tar.gz", max_mib=1500 / MIB)   # 3000 bytes before compression
+    assert info["left_out"] == ["report/noise.bin"] and len(_names(tmp_path / "small.tar.gz")) == info["files"]
+
+
+def test_read_manifest_checks_sizes_and_hashes(tmp_path):
+    (tmp_path / "wheels.tar").write_bytes(b"abc")
+    manifest = {"files": {"wheels.tar": {"bytes": 3, "sha256": B.sha256(tmp_path / "wheels.tar")}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    B.verify(tmp_path, B.read_manifest(tmp_path))
+    (tmp_path / "wheels.tar").write_bytes(b"abd")
+    with pytest.raises(B.BundleError, match="SHA-256"):
+        B.verify(tmp_path, B.read_manifest(tmp_path))
+    (tmp_path / "wheels.tar").write_bytes(b"ab")
+    with pytest.raises(B.BundleError, match="another size"):
+        B.read_manifest(tmp_path)
+    with pytest.raises(B.BundleError, match="manifest.json not found"):
+        B.read_manifest(tmp_path / "nothing")
+
+
+def test_host_missing_installs_only_what_the_host_lacks():
+    wheels = ["dvc_data-3.18.3-py3-none-any.whl", "no_such_dist_cxrbench-1.0-py3-none-any.whl"]
+    assert B.host_missing(wheels) == ["no_such_dist_cxrbench-1.0-py3-none-any.whl"]

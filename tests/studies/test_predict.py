@@ -1,0 +1,236 @@
+"""cxrbench predict: the training input exactly, checked recipes, bad images listed, masked models refused.
+
+A tiny timm model (test_resnet, 32 px) trained for one epoch on the embedded sample's 64 px cache stands in
+for a run's classifier; the run folder holds what predict reads: params.yaml, data/cache/meta.json,
+models/classifier/<backbone>/fold<k>/best.pt and metrics/eval/<backbone>-f<k>.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from cxrbench.classify import evaluation as E
+from cxrbench.classify import models as M
+from cxrbench.studies import predict as PR
+from cxrbench.data import splitting
+from cxrbench.classify import training as T
+from cxrbench.data.cache import Cache
+from cxrbench.core.params import ParamError
+
+TINY = "test_resnet"
+CPU = torch.device("cpu")
+
+
+def _write_eval(run, name, labels, cuts, epoch, cut="ge"):
+    """metrics/eval/NAME.json as the evaluate stage writes it (the keys predict reads)."""
+    path = run / "metrics" / "eval" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"checkpoint": "best", "checkpoint_epoch": epoch, "cut": cut,
+                                "thresholds": {n: {"cut": float(c), "how": "val_f1"} for n, c in zip(labels, cuts)}}))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, sample_data, params):
+    """A run folder with test_resnet folds 0 and 1 (one epoch each) on the sample's 64 px cache."""
+    from cxrbench.data.indexing import label_matrix
+
+    cache = Cache(sample_data / "cache", sample_data / "index.csv")
+    labels = list(params["labels"]["names"])
+    y = label_matrix(cache.index, labels)
+    run = tmp_path_factory.mktemp("run")
+    p = copy.deepcopy(params)
+    p["preprocess"].update(size=int(cache.meta["size"]), channels=list(cache.meta["channels"]),
+                           percentiles=list(cache.meta["percentiles"]))
+    p["train"].update(backbones=[TINY], folds=[0, 1])
+    p["evaluate"]["batch_size"] = 16
+    p["explain"]["target_layers"]["test_resnet"] = "layer4"             # Grad-CAM layer of the tiny model
+    (run / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    (run / "data" / "cache").mkdir(parents=True)
+    shutil.copy(sample_data / "cache" / "meta.json", run / "data" / "cache" / "meta.json")
+    rows = np.arange(len(cache.index))
+    cuts = {}
+    for fold in (0, 1):
+        cfg = T.TrainConfig(backbone=TINY, fold=fold, labels=labels, in_chans=cache.images.shape[1],
+                            cache_size=cache.images.shape[-1], input_size=32, epochs=1, batch_size=16,
+                            lr=3e-3, seed=fold, augment={"enabled": False})
+        out = run / "models" / "classifier" / TINY / f"fold{fold}"
+        T.train(cfg, cache.images, y, rows[fold::2], rows[1 - fold::2], out, progress=False, device="cpu")
+        model, meta = M.load_classifier(out / "best.pt")
+        prob = T.predict(model, cache.images, rows[1 - fold::2], CPU)
+        cuts[fold], _ = E.select_thresholds(y[rows[1 - fold::2]], prob, "val_f1", 0.5, 1)
+        _write_eval(run, f"{TINY}-f{fold}", labels, cuts[fold], meta["epoch"])
+    return {"run": run, "cache": cache, "labels": labels, "params": p, "cuts": cuts}
+
+
+def _files(raw, cache):
+    return [raw / p for p in cache.index["path"]]
+
+
+def _edit_params(run, **preprocess):
+    p = yaml.safe_load((run / "params.yaml").read_text())
+    p["preprocess"].update(preprocess)
+    (run / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+
+
+def test_predict_reproduces_the_evaluate_probabilities_exactly(trained, raw, sample_data, tmp_path):
+    """The original files, decoded and preprocessed by predict, give the cache's bytes and so training.predict's
+    probabilities on the cache rows (what the evaluate stage writes) bit for bit."""
+    cache, run = trained["cache"], PR.load_run(trained["run"], f"{TINY}:0", device="cpu")
+    files = _files(raw, cache)
+    for i, (path, arr, status) in enumerate(PR.prepare_files(files[:12], run.recipe)):
+        assert status == PR.OK and path == str(files[i])
+        np.testing.assert_array_equal(arr, cache.images[i])              # the cache's bytes
+    frame = PR.predict_files(run, files, progress=False)
+    expected = T.predict(run.members[0].model, cache.images, np.arange(len(files)), CPU, run.batch_size)
+    probs = frame[E.prob_columns(trained["labels"])].to_numpy(np.float32)
+    np.testing.assert_array_equal(probs, expected)
+    assert (frame["status"] == "ok").all() and (frame["models"] == f"{TINY}-f0").all()
+    # the evaluate stage's call: the fold's val part, rows of the whole cache, evaluate.batch_size
+    val = splitting.fold_parts(pd.read_csv(sample_data / "splits.csv", keep_default_na=False), 0)["val"]["path"]
+    frame_val = PR.predict_files(run, [raw / v for v in val], progress=False)
+    np.testing.assert_array_equal(frame_val[E.prob_columns(trained["labels"])].to_numpy(np.float32),
+                                  T.predict(run.members[0].model, cache.images, cache.rows(val), CPU, run.batch_size))
+    # pred_: the model's validation cuts (evaluate.cut ge)
+    np.testing.assert_array_equal(frame[[f"pred_{n}" for n in trained["labels"]]].to_numpy(int),
+                                  (expected >= trained["cuts"][0]).astype(int))
+    # the CSV round-trips the float32 probabilities exactly: compared with the same 20 files predicted in
+    # process (batches of 20 rows; with one torch thread a batch of another size may differ by 1 ulp)
+    out = tmp_path / "p.csv"
+    assert PR.main([str(f) for f in files[:20]] + ["--run", str(trained["run"]), "--models", f"{TINY}:0",
+                                                  "--out", str(out), "--device", "cpu"]) == 0
+    back = pd.read_csv(out)
+    first20 = PR.predict_files(run, files[:20], progress=False)[E.prob_columns(trained["labels"])]
+    np.testing.assert_array_equal(back[E.prob_columns(trained["labels"])].to_numpy(np.float64).astype(np.float32),
+                                  first20.to_numpy(np.float32))
+    np.testing.assert_allclose(first20.to_numpy(np.float32), expected[:20], rtol=0, atol=1e-6)
+    assert list(back.columns) == (["path", "status"] + E.prob_columns(trained["labels"])
+                                  + [f"pred_{n}" for n in trained["labels"]] + ["models"])
+
+
+def test_several_models_average_probabilities_and_vote(trained, raw, sample_data):
+    cache = trained["cache"]
+    files = _files(raw, cache)[:24]
+    run = PR.load_run(trained["run"], TINY, device="cpu")                # the backbone's folds: 0 and 1
+    assert [m.name for m in run.members] == [f"{TINY}-f0", f"{TINY}-f1"]
+    assert PR.parse_models("ensemble:1", [TINY], [0, 1]) == [(TINY, 1)]
+    frame = PR.predict_files(run, files, progress=False)
+    p = [T.predict(m.model, cache.images, np.arange(24), CPU, run.batch_size) for m in run.members]
+    np.testing.assert_allclose(frame[E.prob_columns(trained["labels"])].to_numpy(float), (p[0] + p[1]) / 2,
+                               rtol=0, atol=1e-7)
+    votes = [(p[k] >= trained["cuts"][k]).astype(int) for k in (0, 1)]
+    tie = run.vote_tie                                                   # 2 voters: unanimity or any-of
+    want = (votes[0] & votes[1]) if tie == "negative" else (votes[0] | votes[1])
+    np.testing.assert_array_equal(frame[[f"pred_{n}" for n in trained["labels"]]].to_numpy(int), want)
+    assert (frame["models"] == f"{TINY}-f0;{TINY}-f1").all()
+
+
+def test_a_recipe_mismatch_is_an_error_naming_both_files(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    # the model was trained on a 64 px cache; the run's cache recipe says 96 px
+    meta = json.loads((run / "data/cache/meta.json").read_text())
+    recipe = {**meta["recipe"], "size": 96} if "recipe" in meta else None    # the whole recipe, when recorded
+    (run / "data/cache/meta.json").write_text(json.dumps({**meta, "size": 96, **({"recipe": recipe} if recipe else {})}))
+    _edit_params(run, size=96)
+    with pytest.raises(PR.PredictError, match=r"trained on a 64 px cache.*meta\.json is 96 px") as err:
+        PR.load_run(run, f"{TINY}:0", device="cpu")
+    assert "best.pt" in str(err.value) and "disagree" in str(err.value)
+    # params that disagree with the cache's meta.json (the cache was built with other params)
+    _edit_params(run, size=128)
+    with pytest.raises(PR.PredictError, match=r"meta\.json and .*params\.yaml disagree.*size: 96 in meta\.json, "
+                                              r"128 from params"):
+        PR.load_run(run, f"{TINY}:0", device="cpu")
+    # thresholds of another epoch's checkpoint
+    shutil.copy(trained["run"] / "params.yaml", run / "params.yaml")
+    shutil.copy(trained["run"] / "data/cache/meta.json", run / "data/cache/meta.json")
+    _write_eval(run, f"{TINY}-f0", trained["labels"], trained["cuts"][0], epoch=7)
+    with pytest.raises(PR.PredictError, match="epoch 7.*rerun the evaluate stage"):
+        PR.load_run(run, f"{TINY}:0", device="cpu")
+    with pytest.raises(PR.PredictError, match="fold3/best.pt not found"):
+        PR.load_run(trained["run"], f"{TINY}:3", device="cpu")
+
+
+def test_bad_images_are_listed_not_fatal(trained, raw, sample_data, tmp_path, monkeypatch):
+    good = _files(raw, trained["cache"])[:3]
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for f in good:
+        shutil.copy(f, folder / "sub" / f.name)
+    png = next(f for f in sorted(raw.rglob("*")) if f.suffix.lower() == ".png")
+    (folder / "truncated.png").write_bytes(png.read_bytes()[:png.stat().st_size // 2])
+    (folder / "notes.jpg").write_text("not an image")
+    (folder / "scan.dcm").write_bytes(b"\0" * 300)
+    (folder / "ignored.txt").write_text("not searched")
+    monkeypatch.setitem(sys.modules, "pydicom", None)                   # DICOM without the optional pydicom
+    out = tmp_path / "pred.csv"
+    rc = PR.main([str(folder), str(tmp_path / "missing.png"), "--run", str(trained["run"]),
+                  "--models", f"{TINY}:0", "--out", str(out), "--device", "cpu"])
+    assert rc == 0
+    frame = pd.read_csv(out, keep_default_na=False).set_index("path")
+    status = {k.split("/")[-1]: v for k, v in frame["status"].items()}
+    assert len(frame) == 7 and "ignored.txt" not in status
+    assert [status[f.name] for f in good] == ["ok"] * 3
+    assert status["notes.jpg"].startswith("UnidentifiedImageError")
+    assert "truncated" in status["truncated.png"] or status["truncated.png"].startswith(("OSError", "SyntaxError"))
+    assert "pip install pydicom" in status["scan.dcm"]
+    assert status["missing.png"].startswith("FileNotFoundError")
+    bad = frame[frame["status"] != "ok"]
+    assert (bad[f"prob_{trained['labels'][0]}"] == "").all() and (bad["models"] == "").all()
+
+
+def test_models_with_the_lungs_hidden_are_refused(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    path = run / "models" / "classifier" / TINY / "fold0" / "best.pt"
+    model, meta = M.load_classifier(path)
+    M.save_classifier(path, model, {**meta, "input_mode": "lungs_removed"})
+    with pytest.raises(PR.PredictError, match=r"fold0/best.pt was trained with input_mode 'lungs_removed'.*"
+                                              r"lung masks"):
+        PR.load_run(run, TINY, device="cpu")
+
+
+def test_overlays_are_written_for_readable_images(trained, raw, sample_data, tmp_path):
+    files = [str(f) for f in _files(raw, trained["cache"])[:2]]
+    out, maps = tmp_path / "p.csv", tmp_path / "maps"
+    assert PR.main(files + [str(tmp_path / "gone.png"), "--run", str(trained["run"]), "--models", TINY,
+                            "--out", str(out), "--overlays", str(maps), "--device", "cpu",
+                            "--set", "predict.overlay_target=top"]) == 0
+    frame = pd.read_csv(out, keep_default_na=False)
+    written = frame["overlay"].tolist()
+    assert written[2] == "" and all(w.endswith(".gradcam.png") for w in written[:2])
+    assert sorted(p.name for p in maps.iterdir()) == sorted(w.split("/")[-1] for w in written[:2])
+    with pytest.raises(ParamError, match="predict.overlay_method"):
+        PR.validate({"predict": {"overlay_method": "lime", "overlay_target": "covid19", "overlay_alpha": 0.5}})
+    with pytest.raises(ParamError, match="predict.overlay_alpha"):
+        PR.validate({"predict": {"overlay_method": "gradcam", "overlay_target": "covid19", "overlay_alpha": 0}})
+
+
+def test_dicom_is_read_with_pydicom(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    pixels = (np.arange(40 * 30, dtype=np.uint16).reshape(40, 30) * 3)
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 40, 30, 1, "MONOCHROME1"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = pixels.tobytes()
+    path = tmp_path / "x.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    grey = PR.load_image(path)
+    assert grey.shape == (40, 30) and grey.dtype == np.float32
+    np.testing.assert_allclose(grey, 1 - pixels / pixels.max(), atol=1e-6)   # MONOCHROME1: bright = low values

@@ -1,0 +1,106 @@
+"""cxrbench.studies.severity: the radiologists' severity scores, lung share of relevance, Spearman with a group CI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from cxrbench.studies import severity as S
+
+SCORES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "covid-chestxray-dataset" / \
+    "annotations" / "covid-severity-scores.csv"
+N_BOOT = 200
+
+
+@pytest.mark.skipif(not SCORES.is_file(), reason="no ../shared/data mirror")
+def test_read_real_scores():
+    d = S.read_scores(SCORES)
+    assert len(d) == 94 and list(d.columns) == ["path", "extent", "opacity"]
+    assert d["path"].is_unique and d["path"].str.startswith("covid_chestxray/images/").all()
+    assert d["extent"].between(0, 8).all() and d["opacity"].between(0, 6).all()
+    assert d["extent"].max() == 8.0 and d["opacity"].max() == 6.0
+    meta = S.read_scores_meta(SCORES)
+    assert meta["license"].startswith("CC BY-SA") and "2005.11856" in meta["citation"]
+
+
+def _write(tmp_path, body: str) -> Path:
+    p = tmp_path / "scores.csv"
+    p.write_text("## Title,,\n## License: CC BY-SA,,\n## Citation: X et al.,,\n" + body)
+    return p
+
+
+def test_read_scores_validation(tmp_path):
+    ok = S.read_scores(_write(tmp_path, "filename,geographic_extent_mean,opacity_mean\na.png,1.5,2\n"))
+    assert ok.to_dict("records") == [{"path": "covid_chestxray/images/a.png", "extent": 1.5, "opacity": 2.0}]
+    with pytest.raises(ValueError, match=r"scores\.csv, line 6: extent 9\.0 outside"):
+        S.read_scores(_write(tmp_path, "filename,geographic_mean,opacity_mean\na.png,1,2\nb.png,9,2\n"))
+    with pytest.raises(ValueError, match="line 6: opacity 'x'"):
+        S.read_scores(_write(tmp_path, "filename,geographic_mean,opacity_mean\na.png,1,2\nb.png,1,x\n"))
+    with pytest.raises(ValueError, match="already scored on line 5"):
+        S.read_scores(_write(tmp_path, "filename,geographic_mean,opacity_mean\na.png,1,2\na.png,1,2\n"))
+    with pytest.raises(ValueError, match="line 4: header"):
+        S.read_scores(_write(tmp_path, "file,extent,opacity\na.png,1,2\n"))
+    bare = tmp_path / "bare.csv"
+    bare.write_text("filename,geographic_mean,opacity_mean\na.png,1,2\n")
+    with pytest.raises(ValueError, match="License"):
+        S.read_scores_meta(bare)
+
+
+def test_lung_share_hand_made():
+    mask = np.zeros((4, 4), bool)
+    mask[:, :2] = True                                                 # left half is lung
+    maps = np.zeros((8, 4, 4))
+    maps[0, :, :2] = 1.0                                               # all positive relevance in the lungs
+    maps[1, :, :] = 1.0
+    maps[1, 0, 0] = 2.0                                                # 9 of 17 inside
+    maps[2, :, :2], maps[2, :, 2:] = -5.0, 1.0                         # negative in lung: ignored (positive mode)
+    maps[3] = 0.3                                                      # constant
+    maps[4, 0, 0] = np.nan
+    maps[5] = -np.arange(16).reshape(4, 4)                             # no positive value
+    maps[6, 0, 0] = 1.0                                                # empty mask (below)
+    maps[7, 0, 3] = 1.0                                                # all outside
+    masks = np.repeat(mask[None], 8, 0)
+    masks[6] = False
+    v, st = S.lung_share(maps, masks)
+    assert list(st) == ["ok", "ok", "ok", "constant", "nonfinite", "no_positive", "empty_mask", "ok"]
+    assert v[0] == 1.0 and v[1] == pytest.approx(9 / 17) and v[2] == 0.0 and v[7] == 0.0
+    assert np.isnan(v[3:7]).all()
+    va, _ = S.lung_share(maps, masks, mode="absolute")
+    assert va[2] == pytest.approx(40 / 48)
+    assert S.share_counts(st) == {"ok": 4, "constant": 1, "nonfinite": 1, "no_positive": 1, "empty_mask": 1}
+    with pytest.raises(ValueError, match="shape"):
+        S.lung_share(maps, masks[:, :2])
+
+
+def test_correlate_monotone_and_degenerate():
+    x = np.arange(20, dtype=float)
+    groups = np.repeat(np.arange(10), 2)
+    up = S.correlate(x, x ** 2, groups, n_boot=N_BOOT, seed=0)
+    assert up["status"] == "ok" and up["rho"]["estimate"] == pytest.approx(1.0)
+    assert up["rho"]["low"] == pytest.approx(1.0) and up["n"] == 20 and up["groups"] == 10
+    down = S.correlate(x, -x, groups, n_boot=N_BOOT, seed=0)
+    assert down["rho"]["estimate"] == pytest.approx(-1.0)
+    rng = np.random.default_rng(0)
+    a, b = rng.random(30), rng.random(30)
+    noisy = S.correlate(a, b, np.arange(30), n_boot=N_BOOT, seed=0)
+    assert noisy["rho"]["estimate"] == pytest.approx(stats.spearmanr(a, b).statistic)
+    assert noisy["rho"]["low"] < noisy["rho"]["estimate"] < noisy["rho"]["high"]
+    x_nan = x.copy()
+    x_nan[:16] = np.nan                                                # 4 pairs left
+    few = S.correlate(x_nan, x, groups, n_boot=N_BOOT, seed=0)
+    assert few["status"] == "too_few" and few["rho"] is None and few["n"] == 4 and few["dropped"] == 16
+    one = S.correlate(x, x, np.zeros(20), n_boot=N_BOOT, seed=0)
+    assert one["status"] == "too_few" and one["rho"] is None
+    flat = S.correlate(np.ones(20), x, groups, n_boot=N_BOOT, seed=0)
+    assert flat["status"] == "constant" and flat["rho"] is None
+    json.dumps([up, few, flat], allow_nan=False)
+    md = S.severity_table([{"method": "saliency", "score": "extent", **up},
+                           {"method": "gradcam", "score": "opacity", **few}], meta={"citation": "C", "license": "L"})
+    assert "| saliency | extent | 1.000 [1.000, 1.000] | 20 | 10 |" in md
+    assert "| gradcam | opacity | – | 4 |" in md and "too_few" in md and "License: L" in md
+    nested = S.severity_table({"resnet18": {"saliency": up, "gradcam": few}})
+    assert "| backbone | method |" in nested and "| resnet18 | gradcam | – | 4 |" in nested
