@@ -18,6 +18,7 @@ CACHE_MASKS = "data/cache/masks.npy"
 LUNGS = "data/lungs"
 LUNG_MASKS = "data/lungs/masks.npy"
 CONFOUNDER = "data/confounder"
+CONFOUNDER_PLAN = "data/confounder/plan.csv"
 EXTERNAL = "data/external"
 ATTRIBUTIONS = "data/attributions"
 ENSEMBLE_PREDICTIONS = "data/ensemble"
@@ -27,10 +28,55 @@ UNET_MODEL = "models/unet/model.pt"
 CLASSIFIERS = "models/classifier"
 AUDIT_MODELS = "models/audit"
 
-# metrics, plots, report
+# metrics (tables and JSONs the stages write), plots, logs
 METRICS = "metrics"
+DOWNLOAD_METRICS = "metrics/download"
+DATA_METRICS = "metrics/data.json"
+COHORT_AUDIT = "metrics/cohort_audit.json"
+COHORT_AUDIT_MD = "metrics/cohort_audit.md"
+UNET_METRICS = "metrics/unet.json"
+SEGMENT_METRICS = "metrics/segment.json"
+CONFOUND_METRICS = "metrics/confound.json"
+EVAL_METRICS = "metrics/eval"
+ENSEMBLE_METRICS = "metrics/ensemble.json"
+TABLE2 = "metrics/table2.json"
+TABLE2_MD = "metrics/table2.md"
+SUMMARY = "metrics/summary.json"
+SUMMARY_MD = "metrics/summary.md"
+SHORTCUT_AUDIT = "metrics/shortcut_audit.json"
+SHORTCUT_AUDIT_MD = "metrics/shortcut_audit.md"
+AOPPC = "metrics/aoppc.json"
+AOPPC_MD = "metrics/aoppc_table.md"
+RANDOMISATION = "metrics/randomisation.json"
+RANDOMISATION_MD = "metrics/randomisation.md"
+PLANTED = "metrics/planted.json"
+PLANTED_MD = "metrics/planted.md"
+SEVERITY = "metrics/severity.json"
+SEVERITY_MD = "metrics/severity.md"
+EXTERNAL_METRICS = "metrics/external.json"
+EXTERNAL_MD = "metrics/external.md"
+
 PLOTS = "plots"
+LABEL_DISTRIBUTION_PLOT = "plots/label_distribution.png"
+UNET_OVERLAYS_PLOT = "plots/unet_overlays.png"
+SEGMENT_GRID_PLOT = "plots/segment_grid.png"
+ROC_ENSEMBLE = "plots/roc_ensemble.csv"
+SHORTCUT_AUDIT_PLOT = "plots/shortcut_audit.png"
+SHORTCUT_CONTROLS_PLOT = "plots/shortcut_controls.png"
+ATTRIBUTION_PLOTS = "plots/attributions"
+AOPPC_CURVES_PLOT = "plots/aoppc/curves.png"
+AOPPC_CURVES = "plots/aoppc/curves.csv"
+AOPPC_CURVES_ALL = "plots/aoppc/curves_all.csv"
+RANDOMISATION_PLOT = "plots/randomisation/cascade.png"
+RANDOMISATION_CURVES = "plots/randomisation/cascade.csv"
+PLANTED_PLOTS = "plots/planted"
+PLANTED_MAPS_PLOT = "plots/planted/maps.png"
+PLANTED_RANKING_PLOT = "plots/planted/ranking.png"
+EXTERNAL_CALIBRATION_PLOT = "plots/external_calibration.png"
 DVCLIVE_UNET = "dvclive/unet"
+
+# outside the pipeline: the report, the ablation ladder's results
+REPORT = "report"
 ABLATION_RESULTS = "results/ablation"
 ABLATION_TABLE = "results/ablation.md"
 
@@ -68,22 +114,16 @@ def run(variant: str, backbone: str, fold: int, control: str | None = None) -> R
     raise ValueError(f"unknown variant {variant!r}; valid variants are {list(VARIANTS)}")
 
 
-def metric(name: str) -> str:
-    """``metrics/NAME`` (NAME with its extension, e.g. ``data.json``)."""
-    return f"{METRICS}/{name}"
-
-
-def plot(name: str) -> str:
-    """``plots/NAME``."""
-    return f"{PLOTS}/{name}"
-
-
 def attributions(backbone: str, fold: int) -> str:
     return f"{ATTRIBUTIONS}/{run_name(backbone, fold)}.npz"
 
 
 def attribute_metrics(backbone: str, fold: int) -> str:
-    return metric(f"attribute/{run_name(backbone, fold)}.json")
+    return f"{METRICS}/attribute/{run_name(backbone, fold)}.json"
+
+
+def attribution_plot(backbone: str) -> str:
+    return f"{ATTRIBUTION_PLOTS}/{backbone}.png"
 
 
 def ensemble_predictions(fold: int) -> str:
