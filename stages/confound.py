@@ -12,23 +12,24 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.core import params as P
+from cxrbench.core import paths
 from cxrbench.core.io import write_csv, write_json
 from cxrbench.data import confounder as C
 from cxrbench.data.cache import Cache
 
 
-def main() -> None:
-    params = P.stage_params(__doc__)
+def main(argv: list[str] | None = None) -> None:
+    params = P.stage_params(__doc__, argv)
     cfg = C.validate(params)
-    cache = Cache("data/cache", "data/index.csv", in_memory=False)
-    splits = pd.read_csv("data/splits.csv", keep_default_na=False)
+    cache = Cache(paths.CACHE, paths.INDEX, in_memory=False)
+    splits = pd.read_csv(paths.SPLITS, keep_default_na=False)
     frame = C.plan_for_cache(splits, cache.index, cache.images, params)
     write_csv(f"{C.PLAN_DIR}/{C.PLAN_FILE}", frame)
     by = frame.groupby(["stratum", "target"])["tagged"].agg(["sum", "count"])
     strata = {f"{s}|{'target' if t else 'other'}": {"tagged": int(r["sum"]), "images": int(r["count"])}
               for (s, t), r in by.iterrows()}
     side = int(cache.images.shape[-1])
-    write_json("metrics/confound.json", {
+    write_json(paths.CONFOUND_METRICS, {
         "enabled": cfg["enabled"], "label": cfg["label"], "tag_px": frame.attrs["tag"], "cache_px": side,
         "tagged": int(frame["tagged"].sum()), "images": len(frame),
         "target_tagged": int((frame["tagged"] & frame["target"]).sum()), "targets": int(frame["target"].sum()),

@@ -9,40 +9,19 @@ import argparse
 
 import pandas as pd
 
-from cxrbench.core import paths
 from cxrbench.classify import evaluation as E
 from cxrbench.classify import training
 from cxrbench.classify.models import load_classifier
 from cxrbench.core import params as P
-from cxrbench.core import runtime
+from cxrbench.core import paths, runtime
 from cxrbench.core.io import write_csv, write_json
-from cxrbench.data import confounder, splitting
+from cxrbench.data import confounder
 from cxrbench.data.cache import Cache
 from cxrbench.data.labels import LabelTable
 from cxrbench.lungs import controls as audit_inputs
 
 
-def predictions(model, meta, cache: Cache, splits: pd.DataFrame, fold: int, device, batch_size: int) -> pd.DataFrame:
-    labels = meta["labels"]
-    if meta["in_chans"] != cache.images.shape[1] or meta["cache_size"] != cache.images.shape[-1]:
-        raise RuntimeError(f"classifier of {meta['in_chans']} channel(s) at {meta['cache_size']} px does not "
-                           f"match the cache {cache.images.shape[1:]}: rerun the train stage")
-    images = training.apply_input_mode(cache.images, meta["input_mode"], meta.get("mask_dilation", 0),
-                                       options=meta.get("input_options") or {})
-    parts = splitting.fold_parts(splits, fold)
-    frames = []
-    for part in ("val", "test"):
-        rows = cache.rows(parts[part]["path"])
-        prob = training.predict(model, images, rows, device, batch_size)
-        f = pd.DataFrame({"path": parts[part]["path"].to_numpy(), "patient": parts[part]["patient"].to_numpy(),
-                          "split": part})
-        f[E.prob_columns(labels)] = prob
-        f[E.true_columns(labels)] = cache.index.iloc[rows][E.true_columns(labels)].to_numpy(int)
-        frames.append(f)
-    return pd.concat(frames, ignore_index=True)
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("backbone")
     ap.add_argument("fold", type=int)
@@ -52,7 +31,7 @@ def main() -> None:
                     help="audit: evaluate a shortcut-audit control's model (models/audit/CONTROL)")
     ap.add_argument("--control", choices=audit_inputs.CONTROLS, default=None,
                     help="with --variant audit: which control")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if (args.variant == "audit") != (args.control is not None):
         ap.error("--control goes with --variant audit, and --variant audit needs --control")
     rt = runtime.configure()
@@ -65,10 +44,10 @@ def main() -> None:
     model, meta = load_classifier(f"{out.model_dir}/{training.checkpoint_file(params)}", device)
     if list(meta["labels"]) != list(table.names):
         raise RuntimeError(f"classifier labels {meta['labels']} differ from the labels in use (labels.names, or the paper's with cohort: paper and paper_rules.labels: paper): rerun the train stage")
-    cache = Cache("data/cache", "data/index.csv")
+    cache = Cache(paths.CACHE, paths.INDEX)
     confounder.apply(cache)                                 # the planted shortcut (confounder.enabled; else a no-op)
-    splits = pd.read_csv("data/splits.csv", keep_default_na=False)
-    pred = predictions(model, meta, cache, splits, args.fold, device, ev["batch_size"])
+    splits = pd.read_csv(paths.SPLITS, keep_default_na=False)
+    pred = E.predict_fold(model, meta, cache, splits, args.fold, device, ev["batch_size"])
     cuts, how = E.thresholds_from_frame(pred, table.names, ev["threshold"], ev["fixed_threshold"],
                                         ev["min_val_positives"])
     metrics = E.evaluate_frame(pred, table.names, cuts, table, ev["cut"])

@@ -8,16 +8,17 @@ import warnings
 from pathlib import Path
 
 from cxrbench.core import params as P
+from cxrbench.core import paths
 from cxrbench.core.io import write_csv, write_json
 from cxrbench.core.runtime import workers
 from cxrbench.data import cohort, copies, dedupe, indexing
 from cxrbench.data.labels import LabelTable
 
-RAW = Path("data/raw")
+RAW = Path(paths.RAW)
 
 
-def main() -> None:
-    params = P.stage_params(__doc__)
+def main(argv: list[str] | None = None) -> None:
+    params = P.stage_params(__doc__, argv)
     table = LabelTable.from_params(params)
     p = indexing.validate(params)
     d = dedupe.validate(params)
@@ -46,8 +47,8 @@ def main() -> None:
     dup["groups"] = int(frame["group"].nunique())           # after the copies merged groups
     dup["patients_merged_into_shared_groups"] = int(frame["patient"].nunique() - dup["groups"])
 
-    write_csv("data/index.csv", frame)
-    write_json("data/index_report.json", {
+    write_csv(paths.INDEX, frame)
+    write_json(paths.INDEX_REPORT, {
         "images": len(frame), "missing_files": len(report.missing), "missing": report.missing,
         "corrupt_files": len(report.corrupt), "corrupt": report.corrupt,
         "excluded_by_view_or_modality": report.excluded_view_modality,

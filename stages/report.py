@@ -8,8 +8,8 @@ from cxrbench.report import model_card
 from cxrbench.report.document import build
 
 
-def main() -> None:
-    params = P.stage_params(__doc__)
+def main(argv: list[str] | None = None) -> None:
+    params = P.stage_params(__doc__, argv)
     model_card.validate(params)
     report = build(params, Path("."), title=P.section(params, "report.title"))
     report.files[model_card.CARD] = model_card.build(params, Path("."))

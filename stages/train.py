@@ -12,10 +12,9 @@ import dataclasses
 
 import pandas as pd
 
-from cxrbench.core import paths
 from cxrbench.classify import training
 from cxrbench.core import params as P
-from cxrbench.core import runtime
+from cxrbench.core import paths, runtime
 from cxrbench.core.io import write_json
 from cxrbench.data import confounder, splitting
 from cxrbench.data.cache import Cache
@@ -24,7 +23,7 @@ from cxrbench.lungs import controls as audit_inputs
 from cxrbench.studies import audit
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("backbone")
     ap.add_argument("fold", type=int)
@@ -35,13 +34,13 @@ def main() -> None:
                     help="audit: a shortcut-audit control's model (--control), outputs under models/audit/CONTROL")
     ap.add_argument("--control", choices=audit_inputs.CONTROLS, default=None,
                     help="with --variant audit: which control of audit.controls")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if (args.variant == "audit") != (args.control is not None):
         ap.error("--control goes with --variant audit, and --variant audit needs --control")
     rt = runtime.configure()
     params = P.from_arguments(args)
     training.validate(params)                                    # before the cache is read into memory
-    cache = Cache("data/cache", "data/index.csv")
+    cache = Cache(paths.CACHE, paths.INDEX)
     tags = confounder.apply(cache)                          # the planted shortcut (confounder.enabled; else a no-op)
     if tags["tagged"]:
         print(f"train: planted tag on {tags['tagged']} images of the cache ({tags['target_tagged']} of the target label)")
@@ -53,7 +52,7 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, input_mode=args.control,
                                   input_options=audit_inputs.options_for(args.control, a))
     out = paths.run(args.variant, args.backbone, args.fold, args.control)
-    splits = pd.read_csv("data/splits.csv", keep_default_na=False)
+    splits = pd.read_csv(paths.SPLITS, keep_default_na=False)
     parts = splitting.fold_parts(splits, args.fold)          # the test part is never touched here
     targets = label_matrix(cache.index, cfg.labels)
     images = training.apply_input_mode(cache.images, cfg.input_mode, cfg.mask_dilation, options=cfg.input_options)

@@ -13,23 +13,23 @@ import pandas as pd
 from dvclive import Live
 
 from cxrbench.core import params as P
-from cxrbench.core import runtime
+from cxrbench.core import paths, runtime
 from cxrbench.core.io import write_json
 from cxrbench.data.cache import Cache
 from cxrbench.lungs import segmentation as seg
 from cxrbench.lungs import unet
 
-MODEL = Path("models/unet/model.pt")
-LIVE_DIR = "dvclive/unet"
+MODEL = Path(paths.UNET_MODEL)
+LIVE_DIR = paths.DVCLIVE_UNET
 OVERLAYS = 8
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
     params = unet.stage_params(__doc__, argv)
-    cache = Cache("data/cache", "data/index.csv")
+    cache = Cache(paths.CACHE, paths.INDEX)
     cfg = unet.UNetConfig.from_params(params, in_channels=int(cache.images.shape[1]))
     seg_p = P.section(params, "segment")
-    splits = pd.read_csv("data/splits.csv", keep_default_na=False)
+    splits = pd.read_csv(paths.SPLITS, keep_default_na=False)
     parts = unet.unet_split(cache.index, splits, cfg.val_fold)
     print(f"train_unet: {len(parts['train'])} train / {len(parts['val'])} val (dev fold {cfg.val_fold}) / "
           f"{len(parts['test'])} test images with lung masks, {cfg.size}px, device {unet.device()}")
@@ -60,7 +60,7 @@ def main(argv=None) -> None:
 
     hist = result["history"]
     speeds = [h["train_images_per_s"] for h in hist if np.isfinite(h.get("train_images_per_s", np.nan))]
-    write_json("metrics/unet.json", {
+    write_json(paths.UNET_METRICS, {
         "runtime": runtime.info(),
         "images": {k: int(len(v)) for k, v in parts.items()},
         "patients": {k: int(len(set(patients[v]))) for k, v in parts.items()},
@@ -81,7 +81,7 @@ def main(argv=None) -> None:
     order = np.argsort(iou_post, kind="stable")
     pick = order[np.unique(np.linspace(0, len(order) - 1, min(OVERLAYS, len(order))).round().astype(int))]
     seg.overlay_grid(cache.images[test[pick]], true[pick], post[pick], list(paths[pick]),
-                     "plots/unet_overlays.png", scores=iou_post[pick])
+                     paths.UNET_OVERLAYS_PLOT, scores=iou_post[pick])
     si, sd = seg.summary(iou_post), seg.summary(dice_post)
     print(f"train_unet: best epoch {result['best']['epoch']} (val loss {result['best']['val_loss']:.4f}); "
           f"test IoU mean {si['mean']} median {si['median']}, Dice mean {sd['mean']} median {sd['median']} "

@@ -13,7 +13,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from cxrbench.classify.evaluation import mean_std, positive, prob_columns, true_columns
+from cxrbench.classify.evaluation import (evaluate_frame, mean_std, micro_roc, multilabel_metrics, positive,
+                                          prob_columns, thresholds_from_frame, true_columns)
 from cxrbench.classify.models import DISPLAY_NAMES
 from cxrbench.core.params import ParamError, check_choice, check_int, section
 
@@ -201,3 +202,92 @@ def table2_markdown(rows: list[dict], note: str = "", confidence: float = 0.95) 
             f"mean ± std over their folds). *F1, paper's scoring*: the same predictions scored their way (their 14 "
             f"labels by their rule from each image's finding, > 0.51), the like-for-like comparison with their "
             f"column. Chance: AUROC 0.5.\n\n" + head + body + "\n" + (f"\n{note}\n" if note else ""))
+
+
+def combine(table, backbones: list[str], folds: list[int], ev: dict, vote_tie: str, vote_rule: str) -> dict:
+    """Per fold, the backbones' mean probability (thresholds chosen on validation) and their majority vote,
+    read from each run's predictions and eval metrics. Returns ``per_fold`` (model -> per-fold metrics),
+    ``fold_records`` (metrics/ensemble.json), ``rocs``, ``means`` (fold -> mean probabilities) and
+    ``test_rows`` (per fold: the test labels, patients and every model's decisions, for the paired CIs)."""
+
+    from cxrbench.core import paths
+    from cxrbench.core.io import read_json
+
+    labels = list(table.names)
+    per_fold: dict[str, list[dict]] = {b: [] for b in backbones}
+    per_fold["ensemble"], per_fold["vote"] = [], []
+    fold_records, rocs, means = [], [], {}
+    index = pd.read_csv(paths.INDEX, usecols=["path", "group", "finding", "source"], dtype=str,
+                        keep_default_na=False).set_index("path")
+    group_of = index["group"].to_dict()
+    test_rows: list[dict] = []      # per fold: y, paths, groups and every model's thresholded test predictions
+    for k in folds:
+        frames, cuts = {}, {}
+        for b in backbones:
+            frames[b] = pd.read_csv(paths.run("main", b, k).predictions, keep_default_na=False)
+            m = read_json(paths.run("main", b, k).eval_metrics)
+            per_fold[b].append(m)
+            cuts[b] = np.array([m["thresholds"][n]["cut"] for n in labels])
+        mean = mean_probs(frames, labels)
+        mcuts, how = thresholds_from_frame(mean, labels, ev["threshold"], ev["fixed_threshold"],
+                                           ev["min_val_positives"])
+        m_mean = evaluate_frame(mean, labels, mcuts, table, ev["cut"])
+        keys, votes = majority_vote(frames, cuts, labels, ev["cut"])
+        m_vote = {}
+        for part in ("val", "test"):
+            sel = (keys["split"] == part).to_numpy()
+            m_vote[part] = multilabel_metrics(keys.loc[sel, true_columns(labels)].to_numpy(int),
+                                              vote_decision(votes[sel], vote_tie), votes[sel], labels, table)
+        per_fold["ensemble"].append(m_mean)
+        per_fold["vote"].append(m_vote)
+        sel = (mean["split"] == "test").to_numpy()
+        test_rows.append({
+            "y": mean.loc[sel, true_columns(labels)].to_numpy(int), "paths": mean.loc[sel, "path"].to_numpy(),
+            "groups": np.array([group_of[x] for x in mean.loc[sel, "path"]]), "labels": labels,
+            "meta": index.loc[mean.loc[sel, "path"], ["finding", "source"]].reset_index(drop=True),
+            "prob": {"ensemble": mean.loc[sel].reset_index(drop=True),
+                     **{b: frames[b].loc[sel].reset_index(drop=True) for b in backbones}},
+            "pred": {"ensemble": positive(mean.loc[sel, prob_columns(labels)], mcuts, ev["cut"]),
+                     **{b: positive(frames[b].loc[sel, prob_columns(labels)], cuts[b], ev["cut"])
+                        for b in backbones}}})
+        means[k] = mean
+        test = mean[mean["split"] == "test"]
+        roc = micro_roc(test[true_columns(labels)].to_numpy(), test[prob_columns(labels)].to_numpy())
+        roc.insert(0, "model", f"ensemble-f{k}")
+        rocs.append(roc)
+        fold_records.append({
+            "fold": k, "backbones": backbones, "threshold_method": ev["threshold"],
+            "thresholds": {n: {"cut": float(c), "how": h} for n, c, h in zip(labels, mcuts, how)},
+            "mean": m_mean, "vote": m_vote, "vote_rule": vote_rule})
+    return {"per_fold": per_fold, "fold_records": fold_records, "rocs": rocs, "means": means, "test_rows": test_rows}
+
+
+def compare(per_fold: dict, test_rows: list[dict], backbones: list[str], folds: list[int], stats: dict,
+            vote_rule: str, paper_rule) -> dict:
+    """Every model summarised over folds (test and val), the ensemble against the best single backbone
+    (chosen on validation micro F1, never on test) with a paired CI, and the Table-2-style rows and note."""
+    from cxrbench.classify.evaluation import summary_rows
+
+    rows = summary_rows(per_fold, "test")
+    val_rows = summary_rows(per_fold, "val")
+    # the best single backbone is chosen on validation micro F1, never on test
+    best = max(backbones, key=lambda b: np.mean([f["val"]["micro"]["f1"] for f in per_fold[b]]))
+    paired = {"ensemble": "ensemble (mean probability)", "best_single": best,
+              "best_single_chosen_by": "mean validation micro F1",
+              **paired_difference([t["y"] for t in test_rows], [t["pred"]["ensemble"] for t in test_rows],
+                                  [t["pred"][best] for t in test_rows], [t["groups"] for t in test_rows],
+                                  [t["paths"] for t in test_rows], stats)}
+    for r in rows + val_rows:
+        if r["model"] == "vote":
+            r["rule"] = vote_rule
+    models = [*backbones, "ensemble"]
+    t2 = table2({m: per_fold[m] for m in models}, "test", table2_intervals(test_rows, models, stats, paper_rule))
+    note = (f"Ensemble vs best single backbone ({best}, chosen on validation micro F1), test micro F1, mean over "
+            f"{len(folds)} folds: difference {paired['difference']:+.3f}" + (
+                f", {stats['confidence']:.0%} CI [{paired['ci']['low']:+.3f}, {paired['ci']['high']:+.3f}] "
+                f"(paired bootstrap over {paired['ci']['groups']} test patient groups, {stats['resamples']} "
+                f"resamples)" if paired["ci"] else ", per-fold CIs in metrics/table2.json (each fold has its own "
+                                                   "test set)") +
+            f"; per fold {', '.join(f'{d:+.3f}' for d in paired['fold_differences'])} (training variation). "
+            f"Majority vote: {vote_rule}. No p value: 2-5 folds support none.")
+    return {"rows": rows, "val_rows": val_rows, "paired": paired, "table2": t2, "note": note}

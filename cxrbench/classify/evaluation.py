@@ -251,3 +251,28 @@ def summary_markdown(rows: list[dict], part: str = "test") -> str:
     return (f"Metrics on the {part} set, mean ± std (ddof 0) over folds: the fold-to-fold spread (training "
             f"variation and, where folds differ in their {part} rows, their sampling), not a confidence "
             f"interval.{chance}\n\n" + head + "\n".join(lines) + "\n")
+
+
+def predict_fold(model, meta: dict, cache, splits: pd.DataFrame, fold: int, device, batch_size: int) -> pd.DataFrame:
+    """The fold's val and the test set predicted by ``model`` (its ``meta`` from the checkpoint) on the cache:
+    path, patient, split, prob_* and y_* columns."""
+    from cxrbench.classify import training
+    from cxrbench.data import splitting
+
+    labels = meta["labels"]
+    if meta["in_chans"] != cache.images.shape[1] or meta["cache_size"] != cache.images.shape[-1]:
+        raise RuntimeError(f"classifier of {meta['in_chans']} channel(s) at {meta['cache_size']} px does not "
+                           f"match the cache {cache.images.shape[1:]}: rerun the train stage")
+    images = training.apply_input_mode(cache.images, meta["input_mode"], meta.get("mask_dilation", 0),
+                                       options=meta.get("input_options") or {})
+    parts = splitting.fold_parts(splits, fold)
+    frames = []
+    for part in ("val", "test"):
+        rows = cache.rows(parts[part]["path"])
+        prob = training.predict(model, images, rows, device, batch_size)
+        f = pd.DataFrame({"path": parts[part]["path"].to_numpy(), "patient": parts[part]["patient"].to_numpy(),
+                          "split": part})
+        f[prob_columns(labels)] = prob
+        f[true_columns(labels)] = cache.index.iloc[rows][true_columns(labels)].to_numpy(int)
+        frames.append(f)
+    return pd.concat(frames, ignore_index=True)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cxrbench.core import paths
 from cxrbench.core.io import read_json
 
 
@@ -27,7 +28,7 @@ class CacheMismatchError(RuntimeError):
 class Cache:
     """The preprocess cache of ``cache_dir``, aligned with ``index_csv``."""
 
-    def __init__(self, cache_dir: str | Path = "data/cache", index_csv: str | Path = "data/index.csv",
+    def __init__(self, cache_dir: str | Path = paths.CACHE, index_csv: str | Path = paths.INDEX,
                  in_memory: bool = True):
         cache_dir = Path(cache_dir)
         if not (cache_dir / "meta.json").is_file():

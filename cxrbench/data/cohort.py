@@ -497,3 +497,36 @@ def fold_leakage(splits: pd.DataFrame) -> dict[int, dict]:
         out[k] = {key: len(set(splits.loc[train, key]) & set(splits.loc[test, key])) for key in ("patient", "group")}
         k += 1
     return out
+
+
+def paper_cohort(params: dict, index: pd.DataFrame, raw: Path, index_report: dict) -> tuple[pd.DataFrame, dict, dict]:
+    """The authors' folds as splits (``raw``: the downloaded sources), the leakage counts, and the audit of
+    their cohort (``index_report``: the index stage's report)."""
+    from cxrbench.core.params import ParamError, check_fraction
+    from cxrbench.data.dedupe import near_pairs, phash_bits
+
+    protocol = params["protocol"]
+    paper_rules = rules(params)
+    folds = read_folds(raw / DIAGNOPP)
+    if len(folds) != params["split"]["folds"]:
+        raise ParamError("split.folds", f"cohort: paper has {len(folds)} fold files; set split.folds to {len(folds)}")
+    val_fraction = check_fraction("paper_protocol.val_fraction", params["paper_protocol"]["val_fraction"])
+    splits, removed = paper_splits(index, folds, paper_rules["selection"], paper_rules["leaked_test"], val_fraction,
+                                   params["split"]["seed"])
+    per_fold = fold_leakage(splits)
+    if paper_rules["leaked_test"] == "remove" and any(v["group"] for v in per_fold.values()):
+        raise RuntimeError(f"leaked test images were removed yet the folds still leak: {per_fold}")  # a bug
+    d = params["dedupe"]
+    hashes = phash_bits(index["phash"])
+    pairs = [(index.at[i, "path"], index.at[j, "path"], dist)
+             for i, j, dist in near_pairs(hashes, d["phash_max_distance"])]
+    rows = index.rename(columns={"patient": "true_patient"})
+    result = audit(rows, folds, pairs, index_report.get("paper_cohort"))
+    result["protocol"] = protocol
+    result["paper_rules"] = paper_rules
+    result["unet"] = unet_exclusion(splits)
+    result["leakage_after_split"] = {str(k): v for k, v in per_fold.items()}
+    result.update(removed)
+    leaks = {"patients_in_test_and_dev": sum(v["patient"] for v in per_fold.values()), "patients_in_several_folds": 0,
+             "groups_in_test_and_dev": sum(v["group"] for v in per_fold.values()), "groups_in_several_folds": 0}
+    return splits, leaks, result

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from cxrbench.core import paths
 from cxrbench.core.params import ParamError, check_choice, check_int, section
 
 SHAPES = ("square",)
@@ -366,7 +367,7 @@ def remove(images_u8: Any, boxes: Any, how: str, *, context: float = 1.0, sigma:
 
 # --- the pipeline's plan ---------------------------------------------------------------------------------
 
-PLAN_DIR = "data/confounder"
+PLAN_DIR = paths.CONFOUNDER
 PLAN_FILE = "plan.csv"
 PLAN_COLUMNS = ("path", "stratum", "target", "tagged", *BOX_COLUMNS, "value")
 

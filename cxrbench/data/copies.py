@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxrbench.data.dedupe import UnionFind
-from cxrbench.data.images import load_grey
 from cxrbench.core.params import check_int, section
 from cxrbench.core.runtime import progress as progress_bar
+from cxrbench.data.dedupe import UnionFind
+from cxrbench.data.images import load_grey
 
 THUMB = 24            # thumbnail side (pixels) for the candidate search
 MARGIN = 0.15         # share of each side cut off before the thumbnail

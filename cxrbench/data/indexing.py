@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxrbench.data.images import DECODE_ERRORS, load_grey
-from cxrbench.data.labels import LabelTable
+from cxrbench.core import paths
 from cxrbench.core.params import ParamError, check_int, check_nonempty_list, section
 from cxrbench.core.runtime import progress as progress_bar
+from cxrbench.data.images import DECODE_ERRORS, load_grey
+from cxrbench.data.labels import LabelTable
 
 COVID = "covid_chestxray"
 KERMANY = "kermany"
@@ -136,7 +137,7 @@ def covid_rows(raw: Path, p: dict, table: LabelTable, report: IndexReport) -> li
         for part, value in (("folder", r.folder), ("filename", r.filename)):
             if Path(value).is_absolute() or ".." in Path(value).parts or ":" in value:
                 raise ValueError(f"{meta_path}: patient {r.patientid} has {part} {value!r}, which points outside "
-                                 f"data/raw/{COVID}: refusing it (a damaged or tampered metadata.csv)")
+                                 f"{paths.RAW}/{COVID}: refusing it (a damaged or tampered metadata.csv)")
         rel = (Path(COVID) / r.folder / r.filename).as_posix()
         if not (raw / rel).is_file():
             report.missing.append(rel)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cxrbench.data.paper_labels import PAPER_PATHOLOGIES, PAPER_TO_OURS
 from cxrbench.core.params import ParamError, section
+from cxrbench.data.paper_labels import PAPER_PATHOLOGIES, PAPER_TO_OURS
 
 
 class UnmappedFindingError(ValueError):

@@ -27,10 +27,10 @@ from numpy.lib.format import open_memmap
 from PIL import Image
 from skimage import exposure, filters
 
-from cxrbench.data.images import load_grey, load_mask
 from cxrbench.core.io import atomic_path, write_json
 from cxrbench.core.params import ParamError, check_choice, check_int, check_subset, section
 from cxrbench.core.runtime import progress as progress_bar
+from cxrbench.data.images import load_grey, load_mask
 
 RECIPES = ("raw", "clahe", "histeq", "unsharp")
 INTENSITY = ("percentile", "fixed")

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Iterable
 
-
+from cxrbench.core import paths
 from cxrbench.core.io import atomic_path, read_json, write_json
 from cxrbench.core.params import ParamError, section
 from cxrbench.core.runtime import progress as progress_bar
 
-DOWNLOAD_DIR = Path("data/downloads")
+DOWNLOAD_DIR = Path(paths.DOWNLOADS)
 CHUNK = 1 << 20
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from cxrbench.data.labels import LabelTable
 from cxrbench.core.params import ParamError, check_fraction, check_int, section
+from cxrbench.data.labels import LabelTable
 
 
 def validate(params: dict) -> dict:
@@ -110,3 +110,30 @@ def leakage(splits: pd.DataFrame) -> dict:
         out[f"{key}s_in_test_and_dev"] = int((sides > 1).sum())
         out[f"{key}s_in_several_folds"] = int((folds > 1).sum())
     return out
+
+
+def data_summary(full: pd.DataFrame, names: list[str], n_folds: int, index_report: dict, leaks: dict) -> dict:
+    """metrics/data.json: images, patients and groups per side and source, duplicates and leaks (``full``: the
+    index joined with the splits; ``index_report``: the index stage's report)."""
+    counts = {}
+    for src, sub in full.groupby("source"):
+        counts[src] = {}
+        for part, sel in [("test", sub["split"] == "test"), ("dev", sub["split"] == "dev")]:
+            counts[src][part] = {n: int(sub.loc[sel, f"y_{n}"].sum()) for n in names}
+            counts[src][part]["images"] = int(sel.sum())
+            counts[src][part]["patients"] = int(sub.loc[sel, "patient"].nunique())
+    folds = {str(k): int((full["fold"] == k).sum()) for k in range(n_folds)}
+    rep = index_report
+    dup = rep["duplicates"]
+    return {
+        "images": len(full), "patients": int(full["patient"].nunique()), "groups": int(full["group"].nunique()),
+        "test_images": int((full["split"] == "test").sum()), "dev_images": int((full["split"] == "dev").sum()),
+        "fold_images": folds,
+        "missing_files": rep["missing_files"], "corrupt_files": rep["corrupt_files"],
+        "exact_copies_dropped": dup["exact_copies_dropped"],
+        "near_duplicate_pairs_across_patients": dup["near_duplicate_pairs_across_patients"],
+        "altered_copies_across_groups": dup.get("altered_copies", {}).get("altered_copies_across_groups"),
+        "patients_merged_into_shared_groups": int(full["patient"].nunique() - full["group"].nunique()),
+        "leaked_patients": leaks["patients_in_test_and_dev"] + leaks["patients_in_several_folds"],
+        "leaked_groups": leaks["groups_in_test_and_dev"] + leaks["groups_in_several_folds"],
+        "counts": counts}

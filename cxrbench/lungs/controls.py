@@ -38,7 +38,8 @@ from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
 from cxrbench.core.params import ParamError, check_choice
-from cxrbench.lungs.segmentation import apply_input_mode as _mask_mode, dilate
+from cxrbench.lungs.segmentation import apply_input_mode as _mask_mode
+from cxrbench.lungs.segmentation import dilate
 
 REGION_CONTROLS = ("outside_only", "lungs_only", "silhouette_only")
 MASK_CONTROLS = ("mask_silhouette", "lungs_removed")

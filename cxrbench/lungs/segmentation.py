@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 from skimage import measure
 
+from cxrbench.core import paths
 from cxrbench.core.params import ParamError
 
 INPUT_MODES = ("full", "lung_crop", "lungs_removed")
@@ -242,7 +243,7 @@ def contour_grid(groups: dict[str, tuple[np.ndarray, np.ndarray, Sequence[str]]]
     save(fig, path)
 
 
-LUNG_MASKS = "data/lungs/masks.npy"
+LUNG_MASKS = paths.LUNG_MASKS
 
 
 def load_lung_masks(n_images: int, path: str | Path = LUNG_MASKS, mmap: bool = False) -> np.ndarray:
@@ -255,3 +256,58 @@ def load_lung_masks(n_images: int, path: str | Path = LUNG_MASKS, mmap: bool = F
         raise ValueError(f"{path} holds {len(masks)} masks for {n_images} cache images: rerun segment")
     return masks
 
+
+def validate_segment(params: dict) -> dict:
+    """Check ``params: segment`` (the post-processing of the U-Net's masks and the grid); return it."""
+    from cxrbench.core import params as P
+
+    p = P.section(params, "segment")
+    P.check_int("segment.components", p.get("components"), minimum=0)
+    if not isinstance(p.get("fill_holes"), bool):
+        raise P.ParamError("segment.fill_holes", f"expected true or false, got {p.get('fill_holes')!r}")
+    P.check_fraction("segment.implausible_max_area", p.get("implausible_max_area"))
+    P.check_int("segment.grid_images", p.get("grid_images"), minimum=0)
+    return p
+
+
+def mask_report(masks: np.ndarray, index, v7_masks, max_area: float) -> dict:
+    """Lung-area fraction and connected components per source, the implausible masks (counted by reason and
+    listed), and the Dice against the V7 masks where they exist. ``index``: the cache's index frame;
+    ``v7_masks``: the cache's masks, aligned with it."""
+    n = len(masks)
+    frac = area_fraction(masks)
+    bad = []
+    for i in range(n):
+        reasons = implausible(masks[i], max_area)
+        if reasons:
+            bad.append({"path": index["path"].iat[i], "source": index["source"].iat[i], "reasons": reasons})
+    comps = np.array([n_components(m) for m in masks])
+    by_source = {}
+    for src in sorted(index["source"].unique()):
+        sel = (index["source"] == src).to_numpy()
+        c = comps[sel]
+        by_source[src] = {"area_fraction": area_summary(frac[sel]),
+                          "components": {"0": int((c == 0).sum()), "1": int((c == 1).sum()),
+                                         "2+": int((c >= 2).sum())},
+                          "implausible": sum(b["source"] == src for b in bad)}
+    # Agreement with the V7 masks where they exist (test-split rows only are unseen by the U-Net;
+    # train_unet reports those, this is the whole set as a consistency check).
+    has = (index["mask"] != "").to_numpy()
+    reason_counts = {}
+    for b in bad:
+        for r in b["reasons"]:
+            reason_counts[r] = reason_counts.get(r, 0) + 1
+    return {"by_source": by_source,
+            "dice_vs_v7_all_masked_incl_train": summary(dice(masks[has], v7_masks[has])) if has.any() else None,
+            "implausible": {"count": len(bad), "by_reason": reason_counts, "masks": bad}}
+
+
+def grid_groups(images, masks: np.ndarray, index, per_source: int, seed: int) -> dict:
+    """``per_source`` images of each source, drawn with ``seed``, for :func:`contour_grid`."""
+    groups = {}
+    rng = np.random.default_rng(seed)
+    for src in sorted(index["source"].unique()):
+        rows = np.flatnonzero((index["source"] == src).to_numpy())
+        pick = np.sort(rng.choice(rows, size=min(per_source, len(rows)), replace=False))
+        groups[src] = (images[pick], masks[pick], list(index["path"].to_numpy()[pick]))
+    return groups

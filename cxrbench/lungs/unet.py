@@ -32,12 +32,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cxrbench.core import checkpoints
-from cxrbench.lungs import segmentation as seg
-from cxrbench.data.cache import BatchLoader, to_float
 from cxrbench.core.params import ParamError, check_choice, check_int, section
 from cxrbench.core.runtime import check_deadline, deterministic
-from cxrbench.core.runtime import progress as progress_bar
 from cxrbench.core.runtime import device as runtime_device
+from cxrbench.core.runtime import progress as progress_bar
+from cxrbench.data.cache import BatchLoader, to_float
+from cxrbench.lungs import segmentation as seg
 
 LOSSES = ("ce_logdice", "dice_ce")
 
