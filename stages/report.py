@@ -4,6 +4,7 @@ classifiers (report/model_card.md)."""
 from pathlib import Path
 
 from cxrbench.core import params as P
+from cxrbench.core import paths
 from cxrbench.report import model_card
 from cxrbench.report.document import build
 
@@ -13,7 +14,7 @@ def main(argv: list[str] | None = None) -> None:
     model_card.validate(params)
     report = build(params, Path("."), title=P.section(params, "report.title"))
     report.files[model_card.CARD] = model_card.build(params, Path("."))
-    report.write(Path("report"))
+    report.write(Path(paths.REPORT))
     print(f"report: report/README.md with {len(report.images)} figures, report/{model_card.CARD}")
 
 

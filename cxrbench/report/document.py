@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import yaml
 
+from cxrbench.core import paths
 from cxrbench.core.io import atomic_path
 
 PACKAGES = ("torch", "torchvision", "timm", "captum", "monai", "scikit-learn", "scikit-image", "numpy",
@@ -100,7 +101,7 @@ def provenance(params: dict, root: Path) -> str:
 
 def section_data(r: Report) -> None:
     r.text("## Data and split")
-    d = _json(r.root / "metrics/data.json")
+    d = _json(r.root / paths.DATA_METRICS)
     if d is None:
         r.text("*metrics/data.json not found: run `dvc repro split`.*")
         return
@@ -114,12 +115,12 @@ def section_data(r: Report) -> None:
     r.text(md_table(["", "count"], rows))
     r.text("Split proof: every patient and every duplicate group lies in exactly one of test / dev, and in "
            "exactly one dev fold (checked by the split stage, which stops otherwise).")
-    r.image("plots/label_distribution.png", "Label distribution by split")
+    r.image(paths.LABEL_DISTRIBUTION_PLOT, "Label distribution by split")
 
 
 def section_unet(r: Report) -> None:
     r.text("## Lung segmentation (U-Net, CXR-Net loss)")
-    u = _json(r.root / "metrics/unet.json")
+    u = _json(r.root / paths.UNET_METRICS)
     if u is None:
         r.text("*metrics/unet.json not found: run `dvc repro train_unet`.*")
         return
@@ -130,63 +131,63 @@ def section_unet(r: Report) -> None:
     r.text(f"Trained {u['epochs']} epochs at {u['size']} px on {u['images']['train']} images of "
            f"{u['patients']['train']} dev patients; epoch {u['best_epoch']} chosen on the validation part. "
            "CXR-Net reports IoU 0.925 on its own data.")
-    r.image("plots/unet_overlays.png", "Held-out images: image, V7 mask, U-Net mask")
-    s = _json(r.root / "metrics/segment.json")
+    r.image(paths.UNET_OVERLAYS_PLOT, "Held-out images: image, V7 mask, U-Net mask")
+    s = _json(r.root / paths.SEGMENT_METRICS)
     if s is not None:
         rows = [[src, v["area_fraction"]["mean"], v["area_fraction"]["std"], v["implausible"]]
                 for src, v in s["by_source"].items()]
         r.text(md_table(["source", "lung area fraction (mean)", "std", "implausible masks"], rows))
-        r.image("plots/segment_grid.png", "Segmented Kermany and covid-chestxray images")
+        r.image(paths.SEGMENT_GRID_PLOT, "Segmented Kermany and covid-chestxray images")
 
 
 def section_classification(r: Report) -> None:
     r.text("## Classification (seed 000, Table 2)")
-    r.include("metrics/table2.md", "metrics/table2.md not found: run `dvc repro ensemble`.")
-    if r.include("metrics/shortcut_audit.md", "metrics/shortcut_audit.md not found: run `dvc repro audit`."):
-        r.image("plots/shortcut_audit.png", "Shortcut audit: AUROC of every control with its CI (chance 0.5)")
-        r.image("plots/shortcut_controls.png", "What each audit model sees")
+    r.include(paths.TABLE2_MD, f"{paths.TABLE2_MD} not found: run `dvc repro ensemble`.")
+    if r.include(paths.SHORTCUT_AUDIT_MD, f"{paths.SHORTCUT_AUDIT_MD} not found: run `dvc repro audit`."):
+        r.image(paths.SHORTCUT_AUDIT_PLOT, "Shortcut audit: AUROC of every control with its CI (chance 0.5)")
+        r.image(paths.SHORTCUT_CONTROLS_PLOT, "What each audit model sees")
 
 
 def section_external(r: Report) -> None:
     """metrics/external.md (it brings its own heading) and, when the stage was on, its calibration plot."""
-    if not (r.root / "metrics/external.md").is_file():
+    if not (r.root / paths.EXTERNAL_MD).is_file():
         r.text("## External validation\n\n*metrics/external.md not found: run `dvc repro external`.*")
         return
-    r.include("metrics/external.md", "")
-    x = _json(r.root / "metrics/external.json")
+    r.include(paths.EXTERNAL_MD, "")
+    x = _json(r.root / paths.EXTERNAL_METRICS)
     if x is not None and x.get("status") == "on":
-        r.image("plots/external_calibration.png", "Calibration, internal test vs external (reliability diagrams)")
+        r.image(paths.EXTERNAL_CALIBRATION_PLOT, "Calibration, internal test vs external (reliability diagrams)")
 
 
 def section_explain(r: Report) -> None:
     r.text("## Explanations and AOPPC")
-    if r.include("metrics/aoppc_table.md", "metrics/aoppc_table.md not found: run `dvc repro aoppc`."):
-        r.image("plots/aoppc/curves.png", "Probability drop per perturbation level (MoRF, LeRF, random)")
-    for png in sorted((r.root / "plots/attributions").glob("*.png")) if (r.root / "plots/attributions").is_dir() else []:
+    if r.include(paths.AOPPC_MD, f"{paths.AOPPC_MD} not found: run `dvc repro aoppc`."):
+        r.image(paths.AOPPC_CURVES_PLOT, "Probability drop per perturbation level (MoRF, LeRF, random)")
+    for png in sorted((r.root / paths.ATTRIBUTION_PLOTS).glob("*.png")) if (r.root / paths.ATTRIBUTION_PLOTS).is_dir() else []:
         r.image(png.relative_to(r.root), f"Attribution maps: {png.stem}")
     r.text("### Randomisation checks")
-    if r.include("metrics/randomisation.md", "metrics/randomisation.md not found: run `dvc repro randomisation`."):
-        r.image("plots/randomisation/cascade.png", "Cascading randomisation: similarity of each method's map to the "
+    if r.include(paths.RANDOMISATION_MD, f"{paths.RANDOMISATION_MD} not found: run `dvc repro randomisation`."):
+        r.image(paths.RANDOMISATION_PLOT, "Cascading randomisation: similarity of each method's map to the "
                 "trained model's as layers are re-initialised from the head down (null reference as a band)")
 
 
 def section_ground_truth(r: Report) -> None:
     """The planted shortcut (when confounder.enabled) and the severity plausibility check."""
     r.text("## Ground truth for explanations")
-    if r.include("metrics/planted.md", "metrics/planted.md not found: run `dvc repro planted`."):
-        x = _json(r.root / "metrics/planted.json")
+    if r.include(paths.PLANTED_MD, f"{paths.PLANTED_MD} not found: run `dvc repro planted`."):
+        x = _json(r.root / paths.PLANTED)
         if x is not None and x.get("enabled"):
-            r.image("plots/planted/ranking.png", "Methods: localisation of the planted tag vs AOPPC (gain over random)")
-            r.image("plots/planted/maps.png", "Tagged test images, each method's map and the tag's box")
-    r.include("metrics/severity.md", "metrics/severity.md not found: run `dvc repro severity`.")
+            r.image(paths.PLANTED_RANKING_PLOT, "Methods: localisation of the planted tag vs AOPPC (gain over random)")
+            r.image(paths.PLANTED_MAPS_PLOT, "Tagged test images, each method's map and the tag's box")
+    r.include(paths.SEVERITY_MD, f"{paths.SEVERITY_MD} not found: run `dvc repro severity`.")
 
 
 def section_cohort(r: Report) -> None:
     r.text("## The authors' cohort")
     r.text("### Audit of this run's cohort")
-    r.include("metrics/cohort_audit.md", "metrics/cohort_audit.md not found: run `dvc repro split`.")
+    r.include(paths.COHORT_AUDIT_MD, f"{paths.COHORT_AUDIT_MD} not found: run `dvc repro split`.")
     r.text("### How much of the published score survives: the one-factor ablation ladder (committed)")
-    r.include("results/ablation.md", "results/ablation.md not found: build it with `cxrbench ablation "
+    r.include(paths.ABLATION_TABLE, f"{paths.ABLATION_TABLE} not found: build it with `cxrbench ablation "
                                      "run` and `cxrbench ablation table` (README, 'The authors' cohort').")
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from cxrbench.core import paths
 from cxrbench.core.bootstrap import format_ci
 from cxrbench.core.params import ParamError, check_int, section
 from cxrbench.data.preprocess import Recipe
@@ -105,9 +106,9 @@ def section_models(params: dict) -> str:
 
 def section_data(params: dict, root: Path) -> str:
     out = ["## Data", ""]
-    d = _json(root / "metrics/data.json")
+    d = _json(root / paths.DATA_METRICS)
     if d is None:
-        return "\n".join(out + [_missing("metrics/data.json", "split")])
+        return "\n".join(out + [_missing(paths.DATA_METRICS, "split")])
     out.append(f"{d['images']} frontal chest X-rays of {d['patients']} patients ({d['groups']} patient groups "
                f"after merging duplicates across patient ids) from the sources below; cohort "
                f"`{params.get('cohort', 'rebuilt')}`, Kermany subset per class "
@@ -127,7 +128,7 @@ def section_data(params: dict, root: Path) -> str:
 
 def section_split(params: dict, root: Path) -> str:
     s = section(params, "split")
-    d = _json(root / "metrics/data.json") or {}
+    d = _json(root / paths.DATA_METRICS) or {}
     text = (f"Patient groups (a patient, or patients merged because they share a duplicate image) are split "
             f"once: {s['test_fraction']:.0%} form the held-out test set that nothing is tuned on, the rest "
             f"{s['folds']} group-stratified folds (seed {s['seed']}); each model trains on the other folds and "
@@ -166,7 +167,7 @@ def section_thresholds(params: dict, root: Path) -> str:
               f"the value was chosen on validation halves, see params.yaml)" if e["threshold"] == "val_f1"
               else f"every label at `evaluate.fixed_threshold` = {e['fixed_threshold']}")
            + f". A label is on when `prob {'>=' if e['cut'] == 'ge' else '>'} cut`."]
-    evals = sorted((root / "metrics/eval").glob("*.json")) if (root / "metrics/eval").is_dir() else []
+    evals = sorted((root / paths.EVAL_METRICS).glob("*.json")) if (root / paths.EVAL_METRICS).is_dir() else []
     if not evals:
         return "\n".join(out + ["", _missing("metrics/eval/*.json", "evaluate")])
     per_label: dict[str, list[tuple[float, str]]] = {}
@@ -187,9 +188,9 @@ def section_thresholds(params: dict, root: Path) -> str:
 
 def section_internal(root: Path) -> str:
     out = ["## Internal scores (held-out test set)", ""]
-    t2 = _json(root / "metrics/table2.json")
+    t2 = _json(root / paths.TABLE2)
     if t2 is None:
-        return "\n".join(out + [_missing("metrics/table2.json", "ensemble")])
+        return "\n".join(out + [_missing(paths.TABLE2, "ensemble")])
     rows = [[r.get("model", "?"), r.get("folds", "–"), _ci(r.get("precision"), "mean"), _ci(r.get("recall"), "mean"),
              _ci(r.get("f1"), "mean"), _ci(r.get("auroc_micro"), "mean")] for r in t2.get("rows", [])]
     out += ["Micro-averaged over every label, mean over folds [95 % CI, bootstrap of test patient groups] "
@@ -200,9 +201,9 @@ def section_internal(root: Path) -> str:
 
 def section_external(params: dict, root: Path) -> str:
     out = ["## External scores", ""]
-    x = _json(root / "metrics/external.json")
+    x = _json(root / paths.EXTERNAL_METRICS)
     if x is None:
-        return "\n".join(out + [_missing("metrics/external.json", "external")])
+        return "\n".join(out + [_missing(paths.EXTERNAL_METRICS, "external")])
     if x.get("status") != "on":
         return "\n".join(out + [f"No external evaluation in this run ({x.get('reason', 'off')}): every score "
                                 f"above is internal, on patients of the same sources as the training images."])
@@ -228,7 +229,7 @@ def section_external(params: dict, root: Path) -> str:
                 "AUROC [95 % CI, bootstrap of patients or patient groups]; chance 0.5. A label scored against the "
                 "rest depends on the mix of the rest, hence the external set also reweighted to the internal "
                 "mix of findings. AP, sensitivity and specificity at the thresholds, and calibration: "
-                "metrics/external.md.", "",
+                f"{paths.EXTERNAL_MD}.", "",
                 _table(["model", "label", *[f"AUROC {titles[c]}" for c in cols],
                         *[f"{titles[c]} − {titles[comp]}" for c in cols[cols.index("external"):]],
                         "external prevalence"], rows), ""]
@@ -237,9 +238,9 @@ def section_external(params: dict, root: Path) -> str:
 
 def section_audit(root: Path) -> str:
     out = ["## Shortcut audit", ""]
-    path = root / "metrics/shortcut_audit.md"
+    path = root / paths.SHORTCUT_AUDIT_MD
     if not path.is_file():
-        return "\n".join(out + [_missing("metrics/shortcut_audit.md", "audit")])
+        return "\n".join(out + [_missing(paths.SHORTCUT_AUDIT_MD, "audit")])
     text = path.read_text(encoding="utf-8")
     controls = first_table(text)
     out.append(controls if controls else "*metrics/shortcut_audit.md has no table.*")
@@ -255,7 +256,7 @@ def section_audit(root: Path) -> str:
 def section_failure_modes(params: dict, root: Path, card: dict) -> str:
     out = ["## Known failure modes and limits", ""]
     out += [f"- {m.strip()}" for m in card["failure_modes"]]
-    d = _json(root / "metrics/data.json")
+    d = _json(root / paths.DATA_METRICS)
     if d and d.get("counts"):
         n = card["rare_label_positives"]
         test = {}
@@ -268,7 +269,7 @@ def section_failure_modes(params: dict, root: Path, card: dict) -> str:
             out.append(f"- Small labels: fewer than {n} positives in the held-out test set (count): "
                        f"{', '.join(rare)}. Their scores rest on a handful of patients, or cannot be computed at "
                        f"all; do not read their predictions as validated.")
-    x = _json(root / "metrics/external.json")
+    x = _json(root / paths.EXTERNAL_METRICS)
     if x and x.get("status") == "on":
         for name, src in x.get("sources", {}).items():
             out.append(f"- External set `{name}`: {src.get('note') or 'see metrics/external.md'}")
@@ -280,7 +281,7 @@ def section_failure_modes(params: dict, root: Path, card: dict) -> str:
 
 def section_licenses(params: dict, root: Path, card: dict) -> str:
     out = ["## Licenses of the data", ""]
-    index = root / "data/index.csv"
+    index = root / paths.INDEX
     rows = []
     if index.is_file():
         frame = pd.read_csv(index, usecols=["source", "license"], dtype=str, keep_default_na=False)
@@ -288,7 +289,7 @@ def section_licenses(params: dict, root: Path, card: dict) -> str:
             counts = sub["license"].replace("", "none stated upstream").value_counts()
             rows.append([src, ", ".join(f"{k}: {v}" for k, v in counts.items())])
     else:
-        out.append(_missing("data/index.csv", "index") + "\n")
+        out.append(_missing(paths.INDEX, "index") + "\n")
     used = set(section(params, "download.sources"))
     rows += [[src, text] for src, text in card["licenses"].items() if src in used]
     if rows:
