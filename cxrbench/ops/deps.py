@@ -88,8 +88,8 @@ def stage_scripts(root: Path, dvc_yaml: dict) -> dict[str, tuple[Path, list[str]
         body = stage.get("do", stage)
         words = shlex.split(body["cmd"])
         scripts = [w for w in words if w.endswith(".py")]
-        if words[:2] == ["python", "-m"]:
-            scripts = [str(module_file(root, words[2]).relative_to(root))]
+        if words[:2] == ["python", "-m"]:                  # python -m stages.NAME
+            scripts = [str(Path(*words[2].split(".")).with_suffix(".py"))]
         if len(scripts) != 1:
             raise ValueError(f"dvc.yaml stage {name!r}: expected one Python script in its cmd, got {body['cmd']!r}")
         deps = [d if isinstance(d, str) else next(iter(d)) for d in body.get("deps", [])]
