@@ -179,7 +179,7 @@ def requirement_names(path: Path = Path("requirements.txt")) -> list[str]:
     names = []
     for line in path.read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0].strip()
-        if line:
+        if line and not line.startswith("-"):          # pip options (`-e .`: the project itself) name no wheel
             names.append(re.split(r"[=<>!~\[ ]", line, maxsplit=1)[0])
     return names
 
