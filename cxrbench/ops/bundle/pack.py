@@ -1,4 +1,4 @@
-"""Build an offline bundle for a GPU host (``cxrbench bundle pack``): the study mirror, the wheels, the source, the runner.
+"""Build the offline bundle for a GPU host (``cxrbench bundle pack``): study mirror, wheels, source, runner.
 
 Packing runs here, with the package and the repository at hand; what runs on the host is
 :mod:`cxrbench.ops.bundle.host`, which :func:`pack` copies into the bundle as ``bundle.py`` (the name the
