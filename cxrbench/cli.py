@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gate": ("cxrbench.ops.gate", "compare the CI run's metrics with the committed baseline (check, snapshot)"),
     "spread": ("cxrbench.ops.spread", "measure how far the gate's metrics move when only the machine changes"),
     "ablation": ("cxrbench.ops.ablation", "run and tabulate the ablation ladder"),
-    "bundle": ("cxrbench.ops.bundle", "pack, run and collect the offline GPU bundle"),
+    "bundle": ("cxrbench.ops.bundle.cli", "pack, run and collect the offline GPU bundle"),
     "weights": ("cxrbench.classify.weights", "convert packaged ImageNet weights into a timm checkpoint"),
     "deps": ("cxrbench.ops.deps", "check that each DVC stage's deps cover all the code it runs"),
 }

@@ -37,6 +37,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from cxrbench.core import paths
 from cxrbench.ops.ablation_table import write_table
 from cxrbench.core.io import read_json, write_json
 from cxrbench.ops.ladder import ladder, row_params, stage_keys, validate
@@ -112,14 +113,14 @@ def run_row(clone: Path, workdir: Path, base: dict, profile: dict, ablation: dic
             _stage(clone, log, "stages/evaluate.py", backbone, str(k))
             fold_dir = out / f"f{k}"
             fold_dir.mkdir()
-            shutil.copy(clone / f"data/predictions/{backbone}-f{k}.csv", fold_dir / "predictions.csv")
-            shutil.copy(clone / f"metrics/eval/{backbone}-f{k}.json", fold_dir / "eval.json")
-            shutil.copy(clone / f"metrics/train/{backbone}-f{k}.json", fold_dir / "train.json")
-    index = pd.read_csv(clone / "data/index.csv", keep_default_na=False,
+            shutil.copy(clone / paths.run("main", backbone, k).predictions, fold_dir / "predictions.csv")
+            shutil.copy(clone / paths.run("main", backbone, k).eval_metrics, fold_dir / "eval.json")
+            shutil.copy(clone / paths.run("main", backbone, k).train_metrics, fold_dir / "train.json")
+    index = pd.read_csv(clone / paths.INDEX, keep_default_na=False,
                         usecols=["path", "source", "patient", "group", "finding"])
     index.to_csv(out / "images.csv", index=False)
-    shutil.copy(clone / "metrics/data.json", out / "data.json")
-    audit = read_json(clone / "metrics/cohort_audit.json")
+    shutil.copy(clone / paths.DATA_METRICS, out / "data.json")
+    audit = read_json(clone / paths.COHORT_AUDIT)
     info = {"name": row["name"], "change": row["change"], "from": row["from"], "set": row["set"],
             "overrides": row["overrides"], "stages_run": ran, "seconds": round(time.perf_counter() - t0, 1),
             "commit": _git(["rev-parse", "HEAD"], clone), "cohort": apply_protocol(params)["cohort"],
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--only", nargs="+", metavar="ROW", help="run these rows only (in ladder order)")
     t = sub.add_parser("table", help="write results/ablation.{md,json} from the finished rows")
     t.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
-    t.add_argument("--out", type=Path, default=Path("results/ablation"), help="path without suffix")
+    t.add_argument("--out", type=Path, default=Path(paths.ABLATION_RESULTS), help="path without suffix")
     args = ap.parse_args(argv)
     if args.action == "run":
         run(Path("."), args.workdir, args.only)

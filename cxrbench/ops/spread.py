@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from cxrbench.ops.gate import SPREAD, GateConfig, config_from_params, current_values, evaluate, failed, label, tolerances
+from cxrbench.core import paths
 from cxrbench.core.io import read_json, write_json
 from cxrbench.core.params import ParamError, load, section
 
@@ -105,10 +106,10 @@ def run_one(repo: Path, workdir: Path, name: str, spec: dict, profile: str) -> d
     seconds = time.perf_counter() - t0
     if code != 0:
         raise RuntimeError(f"spread run {name!r} failed (exit {code}): see {out / 'log.txt'}")
-    shutil.copytree(clone / "metrics", out / "metrics")
+    shutil.copytree(clone / paths.METRICS, out / "metrics")
     info = {"name": name, "env": spec["env"], "set": spec["set"], "seconds": round(seconds, 1),
             "commit": _git(["rev-parse", "HEAD"], clone),
-            "runtime": read_json(clone / "metrics/unet.json").get("runtime")}
+            "runtime": read_json(clone / paths.UNET_METRICS).get("runtime")}
     write_json(out / "run.json", info)
     shutil.rmtree(clone)
     print(f"spread: run {name!r} done in {seconds / 60:.1f} min", flush=True)

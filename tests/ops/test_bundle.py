@@ -1,9 +1,14 @@
-"""The offline bundle (cxrbench/ops/bundle.py): size limits, step planning, unpacking, collecting; no pipeline run."""
+"""The offline bundle (cxrbench/ops/bundle/): size limits, step planning, unpacking, collecting, the runner's
+standard-library-only imports; no pipeline run."""
 
 from __future__ import annotations
 
+import ast
 import io
 import json
+import shutil
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -13,7 +18,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from cxrbench.ops import bundle as B
+from cxrbench.ops.bundle import host as B
+from cxrbench.ops.bundle import pack as K
 from cxrbench.data.images import load_grey, load_mask
 from cxrbench.data.preprocess import Recipe, prepare, prepare_mask
 
@@ -82,7 +88,7 @@ def test_resize_like_preprocess_keeps_the_cache(tmp_path, fmt):
     re-encoding (JPEG); one already small enough travels byte for byte."""
     src = tmp_path / ("big.png" if fmt == "PNG" else "big.jpg")
     Image.fromarray(_xray(300, 220)).save(src, format=fmt, quality=95)
-    data, resized = B.resize_like_preprocess(src, 128, 95)
+    data, resized = K.resize_like_preprocess(src, 128, 95)
     assert resized
     out = tmp_path / ("small" + src.suffix)
     out.write_bytes(data)
@@ -91,7 +97,7 @@ def test_resize_like_preprocess_keeps_the_cache(tmp_path, fmt):
     r = Recipe(size=128, percentiles=(1.0, 95.0), channels=("raw",))
     diff = np.abs(prepare(load_grey(out), r).astype(int) - prepare(load_grey(src), r).astype(int))
     assert diff.max() <= (2 if fmt == "PNG" else 40) and diff.mean() < (0.5 if fmt == "PNG" else 3)
-    same, resized = B.resize_like_preprocess(out, 128, 95)
+    same, resized = K.resize_like_preprocess(out, 128, 95)
     assert not resized and same == data
 
 
@@ -102,14 +108,14 @@ def test_resized_mask_is_exact(tmp_path):
     src = tmp_path / "m.png"
     Image.fromarray(mask).save(src)
     out = tmp_path / "m_small.png"
-    out.write_bytes(B.resize_mask_like_preprocess(src, (128, 94), 128))
+    out.write_bytes(K.resize_mask_like_preprocess(src, (128, 94), 128))
     np.testing.assert_array_equal(prepare_mask(load_mask(out), 128), prepare_mask(load_mask(src), 128))
     with pytest.raises(B.BundleError, match="its image"):
-        B.resize_mask_like_preprocess(src, (128, 128), 128)
+        K.resize_mask_like_preprocess(src, (128, 128), 128)
 
 
 def test_wheel_plan_leaves_the_torch_stack_and_unused_packages_to_the_host():
-    plan = B.wheel_plan()
+    plan = K.wheel_plan()
     for name in ("dvc", "dvclive", "captum", "monai", "imagehash", "dulwich", "omegaconf"):
         assert name in plan
     for name in ("torch", "numpy", "pandas", "timm", "scipy", "pygit2", "celery", "pywavelets"):
@@ -190,3 +196,61 @@ def test_read_manifest_checks_sizes_and_hashes(tmp_path):
 def test_host_missing_installs_only_what_the_host_lacks():
     wheels = ["dvc_data-3.18.3-py3-none-any.whl", "no_such_dist_cxrbench-1.0-py3-none-any.whl"]
     assert B.host_missing(wheels) == ["no_such_dist_cxrbench-1.0-py3-none-any.whl"]
+
+
+def _module_level_imports(tree: ast.Module) -> list[str]:
+    """Top names of the imports that run when the module loads (not those inside functions or classes)."""
+    names, todo = [], list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Import):
+            names += [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names.append("." if node.level else node.module.split(".")[0])
+        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            todo += list(ast.iter_child_nodes(node))
+    return names
+
+
+def test_host_imports_the_standard_library_only():
+    """The runner travels alone: what it imports at load time is the standard library, and the package
+    nowhere but in write_params (which runs in a Python whose path holds the unpacked tree)."""
+    tree = ast.parse(Path(B.__file__).read_text(encoding="utf-8"))
+    imports = _module_level_imports(tree)
+    assert imports and not [n for n in imports if n not in sys.stdlib_module_names and n != "__future__"]
+    users = {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+             and any(isinstance(n, ast.ImportFrom) and (n.module or "").startswith("cxrbench") for n in ast.walk(f))}
+    assert users == {"write_params"}
+
+
+def test_copied_runner_runs_alone_with_the_standard_library(tmp_path):
+    """The bundle's bundle.py is host.py, and runs (help, collect) alone in an isolated Python without
+    site-packages (-I -S): no package, no third-party module."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    runner = K.copy_runner(bundle)
+    assert runner.name == "bundle.py" == K.RUNNER and runner.read_bytes() == Path(B.__file__).read_bytes()
+    alone = [sys.executable, "-I", "-S", str(runner)]
+    for args in ([], ["run"], ["collect"]):
+        done = subprocess.run(alone + args + ["--help"], cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert "--step-seconds" in subprocess.run(alone + ["run", "--help"], capture_output=True, text=True).stdout
+    work = _work(tmp_path)
+    done = subprocess.run(alone + ["collect", "--work", str(work), "--out", str(tmp_path / "out")], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {*B.RESULT_PARTS, "timings.json", B.RUN_LOG}
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not Path(".git").exists(), reason="needs the git checkout")
+def test_source_archive_holds_the_package_tree(tmp_path):
+    """source.tar.gz holds every tracked file, subfolders included: the package's subpackages, the runner,
+    the stages and what DVC and the install read."""
+    info = K.source_archive(tmp_path / "source.tar.gz")
+    names = set(_names(tmp_path / "source.tar.gz"))
+    tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, check=True).stdout.split()
+    assert info["files"] == len(names) == len([n for n in tracked if Path(n).is_file()])
+    for name in ("pyproject.toml", "dvc.yaml", "params.yaml", "profiles/gpu.yaml", "stages/train.py",
+                 "cxrbench/__init__.py", "cxrbench/core/paths.py", "cxrbench/explain/metrics/__init__.py",
+                 "cxrbench/ops/bundle/host.py", "cxrbench/ops/bundle/pack.py"):
+        assert name in names
