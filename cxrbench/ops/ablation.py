@@ -68,14 +68,15 @@ def prepare_clone(repo: Path, workdir: Path) -> Path:
     return clone
 
 
-def _stage(clone: Path, log, *args: str) -> None:
-    cmd = [sys.executable, *args]
+def _stage(clone: Path, log, script: str, *args: str) -> None:
+    """Run ``stages/NAME.py`` in ``clone`` as dvc.yaml does, as a module: the clone's package is the code."""
+    cmd = [sys.executable, "-m", script.removesuffix(".py").replace("/", "."), *args]
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", "CXRBENCH_PROGRESS": "lines"}
     code = subprocess.call(cmd, cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT)
     if code != 0:
-        raise RuntimeError(f"ablation: `{' '.join(args)}` failed (exit {code}) in {clone}: see {log.name}")
+        raise RuntimeError(f"ablation: `{' '.join(cmd[1:])}` failed (exit {code}) in {clone}: see {log.name}")
 
 
 def run_row(clone: Path, workdir: Path, base: dict, profile: dict, ablation: dict, row: dict) -> dict:
