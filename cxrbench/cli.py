@@ -18,7 +18,7 @@ import sys
 # subcommand -> (module whose main(argv) runs it, one line of help). Modules are imported only when run.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("cxrbench.ops.profiles", "run a profile of the pipeline (profiles/NAME.yaml) as a DVC experiment"),
-    "profiles": ("cxrbench.ops.profiles", "list, show or run the profiles"),
+    "profiles": ("cxrbench.ops.profiles", "show a profile's command, or run it"),
     "predict": ("cxrbench.studies.predict", "predict the labels of your own radiographs with a trained run"),
     "gate": ("cxrbench.ops.gate", "compare the CI run's metrics with the committed baseline (check, snapshot)"),
     "spread": ("cxrbench.ops.spread", "measure how far the gate's metrics move when only the machine changes"),

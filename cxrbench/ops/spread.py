@@ -16,7 +16,7 @@ and becomes the baseline.
     cxrbench spread measure            # every perturbation, then collect (about 15 min a run on 2 cores)
     cxrbench spread measure --only threads1 seed43
     cxrbench spread collect WORKDIR    # rewrite the spread JSON from finished runs
-    cxrbench spread table              # the committed spread as a markdown table (README)
+    cxrbench spread table              # the committed spread as a markdown table (docs/ci-and-gate.md)
 
 ``measure`` clones the committed HEAD once per run into ``--workdir`` (with the
 ``shared`` folder beside it, as in CI), runs ``cxrbench profiles run

@@ -188,7 +188,7 @@ def section_cohort(r: Report) -> None:
     r.include(paths.COHORT_AUDIT_MD, f"{paths.COHORT_AUDIT_MD} not found: run `dvc repro split`.")
     r.text("### How much of the published score survives: the one-factor ablation ladder (committed)")
     r.include(paths.ABLATION_TABLE, f"{paths.ABLATION_TABLE} not found: build it with `cxrbench ablation "
-                                     "run` and `cxrbench ablation table` (README, 'The authors' cohort').")
+                                     "run` and `cxrbench ablation table` (docs/authors-cohort.md).")
 
 
 SECTIONS: tuple[Callable[[Report], None], ...] = (section_data, section_unet, section_classification,
