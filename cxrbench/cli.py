@@ -19,7 +19,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("cxrbench.ops.profiles", "run a profile of the pipeline (profiles/NAME.yaml) as a DVC experiment"),
     "profiles": ("cxrbench.ops.profiles", "show a profile's command, or run it"),
-    "predict": ("cxrbench.studies.predict", "predict the labels of your own radiographs with a trained run"),
+    "predict": ("cxrbench.studies.predict.cli", "predict the labels of your own radiographs with a trained run"),
     "gate": ("cxrbench.ops.gate", "compare the CI run's metrics with the committed baseline (check, snapshot)"),
     "spread": ("cxrbench.ops.spread", "measure how far the gate's metrics move when only the machine changes"),
     "ablation": ("cxrbench.ops.ablation", "run and tabulate the ablation ladder"),

@@ -4,23 +4,22 @@ Off when external.sources is empty: it then writes an "off" metrics/external.jso
 plots/external_calibration.png at once. Otherwise reads data/index.csv, data/cache/meta.json (the recipe),
 models/classifier, metrics/eval (thresholds), data/predictions (internal test) and each source's images;
 writes data/external/<source>/ (preprocessed cache, per-image predictions), metrics/external.{json,md} and
-plots/external_calibration.png. See cxrbench/studies/external.py.
+plots/external_calibration.png. See cxrbench/studies/external/.
 """
 
-
-
 from cxrbench.core import params as P
-from cxrbench.core import runtime
-from cxrbench.studies import external
+from cxrbench.core import paths, runtime
+from cxrbench.studies.external import run as external
+from cxrbench.studies.external import sources
 
 
-def main() -> None:
-    params = P.stage_params(__doc__)
-    external.validate(params)                      # every key checked before torch is started
+def main(argv: list[str] | None = None) -> None:
+    params = P.stage_params(__doc__, argv)
+    sources.validate(params)                       # every key checked before torch is started
     runtime.configure()
     result = external.run_stage(params, workers=runtime.workers(), show=True)
     if result["status"] == "on":
-        print(f"external: {external.METRICS_MD}, {external.METRICS_JSON}, {external.PLOT} "
+        print(f"external: {paths.EXTERNAL_MD}, {paths.EXTERNAL_METRICS}, {paths.EXTERNAL_CALIBRATION_PLOT} "
               f"in {result['seconds']:.0f} s")
     else:
         print(f"external: off ({result['reason']})")

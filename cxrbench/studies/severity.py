@@ -11,6 +11,7 @@ so a report can credit the source.
 * :func:`read_scores`: the scores by pipeline path (``covid_chestxray/images/<filename>``).
 * :func:`lung_share`: per map, the share of its positive relevance inside the lung mask.
 * :func:`correlate`: Spearman's rho between that share and a score, with a CI over patient groups.
+* :func:`run`: the severity stage, every classifier's maps of the scored held-out test images.
 
 Degenerate inputs give a status, never a number: a map that is constant,
 non-finite or has no positive value, an empty lung mask (:func:`lung_share`),
@@ -27,10 +28,18 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import stats
 
+from cxrbench.classify import training
+from cxrbench.core import bootstrap, paths, runtime
+from cxrbench.core import params as P
 from cxrbench.core.bootstrap import format_ci, group_ci
+from cxrbench.core.io import write_json, write_text
+from cxrbench.data.cache import Cache
+from cxrbench.explain import attribution as A
 from cxrbench.explain.metrics.localisation import counts, map_status
+from cxrbench.lungs.segmentation import LUNG_MASKS, load_lung_masks
 
 PREFIX = "covid_chestxray/images/"
 EXTENT_COLUMNS = ("geographic_mean", "geographic_extent_mean")      # the mirror's name, and the documented one
@@ -38,6 +47,7 @@ RANGES = {"extent": (0.0, 8.0), "opacity": (0.0, 6.0)}
 SHARE_STATUSES = ("ok", "constant", "nonfinite", "no_positive", "empty_mask")
 MODES = ("positive", "absolute")
 MIN_N, MIN_GROUPS = 5, 2
+OUT_JSON, OUT_MD = paths.SEVERITY, paths.SEVERITY_MD
 
 
 # --- scores --------------------------------------------------------------------------------------------------
@@ -235,3 +245,87 @@ def severity_table(rows: Sequence[Mapping[str, Any]] | Mapping[str, Mapping[str,
     if meta:
         lines.append(f"Scores: {meta.get('citation', '?')} License: {meta.get('license', '?')}.")
     return "\n".join(lines)
+
+
+# --- the stage -----------------------------------------------------------------------------------------------
+
+def run(params: dict) -> None:
+    """The severity stage on ``params``: every classifier x method of severity.methods explained on the scored
+    held-out test images, the lung share correlated with the score; metrics/severity.{json,md}."""
+    sv = P.section(params, "severity")
+    methods = sv.get("methods")
+    if not isinstance(methods, list):
+        raise P.ParamError("severity.methods", f"expected a list of attribution methods ([] skips), got {methods!r}")
+    for m in methods:
+        A.check_method(m, "severity.methods")
+    score_col = P.check_choice("severity.score", sv.get("score"), ["extent", "opacity"])
+    if not methods:
+        write_json(OUT_JSON, {"status": "skipped", "reason": "severity.methods is empty"})
+        write_text(OUT_MD, "### Severity plausibility\n\nSkipped: severity.methods is empty.\n")
+        print("severity: skipped (severity.methods is empty)")
+        return
+    stats = bootstrap.validate(params)
+    rt = runtime.configure()
+    device = runtime.device()
+    s = A.validate(params)
+    target_name = sv.get("target")
+    scores_file = Path(sv.get("scores_file", ""))
+    scores = read_scores(scores_file)
+    meta_lines = read_scores_meta(scores_file)
+
+    cache = Cache(paths.CACHE, paths.INDEX)
+    splits = pd.read_csv(paths.SPLITS, keep_default_na=False)
+    test = splits[splits["split"] == "test"]
+    scored = test.merge(scores, on="path", how="inner").reset_index(drop=True)
+    base = {"scores_file": str(scores_file), "score": score_col, "scored_images": int(len(scores)),
+            "scored_test_images": int(len(scored)), "scored_test_groups": int(scored["group"].nunique()),
+            "license": meta_lines, "methods": methods, "target": target_name}
+    if len(scored) < 5:
+        write_json(OUT_JSON, {**base, "status": "too_few", "reason": f"{len(scored)} scored test images (< 5)"})
+        write_text(OUT_MD, f"### Severity plausibility\n\nNot scored: {len(scored)} held-out test images have a "
+                           f"severity score (< 5).\n")
+        print(f"severity: too few scored test images ({len(scored)})")
+        return
+    rows = cache.rows(scored["path"])
+    if not Path(LUNG_MASKS).is_file():
+        raise FileNotFoundError(f"{LUNG_MASKS} not found: run the segment stage (dvc repro segment)")
+    lungs = np.asarray(load_lung_masks(len(cache.index), mmap=True)[rows])
+    checkpoint = training.checkpoint_file(params)
+    shares: dict = {}          # backbone -> method -> list over folds of (N,) shares
+    status: dict = {}
+    for bb in P.section(params, "train.backbones"):
+        for k in P.section(params, "train.folds"):
+            model, meta = A.load_classifier(bb, k, device, checkpoint)
+            labels = list(meta["labels"])
+            if target_name not in labels:
+                raise P.ParamError("severity.target", f"{target_name!r} is not among the classifier's labels")
+            x = A.classifier_input(cache.images[rows], meta, device, lungs)
+            masks = A.resize_masks(lungs, tuple(x.shape[-2:]))
+            target = torch.full((len(x),), labels.index(target_name), device=device)
+            run = A.attribute_all(methods, model, x, target, s, bb, log=lambda msg: print(f"  {bb}-f{k}" + msg))
+            maps = run.maps
+            status[f"{bb}-f{k}"] = run.status
+            for m, a in maps.items():
+                v, map_status = lung_share(a.astype(np.float32), masks)
+                shares.setdefault(bb, {}).setdefault(m, []).append(v)
+                status[f"{bb}-f{k}"][m]["maps"] = share_counts(map_status)
+            area = masks.reshape(len(masks), -1).mean(1)
+            shares.setdefault(bb, {}).setdefault("lung area (random map)", []).append(area)
+            print(f"severity: {bb}-f{k} {len(maps)}/{len(methods)} methods on {len(x)} scored test images")
+    y = scored[score_col].to_numpy(float)
+    groups = scored["group"].to_numpy()
+    results = {}
+    for bb, per in shares.items():
+        for m, folds in per.items():
+            v = np.stack(folds).mean(0)          # NaN where any fold's map is degenerate: correlate() drops and counts
+            results.setdefault(bb, {})[m] = correlate(v, y, groups, n_boot=stats["resamples"],
+                                                      seed=stats["seed"], confidence=stats["confidence"])
+    write_json(OUT_JSON, {**base, "status": "ok", "results": results, "methods_status": status, "runtime": rt})
+    write_text(OUT_MD, "\n".join([
+        "### Severity plausibility", "",
+        f"Spearman correlation between the share of positive relevance inside the lungs and the radiologists' "
+        f"{score_col} score, {len(scored)} held-out test images of {scored['group'].nunique()} patients "
+        f"(mean over folds per backbone; CI over patients; dropped: images whose map was degenerate in some fold). Control: the lung mask's area share (what a "
+        f"uniform random map gives). Scores: {scores_file.name} (CC BY-SA, Cohen et al. 2020).", "",
+        severity_table(results), ""]))
+    print(f"severity: {OUT_MD}")

@@ -1,4 +1,4 @@
-"""External validation (cxrbench/studies/external.py) and the model card (cxrbench/report/model_card.py).
+"""External validation (cxrbench/studies/external/) and the model card (cxrbench/report/model_card.py).
 
 The Kermany files of the embedded sample stand in for a source: the study's patients are excluded by the
 patient id in the file name (every image of such a child, including those the study did not index), a
@@ -18,7 +18,12 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from cxrbench.core import bootstrap as B
-from cxrbench.studies import external as X
+from cxrbench.studies.external import images as XI
+from cxrbench.studies.external import overlap as XO
+from cxrbench.studies.external import run as XR
+from cxrbench.studies.external import sources as XS
+from cxrbench.studies.external import stats as XT
+from cxrbench.studies.external import tables as XM
 from cxrbench.report import model_card
 from cxrbench.report import document as reporting
 from cxrbench.data.images import load_grey
@@ -37,7 +42,7 @@ def _params(params, **entry):
 
 
 def _source(params, **entry):
-    return X.validate(_params(params, **entry)).sources[0]
+    return XS.validate(_params(params, **entry)).sources[0]
 
 
 def test_unused_kermany_set_drops_every_image_of_a_study_child(params, table, raw, index_frame):
@@ -47,40 +52,40 @@ def test_unused_kermany_set_drops_every_image_of_a_study_child(params, table, ra
                | km["path"].str.endswith("person266_bacteria_1238.jpeg")]
     assert len(study) == 4
     src = _source(params)
-    root, prefix = X.source_root(src, raw=raw)
-    frame, unparsed = X.list_images(src, root, prefix, table)
+    root, prefix = XS.source_root(src, raw=raw)
+    frame, unparsed = XS.list_images(src, root, prefix, table)
     assert len(frame) == len(km) == 60 and unparsed == []
     assert set(frame["path"]) == set(km["path"])                 # named as data/index.csv names them
     assert (frame.set_index("path")["patient"] == km.set_index("path")["patient"]).all()   # as indexing derives them
-    kept, excluded = X.separate_from_study(frame, study, src)
+    kept, excluded = XO.separate_from_study(frame, study, src)
     assert excluded == {"patients": 4, "images": 5}
     assert "kermany/train/PNEUMONIA/person266_bacteria_1242.jpeg" not in set(kept["path"])
     assert not set(kept["patient"]) & set(study["patient"]) and len(kept) == 55
     virus = kept[kept["finding"] == "virus"].iloc[0]
     assert virus["y_viral"] == virus["y_pneumonia"] == 1 and virus["y_bacterial"] == virus["y_healthy"] == 0
-    capped = X.cap_per_class(kept, 5, seed=0)
+    capped = XO.cap_per_class(kept, 5, seed=0)
     assert capped["finding"].value_counts().to_dict() == {"NORMAL": 5, "bacteria": 5, "virus": 5}
-    pd.testing.assert_frame_equal(capped, X.cap_per_class(kept, 5, seed=0))        # seeded
+    pd.testing.assert_frame_equal(capped, XO.cap_per_class(kept, 5, seed=0))        # seeded
 
 
 def test_a_source_that_overlaps_the_study_is_refused(params, table, index_frame, tmp_path, monkeypatch):
     """A declared source holding the study's patients is an error naming them, at the stage, before any model."""
     mirror = str(SAMPLE_KERMANY)
     p = _params(params, source=None, mirror=mirror, exclude_study_patients=False)
-    src = X.validate(p).sources[0]
-    frame, _ = X.list_images(src, *X.source_root(src), table)
-    with pytest.raises(X.OverlapError, match=r"shares 59 patient\(s\) with the study.*km:IM-0129.*"
+    src = XS.validate(p).sources[0]
+    frame, _ = XS.list_images(src, *XS.source_root(src), table)
+    with pytest.raises(XS.OverlapError, match=r"shares 59 patient\(s\) with the study.*km:IM-0129.*"
                                              r"exclude_study_patients: true"):
-        X.separate_from_study(frame, index_frame, src)
+        XO.separate_from_study(frame, index_frame, src)
     # the stage itself: data/index.csv of the study, no models needed to refuse
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
     index_frame.to_csv(tmp_path / "data" / "index.csv", index=False)
-    with pytest.raises(X.OverlapError, match=r"km:IM-0129, .* and 39 more"):
-        X.run_stage(p, device="cpu", show=False)
+    with pytest.raises(XS.OverlapError, match=r"km:IM-0129, .* and 39 more"):
+        XR.run_stage(p, device="cpu", show=False)
     # excluding them leaves nothing external here: an error too, not an empty score
-    with pytest.raises(X.ExternalError, match="no image left"):
-        X.run_stage(_params(params, source=None, mirror=mirror), device="cpu", show=False)
+    with pytest.raises(XS.ExternalError, match="no image left"):
+        XR.run_stage(_params(params, source=None, mirror=mirror), device="cpu", show=False)
 
 
 def test_a_pixel_identical_copy_of_a_study_image_is_refused(params, index_frame):
@@ -88,8 +93,8 @@ def test_a_pixel_identical_copy_of_a_study_image_is_refused(params, index_frame)
     row = index_frame.iloc[0]
     frame = pd.DataFrame({"path": ["other/copy.png", "other/fresh.png"]})
     state = pd.DataFrame({"status": ["ok", "ok"], "exact_hash": [row["exact_hash"], "0" * 40]})
-    with pytest.raises(X.OverlapError, match=rf"pixel-identical.*other/copy.png = {row['path']}"):
-        X.refuse_identical(frame, state, index_frame, src)
+    with pytest.raises(XS.OverlapError, match=rf"pixel-identical.*other/copy.png = {row['path']}"):
+        XO.refuse_identical(frame, state, index_frame, src)
 
 
 @pytest.mark.parametrize("entry, key", [
@@ -104,7 +109,7 @@ def test_a_pixel_identical_copy_of_a_study_image_is_refused(params, index_frame)
 ])
 def test_bad_declarations_name_the_key(params, entry, key):
     with pytest.raises(ParamError) as err:
-        X.validate(_params(params, **entry))
+        XS.validate(_params(params, **entry))
     assert err.value.key == key
 
 
@@ -112,13 +117,13 @@ def test_bad_sources_and_models_name_the_key(params):
     p = _params(params)
     p["external"]["sources"] = ["elsewhere"]
     with pytest.raises(ParamError, match="not declared under external.catalog"):
-        X.validate(p)
+        XS.validate(p)
     p = _params(params)
     p["external"]["models"] = ["ensemble", "resnet18:9"]
     with pytest.raises(ParamError, match=r"external.models.*resnet18:9.*does not train"):
-        X.validate(p)
+        XS.validate(p)
     p["external"]["models"] = ["each_backbone"]
-    assert X.validate(p).models == params["train"]["backbones"]
+    assert XS.validate(p).models == params["train"]["backbones"]
 
 
 def _synthetic(n, seed, shift=1.0, groups_per=2):
@@ -129,13 +134,13 @@ def _synthetic(n, seed, shift=1.0, groups_per=2):
     prob[:5, 0] = 0.5                                           # ties
     pred = (prob >= 0.5).astype(int)
     groups = np.array([f"p{i // groups_per}" for i in range(n)])
-    return X.Scored(y, prob, pred, groups)
+    return XT.Scored(y, prob, pred, groups)
 
 
 def test_metrics_agree_with_scikit_learn():
     internal, external = _synthetic(120, 0), _synthetic(90, 1, shift=0.5)
-    out = X.score_label({X.INTERNAL: internal, X.EXTERNAL: external}, 0, STATS, 10, [(X.EXTERNAL, X.INTERNAL)])
-    for name, s in ((X.INTERNAL, internal), (X.EXTERNAL, external)):
+    out = XT.score_label({XT.INTERNAL: internal, XT.EXTERNAL: external}, 0, STATS, 10, [(XT.EXTERNAL, XT.INTERNAL)])
+    for name, s in ((XT.INTERNAL, internal), (XT.EXTERNAL, external)):
         r = out["sets"][name]
         y, p, d = s.y[:, 0], s.prob[:, 0], s.pred[:, 0]
         assert r["auroc"]["estimate"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
@@ -143,16 +148,16 @@ def test_metrics_agree_with_scikit_learn():
         assert r["sensitivity"]["estimate"] == pytest.approx(d[y == 1].mean())
         assert r["specificity"]["estimate"] == pytest.approx(1 - d[y == 0].mean())
         assert r["ap_chance"] == pytest.approx(y.mean()) and r["auroc_chance"] == 0.5
-        for m in X.METRICS:
+        for m in XT.METRICS:
             assert r[m]["low"] <= r[m]["estimate"] <= r[m]["high"]
         assert r["groups"] == len(set(s.groups))
-    diff = out["auroc_differences"][f"{X.EXTERNAL}-{X.INTERNAL}"]
-    assert diff["estimate"] == pytest.approx(out["sets"][X.EXTERNAL]["auroc"]["estimate"]
-                                             - out["sets"][X.INTERNAL]["auroc"]["estimate"])
+    diff = out["auroc_differences"][f"{XT.EXTERNAL}-{XT.INTERNAL}"]
+    assert diff["estimate"] == pytest.approx(out["sets"][XT.EXTERNAL]["auroc"]["estimate"]
+                                             - out["sets"][XT.INTERNAL]["auroc"]["estimate"])
     assert diff["high"] < 0                                     # the weaker external scores are seen as weaker
     # label 1 has no positive: listed with the reason, nothing computed
-    skipped = X.score_label({X.INTERNAL: internal, X.EXTERNAL: external}, 1, STATS, 10, [])
-    assert skipped["sets"] == {} and skipped["not_scorable"][X.EXTERNAL] == "no positive image (0 of 90)"
+    skipped = XT.score_label({XT.INTERNAL: internal, XT.EXTERNAL: external}, 1, STATS, 10, [])
+    assert skipped["sets"] == {} and skipped["not_scorable"][XT.EXTERNAL] == "no positive image (0 of 90)"
 
 
 def test_weighted_statistics_agree_with_scikit_learn():
@@ -163,10 +168,10 @@ def test_weighted_statistics_agree_with_scikit_learn():
         assert B.ap_statistic(y, score)(w) == pytest.approx(average_precision_score(y, score, sample_weight=w),
                                                             abs=1e-12)
     findings = np.array(["a"] * 50 + ["b"] * 150)
-    w = X.mix_weights(findings, np.array(["a"] * 30 + ["b"] * 30))
+    w = XT.mix_weights(findings, np.array(["a"] * 30 + ["b"] * 30))
     assert w[0] == pytest.approx(0.5 / 0.25) and w[-1] == pytest.approx(0.5 / 0.75)
-    assert X.mix_weights(findings, np.array(["a", "c"])) is None
-    rel = X.reliability(y, np.clip(score, 0, 1), 5)
+    assert XT.mix_weights(findings, np.array(["a", "c"])) is None
+    rel = XT.reliability(y, np.clip(score, 0, 1), 5)
     assert sum(pt["n"] for pt in rel["points"]) == 200 and 0 <= rel["ece"] <= 1
 
 
@@ -174,14 +179,14 @@ def test_preprocessing_is_cached_by_file_content_and_recipe(tmp_path):
     files = sorted((SAMPLE_KERMANY / "train" / "NORMAL").glob("*.jpeg"))[:4]
     frame = pd.DataFrame({"path": [f.name for f in files], "file": [str(f) for f in files]})
     recipe = Recipe(size=32, percentiles=(1.0, 95.0), channels=("raw",))
-    images, state, reused = X.prepare_images(frame, recipe, tmp_path / "cache", show=False)
+    images, state, reused = XI.prepare_images(frame, recipe, tmp_path / "cache", show=False)
     assert reused == 0 and (state["status"] == "ok").all()
     np.testing.assert_array_equal(images[2], prepare(load_grey(files[2]), recipe))        # predict's input
-    again, state2, reused = X.prepare_images(frame.iloc[::-1].reset_index(drop=True), recipe, tmp_path / "cache",
+    again, state2, reused = XI.prepare_images(frame.iloc[::-1].reset_index(drop=True), recipe, tmp_path / "cache",
                                              show=False)
     assert reused == 4
     np.testing.assert_array_equal(again[::-1], images)
-    _, _, reused = X.prepare_images(frame, Recipe(size=48, percentiles=(1.0, 95.0), channels=("raw",)),
+    _, _, reused = XI.prepare_images(frame, Recipe(size=48, percentiles=(1.0, 95.0), channels=("raw",)),
                                     tmp_path / "cache", show=False)
     assert reused == 0                                          # another recipe: computed again
 
@@ -189,11 +194,11 @@ def test_preprocessing_is_cached_by_file_content_and_recipe(tmp_path):
 def test_off_by_default_writes_off_outputs(params, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert params["external"]["sources"] == []
-    result = X.run_stage(params, show=False)
+    result = XR.run_stage(params, show=False)
     assert result["status"] == "off"
-    assert json.loads((tmp_path / X.METRICS_JSON).read_text())["status"] == "off"
-    assert "Off:" in (tmp_path / X.METRICS_MD).read_text()
-    assert (tmp_path / X.PLOT).is_file() and (tmp_path / X.OUT_DIR).is_dir()
+    assert json.loads((tmp_path / XR.METRICS_JSON).read_text())["status"] == "off"
+    assert "Off:" in (tmp_path / XR.METRICS_MD).read_text()
+    assert (tmp_path / XM.PLOT).is_file() and (tmp_path / XS.OUT_DIR).is_dir()
 
 
 def test_model_card_renders_with_missing_inputs(params, tmp_path):
@@ -221,13 +226,13 @@ def test_model_card_renders_with_missing_inputs(params, tmp_path):
 @pytest.mark.parametrize("compare_with", [None, "kermany"])
 def test_markdown_shows_chance_cis_and_the_reason_a_label_is_not_scored(compare_with):
     internal, external = _synthetic(120, 0), _synthetic(90, 1, shift=0.5)
-    sets = {X.INTERNAL: internal, X.EXTERNAL: external}
-    diffs = [(X.EXTERNAL, X.INTERNAL)]
+    sets = {XT.INTERNAL: internal, XT.EXTERNAL: external}
+    diffs = [(XT.EXTERNAL, XT.INTERNAL)]
     if compare_with:
-        sets[X.SAME] = internal
-        sets[X.MIX] = X.Scored(external.y, external.prob, external.pred, external.groups, np.full(90, 2.0))
-        diffs = [(X.EXTERNAL, X.SAME), (X.MIX, X.SAME)]
-    labels = {n: X.score_label(sets, j, STATS, 10, diffs) for j, n in enumerate(["covid19", "healthy"])}
+        sets[XT.SAME] = internal
+        sets[XT.MIX] = XT.Scored(external.y, external.prob, external.pred, external.groups, np.full(90, 2.0))
+        diffs = [(XT.EXTERNAL, XT.SAME), (XT.MIX, XT.SAME)]
+    labels = {n: XT.score_label(sets, j, STATS, 10, diffs) for j, n in enumerate(["covid19", "healthy"])}
     source = {"note": "same hospital", "compare_with": compare_with, "max_images_per_class": None,
               "excluded": {"patients": 2, "images": 3}, "unparsed": [], "unreadable": [],
               "images": {"listed": 95, "scored": 90, "patients": 45, "capped": 0, "by_finding": "a 90"},
@@ -236,8 +241,8 @@ def test_markdown_shows_chance_cis_and_the_reason_a_label_is_not_scored(compare_
               "models": {"ensemble": {"labels": labels}}}
     result = {"status": "on", "models": {"ensemble": ["m-f0", "m-f1"]}, "confidence": 0.95, "resamples": 200,
               "calibration_bins": 10, "sources": {"toy": source}, "seconds": 1.0, "runtime": {"cpu": "x"}}
-    text = X.markdown(result)
-    est = labels["covid19"]["sets"][X.EXTERNAL]["auroc"]
+    text = XM.markdown(result)
+    est = labels["covid19"]["sets"][XT.EXTERNAL]["auroc"]
     assert f"{est['estimate']:.3f} [{est['low']:.3f}, {est['high']:.3f}]" in text
     assert "AUROC 0.5" in text and "same hospital" in text
     assert "healthy: no positive image (0 of 90)" in text

@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxrbench.studies import planted as PL
+from cxrbench.studies.planted import localisation as PLL
+from cxrbench.studies.planted import ranking as PLK
+from cxrbench.studies.planted import reliance as PLR
 
 N_BOOT = 200
 
@@ -33,7 +35,7 @@ def _study(drop: float, rise: float, seed: int = 0, n: int = 240):
 
 
 def _reliance(probs, target, tagged, moved, groups):
-    return PL.reliance(probs, target=target, tagged=tagged, moved=moved, groups=groups, n_boot=N_BOOT, seed=1)
+    return PLR.reliance(probs, target=target, tagged=tagged, moved=moved, groups=groups, n_boot=N_BOOT, seed=1)
 
 
 def test_reliance_recovers_planted_shifts():
@@ -75,7 +77,7 @@ def test_reliance_degenerate_inputs_give_status():
         _reliance({**probs, "removed": probs["removed"] + 2}, target, tagged, moved, groups)
     with pytest.raises(ValueError, match="keys"):
         _reliance({"as_is": probs["as_is"]}, target, tagged, moved, groups)
-    md = PL.reliance_table({"resnet18": _reliance(*_study(0.3, 0.2)), "resnet18-f0": r})
+    md = PLR.reliance_table({"resnet18": _reliance(*_study(0.3, 0.2)), "resnet18-f0": r})
     assert "| resnet18 |" in md and "no_tagged_targets" in md and "Chance" in md
 
 
@@ -107,9 +109,9 @@ def _frame(backbones=("bb",), n: int = 12, flaky_constant: tuple[int, ...] = (0,
     frames = []
     for bb in backbones:
         for name, maps in (("oracle", oracle), ("anti", 1.0 - oracle), ("flaky", flaky)):
-            frames.append(PL.localisation_frame(maps, boxes, method=name, backbone=bb, fold=0, paths=paths,
+            frames.append(PLL.localisation_frame(maps, boxes, method=name, backbone=bb, fold=0, paths=paths,
                                                 groups=groups, rng=np.random.default_rng(0)))
-        frames.append(PL.random_frame(boxes, (SIDE, SIDE), backbone=bb, fold=0, paths=paths, groups=groups, seed=3))
+        frames.append(PLL.random_frame(boxes, (SIDE, SIDE), backbone=bb, fold=0, paths=paths, groups=groups, seed=3))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -117,7 +119,7 @@ def test_localisation_table_known_answers_and_common_set():
     frame = _frame(backbones=("bb", "bb2"))
     assert list(frame.columns[:10]) == ["method", "backbone", "fold", "path", "group", "pointing", "mass", "rank",
                                         "auroc", "status"]
-    t = PL.localisation_table(frame, n_boot=N_BOOT, seed=0)
+    t = PLL.localisation_table(frame, n_boot=N_BOOT, seed=0)
     json.dumps(t, allow_nan=False)
     assert set(t["scopes"]) == {"bb", "bb2", "pooled"}
     s = t["scopes"]["bb"]
@@ -135,7 +137,7 @@ def test_localisation_table_known_answers_and_common_set():
         assert e["methods"]["random"]["gain"] is None
         assert e["chance"] == pytest.approx(0.5 if metric == "auroc" else p)
     assert s["metrics"]["rank"]["methods"]["oracle"]["gain"]["low"] > 0.8
-    md = PL.localisation_markdown(t, "rank")
+    md = PLL.localisation_markdown(t, "rank")
     assert "11 ok, 1 constant" in md and "| chance |" in md and "common set 11 images, 6 patient groups" in md
     bb_part = md.split("**bb**")[1].split("**bb2**")[0]
     pos = {m: bb_part.index(f"| {m} |") for m in ("oracle", "flaky", "anti", "random")}
@@ -143,21 +145,21 @@ def test_localisation_table_known_answers_and_common_set():
 
 
 def test_localisation_table_empty_common_set_and_validation():
-    t = PL.localisation_table(_frame(flaky_constant=tuple(range(12))), n_boot=N_BOOT, seed=0)
+    t = PLL.localisation_table(_frame(flaky_constant=tuple(range(12))), n_boot=N_BOOT, seed=0)
     s = t["scopes"]["bb"]
     assert s["common"] == {**s["common"], "n": 0, "status": "empty_common_set"}
     assert s["metrics"]["rank"]["methods"]["oracle"]["mean"]["estimate"] is None
     assert s["metrics"]["rank"]["chance"] is None
-    assert "empty_common_set" in PL.localisation_markdown(t, "rank")
+    assert "empty_common_set" in PLL.localisation_markdown(t, "rank")
     frame = _frame()
     with pytest.raises(ValueError, match="random"):
-        PL.localisation_table(frame[frame["method"] != "random"], n_boot=N_BOOT, seed=0)
+        PLL.localisation_table(frame[frame["method"] != "random"], n_boot=N_BOOT, seed=0)
     with pytest.raises(ValueError, match="two rows"):
-        PL.localisation_table(pd.concat([frame, frame.iloc[:1]]), n_boot=N_BOOT, seed=0)
+        PLL.localisation_table(pd.concat([frame, frame.iloc[:1]]), n_boot=N_BOOT, seed=0)
     boxes = _boxes(3)
     boxes[1] = -1
     with pytest.raises(ValueError, match="untagged"):
-        PL.localisation_frame(np.zeros((3, SIDE, SIDE)), boxes, method="m", backbone="bb", fold=0,
+        PLL.localisation_frame(np.zeros((3, SIDE, SIDE)), boxes, method="m", backbone="bb", fold=0,
                               paths=["a", "b", "c"], groups=["1", "2", "3"], rng=0)
 
 
@@ -165,10 +167,10 @@ def test_random_frame_near_chance_and_order_independent():
     boxes = _boxes(300, seed=5)
     paths, groups = [f"p{i}" for i in range(300)], [str(i) for i in range(300)]
     kw = dict(paths=paths, groups=groups, seed=7)
-    a = PL.random_frame(boxes, (SIDE, SIDE), backbone="bb", fold=1, **kw)
-    PL.random_frame(boxes, (SIDE, SIDE), backbone="bb", fold=0, **kw)       # another call in between
-    b = PL.random_frame(boxes, (SIDE, SIDE), backbone="bb", fold=1, **kw)
-    c = PL.random_frame(boxes, (SIDE, SIDE), backbone="bb", fold=2, **kw)
+    a = PLL.random_frame(boxes, (SIDE, SIDE), backbone="bb", fold=1, **kw)
+    PLL.random_frame(boxes, (SIDE, SIDE), backbone="bb", fold=0, **kw)       # another call in between
+    b = PLL.random_frame(boxes, (SIDE, SIDE), backbone="bb", fold=1, **kw)
+    c = PLL.random_frame(boxes, (SIDE, SIDE), backbone="bb", fold=2, **kw)
     pd.testing.assert_frame_equal(a, b)
     assert not np.allclose(a["rank"], c["rank"])
     assert (a["method"] == "random").all() and (a["status"] == "ok").all()
@@ -187,24 +189,24 @@ def _loc_table(gains: dict[str, float | None], scope: str = "pooled") -> dict:
 
 def test_ranking_agreement_reversal_and_ties(tmp_path):
     loc = _loc_table({"a": 0.5, "b": 0.4, "c": 0.3, "d": 0.2, "e": 0.1})
-    same = PL.ranking(loc, {"pooled": {"a": 0.9, "b": 0.5, "c": 0.2, "d": 0.1, "e": -0.3}})["scopes"]["pooled"]
+    same = PLK.ranking(loc, {"pooled": {"a": 0.9, "b": 0.5, "c": 0.2, "d": 0.1, "e": -0.3}})["scopes"]["pooled"]
     assert same["kendall_tau"] == pytest.approx(1.0) and same["spearman_rho"] == pytest.approx(1.0)
     assert same["n"] == 5 and same["top_localisation"] == ["a"] == same["top_aoppc"]
     assert "random" not in [row["method"] for row in same["methods"]]
-    rev = PL.ranking(loc, {"pooled": {"a": -0.3, "b": 0.1, "c": 0.2, "d": 0.5, "e": 0.9}})
+    rev = PLK.ranking(loc, {"pooled": {"a": -0.3, "b": 0.1, "c": 0.2, "d": 0.5, "e": 0.9}})
     s = rev["scopes"]["pooled"]
     assert s["kendall_tau"] == pytest.approx(-1.0) and s["spearman_rho"] == pytest.approx(-1.0)
     assert s["top_aoppc"] == ["e"] and {r["method"]: r["aoppc_rank"] for r in s["methods"]}["e"] == 1
-    tie = PL.ranking(loc, {"pooled": {"a": 0.9, "b": 0.5, "c": 0.5, "d": 0.1, "e": -0.3}})["scopes"]["pooled"]
+    tie = PLK.ranking(loc, {"pooled": {"a": 0.9, "b": 0.5, "c": 0.5, "d": 0.1, "e": -0.3}})["scopes"]["pooled"]
     ranks = {r["method"]: r["aoppc_rank"] for r in tie["methods"]}
     assert ranks["b"] == ranks["c"] == 2.5 and tie["kendall_tau"] < 1
-    few = PL.ranking(_loc_table({"a": 0.5, "b": 0.4, "c": None}), {"pooled": {"a": 1.0, "b": 0.0, "c": 0.5}})
+    few = PLK.ranking(_loc_table({"a": 0.5, "b": 0.4, "c": None}), {"pooled": {"a": 1.0, "b": 0.0, "c": 0.5}})
     f = few["scopes"]["pooled"]
     assert f["status"] == "too_few_methods" and f["kendall_tau"] is None and f["missing_localisation"] == ["c"]
-    md = PL.ranking_markdown(rev)
+    md = PLK.ranking_markdown(rev)
     assert "Kendall tau = -1.000" in md and "| e |" in md
-    assert "too_few_methods" in PL.ranking_markdown(few)
-    PL.ranking_plot(rev, tmp_path / "r.png")
+    assert "too_few_methods" in PLK.ranking_markdown(few)
+    PLK.ranking_plot(rev, tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 1000
 
 
@@ -219,15 +221,15 @@ def test_aoppc_gain_weighted_means():
         "random": {"A": {"f0": _cell(0.0, 10), "f1": _cell(0.2, 30)}, "B": {"f0": _cell(-0.1, 20)}},
         "lung_area": {"A": {"f0": {"lung_mass": {"mean": 0.3, "std": 0.1, "n": 10}}}},
     }}
-    g = PL.aoppc_gain(j)
+    g = PLK.aoppc_gain(j)
     assert g["A"]["m1"] == pytest.approx((0.4 * 10 + 0.1 * 30) / 40 - (0.0 * 10 + 0.2 * 30) / 40)
     assert g["B"]["m1"] == pytest.approx(0.3)
     assert g["pooled"]["m1"] == pytest.approx((4 + 3 + 4) / 60 - (0 + 6 - 2) / 60)
     assert g["A"]["m2"] == pytest.approx(0.5) and g["pooled"]["m2"] == pytest.approx(0.5)   # random on A f0 only
     assert "m2" not in g["B"] and all("lung_area" not in v and "random" not in v for v in g.values())
     with pytest.raises(ValueError, match="random"):
-        PL.aoppc_gain({"by_method": {"m1": j["by_method"]["m1"]}})
+        PLK.aoppc_gain({"by_method": {"m1": j["by_method"]["m1"]}})
     with pytest.raises(ValueError, match="MoRF"):
-        PL.aoppc_gain(j, key="aoppc_pixels_lerf")
+        PLK.aoppc_gain(j, key="aoppc_pixels_lerf")
 
 

@@ -20,7 +20,11 @@ import yaml
 
 from cxrbench.classify import evaluation as E
 from cxrbench.classify import models as M
-from cxrbench.studies import predict as PR
+from cxrbench.studies.predict import apply as PA
+from cxrbench.studies.predict import cli as PC
+from cxrbench.studies.predict import inputs as PI
+from cxrbench.studies.predict import load as PL
+from cxrbench.studies.predict import overlays as PO
 from cxrbench.data import splitting
 from cxrbench.classify import training as T
 from cxrbench.data.cache import Cache
@@ -84,19 +88,19 @@ def _edit_params(run, **preprocess):
 def test_predict_reproduces_the_evaluate_probabilities_exactly(trained, raw, sample_data, tmp_path):
     """The original files, decoded and preprocessed by predict, give the cache's bytes and so training.predict's
     probabilities on the cache rows (what the evaluate stage writes) bit for bit."""
-    cache, run = trained["cache"], PR.load_run(trained["run"], f"{TINY}:0", device="cpu")
+    cache, run = trained["cache"], PL.load_run(trained["run"], f"{TINY}:0", device="cpu")
     files = _files(raw, cache)
-    for i, (path, arr, status) in enumerate(PR.prepare_files(files[:12], run.recipe)):
-        assert status == PR.OK and path == str(files[i])
+    for i, (path, arr, status) in enumerate(PI.prepare_files(files[:12], run.recipe)):
+        assert status == PI.OK and path == str(files[i])
         np.testing.assert_array_equal(arr, cache.images[i])              # the cache's bytes
-    frame = PR.predict_files(run, files, progress=False)
+    frame = PA.predict_files(run, files, progress=False)
     expected = T.predict(run.members[0].model, cache.images, np.arange(len(files)), CPU, run.batch_size)
     probs = frame[E.prob_columns(trained["labels"])].to_numpy(np.float32)
     np.testing.assert_array_equal(probs, expected)
     assert (frame["status"] == "ok").all() and (frame["models"] == f"{TINY}-f0").all()
     # the evaluate stage's call: the fold's val part, rows of the whole cache, evaluate.batch_size
     val = splitting.fold_parts(pd.read_csv(sample_data / "splits.csv", keep_default_na=False), 0)["val"]["path"]
-    frame_val = PR.predict_files(run, [raw / v for v in val], progress=False)
+    frame_val = PA.predict_files(run, [raw / v for v in val], progress=False)
     np.testing.assert_array_equal(frame_val[E.prob_columns(trained["labels"])].to_numpy(np.float32),
                                   T.predict(run.members[0].model, cache.images, cache.rows(val), CPU, run.batch_size))
     # pred_: the model's validation cuts (evaluate.cut ge)
@@ -105,10 +109,10 @@ def test_predict_reproduces_the_evaluate_probabilities_exactly(trained, raw, sam
     # the CSV round-trips the float32 probabilities exactly: compared with the same 20 files predicted in
     # process (batches of 20 rows; with one torch thread a batch of another size may differ by 1 ulp)
     out = tmp_path / "p.csv"
-    assert PR.main([str(f) for f in files[:20]] + ["--run", str(trained["run"]), "--models", f"{TINY}:0",
+    assert PC.main([str(f) for f in files[:20]] + ["--run", str(trained["run"]), "--models", f"{TINY}:0",
                                                   "--out", str(out), "--device", "cpu"]) == 0
     back = pd.read_csv(out)
-    first20 = PR.predict_files(run, files[:20], progress=False)[E.prob_columns(trained["labels"])]
+    first20 = PA.predict_files(run, files[:20], progress=False)[E.prob_columns(trained["labels"])]
     np.testing.assert_array_equal(back[E.prob_columns(trained["labels"])].to_numpy(np.float64).astype(np.float32),
                                   first20.to_numpy(np.float32))
     np.testing.assert_allclose(first20.to_numpy(np.float32), expected[:20], rtol=0, atol=1e-6)
@@ -119,10 +123,10 @@ def test_predict_reproduces_the_evaluate_probabilities_exactly(trained, raw, sam
 def test_several_models_average_probabilities_and_vote(trained, raw, sample_data):
     cache = trained["cache"]
     files = _files(raw, cache)[:24]
-    run = PR.load_run(trained["run"], TINY, device="cpu")                # the backbone's folds: 0 and 1
+    run = PL.load_run(trained["run"], TINY, device="cpu")                # the backbone's folds: 0 and 1
     assert [m.name for m in run.members] == [f"{TINY}-f0", f"{TINY}-f1"]
-    assert PR.parse_models("ensemble:1", [TINY], [0, 1]) == [(TINY, 1)]
-    frame = PR.predict_files(run, files, progress=False)
+    assert PL.parse_models("ensemble:1", [TINY], [0, 1]) == [(TINY, 1)]
+    frame = PA.predict_files(run, files, progress=False)
     p = [T.predict(m.model, cache.images, np.arange(24), CPU, run.batch_size) for m in run.members]
     np.testing.assert_allclose(frame[E.prob_columns(trained["labels"])].to_numpy(float), (p[0] + p[1]) / 2,
                                rtol=0, atol=1e-7)
@@ -141,22 +145,22 @@ def test_a_recipe_mismatch_is_an_error_naming_both_files(trained, tmp_path):
     recipe = {**meta["recipe"], "size": 96} if "recipe" in meta else None    # the whole recipe, when recorded
     (run / "data/cache/meta.json").write_text(json.dumps({**meta, "size": 96, **({"recipe": recipe} if recipe else {})}))
     _edit_params(run, size=96)
-    with pytest.raises(PR.PredictError, match=r"trained on a 64 px cache.*meta\.json is 96 px") as err:
-        PR.load_run(run, f"{TINY}:0", device="cpu")
+    with pytest.raises(PL.PredictError, match=r"trained on a 64 px cache.*meta\.json is 96 px") as err:
+        PL.load_run(run, f"{TINY}:0", device="cpu")
     assert "best.pt" in str(err.value) and "disagree" in str(err.value)
     # params that disagree with the cache's meta.json (the cache was built with other params)
     _edit_params(run, size=128)
-    with pytest.raises(PR.PredictError, match=r"meta\.json and .*params\.yaml disagree.*size: 96 in meta\.json, "
+    with pytest.raises(PL.PredictError, match=r"meta\.json and .*params\.yaml disagree.*size: 96 in meta\.json, "
                                               r"128 from params"):
-        PR.load_run(run, f"{TINY}:0", device="cpu")
+        PL.load_run(run, f"{TINY}:0", device="cpu")
     # thresholds of another epoch's checkpoint
     shutil.copy(trained["run"] / "params.yaml", run / "params.yaml")
     shutil.copy(trained["run"] / "data/cache/meta.json", run / "data/cache/meta.json")
     _write_eval(run, f"{TINY}-f0", trained["labels"], trained["cuts"][0], epoch=7)
-    with pytest.raises(PR.PredictError, match="epoch 7.*rerun the evaluate stage"):
-        PR.load_run(run, f"{TINY}:0", device="cpu")
-    with pytest.raises(PR.PredictError, match="fold3/best.pt not found"):
-        PR.load_run(trained["run"], f"{TINY}:3", device="cpu")
+    with pytest.raises(PL.PredictError, match="epoch 7.*rerun the evaluate stage"):
+        PL.load_run(run, f"{TINY}:0", device="cpu")
+    with pytest.raises(PL.PredictError, match="fold3/best.pt not found"):
+        PL.load_run(trained["run"], f"{TINY}:3", device="cpu")
 
 
 def test_bad_images_are_listed_not_fatal(trained, raw, sample_data, tmp_path, monkeypatch):
@@ -172,7 +176,7 @@ def test_bad_images_are_listed_not_fatal(trained, raw, sample_data, tmp_path, mo
     (folder / "ignored.txt").write_text("not searched")
     monkeypatch.setitem(sys.modules, "pydicom", None)                   # DICOM without the optional pydicom
     out = tmp_path / "pred.csv"
-    rc = PR.main([str(folder), str(tmp_path / "missing.png"), "--run", str(trained["run"]),
+    rc = PC.main([str(folder), str(tmp_path / "missing.png"), "--run", str(trained["run"]),
                   "--models", f"{TINY}:0", "--out", str(out), "--device", "cpu"])
     assert rc == 0
     frame = pd.read_csv(out, keep_default_na=False).set_index("path")
@@ -193,15 +197,15 @@ def test_models_with_the_lungs_hidden_are_refused(trained, tmp_path):
     path = run / "models" / "classifier" / TINY / "fold0" / "best.pt"
     model, meta = M.load_classifier(path)
     M.save_classifier(path, model, {**meta, "input_mode": "lungs_removed"})
-    with pytest.raises(PR.PredictError, match=r"fold0/best.pt was trained with input_mode 'lungs_removed'.*"
+    with pytest.raises(PL.PredictError, match=r"fold0/best.pt was trained with input_mode 'lungs_removed'.*"
                                               r"lung masks"):
-        PR.load_run(run, TINY, device="cpu")
+        PL.load_run(run, TINY, device="cpu")
 
 
 def test_overlays_are_written_for_readable_images(trained, raw, sample_data, tmp_path):
     files = [str(f) for f in _files(raw, trained["cache"])[:2]]
     out, maps = tmp_path / "p.csv", tmp_path / "maps"
-    assert PR.main(files + [str(tmp_path / "gone.png"), "--run", str(trained["run"]), "--models", TINY,
+    assert PC.main(files + [str(tmp_path / "gone.png"), "--run", str(trained["run"]), "--models", TINY,
                             "--out", str(out), "--overlays", str(maps), "--device", "cpu",
                             "--set", "predict.overlay_target=top"]) == 0
     frame = pd.read_csv(out, keep_default_na=False)
@@ -209,9 +213,9 @@ def test_overlays_are_written_for_readable_images(trained, raw, sample_data, tmp
     assert written[2] == "" and all(w.endswith(".gradcam.png") for w in written[:2])
     assert sorted(p.name for p in maps.iterdir()) == sorted(w.split("/")[-1] for w in written[:2])
     with pytest.raises(ParamError, match="predict.overlay_method"):
-        PR.validate({"predict": {"overlay_method": "lime", "overlay_target": "covid19", "overlay_alpha": 0.5}})
+        PO.validate({"predict": {"overlay_method": "lime", "overlay_target": "covid19", "overlay_alpha": 0.5}})
     with pytest.raises(ParamError, match="predict.overlay_alpha"):
-        PR.validate({"predict": {"overlay_method": "gradcam", "overlay_target": "covid19", "overlay_alpha": 0}})
+        PO.validate({"predict": {"overlay_method": "gradcam", "overlay_target": "covid19", "overlay_alpha": 0}})
 
 
 def test_dicom_is_read_with_pydicom(tmp_path):
@@ -231,6 +235,6 @@ def test_dicom_is_read_with_pydicom(tmp_path):
     ds.PixelData = pixels.tobytes()
     path = tmp_path / "x.dcm"
     ds.save_as(path, enforce_file_format=True)
-    grey = PR.load_image(path)
+    grey = PI.load_image(path)
     assert grey.shape == (40, 30) and grey.dtype == np.float32
     np.testing.assert_allclose(grey, 1 - pixels / pixels.max(), atol=1e-6)   # MONOCHROME1: bright = low values

@@ -1,0 +1,3 @@
+"""External validation: the run's trained classifiers scored on images of patients that no model has seen."""
+
+__all__ = ['images', 'overlap', 'run', 'sources', 'stats', 'tables']

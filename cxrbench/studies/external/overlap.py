@@ -1,0 +1,76 @@
+"""A source kept apart from the study: its study patients dropped or refused, pixel-identical images refused,
+and at most ``external.max_images_per_class`` images per finding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from cxrbench.studies.external.sources import ExternalError, OverlapError, Source
+
+SHOWN = 20                                      # names listed in an error before "and N more"
+
+
+def study_patients(index: pd.DataFrame) -> set[str]:
+    """Every patient with an image in the study, linked patients (one file listed under two ids) included."""
+    out = set(index["patient"].astype(str))
+    for linked in index.get("linked_patients", pd.Series(dtype=str)).fillna("").astype(str):
+        out.update(p for p in linked.split("|") if p)
+    return out
+
+
+def _listed(items: list[str]) -> str:
+    items = sorted(items)
+    return ", ".join(items[:SHOWN]) + (f" and {len(items) - SHOWN} more" if len(items) > SHOWN else "")
+
+
+def separate_from_study(frame: pd.DataFrame, index: pd.DataFrame, src: Source) -> tuple[pd.DataFrame, dict]:
+    """Drop (``exclude_study_patients``) or refuse the study's patients, then verify the rest is disjoint.
+
+    Refused: an :class:`OverlapError` naming the shared patients. Verified after any exclusion: no patient
+    and no file of data/index.csv remains.
+    """
+    shared = sorted(set(frame["patient"]) & study_patients(index))
+    shared_paths = sorted(set(frame["path"]) & set(index["path"]))
+    excluded = {"patients": 0, "images": 0}
+    if shared or shared_paths:
+        if not src.exclude_study_patients:
+            raise OverlapError(
+                f"external source `{src.name}` ({src.key}) shares {len(shared)} patient(s) with the study "
+                f"(data/index.csv, training, validation or test): {_listed(shared)}"
+                + (f"; and {len(shared_paths)} file(s): {_listed(shared_paths)}" if shared_paths else "")
+                + f". A model has seen these patients, so their images are not external: remove them from the "
+                  f"source, or set {src.key}.exclude_study_patients: true to score only the other patients")
+        drop = frame["patient"].isin(shared) | frame["path"].isin(shared_paths)
+        excluded = {"patients": len(shared), "images": int(drop.sum())}
+        frame = frame.loc[~drop].reset_index(drop=True)
+    still = sorted(set(frame["patient"]) & study_patients(index)) + sorted(set(frame["path"]) & set(index["path"]))
+    if still:                                   # cannot happen after the exclusion above: the contract, checked
+        raise OverlapError(f"external source `{src.name}`: {_listed(still)} still in data/index.csv after exclusion")
+    if frame.empty:
+        raise ExternalError(f"external source `{src.name}` ({src.key}) has no image left of a patient outside the "
+                            f"study ({excluded['images']} image(s) of {excluded['patients']} study patient(s) "
+                            f"excluded): nothing external to score")
+    return frame, excluded
+
+
+def cap_per_class(frame: pd.DataFrame, cap: int | None, seed: int) -> pd.DataFrame:
+    """At most ``cap`` images per finding, drawn with ``seed`` (None: all), in path order."""
+    if cap is None:
+        return frame
+    rng = np.random.default_rng(seed)
+    keep = []
+    for _, sub in frame.groupby("finding", sort=True):
+        idx = sub.index.to_numpy()
+        keep.append(np.sort(rng.choice(idx, size=cap, replace=False)) if len(idx) > cap else idx)
+    return frame.loc[np.sort(np.concatenate(keep))].reset_index(drop=True)
+
+
+def refuse_identical(frame: pd.DataFrame, state: pd.DataFrame, index: pd.DataFrame, src: Source) -> None:
+    """A file whose decoded pixels equal a study image (the index's exact hash) is not external: an error."""
+    study = dict(zip(index["exact_hash"], index["path"]))
+    same = [f"{p} = {study[h]}" for p, h in zip(frame["path"], state["exact_hash"]) if h and h in study]
+    if same:
+        raise OverlapError(f"external source `{src.name}` ({src.key}): {len(same)} image(s) are pixel-identical to "
+                           f"images of the study (data/index.csv) under other patient ids: {_listed(same)}. A model "
+                           f"has seen them: remove them from the source")

@@ -1,0 +1,129 @@
+"""The statistics of external validation: AUROC, AP, sensitivity and specificity with bootstrap CIs over patients,
+reliability and expected calibration error, the case-mix reweighting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from cxrbench.core import bootstrap as B
+
+INTERNAL, SAME, EXTERNAL, MIX = "internal", "internal_same_source", "external", "external_at_internal_mix"
+AUROC_CHANCE = 0.5
+METRICS = ("auroc", "ap", "sensitivity", "specificity")
+
+
+def rate_statistic(y, decision, positive: bool) -> Callable[[np.ndarray], float | None]:
+    """``statistic(weights)``: sensitivity (``positive``) or specificity of 0/1 decisions (None without such cases)."""
+    want = np.asarray(y).astype(bool).ravel() == positive
+    hit = want & (np.asarray(decision).astype(bool).ravel() == positive)
+
+    def statistic(w: np.ndarray) -> float | None:
+        w = np.asarray(w, dtype=float)
+        total = float((w * want).sum())
+        return float((w * hit).sum()) / total if total > 0 else None
+
+    return statistic
+
+
+def reliability(y, prob, bins: int, weights=None) -> dict:
+    """Reliability diagram (equal-width bins of the probability) and expected calibration error, each image
+    counted ``weights`` times (default once)."""
+    y = np.asarray(y, dtype=float)
+    prob = np.asarray(prob, dtype=float)
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=float)
+    which = np.clip(np.digitize(prob, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
+    points = []
+    ece = 0.0
+    for b in range(bins):
+        sel = (which == b) & (w > 0)
+        if not sel.any():
+            continue
+        mean_p, freq = float(np.average(prob[sel], weights=w[sel])), float(np.average(y[sel], weights=w[sel]))
+        ece += w[sel].sum() / w.sum() * abs(freq - mean_p)
+        points.append({"bin": b, "n": int(sel.sum()), "mean_probability": mean_p, "observed_frequency": freq})
+    return {"bins": bins, "ece": float(ece), "points": points}
+
+
+def mix_weights(findings, target_findings) -> np.ndarray | None:
+    """Per image, (share of its finding in ``target_findings``) / (its share in ``findings``): the set
+    reweighted to the target's case mix. None when a finding of either side is missing on the other."""
+    have = pd.Series(np.asarray(findings)).value_counts(normalize=True)
+    want = pd.Series(np.asarray(target_findings)).value_counts(normalize=True)
+    if set(have.index) != set(want.index):
+        return None
+    return pd.Series(np.asarray(findings)).map(want / have).to_numpy(float)
+
+
+@dataclass
+class Scored:
+    """One model's scores on one set of images."""
+    y: np.ndarray                     # (N, L) 0/1
+    prob: np.ndarray                  # (N, L)
+    pred: np.ndarray                  # (N, L) 0/1 at the validation thresholds
+    groups: np.ndarray                # (N,) patient (group) of each image: the bootstrap resamples these
+    weights: np.ndarray | None = None  # (N,) fixed image weights (a case-mix reweighting); None: 1
+
+
+def not_scorable_reason(col: np.ndarray, weights=None) -> str | None:
+    if weights is not None:
+        col = col[np.asarray(weights) > 0]
+    pos = int(col.sum())
+    if pos == 0:
+        return f"no positive image (0 of {len(col)})"
+    if pos == len(col):
+        return f"no negative image ({pos} of {len(col)} positive)"
+    return None
+
+
+def _weighted(statistic, fixed):
+    return statistic if fixed is None else (lambda w: statistic(np.asarray(w, dtype=float) * fixed))
+
+
+def score_label(sets: dict[str, Scored], j: int, stats: dict, bins: int,
+                differences: list[tuple[str, str]], required: str | None = EXTERNAL) -> dict:
+    """Label ``j`` on every set where both classes are present: AUROC, AP, sensitivity and specificity with
+    bootstrap CIs (each set's groups resampled independently, all on one call so the differences of
+    ``differences`` (a, b) -> a - b of AUROC are computed on the same draws), prevalence (AP's chance level),
+    reliability and ECE; the other sets get the reason they cannot be scored. When the set ``required`` is
+    not scorable, nothing is computed (only the reasons)."""
+    out: dict = {"sets": {}, "not_scorable": {}}
+    scorable = []
+    for name, s in sets.items():
+        reason = not_scorable_reason(s.y[:, j], s.weights)
+        if reason:
+            out["not_scorable"][name] = reason
+        else:
+            scorable.append(name)
+    if not scorable or (required is not None and required not in scorable):
+        return out
+    folds = []
+    for name in scorable:
+        s = sets[name]
+        y, p, d = s.y[:, j], s.prob[:, j], s.pred[:, j]
+        stats_ = [B.auroc_statistic(y, p), B.ap_statistic(y, p), rate_statistic(y, d, True),
+                  rate_statistic(y, d, False)]
+        groups = np.array([f"{name}\0{g}" for g in s.groups])     # each set is its own draw
+        folds.append([(groups, _weighted(st, s.weights)) for st in stats_])
+    reducers = {f"{name}|{m}": (lambda v, i=i, k=k: v[i, k])
+                for i, name in enumerate(scorable) for k, m in enumerate(METRICS)}
+    diffs = [(a, b) for a, b in differences if a in scorable and b in scorable]
+    for a, b in diffs:
+        reducers[f"{a}-{b}"] = lambda v, ia=scorable.index(a), ib=scorable.index(b): v[ia, 0] - v[ib, 0]
+    ci = B.fold_bootstrap(folds, reducers, stats["resamples"], stats["seed"], stats["confidence"])
+    keep = ("estimate", "low", "high", "undefined")
+    for name in scorable:
+        s = sets[name]
+        col = s.y[:, j]
+        prevalence = float(np.average(col, weights=s.weights))
+        entry = {"n": int(len(col)), "positives": int(col.sum()), "groups": int(len(set(s.groups))),
+                 "prevalence": prevalence, "auroc_chance": AUROC_CHANCE, "ap_chance": prevalence}
+        for m in METRICS:
+            entry[m] = {k: ci[f"{name}|{m}"][k] for k in keep}
+        entry["calibration"] = reliability(col, s.prob[:, j], bins, s.weights)
+        out["sets"][name] = entry
+    out["auroc_differences"] = {f"{a}-{b}": {k: ci[f"{a}-{b}"][k] for k in keep} for a, b in diffs}
+    return out

@@ -1,0 +1,109 @@
+"""Apply a trained run's classifiers to new radiographs: probabilities, labels, overlays.
+
+    cxrbench predict my_xrays/ --out predictions.csv                     # every model of the run
+    cxrbench predict a.png b.jpg --models resnet18:0 --out p.csv       # one backbone x fold
+    cxrbench predict scans/ --models resnet18 --device cuda            # every fold of resnet18
+    cxrbench predict scans/ --models ensemble:0 --overlays overlays/    # fold 0's backbones, with maps
+    cxrbench predict scans/ --run ../exp-folder --set predict.overlay_method=saliency --overlays maps/
+
+IMAGES are files or folders (searched recursively for *.png, *.jpg, *.jpeg, *.dcm, any case). DICOM is read
+only when the optional ``pydicom`` is installed (``pip install pydicom``); otherwise each ``.dcm`` file is
+listed as bad with that reason. ``--run`` is the folder of a trained run (default: the workspace ``.``): its
+``params.yaml``, ``data/cache/meta.json`` (the preprocessing recipe), ``models/classifier/<backbone>/fold<k>/``
+(the checkpoint ``evaluate.checkpoint`` names) and ``metrics/eval/<backbone>-f<k>.json`` (the validation
+thresholds). A DVC experiment is predicted from a folder where it is checked out (``git worktree`` +
+``dvc checkout``, or ``dvc exp apply`` in a clone).
+
+``--models``: ``BACKBONE:FOLD`` (one model), ``BACKBONE`` (its ``train.folds``), ``ensemble`` (every
+``train.backbones`` x ``train.folds``, the default) or ``ensemble:FOLD`` (the backbones of one fold, the
+ensemble stage's members); several specs are joined with commas.
+
+Every image gets exactly the training input: decoded by :func:`cxrbench.data.images.load_grey`, preprocessed by
+:func:`cxrbench.data.preprocess.prepare` with the run's cache recipe (an image that is in the run's cache gives
+byte-identical uint8 input), fed to each model as :func:`cxrbench.classify.training.predict` feeds it: the same
+images in the evaluate stage's batches (``evaluate.batch_size``) get its probabilities bit for bit (other
+batches: within about 1e-7, CPU kernels sum in another order). Before any image is read, the run's params
+are checked against ``data/cache/meta.json`` and every model's ``cache_size`` / ``in_chans`` against that
+recipe (a disagreement is an error naming both files), and each model's thresholds against its checkpoint.
+Models trained with the lungs hidden or cropped (``input_mode`` other than ``full``) need lung masks of the
+new images and are refused.
+
+The CSV has one row per image, in input order: ``path``, ``status`` (``ok`` or why the image could not be
+read; such rows have no probabilities), ``prob_<label>`` for every label (the mean of the models'
+sigmoid probabilities, the ensemble stage's ``mean`` score; one model: its own), ``pred_<label>`` (0/1:
+each model thresholds its probability at its own validation cut of ``metrics/eval``, with its
+``evaluate.cut`` (>= or >), and the label is on when more than half of the models say so; a tie follows
+``ensemble.vote_tie``, the ensemble stage's ``vote`` rule; one model: its own decision), ``models`` (the
+``backbone-fK`` models that voted) and, with ``--overlays``, ``overlay`` (the PNG written, or why not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cxrbench.core import params as P
+from cxrbench.core import runtime
+from cxrbench.core.io import write_csv
+from cxrbench.core.params import ParamError
+from cxrbench.studies.predict.apply import predict_files
+from cxrbench.studies.predict.inputs import OK, find_images
+from cxrbench.studies.predict.load import ENSEMBLE, PredictError, load_run
+from cxrbench.studies.predict.overlays import validate
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="cxrbench predict", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders (searched recursively)")
+    ap.add_argument("--run", default=".", help="folder of the trained run (default: the workspace)")
+    ap.add_argument("--models", default=ENSEMBLE,
+                    help="BACKBONE:FOLD | BACKBONE (its folds) | ensemble | ensemble:FOLD, comma-joined "
+                         "(default: ensemble, every backbone x fold)")
+    ap.add_argument("--out", default="predictions.csv", help="the CSV to write (default predictions.csv)")
+    ap.add_argument("--overlays", default=None, metavar="DIR",
+                    help="also write attribution overlays (predict.overlay_method) as PNGs into DIR")
+    ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    ap.add_argument("--params", default=None, help="the run's params file (default: RUN/params.yaml)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a params key, e.g. --set predict.overlay_method=saliency (repeatable)")
+    args = ap.parse_args(argv)
+    try:
+        overrides = P.parse_overrides(args.set)
+    except ValueError as err:
+        ap.error(str(err))
+    try:
+        rt = runtime.configure()
+        if args.device and args.device.startswith("cuda"):
+            import torch
+            if not torch.cuda.is_available():
+                raise PredictError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+        params_file = Path(args.params) if args.params else Path(args.run) / P.PARAMS_FILE
+        params = P.load(params_file, overrides)
+        if args.overlays is not None:
+            validate(params)                         # before any model is loaded
+        run = load_run(args.run, args.models, params, args.device, params_file)
+        paths = find_images(args.images)
+        if not paths:
+            raise PredictError(f"no images (*.png, *.jpg, *.jpeg, *.dcm) found in {args.images}")
+        print(f"predict: {len(paths)} image(s), {len(run.members)} model(s) "
+              f"[{', '.join(m.name for m in run.members)}] on {run.device}, "
+              f"{run.recipe.size} px {list(run.recipe.channels)}; pred_*: {run.rule}", flush=True)
+        frame = predict_files(run, paths, args.overlays, runtime.workers())
+    except (PredictError, ParamError, FileNotFoundError) as err:
+        print(f"predict: error: {err}", file=sys.stderr)
+        return 2
+    write_csv(args.out, frame)
+    bad = frame.loc[frame["status"] != OK]
+    print(f"predict: wrote {args.out}: {len(frame) - len(bad)} image(s) predicted, {len(bad)} unreadable "
+          f"(torch {rt['torch']}, {rt['torch_threads']} thread(s))")
+    for _, row in bad.head(20).iterrows():
+        print(f"  bad: {row['path']}: {row['status']}")
+    if len(bad) > 20:
+        print(f"  ... and {len(bad) - 20} more (status column of {args.out})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Attribution overlays of predict (``--overlays``): the ``predict`` params and the PNGs."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from cxrbench.core.params import ParamError, check_fraction, section
+from cxrbench.studies.predict.inputs import OK
+from cxrbench.studies.predict.load import Run
+
+TOP = "top"                                                # predict.overlay_target: each image's likeliest label
+
+
+def validate(params: dict) -> dict:
+    """The ``predict`` section (read only for ``--overlays``), every key checked."""
+    from cxrbench.explain.attribution import check_method
+
+    p = section(params, "predict")
+    if not isinstance(p, dict):
+        raise ParamError("predict", "expected a mapping with overlay_method, overlay_target, overlay_alpha")
+    check_method(section(params, "predict.overlay_method"), "predict.overlay_method")
+    target = section(params, "predict.overlay_target")
+    if not isinstance(target, str) or not target:
+        raise ParamError("predict.overlay_target", f"expected a label name (labels.names) or {TOP!r}, got {target!r}")
+    check_fraction("predict.overlay_alpha", section(params, "predict.overlay_alpha"), open_high=False)
+    return p
+
+
+class Overlays:
+    """Attribution overlays (``predict.overlay_method`` with the ``explain`` settings) as PNGs.
+
+    The map of an image is the mean over the models of each model's map divided by its own largest
+    absolute value (models' raw maps have unrelated scales), shown over the preprocessed image: red is
+    evidence for the explained label, blue against it.
+    """
+
+    def __init__(self, run: Run, out_dir: str | Path):
+        from cxrbench.explain import attribution as A
+
+        p = validate(run.params)
+        self.A, self.run, self.out_dir = A, run, Path(out_dir)
+        self.settings = A.validate(run.params)
+        self.method, self.alpha = p["overlay_method"], float(p["overlay_alpha"])
+        self.target = p["overlay_target"]
+        if self.target != TOP and self.target not in run.labels:
+            raise ParamError("predict.overlay_target", f"{self.target!r} is not a label of the models "
+                                                       f"{run.labels}; name one, or write {TOP!r}")
+        if A.METHODS[self.method].needs_layer:       # a backbone without a Grad-CAM layer fails now, not mid-run
+            for m in run.members:
+                A.target_layer(m.model, m.backbone, self.settings.target_layers)
+        self.prepared: dict[str, object] = {}
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def maps(self, x, target) -> tuple[np.ndarray | None, str]:
+        A = self.A
+        total = None
+        for m in self.run.members:
+            if m.name not in self.prepared:        # a hookable copy, only for the methods that hook activations
+                needs = A.METHODS[self.method].needs_prepared
+                self.prepared[m.name] = A.prepare_for_attribution(m.model, x)[0] if needs else m.model
+            max_batch = self.settings.max_batch or A.estimate_max_batch(m.model, x, self.settings.memory_fraction)
+            method = A.make(self.method, m.model, self.prepared[m.name], self.settings, max_batch, m.backbone)
+            try:
+                with warnings.catch_warnings():
+                    for note in A.HARMLESS_CAPTUM_NOTES:
+                        warnings.filterwarnings("ignore", message=note)
+                    a = method.attribute(x, target).detach().cpu().numpy().astype(np.float32)
+            except A.EXPECTED_ERRORS as err:
+                return None, f"{self.method} failed on {m.name}: {type(err).__name__}: {err}"[:300]
+            scale = np.abs(a).reshape(len(a), -1).max(1)
+            a = a / np.where(scale > 0, scale, 1.0)[:, None, None]
+            total = a if total is None else total + a
+        return total / len(self.run.members), OK
+
+    def draw(self, images: np.ndarray, prob: np.ndarray, paths: list[str], rows: np.ndarray) -> list[str]:
+        """One PNG per image; returns the file written per image, or why none was."""
+        import torch
+
+        from cxrbench.data.cache import to_float
+        from cxrbench.core.plotting import plt, save
+
+        labels = self.run.labels
+        target = (prob.argmax(1) if self.target == TOP
+                  else np.full(len(images), labels.index(self.target)))
+        x = to_float(torch.from_numpy(np.ascontiguousarray(images)), self.run.device)
+        maps, note = self.maps(x, torch.from_numpy(target).to(self.run.device))
+        if maps is None:
+            return [note] * len(images)
+        out = []
+        for img, m, t, p, path, row in zip(images, maps, target, prob, paths, rows):
+            fig, ax = plt.subplots(figsize=(4.2, 4.6))
+            ax.imshow(img[0], cmap="gray", vmin=0, vmax=255)
+            ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1, alpha=np.clip(np.abs(m), 0, 1) * self.alpha)
+            ax.set_title(f"{Path(path).name[-40:]}\n{self.method}: {labels[t]} (p = {p[t]:.3f}), "
+                         f"{len(self.run.members)} model(s)", fontsize=7)
+            ax.axis("off")
+            name = self.out_dir / f"{int(row):05d}_{Path(path).stem}.{self.method}.png"
+            save(fig, name)
+            out.append(str(name))
+        return out
