@@ -1,3 +1,3 @@
-"""The planted-shortcut study (docs/planted_shortcut.md): reliance on the tag, localisation, ranking vs AOPPC."""
+"""The planted-shortcut study (docs/ground-truth.md): reliance on the tag, localisation, ranking vs AOPPC."""
 
 __all__ = ['common', 'localisation', 'ranking', 'reliance', 'run']
