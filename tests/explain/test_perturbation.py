@@ -95,6 +95,9 @@ def test_region_curves_do_not_depend_on_batching(fill):
     kw = dict(scheme="region", fill=fill, patch=4, steps=12, blur_sigma=2.0, road_noise=0.01, seed=3)
     one = EM.perturbation_curves(_net(), x, maps, 1, images_per_batch=1, **kw)
     three = EM.perturbation_curves(_net(), x, maps, 1, images_per_batch=3, **kw)
+    # drops are differences of float32 probabilities in [0, 1]: batches of 1 and 3 may round differently
+    # (CPU-dependent kernels; the road fill's solve stays float32 even for a float64 model), by a few
+    # eps32 = 1.2e-7 (measured <= 1.8e-7); 1e-6 allows 8 eps32, far below a wrong image's or patch's drop
     np.testing.assert_allclose(one["drop"], three["drop"], atol=1e-6)
 
 
@@ -117,6 +120,8 @@ def test_region_black_matches_quantus_region_perturbation():
             warnings.simplefilter("ignore")
             q = np.array(metric(model=nn.Sequential(net, nn.Sigmoid()).eval(), x_batch=x.numpy(), y_batch=y,
                                 a_batch=maps[:, None], softmax=False, device="cpu"))
+        # float32 probabilities in [0, 1] from two batchings of the same net: a few eps32 = 1.2e-7 apart
+        # (measured <= 6e-8); 1e-6 allows 8 eps32, far below a wrong patch's or order's drop
         np.testing.assert_allclose(ours["drop"], q, atol=1e-6)
         # Samek's AOPC: steps 0..L, step 0 a drop of 0
         np.testing.assert_allclose(ours["aoppc"], q.sum(1) / 13, atol=1e-6)

@@ -137,7 +137,7 @@ def _control_auroc(control: str, shape_carries_label: bool) -> float:
 
 
 def test_silhouette_control_is_at_chance_unless_the_shape_carries_the_label():
-    """The done-criterion of the audit issue: where the label lies inside the lungs and not in their shape, the
+    """The shape-confound audit's control: where the label lies inside the lungs and not in their shape, the
     silhouette alone scores near chance (measured 0.53) and the lungs alone near 1 (1.00); where the label widens
     the lungs, the silhouette alone scores near 1 (1.00)."""
     assert 0.25 < _control_auroc("silhouette_only", shape_carries_label=False) < 0.75
