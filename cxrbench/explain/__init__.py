@@ -1,3 +1,3 @@
-"""Explanations: the attribution methods and their runner, randomisation checks, and the metrics that score maps (in ``metrics``)."""
+"""Explanations: the attribution methods (in ``methods``) and their runner, randomisation checks, and the metrics that score maps (in ``metrics``)."""
 
-__all__ = ['attribution', 'plots', 'randomisation', 'metrics']
+__all__ = ['attribution', 'memory', 'methods', 'metrics', 'plots', 'prepare', 'randomisation', 'runner']
