@@ -1,3 +1,4 @@
 """Explanations: the attribution methods (in ``methods``) and their runner, randomisation checks, and the metrics that score maps (in ``metrics``)."""
 
-__all__ = ['attribution', 'memory', 'methods', 'metrics', 'plots', 'prepare', 'randomisation', 'runner']
+__all__ = ['attribute_run', 'attribution', 'memory', 'methods', 'metrics', 'plots', 'prepare', 'randomisation', 'runner',
+           'selection', 'store']

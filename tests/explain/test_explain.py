@@ -511,7 +511,7 @@ def test_deeplift_records_its_convergence_delta_per_image():
 
 
 def test_attribute_stage_records_deeplift_completeness():
-    src = (Path(__file__).resolve().parents[2] / "stages" / "attribute.py").read_text()
+    src = (Path(__file__).resolve().parents[2] / "cxrbench" / "explain" / "attribute_run.py").read_text()
     assert 'status["deeplift"]["convergence"] = conv' in src and "explain.deeplift_tolerance" in src
 
 
