@@ -407,11 +407,11 @@ class _NoTorch(TorchFunctionMode):
 
 
 def _stage_calls() -> set[str]:
-    """``EM.f``, ``A.f``, ``AT.f``, ``AS.f`` and ``AP.f`` (cxrbench.explain.metrics.perturbation, attribution,
-    aoppc_tables, aoppc_scoring, aoppc_plots) called in stages/aoppc.py."""
+    """``EM.f``, ``A.f``, ``AT.f``, ``AS.f`` and ``AP.f`` (cxrbench.explain.metrics.perturbation, runner,
+    metrics.tables, metrics.scoring, plots) called in the aoppc stage's run, cxrbench/explain/aoppc_run.py."""
     import ast
 
-    tree = ast.parse((Path(__file__).resolve().parents[2] / "stages" / "aoppc.py").read_text())
+    tree = ast.parse((Path(__file__).resolve().parents[2] / "cxrbench" / "explain" / "aoppc_run.py").read_text())
     return {f"{n.func.value.id}.{n.func.attr}" for n in ast.walk(tree)
             if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
             and isinstance(n.func.value, ast.Name) and n.func.value.id in ("EM", "A", "AT", "AS", "AP")}
