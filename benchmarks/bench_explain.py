@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from cxrbench.explain import attribution as A
+from cxrbench.explain.methods.perturbation import _pixels
 from cxrbench.explain.metrics import perturbation as EM
 
 
@@ -74,8 +75,8 @@ def main() -> None:
         timing[label] = round(time.perf_counter() - t, 4)
         timing[label + "_aoppc"] = round(float(r["aoppc"].mean()), 6)
     out = {"backbone": "resnet18", "size": args.size, "images": args.images, "threads": args.threads,
-           "ig_steps": args.steps, "occlusion_window_px": A._pixels(args.window, args.size),
-           "occlusion_stride_px": A._pixels(args.stride, args.size), "max_batch": args.max_batch,
+           "ig_steps": args.steps, "occlusion_window_px": _pixels(args.window, args.size),
+           "occlusion_stride_px": _pixels(args.stride, args.size), "max_batch": args.max_batch,
            "seconds_per_image": per_image,
            "aoppc_seconds": {k: v for k, v in timing.items() if not k.endswith("_aoppc")},
            "aoppc_same_value": timing["batched_aoppc"] == timing["sequential_aoppc"],

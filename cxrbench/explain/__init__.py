@@ -1,3 +1,4 @@
-"""Explanations: the attribution methods and their runner, randomisation checks, and the metrics that score maps (in ``metrics``)."""
+"""Explanations: the attribution methods (``methods``) and their runner, the explain stages' runs, and the metrics that score maps (``metrics``)."""
 
-__all__ = ['attribution', 'plots', 'randomisation', 'metrics']
+__all__ = ['aoppc_run', 'attribute_run', 'attribution', 'memory', 'methods', 'metrics', 'plots', 'prepare',
+           'randomisation', 'randomisation_run', 'runner', 'selection', 'store']

@@ -1,4 +1,5 @@
-"""Figures of the aoppc stage: attribution panels per backbone and the perturbation curves."""
+"""Figures of the aoppc stage (attribution panels per backbone, the perturbation curves) and of the
+randomisation stage (the cascade curves)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.core.plotting import plt, save
+from cxrbench.explain import randomisation as R
 
 RANDOM = "random"
 
@@ -68,4 +70,43 @@ def curves_figure(frame: pd.DataFrame, path: Path | str) -> None:
             ax.set_xlabel("patches removed (most relevant first)")
         ax.set_title(f"{scheme}" + (f", {fill} fill" if scheme == "region" else " (black)"), fontsize=9)
     axes[0, -1].legend(fontsize=6)
+    save(fig, path)
+
+
+def randomisation_figure(curves: pd.DataFrame, metrics: list, methods: list, path: str) -> None:
+    """Similarity vs number of randomised groups, one curve per method, one panel per metric x backbone;
+    the method's null reference (two independent randomisations) as a band (CI) around a dotted line."""
+    backbones = list(dict.fromkeys(curves["backbone"])) if len(curves) else []
+    if not backbones:
+        fig = plt.figure()
+        fig.text(0.5, 0.5, "no randomisation result (every model skipped)", ha="center")
+        save(fig, path)
+        return
+    fig, axes = plt.subplots(len(metrics), len(backbones), figsize=(5.2 * len(backbones), 3.4 * len(metrics)),
+                             squeeze=False)
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    for i, metric in enumerate(metrics):
+        for j, b in enumerate(backbones):
+            ax = axes[i, j]
+            sub = curves[(curves["metric"] == metric) & (curves["backbone"] == b)]
+            for m, g in sub.groupby("method", sort=False):
+                g = g.sort_values("step")
+                c = colours.get(m, "k")
+                ax.plot(g["step"], g["similarity"].astype(float), marker="o", ms=3, color=c, label=m)
+                null, lo, hi = (g[k].iloc[0] for k in ("null", "null_low", "null_high"))
+                if null is not None and np.isfinite(float(null)):
+                    ax.axhline(float(null), color=c, ls=":", lw=1)
+                    if lo is not None and hi is not None and np.isfinite(float(lo)) and np.isfinite(float(hi)):
+                        ax.axhspan(float(lo), float(hi), color=c, alpha=0.08, lw=0)
+            layers = sub.drop_duplicates("step").sort_values("step")
+            ax.set_xticks(layers["step"])
+            ax.set_xticklabels(["trained"] + [f"+{lay}" for lay in layers["layer"].iloc[1:]], rotation=60,
+                               fontsize=6, ha="right")
+            ax.axhline(0, color="grey", lw=0.5)
+            ax.set_title(f"{b}: {R.METRIC_NAMES.get(metric, metric)}", fontsize=9)
+            ax.set_ylabel("similarity to the trained model's map", fontsize=7)
+    axes[0, -1].legend(fontsize=6, loc="upper right")
+    fig.suptitle("Cascading randomisation (top layer group down); dotted line and band: null reference "
+                 "(two independently randomised models)", fontsize=9)
+    fig.tight_layout()
     save(fig, path)

@@ -526,7 +526,7 @@ class Settings:
 
 def validate(params: dict) -> Settings:
     """``randomisation`` params, checked before any work. ``methods: null`` means ``explain.methods``."""
-    from cxrbench.explain.attribution import check_method
+    from cxrbench.explain.runner import check_method
 
     images = check_int("randomisation.images", section(params, "randomisation.images"), minimum=1)
     methods = section(params, "randomisation.methods")

@@ -1,15 +1,11 @@
 """Degenerate attribution maps are a status, not a score; common-set tables."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-ROOT = Path(__file__).resolve().parents[2]
-
+from cxrbench.explain import store
 from cxrbench.explain.metrics import localisation as L
 from cxrbench.explain.metrics import perturbation as EM
 from cxrbench.explain.metrics import properties as MP
@@ -78,15 +74,8 @@ def test_map_status_is_the_localisation_rule_and_report_lists_paths():
         EM.map_report(maps, ["a", "b", "c"])
 
 
-def _attribute_stage():
-    spec = importlib.util.spec_from_file_location("attribute_stage", ROOT / "stages" / "attribute.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_attribute_stage_records_degenerate_maps_and_never_calls_them_ok():
-    stage = _attribute_stage()
+    """The attribute stage's status of stored maps (cxrbench.explain.store)."""
     rng = np.random.default_rng(1)
     paths = [f"img{i}.png" for i in range(4)]
     gradcam = rng.random((4, S, S)).astype(np.float16)
@@ -97,8 +86,8 @@ def test_attribute_stage_records_degenerate_maps_and_never_calls_them_ok():
     status = {m: {"ok": True, "seconds": 0.1, "sanity": {"ok": True, "seconds": 0.1}} for m in maps}
     del status["guided_gradcam"]["sanity"]
     status["deeplift"] = {"ok": False, "reason": "RuntimeError: x"}
-    arrays = {**stage.scaled(maps), **stage.scaled(rand, "rand__")}
-    stage.record_map_status(status, arrays, paths)
+    arrays = {**store.scaled(maps), **store.scaled(rand, "rand__")}
+    store.record_map_status(status, arrays, paths)
     assert status["gradcam"]["maps"] == {"ok": 2, "constant": 2, "nonfinite": 0}
     assert status["gradcam"]["degenerate"] == ["img0.png", "img2.png"]
     assert status["saliency"]["maps"] == {"ok": 4, "constant": 0, "nonfinite": 0}
@@ -118,11 +107,10 @@ def test_stored_maps_keep_float32_precision_so_storage_creates_no_ties():
     """Maps are stored as float32 (divided by their maximum): a smooth map keeps all its distinct values and a
     tiny gradient keeps its shape. The float16 storage it replaces tied most pixels with another (91-99 % on
     the sample demo) and flushed gradients below 6e-8 to zero."""
-    stage = _attribute_stage()
     yy, xx = np.mgrid[0:64, 0:64]
     smooth = (np.exp(-((yy - 30.0) ** 2 + (xx - 20.0) ** 2) / 800.0) + 1e-3 * xx + 3.7e-5 * yy).astype(np.float32)[None]
     tiny = smooth * 1e-9
-    arrays = stage.scaled({"smooth": smooth, "tiny": tiny})
+    arrays = store.scaled({"smooth": smooth, "tiny": tiny})
     assert arrays["smooth"].dtype == np.float32
     for name, m in (("smooth", smooth), ("tiny", tiny)):
         back = EM.stored_maps(arrays, name)

@@ -38,8 +38,9 @@ def test_randomise_weights_leaves_the_global_rng_alone_and_keeps_its_values():
 
 # --- toy model: a structured map that the cascade destroys ----------------------------------------------
 
-from cxrbench.explain import attribution as A  # noqa: E402
 from cxrbench.explain import randomisation as R  # noqa: E402
+from cxrbench.explain import runner  # noqa: E402
+from cxrbench.explain.prepare import prepare_for_attribution  # noqa: E402
 
 SIDE = 24
 
@@ -77,14 +78,14 @@ def _inputs(n=6):
 
 
 def _attribute(methods=("saliency", "input_x_gradient")):
-    s = A.Settings(methods=list(methods), steps=8, window=0.25, stride=0.25, interpolate="bilinear",
-                   target_layers={}, max_batch=16, memory_fraction=0.5, scorecam_batch=None,
-                   lrp_composite="epsilon")
+    s = runner.Settings(methods=list(methods), steps=8, window=0.25, stride=0.25, interpolate="bilinear",
+                        target_layers={}, max_batch=16, memory_fraction=0.5, scorecam_batch=None,
+                        lrp_composite="epsilon")
 
     def run(model, x, target, label):
-        prepared, _ = A.prepare_for_attribution(model, x)
-        return A.run_methods(s.methods, lambda m: A.make(m, model, prepared, s, 16), x, target,
-                             log=lambda msg: None)
+        prepared, _ = prepare_for_attribution(model, x)
+        return runner.run_methods(s.methods, lambda m: runner.make(m, model, prepared, s, 16), x, target,
+                                  log=lambda msg: None)
     return run
 
 

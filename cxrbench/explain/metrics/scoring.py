@@ -16,6 +16,7 @@ import torch
 
 from cxrbench.explain.metrics import tables as AT
 from cxrbench.explain.metrics import perturbation as EM
+from cxrbench.core import paths
 from cxrbench.core.io import read_json
 from cxrbench.core.params import ParamError, check_choice, check_fraction, check_int, check_subset, section
 
@@ -104,8 +105,8 @@ def score_model(scores: dict, backbone: str, fold: int, methods: list, s: Settin
 
 def load_fold(backbone: str, fold: int):
     """data/attributions/{backbone}-f{fold}.npz and metrics/attribute/{backbone}-f{fold}.json."""
-    npz = Path(f"data/attributions/{backbone}-f{fold}.npz")
+    npz = Path(paths.attributions(backbone, fold))
     if not npz.is_file():
         raise FileNotFoundError(f"{npz} not found: run the attribute stage (dvc repro attribute)")
-    return np.load(npz, allow_pickle=False), read_json(f"metrics/attribute/{backbone}-f{fold}.json")
+    return np.load(npz, allow_pickle=False), read_json(paths.attribute_metrics(backbone, fold))
 

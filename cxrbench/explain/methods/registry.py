@@ -1,0 +1,91 @@
+"""The registry of attribution methods (``METHODS``, filled by :func:`register` as each family's module is
+imported) and their base class :class:`Method`, one class per method.
+
+Methods (Chatterjee et al., seed 000, section 3.4, all via Captum; the
+class-activation maps of seeds 001 and 003 and more through pytorch-grad-cam;
+LRP of seed 001 through zennit):
+
+==================  ===========================================================
+occlusion           captum.attr.Occlusion, zero baseline, window/stride in params
+saliency            captum.attr.Saliency (absolute gradient)
+input_x_gradient    captum.attr.InputXGradient
+guided_backprop     captum.attr.GuidedBackprop
+integrated_gradients captum.attr.IntegratedGradients, zero baseline, n_steps
+deeplift            captum.attr.DeepLift, zero baseline (Rescale rule)
+gradcam             captum.attr.LayerGradCam on the target layer (ReLU), upsampled
+                    to the input with LayerAttribution.interpolate
+                    (kept over pytorch-grad-cam's GradCAM: 3x faster, same map,
+                    benchmarks/bench_explain.py)
+gradcam_pp          Grad-CAM++ (Chattopadhay et al. 2018): pytorch_grad_cam.GradCAMPlusPlus
+guided_gradcam      captum.attr.GuidedGradCam on the target layer
+scorecam            Score-CAM (Wang et al. 2020): pytorch_grad_cam.ScoreCAM, gradient-
+                    free, one forward per channel of the layer and image (slow on CPU)
+layercam            LayerCAM (Jiang et al. 2021): pytorch_grad_cam.LayerCAM
+xgradcam            XGrad-CAM (Fu et al. 2020): pytorch_grad_cam.XGradCAM
+eigencam            Eigen-CAM (Muhammad & Yeasin 2020): pytorch_grad_cam.EigenCAM,
+                    class-agnostic (the target is ignored), sign of the component arbitrary
+lrp                 LRP (Bach et al. 2015): zennit Gradient attributor, composite
+                    explain.lrp_composite, canonizers per timm backbone family
+==================  ===========================================================
+
+Families, one module each: ``perturbation`` (occlusion), ``gradients`` (saliency, input x gradient, guided
+backprop, integrated gradients, DeepLIFT), ``cams`` (Grad-CAM and the pytorch-grad-cam maps), ``lrp``
+(zennit) and ``guided_gradcam``. Importing :mod:`cxrbench.explain.methods` registers them all, in the
+order above.
+
+Every map is returned as a float32 (B, H, W) tensor at input resolution: the
+attribution summed over input channels (Captum's own heat-map convention).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def _chunks(n: int, size: int):
+    for i in range(0, n, size):
+        yield slice(i, min(n, i + size))
+
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register(name: str):
+    def deco(cls):
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+    return deco
+
+
+class Method:
+    """One attribution method. ``attribute(x, target)`` -> float32 (B, H, W)."""
+
+    name = "?"
+    needs_layer = False
+    needs_prepared = False
+
+    def __init__(self, model: nn.Module, settings: dict, max_batch: int, layer: nn.Module | None = None,
+                 backbone: str | None = None):
+        self.model, self.settings, self.max_batch, self.layer = model, settings, max_batch, layer
+        self.backbone = backbone
+
+    def _one(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def rows_per_input(self) -> int:
+        """Rows one input costs in a forward pass (DeepLIFT stacks input and baseline)."""
+        return 1
+
+    def attribute(self, x: torch.Tensor, target: torch.Tensor | int) -> torch.Tensor:
+        if not torch.is_tensor(target):
+            target = torch.full((len(x),), int(target), dtype=torch.long, device=x.device)
+        size = max(1, self.max_batch // self.rows_per_input())
+        out = [self._one(x[s], target[s]).detach() for s in _chunks(len(x), size)]
+        a = torch.cat(out)
+        if a.dim() == 4:
+            a = a.sum(1)                     # channels -> one map
+        if a.shape[-2:] != x.shape[-2:]:
+            raise RuntimeError(f"{self.name}: map {tuple(a.shape)} is not at input resolution {tuple(x.shape)}")
+        return a.float()
