@@ -83,21 +83,7 @@ def run_stage(params: dict, backbone: str, fold: int) -> None:
     if rep.functional_relu_calls:
         print(f"  note: {rep.functional_relu_calls} functional relu call(s) cannot be hooked: DeepLIFT treats "
               f"them as linear, guided backprop does not guide them")
-    if status.get("deeplift", {}).get("ok"):                   # completeness: sum(map) = f(x) - f(0)?
-        conv = convergence_summary(built["deeplift"].convergence(), tolerance, sel["path"].tolist())
-        status["deeplift"]["convergence"] = conv
-        print(f"  deeplift completeness |sum - (f(x) - f(0))| / |f(x) - f(0)|: median "
-              f"{conv['relative_median']:.2g}, max {conv['relative_max']:.2g}; {conv['above_tolerance']}/"
-              f"{conv['images']} above explain.deeplift_tolerance {tolerance:g}")
-
-    if status.get("lrp", {}).get("ok"):                        # relevance conservation: sum(map) = target logit?
-        cons = built["lrp"].conservation()
-        rel = np.asarray(cons["relative"], dtype=float)
-        status["lrp"]["conservation"] = {
-            "composite": s.lrp_composite, "relative_median": float(np.median(rel)), "relative_max": float(rel.max()),
-            "relative": [round(float(v), 6) for v in rel], "sum": cons["sum"], "logit": cons["logit"]}
-        print(f"  lrp conservation |sum - logit| / |logit| ({s.lrp_composite}): median {np.median(rel):.2g}, "
-              f"max {rel.max():.2g} (biases and stabilisers absorb relevance; exact only for epsilon without biases)")
+    record_checks(status, built, tolerance, sel["path"].tolist(), s.lrp_composite)
 
     rand_maps = {}
     if n_sanity:
@@ -121,3 +107,24 @@ def run_stage(params: dict, backbone: str, fold: int) -> None:
     bad = [m for m, st in status.items() if not st["ok"]]
     print(f"attribute {backbone} fold {fold}: {len(maps)}/{len(s.methods)} methods ran; "
           + EM.degenerate_summary(status) + (f"; failed (recorded): {bad}" if bad else ""))
+
+
+def record_checks(status: dict, built: dict, tolerance: float, image_paths: list[str], lrp_composite: str) -> None:
+    """Into ``status``: DeepLIFT's completeness per image (``convergence``, against ``tolerance``) and LRP's
+    relevance conservation per image (``conservation``), for whichever of the two ran (``built``: the method
+    objects by name)."""
+    if status.get("deeplift", {}).get("ok"):                   # completeness: sum(map) = f(x) - f(0)?
+        conv = convergence_summary(built["deeplift"].convergence(), tolerance, image_paths)
+        status["deeplift"]["convergence"] = conv
+        print(f"  deeplift completeness |sum - (f(x) - f(0))| / |f(x) - f(0)|: median "
+              f"{conv['relative_median']:.2g}, max {conv['relative_max']:.2g}; {conv['above_tolerance']}/"
+              f"{conv['images']} above explain.deeplift_tolerance {tolerance:g}")
+
+    if status.get("lrp", {}).get("ok"):                        # relevance conservation: sum(map) = target logit?
+        cons = built["lrp"].conservation()
+        rel = np.asarray(cons["relative"], dtype=float)
+        status["lrp"]["conservation"] = {
+            "composite": lrp_composite, "relative_median": float(np.median(rel)), "relative_max": float(rel.max()),
+            "relative": [round(float(v), 6) for v in rel], "sum": cons["sum"], "logit": cons["logit"]}
+        print(f"  lrp conservation |sum - logit| / |logit| ({lrp_composite}): median {np.median(rel):.2g}, "
+              f"max {rel.max():.2g} (biases and stabilisers absorb relevance; exact only for epsilon without biases)")
