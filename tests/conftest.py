@@ -16,6 +16,14 @@ from cxrbench.data.labels import LabelTable
 from cxrbench.data.sources import SourceSpec, fetch
 
 ROOT = Path(__file__).resolve().parents[1]
+# fixtures that train a model: every test that uses one is marked slow (pytest -m "not slow" skips them)
+TRAINING_FIXTURES = {"trained", "uninterrupted"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 SAMPLE = ROOT / "data" / "sample"
 SAMPLE_MIRRORS = {"covid_chestxray": SAMPLE / "covid-chestxray-dataset", "kermany": SAMPLE / "chest_xray",
                   "v7_masks": SAMPLE / "semantic_masks_v7labs_lungs"}

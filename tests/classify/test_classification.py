@@ -217,6 +217,7 @@ def _states_equal(a: Path, b: Path):
         assert torch.equal(sa[k], sb[k]), k
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_gives_the_same_weights(uninterrupted, tmp_path):
     full, summary = uninterrupted
     imgs, y = _data()
@@ -231,6 +232,7 @@ def test_resume_after_interruption_gives_the_same_weights(uninterrupted, tmp_pat
     assert (tmp_path / "live" / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_and_other_config_starts_afresh(uninterrupted, tmp_path):
     full, summary = uninterrupted
     imgs, y = _data()
@@ -248,6 +250,7 @@ def test_same_seed_same_metrics_and_other_config_starts_afresh(uninterrupted, tm
     assert not other["resumed"] and other["epochs_done"] == 1
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_epoch_and_batch_and_keeps_checkpoint(tmp_path):
     imgs, y = _data()
 
@@ -260,6 +263,7 @@ def test_nan_loss_stops_with_epoch_and_batch_and_keeps_checkpoint(tmp_path):
     assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 0
 
 
+@pytest.mark.slow
 def test_tiny_backbone_learns_real_cached_images(tmp_path, sample_data):
     """A few real X-rays of the embedded sample: the model fits its training data better than chance."""
     from cxrbench.data.cache import Cache

@@ -91,6 +91,7 @@ def test_check_deadline(monkeypatch):
     assert exc.value.code == runtime.DEADLINE_EXIT
 
 
+@pytest.mark.slow
 def test_training_stops_at_the_deadline_after_a_checkpoint_and_resumes(tmp_path, monkeypatch):
     """A time-boxed step: the loop stops after epoch 1's checkpoint; the rerun resumes it to the end."""
     images, _ = _data(24, 32)

@@ -34,6 +34,7 @@ def _plant(path, marker, sidecar: dict | None):
         checkpoints.sidecar(path).write_text(json.dumps(sidecar))
 
 
+@pytest.mark.slow
 def test_finished_classifier_is_retrained_when_the_data_changes(tmp_path):
     imgs, y = _data()
     first = T.train(_cfg(), imgs, y, np.arange(16), np.arange(16, 24), tmp_path, progress=False, device="cpu")
@@ -55,6 +56,7 @@ def test_finished_classifier_is_retrained_when_the_data_changes(tmp_path):
     assert not relabelled["resumed"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("forge_sidecar", [False, True])
 def test_planted_classifier_checkpoint_runs_no_code(tmp_path, capsys, forge_sidecar):
     imgs, y = _data()
@@ -73,6 +75,7 @@ def test_planted_classifier_checkpoint_runs_no_code(tmp_path, capsys, forge_side
     assert "starting afresh" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_planted_unet_checkpoint_runs_no_code(tmp_path, sample_data):
     images, masks = _real(sample_data, 4)
     parts = {"train": np.arange(3), "val": np.arange(3, 4)}
@@ -86,6 +89,7 @@ def test_planted_unet_checkpoint_runs_no_code(tmp_path, sample_data):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_unet_is_retrained_when_its_images_change(tmp_path, sample_data):
     images, masks = _real(sample_data, 4)
     parts = {"train": np.arange(3), "val": np.arange(3, 4)}

@@ -233,6 +233,7 @@ def test_params_block_validates_and_rejects_bad_values():
 
 # --- training ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_tiny_unet_loss_drops_on_real_images(tmp_path, sample_data):
     images, masks = _real(sample_data, 6)
     cfg = _tiny(epochs=12, augment=unet.Augment(0.0, 0.0, False))
@@ -253,6 +254,7 @@ def test_tiny_unet_loss_drops_on_real_images(tmp_path, sample_data):
     assert proba.shape == masks.shape and 0 <= proba.min() and proba.max() <= 1
 
 
+@pytest.mark.slow
 def test_resume_repeats_an_uninterrupted_run(tmp_path, sample_data):
     images, masks = _real(sample_data, 6)
     parts = {"train": np.arange(4), "val": np.arange(4, 6)}

@@ -136,6 +136,7 @@ def _control_auroc(control: str, shape_carries_label: bool) -> float:
     return roc_auc_score(y[120:], prob[:, 0])
 
 
+@pytest.mark.slow
 def test_silhouette_control_is_at_chance_unless_the_shape_carries_the_label():
     """The shape-confound audit's control: where the label lies inside the lungs and not in their shape, the
     silhouette alone scores near chance (measured 0.53) and the lungs alone near 1 (1.00); where the label widens
