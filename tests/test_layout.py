@@ -77,3 +77,13 @@ def test_nothing_patches_sys_path():
                     and node.value.id == "sys"):
                 found.append(str(path.relative_to(ROOT)))
     assert not found, f"sys.path is touched in {sorted(set(found))}: install the package (pip install -e .) instead"
+
+
+def test_the_code_layout_page_is_current():
+    """docs/code-layout.md is written from the docstrings: a moved or new module shows up there."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "code_layout.py"), "--check"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
