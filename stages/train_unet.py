@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"train_unet: {len(parts['train'])} train / {len(parts['val'])} val (dev fold {cfg.val_fold}) / "
           f"{len(parts['test'])} test images with lung masks, {cfg.size}px, device {unet.device()}")
 
-    paths = cache.index["path"].to_numpy()
-    fingerprint = unet.data_fingerprint(cache.meta, {k: list(paths[parts[k]]) for k in ("train", "val")})
+    image_paths = cache.index["path"].to_numpy()
+    fingerprint = unet.data_fingerprint(cache.meta, {k: list(image_paths[parts[k]]) for k in ("train", "val")})
     live = Live(dir=LIVE_DIR, save_dvc_exp=False, dvcyaml=None)
     try:
         with runtime.exit_on_deadline():           # CXRBENCH_DEADLINE: stop after a checkpoint, exit 75
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     true = cache.masks[test]
     iou_raw, dice_raw = seg.iou(raw, true), seg.dice(raw, true)
     iou_post, dice_post = seg.iou(post, true), seg.dice(post, true)
-    paths = paths[test]
+    image_paths = image_paths[test]
     patients = cache.index["patient"].to_numpy()
 
     hist = result["history"]
@@ -74,13 +74,13 @@ def main(argv: list[str] | None = None) -> None:
         "train_images_per_s": float(np.median(speeds)) if speeds else None,
         "infer_images_per_s": len(test) / infer_s if infer_s > 0 else None,
         "test_per_image": [{"path": p, "iou": float(a), "dice": float(b)}
-                           for p, a, b in zip(paths, iou_post, dice_post)],
+                           for p, a, b in zip(image_paths, iou_post, dice_post)],
     })
 
     # Overlays: held-out images spread over the IoU ranking (worst to best).
     order = np.argsort(iou_post, kind="stable")
     pick = order[np.unique(np.linspace(0, len(order) - 1, min(OVERLAYS, len(order))).round().astype(int))]
-    seg.overlay_grid(cache.images[test[pick]], true[pick], post[pick], list(paths[pick]),
+    seg.overlay_grid(cache.images[test[pick]], true[pick], post[pick], list(image_paths[pick]),
                      paths.UNET_OVERLAYS_PLOT, scores=iou_post[pick])
     si, sd = seg.summary(iou_post), seg.summary(dice_post)
     print(f"train_unet: best epoch {result['best']['epoch']} (val loss {result['best']['val_loss']:.4f}); "

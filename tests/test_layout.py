@@ -87,3 +87,23 @@ def test_the_code_layout_page_is_current():
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "code_layout.py"), "--check"], capture_output=True,
                          text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_no_function_hides_the_paths_module():
+    """A function that binds a local ``paths`` (an argument or an assignment) and also reads a pipeline path
+    from the module ``cxrbench.core.paths`` fails with UnboundLocalError the first time it runs."""
+    from cxrbench.core import paths as module
+
+    names = {n for n in vars(module) if not n.startswith("_")}
+    found = []
+    for path in _python_files():
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            binds = "paths" in [a.arg for a in fn.args.args + fn.args.kwonlyargs] or any(
+                isinstance(n, ast.Name) and n.id == "paths" and isinstance(n.ctx, ast.Store) for n in ast.walk(fn))
+            reads = any(isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "paths"
+                        and n.attr in names and n.attr.isupper() | (n.attr in ("run", "attributions")) for n in ast.walk(fn))
+            if binds and reads:
+                found.append(f"{path.relative_to(ROOT)}:{fn.lineno} {fn.name}")
+    assert not found, f"rename the local `paths` in {found}"
