@@ -123,13 +123,12 @@ def data_summary(full: pd.DataFrame, names: list[str], n_folds: int, index_repor
             counts[src][part]["images"] = int(sel.sum())
             counts[src][part]["patients"] = int(sub.loc[sel, "patient"].nunique())
     folds = {str(k): int((full["fold"] == k).sum()) for k in range(n_folds)}
-    rep = index_report
-    dup = rep["duplicates"]
+    dup = index_report["duplicates"]
     return {
         "images": len(full), "patients": int(full["patient"].nunique()), "groups": int(full["group"].nunique()),
         "test_images": int((full["split"] == "test").sum()), "dev_images": int((full["split"] == "dev").sum()),
         "fold_images": folds,
-        "missing_files": rep["missing_files"], "corrupt_files": rep["corrupt_files"],
+        "missing_files": index_report["missing_files"], "corrupt_files": index_report["corrupt_files"],
         "exact_copies_dropped": dup["exact_copies_dropped"],
         "near_duplicate_pairs_across_patients": dup["near_duplicate_pairs_across_patients"],
         "altered_copies_across_groups": dup.get("altered_copies", {}).get("altered_copies_across_groups"),
