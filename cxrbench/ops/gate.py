@@ -237,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             print(f"cannot snapshot: metrics missing from this run: {missing}", file=sys.stderr)
             return 1
-        write_json(baseline_path, current)
+        try:
+            write_json(baseline_path, current)       # never over a folder (cxrbench.core.io.atomic_path)
+        except OSError as err:
+            print(f"cannot snapshot: --baseline {baseline_path}: {err}", file=sys.stderr)
+            return 2
         print(f"wrote {baseline_path} ({len(current)} metrics)")
         return 0
     code, rows = check(cfg, Path(args.root), baseline_path)

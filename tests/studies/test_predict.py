@@ -8,9 +8,13 @@ models/classifier/<backbone>/fold<k>/best.pt and metrics/eval/<backbone>-f<k>.js
 from __future__ import annotations
 
 import copy
+import errno
 import json
+import os
 import shutil
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -238,3 +242,69 @@ def test_dicom_is_read_with_pydicom(tmp_path):
     grey = PI.load_image(path)
     assert grey.shape == (40, 30) and grey.dtype == np.float32
     np.testing.assert_allclose(grey, 1 - pixels / pixels.max(), atol=1e-6)   # MONOCHROME1: bright = low values
+
+
+# --- the output: checked before any work, never written over a folder ---
+
+def _stub_run(monkeypatch, calls):
+    """predict with the model part stubbed (no training): load_run and predict_files record their calls."""
+    def load_run(*a, **k):
+        calls.append("load_run")
+        return SimpleNamespace(members=[SimpleNamespace(name=f"{TINY}-f0")], device="cpu", rule="majority",
+                               recipe=SimpleNamespace(size=64, channels=("raw",)))
+
+    def predict_files(run, paths, *a, **k):
+        calls.append("predict_files")
+        return pd.DataFrame({"path": [str(p) for p in paths], "status": "ok", "prob_covid19": 0.5})
+
+    monkeypatch.setattr(PC, "load_run", load_run)
+    monkeypatch.setattr(PC, "predict_files", predict_files)
+    return ["--params", str(Path(__file__).resolve().parents[2] / "params.yaml"), "--device", "cpu"]
+
+
+def _xray_folder(tmp_path):
+    folder = tmp_path / "my_xrays"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.png").write_bytes(b"\x89PNG user scan")
+    (folder / "sub" / "b.jpg").write_bytes(b"user scan")
+    return folder, {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_out_onto_the_input_folder_is_refused_and_the_folder_kept(tmp_path, monkeypatch, capsys):
+    calls = []
+    argv = _stub_run(monkeypatch, calls)
+    folder, before = _xray_folder(tmp_path)
+    assert PC.main([str(folder), "--out", str(folder)] + argv) == 2
+    assert f"{folder} is a folder" in capsys.readouterr().err
+    assert folder.is_dir() and {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert calls == []                               # refused before any model was loaded
+    assert PC.main([str(folder), "--out", str(tmp_path / "p.csv")] + argv) == 0     # the stub itself works
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 2
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_an_unwritable_out_is_refused_before_any_work(tmp_path, monkeypatch, capsys, where):
+    """Root ignores permission bits, so the tests use what fails for root too: a path under a file, /proc."""
+    calls = []
+    argv = _stub_run(monkeypatch, calls)
+    folder, before = _xray_folder(tmp_path)
+    out = folder / "a.png" / "p.csv" if where == "under_a_file" else "/proc/self/p.csv"
+    if where == "proc" and not os.path.isdir("/proc/self"):
+        pytest.skip("no /proc")
+    assert PC.main([str(folder), "--out", str(out)] + argv) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}" in err and "predict: error" in err
+    assert calls == []                               # nothing computed, nothing lost
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_a_failed_final_write_is_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
+    argv = _stub_run(monkeypatch, [])
+    folder, _ = _xray_folder(tmp_path)
+
+    def full(path, frame):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(PC, "write_csv", full)
+    assert PC.main([str(folder), "--out", str(tmp_path / "p.csv")] + argv) == 2
+    assert f"cannot write --out {tmp_path / 'p.csv'}" in capsys.readouterr().err

@@ -45,7 +45,7 @@ from pathlib import Path
 
 from cxrbench.core import params as P
 from cxrbench.core import runtime
-from cxrbench.core.io import write_csv
+from cxrbench.core.io import OutputPathError, check_writable, write_csv
 from cxrbench.core.params import ParamError
 from cxrbench.studies.predict.apply import predict_files
 from cxrbench.studies.predict.inputs import OK, find_images
@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=ENSEMBLE,
                     help="BACKBONE:FOLD | BACKBONE (its folds) | ensemble | ensemble:FOLD, comma-joined "
                          "(default: ensemble, every backbone x fold)")
-    ap.add_argument("--out", default="predictions.csv", help="the CSV to write (default predictions.csv)")
+    ap.add_argument("--out", default="predictions.csv",
+                    help="the CSV to write (default predictions.csv); checked before any work: never a folder, "
+                         "and its folder must be writable")
     ap.add_argument("--overlays", default=None, metavar="DIR",
                     help="also write attribution overlays (predict.overlay_method) as PNGs into DIR")
     ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         ap.error(str(err))
     try:
+        check_writable(args.out, "--out")            # before any work: never compute predictions that cannot be kept
         rt = runtime.configure()
         if args.device and args.device.startswith("cuda"):
             import torch
@@ -91,10 +94,14 @@ def main(argv: list[str] | None = None) -> int:
               f"[{', '.join(m.name for m in run.members)}] on {run.device}, "
               f"{run.recipe.size} px {list(run.recipe.channels)}; pred_*: {run.rule}", flush=True)
         frame = predict_files(run, paths, args.overlays, runtime.workers())
-    except (PredictError, ParamError, FileNotFoundError) as err:
+    except (PredictError, ParamError, FileNotFoundError, OutputPathError) as err:
         print(f"predict: error: {err}", file=sys.stderr)
         return 2
-    write_csv(args.out, frame)
+    try:
+        write_csv(args.out, frame)
+    except OSError as err:                           # e.g. the disk filled up while predicting
+        print(f"predict: error: cannot write --out {args.out}: {err}", file=sys.stderr)
+        return 2
     bad = frame.loc[frame["status"] != OK]
     print(f"predict: wrote {args.out}: {len(frame) - len(bad)} image(s) predicted, {len(bad)} unreadable "
           f"(torch {rt['torch']}, {rt['torch_threads']} thread(s))")
