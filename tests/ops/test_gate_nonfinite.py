@@ -87,3 +87,20 @@ def test_a_corrupt_json_names_the_file(tmp_path, monkeypatch, capsys, corrupt):
     assert gate.main(["check"]) == 2
     err = capsys.readouterr().err
     assert corrupt in err and "not valid JSON" in err and "Traceback" not in err
+
+
+def test_collect_keeps_a_non_finite_run_out_of_the_range_and_the_gate_fails_it(tmp_path):
+    """A perturbed run that gave infinity: the spread's range stays finite (over the finite runs), and the
+    gate reading that spread fails the check instead of taking an infinite tolerance."""
+    from cxrbench.ops import spread
+
+    cfg = gate.GateConfig(tmp_path / "b.json", tmp_path / "s.json", 2.0, [gate.Check(KEY, "spread", "higher")])
+    for name, auc in (("reference", 0.80), ("a", 0.79), ("b", INF)):
+        d = tmp_path / "runs" / name
+        (d / "metrics").mkdir(parents=True)
+        (d / "metrics/m.json").write_text(json.dumps({"auc": auc}))
+        (d / "run.json").write_text(json.dumps({"name": name}))
+    out = spread.collect(tmp_path, cfg, ["reference", "a", "b"])
+    assert out["metrics"][KEY]["range"] == pytest.approx(0.01)
+    tol = gate.tolerances(cfg.checks, out, cfg.spread_factor)
+    assert gate.evaluate(cfg.checks, {KEY: 0.8}, {KEY: 0.1}, tol)[0]["status"] == "NOT FINITE (spread)"
