@@ -76,8 +76,11 @@ def parse_overrides(items: Iterable[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set preprocess.size=256")
-        out[key.strip()] = yaml.safe_load(value)
+            raise ParamError(f"--set {item}", "expected KEY=VALUE, e.g. --set preprocess.size=256")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ParamError(key.strip(), f"--set value {value!r} is not a YAML value ({err.problem})") from err
     return flatten(out)
 
 
@@ -112,11 +115,14 @@ def from_arguments(args) -> dict:
 
 
 def run_stage(main, argv: list[str] | None = None) -> None:
-    """Run a stage script's ``main``; an invalid param (:class:`ParamError`) ends it with that one message
-    and exit status 2, as argparse does for a bad argument, not with a traceback. Other errors propagate."""
+    """Run a stage script's ``main`` (its ``__main__`` line calls this): an invalid param (:class:`ParamError`)
+    or an input JSON that does not parse ends the stage with that one message, naming the key or the file,
+    and exit status 2, as argparse does for a bad argument, instead of a traceback. Other errors propagate."""
+    from cxrbench.core.io import BadJSONError
+
     try:
         main(argv)
-    except ParamError as err:
+    except (ParamError, BadJSONError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
