@@ -185,9 +185,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+class BadJSONError(ValueError):
+    """A JSON file that does not parse (truncated, corrupt, not text); the message names the file."""
+
+
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadJSONError(f"{path}: not valid JSON ({err}); the file is corrupt or truncated: "
+                           f"rerun the stage that writes it, or restore it (git checkout / dvc checkout)") from err
 
 
 def write_csv(path: str | os.PathLike, frame) -> None:

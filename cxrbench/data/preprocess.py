@@ -28,7 +28,7 @@ from PIL import Image
 from skimage import exposure, filters
 
 from cxrbench.core.io import atomic_path, write_json
-from cxrbench.core.params import ParamError, check_choice, check_int, check_subset, section
+from cxrbench.core.params import ParamError, check_choice, check_float, check_int, check_subset, section
 from cxrbench.core.runtime import progress as progress_bar
 from cxrbench.data.images import load_grey, load_mask
 
@@ -66,9 +66,7 @@ class Recipe:
                 or not 0 <= rng[0] < rng[1] <= 255):
             raise ParamError("preprocess.fixed_range", f"expected [low, high] within 0..255, got {rng!r}")
         for key in ("clahe_clip_limit", "unsharp_radius", "unsharp_amount"):
-            v = p.get(key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                raise ParamError(f"preprocess.{key}", f"expected a positive number, got {v!r}")
+            check_float(f"preprocess.{key}", p.get(key), minimum=0, open_low=True, what="a positive number")
         return cls(p["size"], (float(pct[0]), float(pct[1])), tuple(p["channels"]),
                    float(p["clahe_clip_limit"]), float(p["unsharp_radius"]), float(p["unsharp_amount"]),
                    intensity, (float(rng[0]), float(rng[1])))

@@ -27,7 +27,7 @@ from typing import IO, Iterable
 
 from cxrbench.core import paths
 from cxrbench.core.io import atomic_path, read_json, write_json
-from cxrbench.core.params import ParamError, section
+from cxrbench.core.params import ParamError, check_float, section
 from cxrbench.core.runtime import progress as progress_bar
 
 DOWNLOAD_DIR = Path(paths.DOWNLOADS)
@@ -53,8 +53,7 @@ class ExtractLimits:
         p = section(params, "download")
         gb, ratio = p.get("max_extract_gb"), p.get("max_compression_ratio")
         for key, v in (("max_extract_gb", gb), ("max_compression_ratio", ratio)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ParamError(f"download.{key}", f"expected a positive number, got {v!r}")
+            check_float(f"download.{key}", v, minimum=0, open_low=True, what="a positive number")
         return cls(int(gb * 2**30), float(ratio))
 
 

@@ -75,7 +75,7 @@ def validate(params: dict) -> Settings:
 
 
 def check_method(name: str, key: str = "explain.methods") -> str:
-    if name not in METHODS:
+    if not isinstance(name, str) or name not in METHODS:
         raise ParamError(key, f"unknown attribution method {name!r}; valid methods are {list(METHODS)}")
     return name
 
