@@ -30,6 +30,7 @@ from cxrbench.studies.predict import inputs as PI
 from cxrbench.studies.predict import load as PL
 from cxrbench.studies.predict import overlays as PO
 from cxrbench.data import splitting
+from cxrbench.classify import identity
 from cxrbench.classify import training as T
 from cxrbench.data.cache import Cache
 from cxrbench.core.params import ParamError
@@ -58,7 +59,9 @@ def trained(tmp_path_factory, sample_data, params):
     p = copy.deepcopy(params)
     p["preprocess"].update(size=int(cache.meta["size"]), channels=list(cache.meta["channels"]),
                            percentiles=list(cache.meta["percentiles"]))
-    p["train"].update(backbones=[TINY], folds=[0, 1])
+    p["train"].update(backbones=[TINY], folds=[0, 1], known_backbones=p["train"]["known_backbones"] + [TINY],
+                      pretrained="none", input_size={"default": 32}, epochs=1, batch_size=16, lr=3e-3, seed=0,
+                      augment={"enabled": False})
     p["evaluate"]["batch_size"] = 16
     p["explain"]["target_layers"]["test_resnet"] = "layer4"             # Grad-CAM layer of the tiny model
     (run / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
@@ -67,11 +70,10 @@ def trained(tmp_path_factory, sample_data, params):
     rows = np.arange(len(cache.index))
     cuts = {}
     for fold in (0, 1):
-        cfg = T.TrainConfig(backbone=TINY, fold=fold, labels=labels, in_chans=cache.images.shape[1],
-                            cache_size=cache.images.shape[-1], input_size=32, epochs=1, batch_size=16,
-                            lr=3e-3, seed=fold, augment={"enabled": False})
+        cfg = identity.config(p, TINY, fold, cache.meta)      # the run's params, as the train stage does
         out = run / "models" / "classifier" / TINY / f"fold{fold}"
-        T.train(cfg, cache.images, y, rows[fold::2], rows[1 - fold::2], out, progress=False, device="cpu")
+        T.train(cfg, cache.images, y, rows[fold::2], rows[1 - fold::2], out, progress=False, device="cpu",
+                cache_id=identity.cache_digest(cache.meta))
         model, meta = M.load_classifier(out / "best.pt")
         prob = T.predict(model, cache.images, rows[1 - fold::2], CPU)
         cuts[fold], _ = E.select_thresholds(y[rows[1 - fold::2]], prob, "val_f1", 0.5, 1)
