@@ -240,3 +240,43 @@ def link_altered_copies(frame: pd.DataFrame, raw: Path, p: dict, workers: int) -
     frame["group"] = [uf.find(g) for g in groups]
     report["groups_merged"] = int(len(set(groups)) - frame["group"].nunique())
     return frame, report
+
+
+def copies_between(query: list[str], ref: list[str], p: dict, workers: int, loader=load_grey,
+                   desc: str = "copies") -> list[dict]:
+    """The images of ``query`` that are copies of images of ``ref`` (file paths): ``exact`` (the same decoded
+    pixels), ``near`` (perceptual hashes within ``phash_max_distance``) or ``altered`` (the candidates and
+    verification above, every dihedral variant). One entry per query image found, its first match in this
+    order: ``{"query": i, "ref": j, "kind", "inliers", "mirrored", "hash_distance"}``. ``p``: the ``dedupe``
+    section."""
+    from cxrbench.data.dedupe import near_pairs, phash_bits
+
+    nq = len(query)
+    if nq == 0 or not ref:
+        return []
+    feats = features(list(query) + list(ref), workers, loader, p["phash_size"], desc)
+    found: dict[int, dict] = {}
+    first_ref = {}
+    for j in range(len(ref) - 1, -1, -1):
+        if feats[nq + j][3]:
+            first_ref[feats[nq + j][3]] = j
+    for i in range(nq):
+        if feats[i][3] in first_ref:
+            found[i] = {"query": i, "ref": first_ref[feats[i][3]], "kind": "exact", "inliers": None,
+                        "mirrored": False, "hash_distance": 0}
+    readable = [k for k, f in enumerate(feats) if f[4]]
+    for a, b, dist in near_pairs(phash_bits([feats[k][4] for k in readable]), p["phash_max_distance"]):
+        i, j = readable[a], readable[b]          # i < j: a query image and a reference image, or neither
+        if i < nq <= j and i not in found:
+            found[i] = {"query": i, "ref": j - nq, "kind": "near", "inliers": None, "mirrored": False,
+                        "hash_distance": dist}
+    k = p["copy_candidates"]
+    if k:
+        groups = np.array([0] * nq + [1] * len(ref))          # only query-reference pairs are candidates
+        pairs = [(i, j) for i, j, _ in all_candidates(np.stack([f[0] for f in feats]), groups, k)
+                 if i not in found]
+        for (i, j), (as_is, mirror) in zip(pairs, verify(pairs, feats, workers, desc)):
+            if max(as_is, mirror) >= p["copy_min_inliers"] and i not in found:
+                found[i] = {"query": i, "ref": j - nq, "kind": "altered", "inliers": max(as_is, mirror),
+                            "mirrored": bool(mirror > as_is), "hash_distance": None}
+    return [found[i] for i in sorted(found)]
