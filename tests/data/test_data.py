@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from cxrbench.data import dedupe
 from cxrbench.data import indexing
@@ -549,3 +550,69 @@ def test_altered_copy_with_text_and_crop_joins_the_groups(raw, params, tmp_path)
     assert pair["inliers"] >= p["copy_min_inliers"]
     assert out["group"].iat[0] == out["group"].iat[-1] and out["group"].nunique() == len(names) - 1
     assert rep["groups_merged"] == 1
+
+
+def _hflip(im):
+    return im.transpose(Image.FLIP_LEFT_RIGHT)
+
+
+def _jpeg(im, quality=70):
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("L")
+
+
+COPY_ALTERATIONS = {
+    "mirrored": _hflip,
+    "flipped_upside_down": lambda im: im.transpose(Image.FLIP_TOP_BOTTOM),
+    "rotated_90": lambda im: im.transpose(Image.ROTATE_90),
+    "rotated_270_and_rescaled": lambda im: im.transpose(Image.ROTATE_270).resize(
+        (im.height * 3 // 4, im.width * 3 // 4), Image.BICUBIC),
+    "mirrored_cropped_and_jpeg": lambda im: _jpeg(_hflip(im).crop(
+        (int(im.width * 0.04), int(im.height * 0.06), int(im.width * 0.97), int(im.height * 0.93)))),
+    "transposed_and_jpeg": lambda im: _jpeg(im.transpose(Image.TRANSPOSE), 60),
+}
+
+
+@pytest.mark.parametrize("alteration", sorted(COPY_ALTERATIONS))
+def test_mirrored_or_rotated_copy_joins_the_groups(raw, params, tmp_path, alteration):
+    """A re-uploaded copy that was mirrored, flipped or turned by a right angle (and cropped, rescaled, JPEG
+    re-encoded) under another patient id is linked to its original, even when it must be the image's single
+    best candidate; the other patients' films (and their mirror images) stay apart."""
+    import shutil
+
+    from cxrbench.data import copies
+
+    images = sorted((raw / "covid_chestxray/images").glob("*.jp*g"))[:8]
+    root = tmp_path / "raw"
+    (root / "x").mkdir(parents=True)
+    for f in images:
+        shutil.copy(f, root / "x" / f.name)
+    COPY_ALTERATIONS[alteration](Image.open(images[2]).convert("L")).save(root / "x" / "copy.png")
+    names = [f.name for f in images] + ["copy.png"]
+    frame = pd.DataFrame({"path": [f"x/{n}" for n in names], "patient": [f"p{i}" for i in range(len(names))]})
+    frame["group"] = frame["patient"]
+    p = {**copies.validate(params), "copy_candidates": 1}      # the copy must be found as the best candidate
+    out, rep = copies.link_altered_copies(frame, root, p, 1)
+    assert rep["altered_copies_across_groups"] == 1, rep["altered_copies"]
+    pair = rep["altered_copies"][0]
+    assert {pair["a"], pair["b"]} == {f"x/{images[2].name}", "x/copy.png"}
+    assert pair["inliers"] >= p["copy_min_inliers"]
+    assert out["group"].iat[2] == out["group"].iat[-1] and out["group"].nunique() == len(names) - 1
+
+
+def test_packed_descriptor_matching_equals_scikit_image(raw):
+    """The copy search's popcount matcher returns what skimage's match_descriptors does on the unpacked bits,
+    so the inlier counts of copies as they are stay those of the thumbnail-only search."""
+    from skimage.feature import match_descriptors
+
+    from cxrbench.data import copies
+
+    files = sorted((raw / "covid_chestxray/images").glob("*.jp*g"))[:5]
+    feats = [copies._features(str(f)) for f in files]
+    for a in feats:
+        for b in feats:
+            for da, db in [(a[1][1], b[1][1]), (a[1][1], b[2][1])]:
+                ref = match_descriptors(np.unpackbits(da, axis=1).astype(bool), np.unpackbits(db, axis=1).astype(bool),
+                                        cross_check=True, max_ratio=0.8)
+                assert np.array_equal(copies.match(da, db), ref)
