@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import io
 import tarfile
@@ -549,3 +550,118 @@ def test_altered_copy_with_text_and_crop_joins_the_groups(raw, params, tmp_path)
     assert pair["inliers"] >= p["copy_min_inliers"]
     assert out["group"].iat[0] == out["group"].iat[-1] and out["group"].nunique() == len(names) - 1
     assert rep["groups_merged"] == 1
+
+
+# --- preprocess on a disk that fills, and a parent that dies ----------------------------------
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _grey_seven(job):
+    return np.full((1, 32, 32), 7, np.uint8), None
+
+
+def test_a_disk_that_fills_after_the_check_is_an_error_not_sigbus(tmp_path, monkeypatch):
+    """The free-space check passes, then the disk is full: the cache's blocks are reserved before any image is
+    written, so this is ENOSPC with a message (it was SIGBUS, rc 135, from the memory map)."""
+    index = pd.DataFrame({"path": [f"i{k}.png" for k in range(8)], "mask": [""] * 8})
+    recipe = preprocess.Recipe(size=32, percentiles=(1, 95), channels=("raw",))
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(preprocess.os, "posix_fallocate", full, raising=False)
+    monkeypatch.setattr(preprocess, "_work", _grey_seven)
+    with pytest.raises(preprocess.DiskFullError, match=r"cannot reserve .*/images\.npy.*free space") as err:
+        preprocess.build_cache(index, tmp_path, tmp_path / "cache", recipe, 1, "x")
+    assert err.value.errno == errno.ENOSPC and not (tmp_path / "cache").exists()
+
+    def refused(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+    monkeypatch.setattr(preprocess.os, "posix_fallocate", refused, raising=False)
+    with pytest.raises(OSError, match=r"cannot reserve .*the filesystem refused"):
+        preprocess.build_cache(index, tmp_path, tmp_path / "cache", recipe, 1, "x")
+
+
+def test_a_real_full_disk_is_an_error_not_sigbus(tmp_path):
+    """The same on a real 1 MiB tmpfs (in a private mount namespace; skipped where that is not allowed)."""
+    import shutil as sh
+    import subprocess
+    import sys
+
+    if sh.which("unshare") is None:
+        pytest.skip("no unshare")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    script = (
+        "import sys, numpy as np, pandas as pd\n"
+        "from pathlib import Path\n"
+        "from cxrbench.data import preprocess as pp\n"
+        "pp.check_free_space = lambda out, needed, margin=1.05: None\n"        # the disk fills after the check
+        "def work(job):\n"
+        "    return np.full((1, 64, 64), 7, np.uint8), None\n"
+        "pp._work = work\n"
+        "index = pd.DataFrame({'path': [f'i{k}.png' for k in range(300)], 'mask': [''] * 300})\n"
+        "r = pp.Recipe(size=64, percentiles=(1, 95), channels=('raw',))\n"
+        "pp.build_cache(index, Path(sys.argv[1]), Path(sys.argv[1]) / 'cache', r, 1, 'x')\n")
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m none {mnt}"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {probe.stderr.decode().strip()}")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size=1m none {mnt} && '
+                           f'exec "$0" -c "$1" {mnt}', sys.executable, script], capture_output=True, text=True,
+                          cwd=_ROOT, env={**__import__("os").environ, "PYTHONPATH": str(_ROOT)}, timeout=60)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])          # not -7 / 135 (SIGBUS)
+    assert "DiskFullError" in proc.stderr and "cannot reserve" in proc.stderr and "free space" in proc.stderr
+
+
+def test_preprocess_workers_end_with_their_parent(tmp_path):
+    """Kill the stage mid-build: its decoding workers are gone within seconds, not orphaned."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import os, sys, time\n"
+        "from pathlib import Path\n"
+        "import pandas as pd\n"
+        "from cxrbench.data import preprocess as pp\n"
+        "def slow(job):\n"
+        "    Path(sys.argv[1], str(os.getpid())).touch()\n"
+        "    time.sleep(120)\n"
+        "pp._work = slow\n"
+        "index = pd.DataFrame({'path': ['a.png'] * 40, 'mask': [''] * 40})\n"
+        "r = pp.Recipe(size=16, percentiles=(1, 95), channels=('raw',))\n"
+        "pp.build_cache(index, Path(sys.argv[1]), Path(sys.argv[2]) / 'cache', r, 2, 'x')\n")
+    marks = tmp_path / "pids"
+    marks.mkdir()
+    parent = subprocess.Popen([sys.executable, "-c", script, str(marks), str(tmp_path)], cwd=_ROOT,
+                              env={**os.environ, "PYTHONPATH": str(_ROOT)})
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 60
+        while len(workers) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+            workers = [int(p.name) for p in marks.iterdir()]
+        assert len(workers) == 2, "the workers did not start"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+
+        def alive(pid: int) -> bool:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                return False
+            return state != "Z"                                          # a zombie has ended
+
+        deadline = time.time() + 5
+        while any(alive(p) for p in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(p) for p in workers), "orphaned workers outlived the killed preprocess"
+    finally:
+        for pid in workers:                                              # only the workers this test started
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
