@@ -665,3 +665,84 @@ def test_preprocess_workers_end_with_their_parent(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 continue
+
+
+# --- the decoder and hostile images -----------------------------------------------------------
+
+def huge_png(path: Path, width: int = 12000, height: int = 10000) -> Path:
+    """A valid grey PNG of ``width`` x ``height`` black pixels: 120 megapixels in about 117 kB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z, row, parts = zlib.compressobj(9), bytes(width + 1), []
+    for _ in range(height):
+        parts.append(z.compress(row))
+    parts.append(z.flush())
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+    return path
+
+
+def float_tiff(path: Path, bad: float | None) -> Path:
+    from PIL import Image
+
+    arr = np.linspace(0, 300, 64 * 48, dtype=np.float32).reshape(64, 48)
+    if bad is not None:
+        arr[5, 7] = bad
+    Image.fromarray(arr, mode="F").save(path, format="TIFF")
+    return path
+
+
+def test_the_decoder_checks_the_declared_size_before_decoding(tmp_path):
+    from PIL import Image
+
+    from cxrbench.data import images
+
+    big = huge_png(tmp_path / "bomb.png")
+    assert big.stat().st_size < 200_000
+    with pytest.raises(images.ImageTooLargeError, match=r"12000 x 10000 = 120,000,000 pixels, over the limit"):
+        images.load_grey(big, max_pixels=50_000_000)
+    assert issubclass(images.ImageTooLargeError, images.DECODE_ERRORS)     # the index lists it, as any bad file
+    assert load_params(_ROOT / "params.yaml")["predict"]["max_pixels"] < Image.MAX_IMAGE_PIXELS
+    small = huge_png(tmp_path / "small.png", 30, 20)
+    assert images.load_grey(small, max_pixels=600).shape == (20, 30)     # at the limit: read
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_float_image_with_non_finite_pixels_is_a_bad_file(tmp_path, bad):
+    from cxrbench.data import images
+
+    with pytest.raises(images.NonFiniteImageError, match=r"1 NaN or infinite pixel"):
+        images.load_grey(float_tiff(tmp_path / "x.tif", bad))
+    grey = images.load_grey(float_tiff(tmp_path / "ok.tif", None))          # finite float images: unchanged
+    assert grey.min() == 0 and grey.max() == 1 and np.isfinite(grey).all()
+
+
+def test_the_decoder_refuses_a_fifo_without_blocking(tmp_path):
+    import os
+    import threading
+
+    from cxrbench.data import images
+
+    fifo = tmp_path / "scan.png"
+    os.mkfifo(fifo)
+
+    fired = []
+
+    def unblock():                       # before the fix the decoder waits for a writer: give it EOF
+        fired.append(True)
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+    timer = threading.Timer(10, unblock)
+    timer.start()
+    try:
+        with pytest.raises(images.NotRegularFileError, match=r"scan\.png is a FIFO .*not a regular file"):
+            images.load_grey(fifo)
+        with pytest.raises(images.NotRegularFileError, match="is a folder"):
+            images.load_grey(tmp_path)
+        assert not fired, "the decoder blocked on the FIFO until the test wrote to it"
+    finally:
+        timer.cancel()
