@@ -310,3 +310,157 @@ def test_a_failed_final_write_is_a_message_not_a_traceback(tmp_path, monkeypatch
     monkeypatch.setattr(PC, "write_csv", full)
     assert PC.main([str(folder), "--out", str(tmp_path / "p.csv")] + argv) == 2
     assert f"cannot write --out {tmp_path / 'p.csv'}" in capsys.readouterr().err
+
+
+# --- hostile inputs ---------------------------------------------------------------------------
+
+def _fifo_watchdog(fifos, seconds=30):
+    """Before the fix a FIFO blocks the decoder until a writer comes: after ``seconds``, open each for writing
+    (EOF for the reader) so the test fails instead of hanging. Returns (timer, fired)."""
+    import os
+    import threading
+
+    fired = []
+
+    def unblock():
+        fired.append(True)
+        for f in fifos:
+            try:
+                os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:                      # no reader waiting on this one
+                continue
+    timer = threading.Timer(seconds, unblock)
+    timer.start()
+    return timer, fired
+
+
+def test_hostile_images_are_listed_not_decoded_or_waited_for(trained, raw, tmp_path):
+    """A FIFO, an image over predict.max_pixels, float images with NaN/inf pixels: each a bad row with its
+    reason, and the run ends; images under a linked folder are searched (a link loop ends)."""
+    import os
+    from PIL import Image
+
+    good = _files(raw, trained["cache"])[:2]
+    folder, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(good[0], folder / good[0].name)
+    shutil.copy(good[1], elsewhere / good[1].name)
+    (folder / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (folder / "loop").symlink_to(folder, target_is_directory=True)        # must not be searched forever
+    os.mkfifo(folder / "pipe.png")
+    os.mkfifo(tmp_path / "given.png")
+    Image.fromarray(np.full((1000, 1500), 90, np.uint8)).save(tmp_path / "large.png")     # 1.5 MP
+    floats = []
+    for name, bad in (("nan.tif", np.nan), ("inf.tif", np.inf)):
+        arr = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+        arr[3, 3] = bad
+        Image.fromarray(arr, mode="F").save(tmp_path / name, format="TIFF")
+        floats.append(str(tmp_path / name))
+    timer, fired = _fifo_watchdog([folder / "pipe.png", tmp_path / "given.png"])
+    out = tmp_path / "p.csv"
+    try:
+        rc = PC.main([str(folder), str(tmp_path / "given.png"), str(tmp_path / "large.png"), *floats,
+                      "--run", str(trained["run"]), "--models", f"{TINY}:0", "--out", str(out), "--device", "cpu",
+                      "--set", "predict.max_pixels=1000000"])
+    finally:
+        timer.cancel()
+    assert not fired, "predict waited on a FIFO"
+    assert rc == 0
+    frame = pd.read_csv(out, keep_default_na=False)
+    status = dict(zip(frame["path"], frame["status"]))
+    assert status[str(folder / good[0].name)] == "ok"
+    assert status[str(folder / "linked" / good[1].name)] == "ok"                   # the linked folder
+    assert not any("/loop/" in p for p in status) and len(frame) == 7
+    for fifo in (folder / "pipe.png", tmp_path / "given.png"):
+        assert status[str(fifo)].startswith("NotRegularFileError") and "FIFO" in status[str(fifo)]
+    assert status[str(tmp_path / "large.png")].startswith("ImageTooLargeError")
+    assert "1500 x 1000" in status[str(tmp_path / "large.png")] and "predict.max_pixels" in status[str(tmp_path / "large.png")]
+    for f in floats:
+        assert status[f].startswith("NonFiniteImageError"), status[f]
+
+
+def test_overlay_titles_are_text_and_one_failed_overlay_keeps_the_run(trained, raw, tmp_path):
+    """`invoice_$5_$6.png` is a file name, not mathtext; an overlay that cannot be written (its name too long
+    for the filesystem) is noted in its row, and the others and the CSV are written."""
+    src = _files(raw, trained["cache"])[:3]
+    names = ["invoice_$5_$6.png", "x" * 240 + ".png", "plain.png"]
+    for f, name in zip(src, names):
+        shutil.copy(f, tmp_path / name)
+    out, maps = tmp_path / "p.csv", tmp_path / "maps"
+    assert PC.main([str(tmp_path / n) for n in names] + ["--run", str(trained["run"]), "--models", f"{TINY}:0",
+                                                        "--out", str(out), "--overlays", str(maps),
+                                                        "--device", "cpu"]) == 0
+    frame = pd.read_csv(out, keep_default_na=False)
+    assert (frame["status"] == "ok").all()
+    overlay = frame["overlay"].tolist()
+    assert overlay[0].endswith("00000_invoice_$5_$6.gradcam.png") and (maps / overlay[0].split("/")[-1]).is_file()
+    assert overlay[1].startswith("overlay not written: OSError") and "too long" in overlay[1]
+    assert overlay[2].endswith("00002_plain.gradcam.png")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--device", "gpu"], r"--device 'gpu': not a device name.*use cpu, cuda or cuda:N"),
+    (["--device", "cuda:99"], r"--device cuda:99: (CUDA is not available|this machine has \d+ CUDA device)"),
+    (["--device", "meta"], r"--device meta: not available"),
+    (["--overlays", "FILE"], r"--overlays .*is a file, not a folder"),
+    (["--overlays", "FILE/sub"], r"--overlays .*is a file, not a folder"),
+    (["--overlays", "maps", "--set", "predict.overlay_method=[gradcam]"], r"predict.overlay_method.*expected the name"),
+    (["--overlays", "maps", "--set", "predict.overlay_method=lime"], r"predict.overlay_method.*unknown"),
+    (["--set", "predict.max_pixels=0"], r"predict.max_pixels.*must be >= 1"),
+    (["--set", "predict.max_pixels=1e9"], r"predict.max_pixels.*expected an integer"),
+])
+def test_bad_arguments_are_messages_not_tracebacks(trained, raw, tmp_path, capsys, extra, message):
+    (tmp_path / "FILE").write_text("not a folder")
+    extra = [str(tmp_path / e) if e.startswith(("FILE", "maps")) else e for e in extra]
+    args = [str(_files(raw, trained["cache"])[0]), "--run", str(trained["run"]), "--models", f"{TINY}:0",
+            "--out", str(tmp_path / "p.csv")]
+    if "--device" not in extra:
+        args += ["--device", "cpu"]
+    assert PC.main(args + extra) == 2
+    err = capsys.readouterr().err
+    assert "predict: error:" in err and "Traceback" not in err
+    import re
+    assert re.search(message, err), err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_dicom_rows_and_columns_are_checked_before_the_pixels(tmp_path, monkeypatch):
+    """A DICOM header declaring 12000 x 10000 is refused before its pixel data is decoded (a stand-in
+    pydicom: the real one is optional), and a float DICOM with a NaN is a bad file."""
+    import types
+
+    class Dataset(dict):
+        def __init__(self, rows, cols, pixels=None):
+            super().__init__()
+            self.Rows, self.Columns, self.SamplesPerPixel, self._pixels = rows, cols, 1, pixels
+
+        @property
+        def pixel_array(self):
+            assert self._pixels is not None, "the pixel data of an oversized image was decoded"
+            return self._pixels
+
+    datasets = {}
+    fake = types.ModuleType("pydicom")
+    fake.dcmread = lambda path: datasets[path]
+    fake.pixels = types.SimpleNamespace(apply_modality_lut=lambda a, ds: a, apply_voi_lut=lambda a, ds: a)
+    fake.errors = types.SimpleNamespace(InvalidDicomError=type("InvalidDicomError", (Exception,), {}))
+    monkeypatch.setitem(sys.modules, "pydicom", fake)
+    monkeypatch.setitem(sys.modules, "pydicom.pixels", fake.pixels)
+    monkeypatch.setitem(sys.modules, "pydicom.errors", fake.errors)
+    from cxrbench.data.preprocess import Recipe
+
+    recipe = Recipe(size=32, percentiles=(1.0, 95.0), channels=("raw",))
+    big, nan, fine = (tmp_path / n for n in ("big.dcm", "nan.dcm", "fine.dcm"))
+    pixels = np.linspace(0, 1000, 40 * 30, dtype=np.float32).reshape(40, 30)
+    datasets[str(big)] = Dataset(10000, 12000)
+    datasets[str(nan)] = Dataset(40, 30, np.where(np.arange(1200).reshape(40, 30) == 7, np.nan, pixels))
+    datasets[str(fine)] = Dataset(40, 30, pixels)
+    for f in (big, nan, fine):
+        f.write_bytes(b"DICM")
+    arr, why = PI.prepare_file((str(big), recipe, 50_000_000))
+    assert arr is None and why.startswith("ImageTooLargeError") and "12000 x 10000" in why
+    arr, why = PI.prepare_file((str(nan), recipe, 50_000_000))
+    assert arr is None and why.startswith("NonFiniteImageError")
+    arr, why = PI.prepare_file((str(fine), recipe, 50_000_000))
+    assert why == PI.OK and arr.shape == (1, 32, 32)
