@@ -10,8 +10,7 @@ import argparse
 import pandas as pd
 
 from cxrbench.classify import evaluation as E
-from cxrbench.classify import training
-from cxrbench.classify.models import load_classifier
+from cxrbench.classify import identity, training
 from cxrbench.core import params as P
 from cxrbench.core import paths, runtime
 from cxrbench.core.io import write_csv, write_json
@@ -41,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     training.validate(params)
     table = LabelTable.from_params(params)
     device = runtime.device(args.device)
-    model, meta = load_classifier(f"{out.model_dir}/{training.checkpoint_file(params)}", device)
+    # refused unless trained to the end on the current params and data (cxrbench.classify.identity)
+    model, meta = identity.load(params, args.backbone, args.fold, device, args.variant, args.control)
     if list(meta["labels"]) != list(table.names):
         raise RuntimeError(f"classifier labels {meta['labels']} differ from the labels in use (labels.names, or the paper's with cohort: paper and paper_rules.labels: paper): rerun the train stage")
     cache = Cache(paths.CACHE, paths.INDEX)
@@ -69,4 +69,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    P.run_stage(main)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrbench.core import params as P
 from cxrbench.core import paths, runtime
 from cxrbench.core.io import atomic_path, write_json
 from cxrbench.data.cache import Cache
@@ -50,4 +51,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    P.run_stage(main)

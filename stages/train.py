@@ -8,17 +8,13 @@ and dvclive/train/BACKBONE-fK. Reruns resume from last.pt when its configuration
 """
 
 import argparse
-import dataclasses
 
-import pandas as pd
-
-from cxrbench.classify import training
+from cxrbench.classify import identity, training
 from cxrbench.core import params as P
 from cxrbench.core import paths, runtime
 from cxrbench.core.io import write_json
-from cxrbench.data import confounder, splitting
+from cxrbench.data import confounder
 from cxrbench.data.cache import Cache
-from cxrbench.data.indexing import label_matrix
 from cxrbench.lungs import controls as audit_inputs
 from cxrbench.studies import audit
 
@@ -40,31 +36,25 @@ def main(argv: list[str] | None = None) -> None:
     rt = runtime.configure()
     params = P.from_arguments(args)
     training.validate(params)                                    # before the cache is read into memory
-    cache = Cache(paths.CACHE, paths.INDEX)
-    tags = confounder.apply(cache)                          # the planted shortcut (confounder.enabled; else a no-op)
-    if tags["tagged"]:
-        print(f"train: planted tag on {tags['tagged']} images of the cache ({tags['target_tagged']} of the target label)")
-    cfg = training.config_for(params, args.backbone, args.fold, cache.meta)
     if args.variant == "audit":
         a = audit.validate(params)
         if args.control not in a["controls"]:
             raise P.ParamError("audit.controls", f"control {args.control!r} is not in audit.controls {a['controls']}")
-        cfg = dataclasses.replace(cfg, input_mode=args.control,
-                                  input_options=audit_inputs.options_for(args.control, a))
+    cache = Cache(paths.CACHE, paths.INDEX)
+    tags = confounder.apply(cache)                          # the planted shortcut (confounder.enabled; else a no-op)
+    if tags["tagged"]:
+        print(f"train: planted tag on {tags['tagged']} images of the cache ({tags['target_tagged']} of the target label)")
+    # the test part is never touched; the readers recompute the same inputs to check a model's identity
+    inp = identity.inputs(params, args.backbone, args.fold, args.variant, args.control, cache=cache)
     out = paths.run(args.variant, args.backbone, args.fold, args.control)
-    splits = pd.read_csv(paths.SPLITS, keep_default_na=False)
-    parts = splitting.fold_parts(splits, args.fold)          # the test part is never touched here
-    targets = label_matrix(cache.index, cfg.labels)
-    images = training.apply_input_mode(cache.images, cfg.input_mode, cfg.mask_dilation, options=cfg.input_options)
     name = f"{args.backbone}-f{args.fold}" + (f" ({args.control})" if args.control else "")
     with runtime.exit_on_deadline():               # CXRBENCH_DEADLINE: stop after a checkpoint, exit 75
-        summary = training.train(cfg, images, targets, cache.rows(parts["train"]["path"]),
-                                 cache.rows(parts["val"]["path"]), out.model_dir,
+        summary = training.train(inp.cfg, inp.images, inp.targets, inp.train_rows, inp.val_rows, out.model_dir,
                                  live_dir=out.live_dir, device=args.device, progress=not args.no_progress,
-                                 paths={k: list(parts[k]["path"]) for k in ("train", "val")})
+                                 paths=inp.paths, cache_id=identity.cache_digest(inp.cache_meta))
     write_json(out.train_metrics, {**summary, "runtime": rt})
     print(f"train: {name} best epoch {summary['best_epoch'] + 1} val_loss {summary['best_val_loss']:.4f}")
 
 
 if __name__ == "__main__":
-    main()
+    P.run_stage(main)

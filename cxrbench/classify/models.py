@@ -51,7 +51,7 @@ def check_backbone(name: str, known: Iterable[str], key: str = "train.backbones"
     import timm
 
     known = list(known)
-    if name not in known:
+    if not isinstance(name, str) or name not in known:
         raise UnknownBackboneError(key, f"unknown backbone {name!r}; valid names are {known} "
                                         f"(train.known_backbones lists them)")
     if not timm.is_model(name):

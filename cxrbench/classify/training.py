@@ -334,22 +334,24 @@ def train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows:
           val_rows: np.ndarray, out_dir: str | Path, live_dir: str | Path | None = None,
           device: str | torch.device | None = None, progress: bool = True,
           stop_after_epochs: int | None = None, on_batch: Callable | None = None,
-          paths: dict[str, list[str]] | None = None) -> dict:
+          paths: dict[str, list[str]] | None = None, cache_id: str = "") -> dict:
     """Train with deterministic kernels on the CPU (see :func:`_train`); global state is restored after.
 
-    ``paths`` ({"train": [...], "val": [...]}, the image paths of the rows) joins the data fingerprint.
+    ``paths`` ({"train": [...], "val": [...]}, the image paths of the rows) joins the data fingerprint;
+    ``cache_id`` (the cache's meta.json digest, :func:`cxrbench.classify.identity.cache_digest`) joins the
+    finished-record, so that predict can check the cache without its images.
     """
     device = runtime_device(device)
     data = checkpoints.rows_fingerprint(images, targets, {"train": train_rows, "val": val_rows}, paths or {})
     with deterministic(device):
         return _train(cfg, images, targets, train_rows, val_rows, out_dir, live_dir, device, progress,
-                      stop_after_epochs, on_batch, data)
+                      stop_after_epochs, on_batch, data, cache_id)
 
 
 def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows: np.ndarray,
            val_rows: np.ndarray, out_dir: str | Path, live_dir: str | Path | None,
            device: torch.device, progress: bool, stop_after_epochs: int | None,
-           on_batch: Callable | None, data_digest: str = "") -> dict:
+           on_batch: Callable | None, data_digest: str = "", cache_id: str = "") -> dict:
     """Train ``cfg`` on cache rows ``train_rows``, select on ``val_rows``; return a summary.
 
     ``images``: the whole uint8 cache (already in the input mode); ``targets``: (N, L) float32
@@ -357,6 +359,8 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
     ``on_batch(epoch, batch, loss)`` lets a test inject faults. ``data_digest``: the data
     fingerprint; ``last.pt`` is resumed only when its sidecar ``last.json`` holds this
     configuration's digest and this data fingerprint (checked before anything is unpickled).
+    ``best.json`` and ``final.json`` (the finished-records the readers check) are deleted before an
+    epoch runs and written only when the last epoch is done.
     """
     out_dir = Path(out_dir)
     use_amp = cfg.amp and device.type == "cuda"
@@ -389,6 +393,8 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
         print(f"train: {why}; starting afresh")
         for stale in (last_path, checkpoints.sidecar(last_path), best_path, final_path):
             stale.unlink(missing_ok=True)
+    if start < cfg.epochs:                                 # models about to change: unfinished until the end
+        checkpoints.clear_finished((best_path, final_path))
 
     live = None
     if live_dir is not None:
@@ -470,6 +476,9 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
     if live is not None:
         live.end()
     done = bool(history) and history[-1]["epoch"] == cfg.epochs - 1
+    if done:
+        checkpoints.mark_finished((best_path, final_path), {**identity, **({"cache": cache_id} if cache_id else {}),
+                                                            "epochs": cfg.epochs})
     return {"backbone": cfg.backbone, "fold": cfg.fold, "epochs_done": len(history), "complete": done,
             "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
             "final_train_loss": history[-1]["train_loss"] if history else None,

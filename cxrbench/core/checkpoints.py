@@ -13,6 +13,9 @@ One mechanism for the U-Net and the classifiers:
   fingerprint). :func:`load` reads the sidecar first and unpickles nothing when
   it is missing or does not match; a match is then loaded with
   ``torch.load(weights_only=True)``, so a planted checkpoint cannot run code.
+* :func:`mark_finished` writes the sidecar of a finished run's saved models (its identity and
+  ``finished: true``) and :func:`clear_finished` deletes it when a run starts changing them; the readers
+  compare it with the current identity (:mod:`cxrbench.classify.identity`).
 """
 
 from __future__ import annotations
@@ -123,6 +126,20 @@ def load(path: str | Path, identity: dict) -> tuple[dict | None, str]:
         return None, (f"{path} matches its identity but does not load as plain weights ({type(err).__name__}: "
                       f"{str(err).splitlines()[0] if str(err) else ''}); delete it to silence this")
     return state, "resumed"
+
+
+def clear_finished(model_paths) -> None:
+    """Delete the finished-records (sidecars) of saved models that a training run is about to rewrite."""
+    for p in model_paths:
+        sidecar(p).unlink(missing_ok=True)
+
+
+def mark_finished(model_paths, identity: dict) -> None:
+    """Write ``identity`` with ``finished: true`` as the sidecar of each saved model that exists: only a run
+    whose last epoch is done calls this, so a model without it is from an unfinished (or older) run."""
+    for p in model_paths:
+        if Path(p).is_file():
+            write_json(sidecar(p), {**identity, "finished": True})
 
 
 def load_weights(path: str | Path, what: str = "model") -> dict:

@@ -6,6 +6,8 @@ do, in the spirit of scikit-learn's argument validation.
 
 from __future__ import annotations
 
+import math
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -36,7 +38,22 @@ def load(path: str | Path = PARAMS_FILE, overrides: Mapping[str, Any] | None = N
         params = yaml.safe_load(f)
     if not isinstance(params, dict):
         raise ParamError("<root>", f"{path} must hold a mapping of sections")
-    return apply_protocol(with_overrides(params, overrides or {}))
+    params = apply_protocol(with_overrides(params, overrides or {}))
+    check_finite_tree(params)
+    return params
+
+
+def check_finite_tree(node: Any, key: str = "") -> None:
+    """Every number in ``node`` (params, nested mappings and lists) must be finite: no param means
+    anything by NaN or infinity, and one that slipped past a validator would poison every result."""
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            check_finite_tree(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            check_finite_tree(v, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ParamError(key, f"expected a finite number, got {node!r}; write the value itself")
 
 
 # --- overrides: one parser for stage scripts and profiles -------------------------
@@ -59,8 +76,11 @@ def parse_overrides(items: Iterable[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set preprocess.size=256")
-        out[key.strip()] = yaml.safe_load(value)
+            raise ParamError(f"--set {item}", "expected KEY=VALUE, e.g. --set preprocess.size=256")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ParamError(key.strip(), f"--set value {value!r} is not a YAML value ({err.problem})") from err
     return flatten(out)
 
 
@@ -92,6 +112,19 @@ def add_stage_arguments(ap) -> None:
 def from_arguments(args) -> dict:
     """The params of a stage script parsed with :func:`add_stage_arguments`."""
     return load(args.params, parse_overrides(args.set))
+
+
+def run_stage(main, argv: list[str] | None = None) -> None:
+    """Run a stage script's ``main`` (its ``__main__`` line calls this): an invalid param (:class:`ParamError`)
+    or an input JSON that does not parse ends the stage with that one message, naming the key or the file,
+    and exit status 2, as argparse does for a bad argument, instead of a traceback. Other errors propagate."""
+    from cxrbench.core.io import BadJSONError
+
+    try:
+        main(argv)
+    except (ParamError, BadJSONError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def stage_params(description: str | None, argv: list[str] | None = None) -> dict:
@@ -142,15 +175,26 @@ def section(params: Mapping, key: str) -> Any:
 
 # --- small checks -----------------------------------------------------------
 
-def check_fraction(key: str, value: Any, *, open_low: bool = True, open_high: bool = True) -> float:
+def check_float(key: str, value: Any, *, minimum: float | None = None, maximum: float | None = None,
+                open_low: bool = False, open_high: bool = False, what: str = "a number") -> float:
+    """A finite number (not a bool, string, list or mapping) within [minimum, maximum] (open ends on request);
+    ``what`` names it in the message (e.g. "a standard deviation", "a fraction of the image side")."""
+    lo = "(-inf" if minimum is None else f"{'(' if open_low else '['}{minimum:g}"
+    hi = "inf)" if maximum is None else f"{maximum:g}{')' if open_high else ']'}"
+    expected = f"{what} in {lo}, {hi}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ParamError(key, f"expected a number in (0, 1), got {value!r}")
-    low_ok = value > 0 if open_low else value >= 0
-    high_ok = value < 1 if open_high else value <= 1
+        raise ParamError(key, f"expected {expected}, got {value!r}")
+    if not math.isfinite(value):
+        raise ParamError(key, f"expected a finite number ({expected}), got {value!r}")
+    low_ok = minimum is None or (value > minimum if open_low else value >= minimum)
+    high_ok = maximum is None or (value < maximum if open_high else value <= maximum)
     if not (low_ok and high_ok):
-        lo, hi = ("(" if open_low else "["), (")" if open_high else "]")
-        raise ParamError(key, f"expected a fraction in {lo}0, 1{hi}, got {value!r}")
+        raise ParamError(key, f"expected {expected}, got {value!r}")
     return float(value)
+
+
+def check_fraction(key: str, value: Any, *, open_low: bool = True, open_high: bool = True) -> float:
+    return check_float(key, value, minimum=0, maximum=1, open_low=open_low, open_high=open_high, what="a fraction")
 
 
 def check_int(key: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -165,7 +209,7 @@ def check_int(key: str, value: Any, *, minimum: int | None = None, maximum: int 
 
 def check_choice(key: str, value: Any, choices: Iterable[str]) -> str:
     choices = list(choices)
-    if value not in choices:
+    if isinstance(value, (list, dict)) or value not in choices:
         raise ParamError(key, f"unknown value {value!r}; valid values are {choices}")
     return value
 
@@ -174,9 +218,18 @@ def check_subset(key: str, values: Any, choices: Iterable[str]) -> list:
     choices = list(choices)
     if not isinstance(values, list) or not values:
         raise ParamError(key, f"expected a non-empty list drawn from {choices}, got {values!r}")
-    bad = [v for v in values if v not in choices]
+    bad = [v for v in values if isinstance(v, (list, dict)) or v not in choices]
     if bad:
         raise ParamError(key, f"unknown value(s) {bad}; valid values are {choices}")
+    return values
+
+
+def check_names(key: str, values: Any, *, unique: bool = True) -> list[str]:
+    """A non-empty list of strings (without repeats when ``unique``)."""
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+        raise ParamError(key, f"expected a non-empty list of names, got {values!r}")
+    if unique and len(set(values)) != len(values):
+        raise ParamError(key, f"lists a name twice: {values}")
     return values
 
 

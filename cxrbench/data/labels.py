@@ -29,7 +29,8 @@ class LabelTable:
     @classmethod
     def from_params(cls, params: dict) -> "LabelTable":
         names = section(params, "labels.names")
-        if not isinstance(names, list) or not names or len(set(names)) != len(names):
+        if (not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names)
+                or len(set(names)) != len(names)):
             raise ParamError("labels.names", f"expected a list of unique label names, got {names!r}")
         parents = section(params, "labels.parents") or {}
         for child, parent in parents.items():

@@ -10,13 +10,22 @@ the image. Lung masks get the same resize and padding.
 The cache (``data/cache``) holds ``images.npy`` (N, C, S, S) uint8 and
 ``masks.npy`` (N, S, S) uint8 in the row order of ``data/index.csv``, plus
 ``meta.json``; it is written to a temporary folder and renamed when complete.
+Its disk space is reserved before the first image (a full disk is an error, not
+SIGBUS), and the decoding workers end with the stage.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
+import multiprocessing
+import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +37,7 @@ from PIL import Image
 from skimage import exposure, filters
 
 from cxrbench.core.io import atomic_path, write_json
-from cxrbench.core.params import ParamError, check_choice, check_int, check_subset, section
+from cxrbench.core.params import ParamError, check_choice, check_float, check_int, check_subset, section
 from cxrbench.core.runtime import progress as progress_bar
 from cxrbench.data.images import load_grey, load_mask
 
@@ -66,9 +75,7 @@ class Recipe:
                 or not 0 <= rng[0] < rng[1] <= 255):
             raise ParamError("preprocess.fixed_range", f"expected [low, high] within 0..255, got {rng!r}")
         for key in ("clahe_clip_limit", "unsharp_radius", "unsharp_amount"):
-            v = p.get(key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                raise ParamError(f"preprocess.{key}", f"expected a positive number, got {v!r}")
+            check_float(f"preprocess.{key}", p.get(key), minimum=0, open_low=True, what="a positive number")
         return cls(p["size"], (float(pct[0]), float(pct[1])), tuple(p["channels"]),
                    float(p["clahe_clip_limit"]), float(p["unsharp_radius"]), float(p["unsharp_amount"]),
                    intensity, (float(rng[0]), float(rng[1])))
@@ -165,6 +172,75 @@ def check_free_space(out_dir: Path, needed: int, margin: float = 1.05) -> None:
                             f"{free / 2**30:.2f} GiB free: free space, or lower preprocess.size")
 
 
+def reserve_space(path: Path) -> None:
+    """Allocate every block of ``path`` (a memory-mapped cache file, at its full length) now.
+
+    A sparse memory map that meets a full disk while its pages are written back kills the writer with
+    SIGBUS (no message, workers orphaned); reserved blocks make a full disk an ENOSPC error here, before
+    any image is decoded. The file's content (zeros) is unchanged.
+    """
+    size = path.stat().st_size
+    amount = f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, size)
+        else:                                     # no posix_fallocate (macOS): write the zeros
+            block = bytes(1 << 20)
+            for offset in range(0, size, len(block)):
+                os.pwrite(fd, block[:size - offset], offset)
+            os.fsync(fd)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(errno.ENOSPC, f"cannot reserve {amount} for the cache file {path}: "
+                                              f"{os.strerror(err.errno)}; free space, or lower "
+                                              f"preprocess.size") from err
+        raise OSError(err.errno, f"cannot reserve {amount} for the cache file {path}: the "
+                                 f"filesystem refused ({os.strerror(err.errno)}); build the cache on a local "
+                                 f"disk") from err
+    finally:
+        os.close(fd)
+
+
+# --- worker pools that end with their parent ------------------------------------
+
+PR_SET_PDEATHSIG = 1                               # linux/prctl.h
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: the worker ends when ``parent`` does (killed, or dead of SIGBUS), never orphaned.
+
+    Linux: the kernel sends SIGKILL on the parent's death (``PR_SET_PDEATHSIG``); elsewhere a thread
+    polls the parent id. Either way, a parent already gone before this line ends the worker now.
+    """
+    armed = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        armed = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    if not armed:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool whose workers end with this process (see :func:`_die_with_parent`).
+
+    Workers are forked on Linux (the default there) and spawned elsewhere, so their parent is this
+    process: never a fork server's.
+    """
+    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent,
+                               initargs=(os.getpid(),))
+
+
 def build_cache(index: pd.DataFrame, raw: Path, out_dir: Path, recipe: Recipe, workers: int,
                 index_sha1: str) -> dict:
     """Preprocess every indexed image (and its mask) into ``out_dir``; return meta."""
@@ -175,8 +251,10 @@ def build_cache(index: pd.DataFrame, raw: Path, out_dir: Path, recipe: Recipe, w
         tmp.mkdir()
         images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, c, s, s))
         masks = open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, s, s))
+        reserve_space(tmp / "images.npy")
+        reserve_space(tmp / "masks.npy")
         has_mask = np.zeros(n, dtype=bool)
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with worker_pool(workers) as pool:
             results = pool.map(_work, jobs, chunksize=8)
             for i, (img, mask) in enumerate(progress_bar(results, total=n, desc=f"preprocess {s}px", unit="img")):
                 images[i] = img

@@ -27,7 +27,7 @@ from typing import IO, Iterable
 
 from cxrbench.core import paths
 from cxrbench.core.io import atomic_path, read_json, write_json
-from cxrbench.core.params import ParamError, section
+from cxrbench.core.params import ParamError, check_float, section
 from cxrbench.core.runtime import progress as progress_bar
 
 DOWNLOAD_DIR = Path(paths.DOWNLOADS)
@@ -53,8 +53,7 @@ class ExtractLimits:
         p = section(params, "download")
         gb, ratio = p.get("max_extract_gb"), p.get("max_compression_ratio")
         for key, v in (("max_extract_gb", gb), ("max_compression_ratio", ratio)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ParamError(f"download.{key}", f"expected a positive number, got {v!r}")
+            check_float(f"download.{key}", v, minimum=0, open_low=True, what="a positive number")
         return cls(int(gb * 2**30), float(ratio))
 
 
@@ -172,8 +171,9 @@ def _copy_mirror(root: Path, include: Iterable[str] | None, dest: Path, name: st
 # data/downloads/NAME.archive   a complete download, with NAME.json (url, sha256, size, validators);
 #                               re-hashed on every use, so a swapped or damaged archive is never trusted
 # data/downloads/NAME.part      an unfinished download, with NAME.part.json (url, ETag / Last-Modified,
-#                               total length): resumed only from the same URL and, where the server names a
-#                               validator, only if the file is unchanged (If-Range); otherwise restarted
+#                               total length): resumed only from the same URL, and only when the server
+#                               answers the range request (If-Range) with 206, the part's validator and a
+#                               Content-Range that continues it; otherwise downloaded whole again
 
 def _record(path: Path) -> dict | None:
     try:
@@ -263,9 +263,9 @@ def _stream(url: str, part: Path, part_record: Path, rec: dict | None, _retry: b
     req = urllib.request.Request(url, headers={"User-Agent": "cxrbench"})
     if start:
         req.add_header("Range", f"bytes={start}-")
-        validator = (rec or {}).get("etag") or (rec or {}).get("last_modified")
+        validator = _validator(rec)
         if validator:
-            req.add_header("If-Range", validator)                  # changed upstream: the server sends it whole
+            req.add_header("If-Range", validator[1])               # changed upstream: the server sends it whole
     try:
         resp = urllib.request.urlopen(req, timeout=60)
     except urllib.error.HTTPError as err:
@@ -278,6 +278,13 @@ def _stream(url: str, part: Path, part_record: Path, rec: dict | None, _retry: b
         raise
     with resp:
         status = resp.status if getattr(resp, "status", None) is not None else 200
+        if start and status == 206:
+            why = _not_a_resume_of(resp, start, rec)
+            if why:                                                # the server ignored If-Range: never splice
+                print(f"{part}: not resumed ({why}): downloading {url} whole again")
+                resp.close()
+                _drop(part, part_record)                           # the retry starts at byte 0: no range
+                return _stream(url, part, part_record, None, _retry=False)
         if start and status != 206:                                # range ignored or file changed: start over
             start = 0
         length = resp.headers.get("Content-Length")
@@ -294,6 +301,42 @@ def _stream(url: str, part: Path, part_record: Path, rec: dict | None, _retry: b
                 f.write(block)
                 bar.update(len(block))
     return new
+
+
+def _validator(rec: dict | None) -> tuple[str, str] | None:
+    """The part's validator for If-Range: its strong ETag, else its Last-Modified (a weak ETag proves nothing)."""
+    rec = rec or {}
+    etag = rec.get("etag")
+    if isinstance(etag, str) and etag and not etag.startswith("W/"):
+        return "etag", etag
+    modified = rec.get("last_modified")
+    return ("last_modified", modified) if isinstance(modified, str) and modified else None
+
+
+def _not_a_resume_of(resp, start: int, rec: dict | None) -> str:
+    """Why a 206 answer to ``Range: bytes=START-`` cannot be appended to the part of record ``rec``; '' if it can.
+
+    A server may honour ``Range`` yet ignore ``If-Range``: it then sends a range of a changed file. The
+    answer continues the part only when it names the validator the part was started with (ETag, else
+    Last-Modified) and its ``Content-Range`` starts at the part's end, within the recorded total length.
+    """
+    validator = _validator(rec)
+    if validator is None:
+        return "no strong ETag or Last-Modified was named when the part was started: nothing proves it unchanged"
+    header = {"etag": "ETag", "last_modified": "Last-Modified"}[validator[0]]
+    if resp.headers.get(header) != validator[1]:
+        return f"{header} {resp.headers.get(header)!r}, the part was started from {validator[1]!r}"
+    rec = rec or {}
+    content_range = (resp.headers.get("Content-Range") or "").strip()
+    unit, _, spec = content_range.partition(" ")
+    first, _, total = spec.partition("/")
+    lo, _, hi = first.partition("-")
+    if unit != "bytes" or not lo.isdigit() or not hi.isdigit() or int(lo) != start or int(hi) < int(lo):
+        return f"Content-Range {content_range!r} does not continue the part at byte {start}"
+    if total != "*" and (not total.isdigit() or int(hi) >= int(total)
+                         or (rec.get("total") is not None and int(total) != rec["total"])):
+        return f"Content-Range {content_range!r}: the part was started from a file of {rec.get('total')} bytes"
+    return ""
 
 
 def _test_archive(path: Path) -> None:

@@ -30,7 +30,7 @@ from cxrbench.explain.metrics import tables as AT
 
 def run_stage(params: dict) -> None:
     """Score every model of ``train.backbones`` x ``train.folds``, write the aoppc outputs, print the table."""
-    checkpoint_file = training.checkpoint_file(params)
+    training.checkpoint_file(params)                        # evaluate.checkpoint checked before any work
     methods = A.validate(params).methods
     s = AS.validate(params)
     backbones = P.check_nonempty_list("train.backbones", P.section(params, "train.backbones"))
@@ -48,7 +48,7 @@ def run_stage(params: dict) -> None:
                 status.setdefault(backbone, {})[f"f{fold}"] = {"skipped": str(z["skipped"])}
                 print(f"aoppc {backbone} fold {fold}: skipped ({z['skipped']})")
                 continue
-            model, meta = A.load_classifier(backbone, fold, device, checkpoint_file)
+            model, meta = A.load_classifier(params, backbone, fold, device)
             x = A.classifier_input(cache.images[z["rows"]], meta, device, z["masks"])
             side = int(x.shape[-1])
             groups = cache.index["group"].to_numpy()[z["rows"]]

@@ -40,7 +40,7 @@ from cxrbench.explain.selection import lung_masks, select
 def run_stage(params: dict, backbone: str, fold: int) -> None:
     """Maps of classifier ``backbone`` fold ``fold`` written to ``core.paths.attributions`` and its status to
     ``core.paths.attribute_metrics``."""
-    checkpoint_file = training.checkpoint_file(params)
+    training.checkpoint_file(params)                        # evaluate.checkpoint checked before any work
     s = A.validate(params)
     targets = P.check_nonempty_list("explain.targets", P.section(params, "explain.targets"))
     max_images = P.check_int("explain.max_images", P.section(params, "explain.max_images"), minimum=1)
@@ -63,7 +63,7 @@ def run_stage(params: dict, backbone: str, fold: int) -> None:
         write_json(metrics_path, {"backbone": backbone, "fold": fold, "skipped": reason, "methods": {}})
         return
 
-    model, meta = A.load_classifier(backbone, fold, device, checkpoint_file)
+    model, meta = A.load_classifier(params, backbone, fold, device)
     labels = list(meta["labels"])
     missing = [t for t in targets if t not in labels]
     if missing:

@@ -38,7 +38,7 @@ def run_stage(params: dict) -> None:
     stats = bootstrap.validate(params)
     backbones = P.check_nonempty_list("train.backbones", P.section(params, "train.backbones"))
     folds = P.check_nonempty_list("train.folds", P.section(params, "train.folds"))
-    checkpoint_file = training.checkpoint_file(params)
+    training.checkpoint_file(params)                        # evaluate.checkpoint checked before any work
     rt = runtime.configure()
     device = runtime.device()
     cache = Cache(paths.CACHE, paths.INDEX)
@@ -59,7 +59,7 @@ def run_stage(params: dict) -> None:
             t0 = time.perf_counter()
             n = min(cfg.images, len(z["rows"]))
             image_paths = z["paths"][:n].astype(str)
-            model, meta = A.load_classifier(bb, k, device, checkpoint_file)
+            model, meta = A.load_classifier(params, bb, k, device)
             labels = list(meta["labels"])
             x = A.classifier_input(cache.images[z["rows"][:n]], meta, device, z["masks"][:n])
             target = torch.as_tensor(z["target"][:n], device=device).long()

@@ -15,7 +15,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cxrbench.core import paths
 from cxrbench.core.params import ParamError, check_choice, check_fraction, check_int, section
 from cxrbench.explain.memory import estimate_max_batch
 from cxrbench.explain.methods.lrp import LRP_COMPOSITES
@@ -75,7 +74,7 @@ def validate(params: dict) -> Settings:
 
 
 def check_method(name: str, key: str = "explain.methods") -> str:
-    if name not in METHODS:
+    if not isinstance(name, str) or name not in METHODS:
         raise ParamError(key, f"unknown attribution method {name!r}; valid methods are {list(METHODS)}")
     return name
 
@@ -146,19 +145,12 @@ def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return (F.interpolate(t, size=size, mode="nearest").squeeze(1).numpy() > 0).astype(np.uint8)
 
 
-def load_classifier(backbone: str, fold: int, device, checkpoint_file: str = "best.pt"):
-    """The trained classifier of ``backbone`` fold ``fold`` (cxrbench.classify.models); ``checkpoint_file``:
-    ``best.pt`` or ``final.pt`` (``evaluate.checkpoint``, :data:`cxrbench.classify.training.CHECKPOINT_FILES`)."""
-    from pathlib import Path
-    try:
-        from cxrbench.classify.models import load_classifier as _load
-    except ImportError as err:
-        raise RuntimeError(f"cxrbench.classify.models.load_classifier is not available ({err}): "
-                           f"the classification stages must run first") from None
-    path = Path(paths.CLASSIFIERS) / backbone / f"fold{fold}" / checkpoint_file
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the classification stage (dvc repro train)")
-    model, meta = _load(path, map_location=device)
+def load_classifier(params: dict, backbone: str, fold: int, device):
+    """The trained classifier of ``backbone`` fold ``fold`` that ``evaluate.checkpoint`` names, refused unless
+    its training finished on the current params and data (:func:`cxrbench.classify.identity.load`)."""
+    from cxrbench.classify import identity
+
+    model, meta = identity.load(params, backbone, fold, device)
     return model.to(device).eval(), meta
 
 

@@ -37,7 +37,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
-from cxrbench.core.params import ParamError, check_choice
+from cxrbench.core.params import check_choice, check_float
 from cxrbench.lungs.segmentation import apply_input_mode as _mask_mode
 from cxrbench.lungs.segmentation import dilate
 
@@ -51,16 +51,12 @@ FILLS = ("mean", "blur", "zero")
 def validate(p: dict) -> dict:
     """Check the region keys of ``params: audit`` (``p``); return them as the controls' input options."""
     region = check_choice("audit.region", p.get("region"), REGIONS)
-    d = p.get("dilation")
-    if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d <= 0.25:
-        raise ParamError("audit.dilation", f"expected a fraction of the image side in [0, 0.25], e.g. 0.03, "
-                                           f"got {d!r}")
+    d = check_float("audit.dilation", p.get("dilation"), minimum=0, maximum=0.25,
+                    what="a fraction of the image side (e.g. 0.03)")
     fill = check_choice("audit.fill", p.get("fill"), FILLS)
-    sigma = p.get("blur_sigma")
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 < sigma <= 0.5:
-        raise ParamError("audit.blur_sigma", f"expected a fraction of the image side in (0, 0.5], e.g. 0.05, "
-                                             f"got {sigma!r}")
-    return {"region": region, "dilation": float(d), "fill": fill, "blur_sigma": float(sigma)}
+    sigma = check_float("audit.blur_sigma", p.get("blur_sigma"), minimum=0, maximum=0.5, open_low=True,
+                        what="a fraction of the image side (e.g. 0.05)")
+    return {"region": region, "dilation": d, "fill": fill, "blur_sigma": sigma}
 
 
 def options_for(control: str, p: dict) -> dict:

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cxrbench.core import checkpoints
-from cxrbench.core.params import ParamError, check_choice, check_int, section
+from cxrbench.core.params import ParamError, check_choice, check_float, check_fraction, check_int, section
 from cxrbench.core.runtime import check_deadline, deterministic
 from cxrbench.core.runtime import device as runtime_device
 from cxrbench.core.runtime import progress as progress_bar
@@ -93,22 +93,15 @@ class UNetConfig:
         if size % math.prod(st):
             raise ParamError("unet.size", f"{size} must be divisible by the product of unet.strides "
                                           f"({math.prod(st)})")
-        for key in ("lr", "dropout", "threshold"):
-            v = p.get(key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ParamError(f"unet.{key}", f"expected a number, got {v!r} (write 0.001, not 1e-3)")
-        if p["lr"] <= 0:
-            raise ParamError("unet.lr", f"must be > 0, got {p['lr']}")
-        if not 0 <= p["dropout"] < 1:
-            raise ParamError("unet.dropout", f"expected a value in [0, 1), got {p['dropout']}")
-        if not 0 < p["threshold"] < 1:
-            raise ParamError("unet.threshold", f"expected a probability in (0, 1), got {p['threshold']}")
+        lr = check_float("unet.lr", p.get("lr"), minimum=0, open_low=True,
+                         what="a learning rate (write 0.001, not 1e-3)")
+        dropout = check_float("unet.dropout", p.get("dropout"), minimum=0, maximum=1, open_high=True)
+        threshold = check_fraction("unet.threshold", p.get("threshold"))
         a = section(params, "unet.augment")
-        rot, jit = a.get("rotation_degrees"), a.get("intensity_jitter")
-        if isinstance(rot, bool) or not isinstance(rot, (int, float)) or not 0 <= rot <= 45:
-            raise ParamError("unet.augment.rotation_degrees", f"expected degrees in [0, 45], got {rot!r}")
-        if isinstance(jit, bool) or not isinstance(jit, (int, float)) or not 0 <= jit < 1:
-            raise ParamError("unet.augment.intensity_jitter", f"expected a value in [0, 1), got {jit!r}")
+        rot = check_float("unet.augment.rotation_degrees", a.get("rotation_degrees"), minimum=0, maximum=45,
+                          what="degrees")
+        jit = check_float("unet.augment.intensity_jitter", a.get("intensity_jitter"), minimum=0, maximum=1,
+                          open_high=True)
         if not isinstance(a.get("hflip"), bool):
             raise ParamError("unet.augment.hflip", f"expected true or false, got {a.get('hflip')!r}")
         return cls(
@@ -116,11 +109,11 @@ class UNetConfig:
             val_fold=check_int("unet.val_fold", p.get("val_fold"), minimum=0),
             channels=tuple(ch), strides=tuple(st),
             num_res_units=check_int("unet.num_res_units", p.get("num_res_units"), minimum=0),
-            dropout=float(p["dropout"]), loss=check_choice("unet.loss", p.get("loss"), LOSSES),
-            lr=float(p["lr"]), epochs=check_int("unet.epochs", p.get("epochs"), minimum=1),
+            dropout=dropout, loss=check_choice("unet.loss", p.get("loss"), LOSSES),
+            lr=lr, epochs=check_int("unet.epochs", p.get("epochs"), minimum=1),
             batch_size=check_int("unet.batch_size", p.get("batch_size"), minimum=1),
-            seed=check_int("unet.seed", p.get("seed"), minimum=0), threshold=float(p["threshold"]),
-            augment=Augment(float(rot), float(jit), a["hflip"]))
+            seed=check_int("unet.seed", p.get("seed"), minimum=0), threshold=threshold,
+            augment=Augment(rot, jit, a["hflip"]))
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxrbench.core.io import read_json, write_json
-from cxrbench.core.params import ParamError, check_choice, load, section
+from cxrbench.core.io import BadJSONError, read_json, write_json
+from cxrbench.core.params import ParamError, check_choice, check_float, load, section
 
 DIRECTIONS = ("higher", "lower", "equal")
 SPREAD = "spread"
@@ -67,29 +67,35 @@ def config_from_params(params: dict) -> GateConfig:
             raise ParamError(key, f"`metric` must read FILE:dotted.key, got {c!r}")
         terms(str(c["metric"]))
         tol = c.get("tolerance")
-        if tol != SPREAD and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0):
-            raise ParamError(f"{key}.tolerance", f"expected a number >= 0 or {SPREAD!r}, got {tol!r}")
-        out.append(Check(c["metric"], tol if tol == SPREAD else float(tol),
+        if tol != SPREAD:
+            tol = check_float(f"{key}.tolerance", tol, minimum=0, what=f"{SPREAD!r} or a number")
+        out.append(Check(c["metric"], tol,
                          check_choice(f"{key}.direction", c.get("direction", "higher"), DIRECTIONS),
                          str(c.get("reason", ""))))
     spread = g.get("spread")
     needs_spread = any(c.tolerance == SPREAD for c in out)
     if needs_spread and (not isinstance(spread, str) or not spread):
         raise ParamError("gate.spread", f"checks with tolerance: {SPREAD} need the path of the spread JSON")
-    factor = g.get("spread_factor", 1.0)
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 1:
-        raise ParamError("gate.spread_factor", f"expected a number >= 1 (the margin over the measured spread), "
-                                               f"got {factor!r}")
-    return GateConfig(Path(baseline), Path(spread) if spread else None, float(factor), out)
+    factor = check_float("gate.spread_factor", g.get("spread_factor", 1.0), minimum=1,
+                         what="the margin over the measured spread, a number")
+    return GateConfig(Path(baseline), Path(spread) if spread else None, factor, out)
 
 
 def spread_range(spread: dict, metric: str, exclude: str | None = None) -> float | None:
-    """max - min of ``metric`` over the runs of a spread JSON (``exclude``: leave one run out)."""
+    """max - min of ``metric`` over the runs of a spread JSON (``exclude``: leave one run out); None when fewer
+    than two runs have it. NaN when a run's value is not a finite number: a NaN or infinite measurement gives no
+    tolerance, so the check fails (:func:`evaluate`) instead of passing everything."""
     values = [v for run, v in (spread.get("metrics", {}).get(metric, {}).get("values") or {}).items()
-              if run != exclude and v is not None and not (isinstance(v, float) and math.isnan(v))]
+              if run != exclude and v is not None]
+    if not all(_finite(v) for v in values):
+        return math.nan
     if len(values) < 2:
         return None
     return float(max(values) - min(values))
+
+
+def _finite(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def tolerances(checks: list[Check], spread: dict | None, factor: float,
@@ -164,16 +170,24 @@ def evaluate(checks: list[Check], baseline: dict[str, float], current: dict[str,
 
     ``tol`` maps a metric to its tolerance (see :func:`tolerances`); by default each
     check's own number. A ``spread`` check with no measured spread has status
-    ``no spread``, which fails: measure it (``cxrbench spread measure``).
+    ``no spread``, which fails: measure it (``cxrbench spread measure``). A value
+    that is not a finite number (NaN, infinity; in the baseline, this run or the
+    spread) fails as ``NOT FINITE (which)``: every comparison with NaN is False,
+    and an infinite tolerance or baseline would let any value pass.
     """
     tol = tol if tol is not None else {c.metric: (None if c.tolerance == SPREAD else c.tolerance) for c in checks}
     rows = []
     for c in checks:
         base, cur, t = baseline.get(c.metric), current.get(c.metric), tol.get(c.metric)
         change = None
-        if base is None:
+        source = "spread" if c.tolerance == SPREAD else "tolerance"
+        bad = [name for name, v in (("baseline", base), ("current", cur), (source, t))
+               if v is not None and not _finite(v)]
+        if bad:
+            status = f"NOT FINITE ({', '.join(bad)})"
+        elif base is None:
             status = "no baseline"
-        elif cur is None or (isinstance(cur, float) and math.isnan(cur)):
+        elif cur is None:
             status = "MISSING"
         elif t is None:
             status, change = "no spread", cur - base
@@ -188,7 +202,7 @@ def evaluate(checks: list[Check], baseline: dict[str, float], current: dict[str,
 
 def format_table(rows: list[dict]) -> str:
     def f(v):
-        return "-" if v is None else f"{v:.4f}"
+        return "-" if v is None else f"{v:.4f}" if isinstance(v, (int, float)) else repr(v)
     head = ["Path", "Metric", "Baseline", "Current", "Change", "Tolerance", "Rule", "Better", "Status"]
     body = [[*label(r["metric"]), f(r["baseline"]), f(r["current"]),
              "-" if r["change"] is None else f"{r['change']:+.4f}", f(r["tolerance"]), r.get("rule", "fixed"),
@@ -210,13 +224,17 @@ def check(cfg: GateConfig, root: Path = Path("."), baseline_path: Path | None = 
               f"after a run of the reference profile", file=sys.stderr)
         return 1, []
     spread = None
+    baseline = read_json(baseline_path)
+    if not isinstance(baseline, dict):
+        raise BadJSONError(f"{baseline_path}: expected a JSON object of metric -> value; recreate it with "
+                           f"`cxrbench gate snapshot`")
     if cfg.spread is not None:
         if cfg.spread.is_file():
             spread = read_json(cfg.spread)
         else:
             print(f"{cfg.spread} (gate.spread) not found: measure it with `cxrbench spread measure`",
                   file=sys.stderr)
-    rows = evaluate(cfg.checks, read_json(baseline_path), current_values(cfg.checks, root),
+    rows = evaluate(cfg.checks, baseline, current_values(cfg.checks, root),
                     tolerances(cfg.checks, spread, cfg.spread_factor))
     return (1 if failed(rows) else 0), rows
 
@@ -229,6 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", help="override gate.baseline")
     ap.add_argument("--root", default=".", help="folder whose metrics/ are checked or snapshot (default: here)")
     args = ap.parse_args(argv)
+    try:
+        return _run(args)
+    except (ParamError, BadJSONError) as err:      # a bad param or a corrupt JSON: its one message, no traceback
+        print(f"cxrbench gate: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     cfg = config_from_params(load(args.params))
     baseline_path = Path(args.baseline) if args.baseline else cfg.baseline
     if args.action == "snapshot":
@@ -237,7 +263,16 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             print(f"cannot snapshot: metrics missing from this run: {missing}", file=sys.stderr)
             return 1
-        write_json(baseline_path, current)
+        not_finite = {m: v for m, v in current.items() if not _finite(v)}
+        if not_finite:
+            print(f"cannot snapshot: metrics of this run are not finite numbers (a baseline must be): "
+                  f"{not_finite}", file=sys.stderr)
+            return 1
+        try:
+            write_json(baseline_path, current)       # never over a folder (cxrbench.core.io.atomic_path)
+        except OSError as err:
+            print(f"cannot snapshot: --baseline {baseline_path}: {err}", file=sys.stderr)
+            return 2
         print(f"wrote {baseline_path} ({len(current)} metrics)")
         return 0
     code, rows = check(cfg, Path(args.root), baseline_path)

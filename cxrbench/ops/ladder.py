@@ -28,7 +28,7 @@ def ladder(params: dict) -> list[dict]:
         for key in sets:
             section(params, key)                       # a misspelt key fails here, naming it
         base = r.get("from", rows[-1]["name"] if rows else None)
-        if i and base not in by_name:
+        if i and (not isinstance(base, str) or base not in by_name):
             raise ParamError(f"ablation.rows[{i}].from", f"{base!r} is not a row above {name!r}")
         overrides = {**(by_name[base]["overrides"] if base else {}), **sets}
         row = {"name": name, "change": str(r["change"]), "from": base, "set": sets, "overrides": overrides}

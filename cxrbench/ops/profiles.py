@@ -25,6 +25,7 @@ repository elsewhere.
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,8 +70,28 @@ def resolve_paths(overrides: dict[str, Any], root: Path) -> dict[str, Any]:
     return out
 
 
+INTERPOLATION = "${"
+
+
+def check_literal(key: str, value: Any) -> None:
+    """Refuse a value that DVC would not take literally: ``-S`` overrides go through Hydra and OmegaConf,
+    which resolve ``${...}`` even inside a quoted string (``${oc.env:VAR}`` puts an environment variable
+    into params.yaml, and the experiment commits it). No param needs one."""
+    if isinstance(value, str) and INTERPOLATION in value:
+        raise ParamError(key, f"{value!r} contains {INTERPOLATION!r}: DVC would resolve it as an interpolation "
+                              f"(e.g. an environment variable) instead of taking it literally; write the value "
+                              f"itself")
+    if isinstance(value, list):
+        for item in value:
+            check_literal(key, item)
+    if isinstance(value, dict):
+        for k, item in value.items():
+            check_literal(key, str(k))
+            check_literal(key, item)
+
+
 def hydra_value(value: Any) -> str:
-    """A value in the override syntax of ``dvc exp run -S`` (Hydra's grammar)."""
+    """A value in the override syntax of ``dvc exp run -S`` (Hydra's grammar); see :func:`check_literal`."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -78,7 +99,9 @@ def hydra_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        # Hydra's quoted strings: a backslash escapes only in a run of backslashes before a quote or the
+        # closing quote (each pair is one); elsewhere it is literal. So double those runs and escape quotes.
+        return "'" + re.sub(r"(\\*)('|\Z)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value) + "'"
     if isinstance(value, list):
         return "[" + ",".join(hydra_value(v) for v in value) + "]"
     if isinstance(value, dict):
@@ -101,6 +124,7 @@ def exp_command(name: str, overrides: dict[str, Any], extra: list[str], temp: bo
     if exp_name:
         cmd += ["--name", exp_name]
     for key, value in overrides.items():
+        check_literal(key, value)
         cmd += ["-S", f"{key}={hydra_value(value)}"]
     return cmd + extra
 
@@ -122,6 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = argv[:argv.index("--")] if "--" in argv else argv
     args = ap.parse_args(argv)
     args.extra = extra
+    try:
+        return _run(args)
+    except ParamError as err:           # a bad profile value or --set: its one message, no traceback
+        print(f"cxrbench profiles: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     root = Path(".")
     overrides = {**read_profile(args.profile, root), **parse_sets(args.set)}
     overrides = resolve_paths(overrides, root)

@@ -135,7 +135,7 @@ def collect(workdir: Path, cfg: GateConfig, names: list[str]) -> dict:
     metrics = {}
     for c in cfg.checks:
         vals = {n: values[n][c.metric] for n in names}
-        finite = [v for v in vals.values() if v is not None and not math.isnan(v)]
+        finite = [v for v in vals.values() if v is not None and math.isfinite(v)]
         metrics[c.metric] = {
             "values": vals, "direction": c.direction, "reason": c.reason,
             "min": min(finite) if finite else None, "max": max(finite) if finite else None,
@@ -227,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         write_json(cfg.baseline, current_values(cfg.checks, workdir / "runs" / REFERENCE))
         print(f"wrote {cfg.baseline} from the {REFERENCE!r} run")
     untested = [c.metric for c in cfg.checks if c.tolerance == SPREAD and spread["metrics"][c.metric]["range"] is None]
+    not_finite = {c.metric: d["values"] for c in cfg.checks for d in [spread["metrics"][c.metric]]
+                  if any(v is not None and not math.isfinite(v) for v in d["values"].values())}
+    if not_finite:                                 # the gate fails these checks (NOT FINITE (spread))
+        print(f"runs gave values that are not finite numbers: {not_finite}", file=sys.stderr)
+        return 1
     if untested:
         print(f"no spread measured for {untested}", file=sys.stderr)
         return 1

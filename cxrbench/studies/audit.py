@@ -49,7 +49,8 @@ def validate(params: dict) -> dict:
         raise ParamError("audit.backbones", f"expected a non-empty list drawn from train.known_backbones {known}, "
                                             f"got {bbs!r}")
     controls = p.get("controls")
-    if (not isinstance(controls, list) or not controls or len(set(controls)) != len(controls)
+    if (not isinstance(controls, list) or not controls or not all(isinstance(c, str) for c in controls)
+            or len(set(controls)) != len(controls)
             or any(c not in audit_inputs.CONTROLS for c in controls)):
         raise ParamError("audit.controls", f"expected a non-empty list without repeats drawn from "
                                            f"{list(audit_inputs.CONTROLS)}, got {controls!r}")

@@ -290,12 +290,12 @@ def run(params: dict) -> None:
     if not Path(LUNG_MASKS).is_file():
         raise FileNotFoundError(f"{LUNG_MASKS} not found: run the segment stage (dvc repro segment)")
     lungs = np.asarray(load_lung_masks(len(cache.index), mmap=True)[rows])
-    checkpoint = training.checkpoint_file(params)
+    training.checkpoint_file(params)                        # evaluate.checkpoint checked before any work
     shares: dict = {}          # backbone -> method -> list over folds of (N,) shares
     status: dict = {}
     for bb in P.section(params, "train.backbones"):
         for k in P.section(params, "train.folds"):
-            model, meta = A.load_classifier(bb, k, device, checkpoint)
+            model, meta = A.load_classifier(params, bb, k, device)
             labels = list(meta["labels"])
             if target_name not in labels:
                 raise P.ParamError("severity.target", f"{target_name!r} is not among the classifier's labels")

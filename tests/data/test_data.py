@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import io
 import tarfile
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from cxrbench.data import dedupe
 from cxrbench.data import indexing
@@ -549,3 +551,265 @@ def test_altered_copy_with_text_and_crop_joins_the_groups(raw, params, tmp_path)
     assert pair["inliers"] >= p["copy_min_inliers"]
     assert out["group"].iat[0] == out["group"].iat[-1] and out["group"].nunique() == len(names) - 1
     assert rep["groups_merged"] == 1
+
+
+def _hflip(im):
+    return im.transpose(Image.FLIP_LEFT_RIGHT)
+
+
+def _jpeg(im, quality=70):
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("L")
+
+
+COPY_ALTERATIONS = {
+    "mirrored": _hflip,
+    "flipped_upside_down": lambda im: im.transpose(Image.FLIP_TOP_BOTTOM),
+    "rotated_90": lambda im: im.transpose(Image.ROTATE_90),
+    "rotated_270_and_rescaled": lambda im: im.transpose(Image.ROTATE_270).resize(
+        (im.height * 3 // 4, im.width * 3 // 4), Image.BICUBIC),
+    "mirrored_cropped_and_jpeg": lambda im: _jpeg(_hflip(im).crop(
+        (int(im.width * 0.04), int(im.height * 0.06), int(im.width * 0.97), int(im.height * 0.93)))),
+    "transposed_and_jpeg": lambda im: _jpeg(im.transpose(Image.TRANSPOSE), 60),
+}
+
+
+@pytest.mark.parametrize("alteration", sorted(COPY_ALTERATIONS))
+def test_mirrored_or_rotated_copy_joins_the_groups(raw, params, tmp_path, alteration):
+    """A re-uploaded copy that was mirrored, flipped or turned by a right angle (and cropped, rescaled, JPEG
+    re-encoded) under another patient id is linked to its original, even when it must be the image's single
+    best candidate; the other patients' films (and their mirror images) stay apart."""
+    import shutil
+
+    from cxrbench.data import copies
+
+    images = sorted((raw / "covid_chestxray/images").glob("*.jp*g"))[:8]
+    root = tmp_path / "raw"
+    (root / "x").mkdir(parents=True)
+    for f in images:
+        shutil.copy(f, root / "x" / f.name)
+    COPY_ALTERATIONS[alteration](Image.open(images[2]).convert("L")).save(root / "x" / "copy.png")
+    names = [f.name for f in images] + ["copy.png"]
+    frame = pd.DataFrame({"path": [f"x/{n}" for n in names], "patient": [f"p{i}" for i in range(len(names))]})
+    frame["group"] = frame["patient"]
+    p = {**copies.validate(params), "copy_candidates": 1}      # the copy must be found as the best candidate
+    out, rep = copies.link_altered_copies(frame, root, p, 1)
+    assert rep["altered_copies_across_groups"] == 1, rep["altered_copies"]
+    pair = rep["altered_copies"][0]
+    assert {pair["a"], pair["b"]} == {f"x/{images[2].name}", "x/copy.png"}
+    assert pair["inliers"] >= p["copy_min_inliers"]
+    assert out["group"].iat[2] == out["group"].iat[-1] and out["group"].nunique() == len(names) - 1
+
+
+def test_packed_descriptor_matching_equals_scikit_image(raw):
+    """The copy search's popcount matcher returns what skimage's match_descriptors does on the unpacked bits,
+    so the inlier counts of copies as they are stay those of the thumbnail-only search."""
+    from skimage.feature import match_descriptors
+
+    from cxrbench.data import copies
+
+    files = sorted((raw / "covid_chestxray/images").glob("*.jp*g"))[:5]
+    feats = [copies._features(str(f)) for f in files]
+    for a in feats:
+        for b in feats:
+            for da, db in [(a[1][1], b[1][1]), (a[1][1], b[2][1])]:
+                ref = match_descriptors(np.unpackbits(da, axis=1).astype(bool), np.unpackbits(db, axis=1).astype(bool),
+                                        cross_check=True, max_ratio=0.8)
+                assert np.array_equal(copies.match(da, db), ref)
+
+
+# --- preprocess on a disk that fills, and a parent that dies ----------------------------------
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _grey_seven(job):
+    return np.full((1, 32, 32), 7, np.uint8), None
+
+
+def test_a_disk_that_fills_after_the_check_is_an_error_not_sigbus(tmp_path, monkeypatch):
+    """The free-space check passes, then the disk is full: the cache's blocks are reserved before any image is
+    written, so this is ENOSPC with a message (it was SIGBUS, rc 135, from the memory map)."""
+    index = pd.DataFrame({"path": [f"i{k}.png" for k in range(8)], "mask": [""] * 8})
+    recipe = preprocess.Recipe(size=32, percentiles=(1, 95), channels=("raw",))
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(preprocess.os, "posix_fallocate", full, raising=False)
+    monkeypatch.setattr(preprocess, "_work", _grey_seven)
+    with pytest.raises(preprocess.DiskFullError, match=r"cannot reserve .*/images\.npy.*free space") as err:
+        preprocess.build_cache(index, tmp_path, tmp_path / "cache", recipe, 1, "x")
+    assert err.value.errno == errno.ENOSPC and not (tmp_path / "cache").exists()
+
+    def refused(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+    monkeypatch.setattr(preprocess.os, "posix_fallocate", refused, raising=False)
+    with pytest.raises(OSError, match=r"cannot reserve .*the filesystem refused"):
+        preprocess.build_cache(index, tmp_path, tmp_path / "cache", recipe, 1, "x")
+
+
+def test_a_real_full_disk_is_an_error_not_sigbus(tmp_path):
+    """The same on a real 1 MiB tmpfs (in a private mount namespace; skipped where that is not allowed)."""
+    import shutil as sh
+    import subprocess
+    import sys
+
+    if sh.which("unshare") is None:
+        pytest.skip("no unshare")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    script = (
+        "import sys, numpy as np, pandas as pd\n"
+        "from pathlib import Path\n"
+        "from cxrbench.data import preprocess as pp\n"
+        "pp.check_free_space = lambda out, needed, margin=1.05: None\n"        # the disk fills after the check
+        "def work(job):\n"
+        "    return np.full((1, 64, 64), 7, np.uint8), None\n"
+        "pp._work = work\n"
+        "index = pd.DataFrame({'path': [f'i{k}.png' for k in range(300)], 'mask': [''] * 300})\n"
+        "r = pp.Recipe(size=64, percentiles=(1, 95), channels=('raw',))\n"
+        "pp.build_cache(index, Path(sys.argv[1]), Path(sys.argv[1]) / 'cache', r, 1, 'x')\n")
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m none {mnt}"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {probe.stderr.decode().strip()}")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size=1m none {mnt} && '
+                           f'exec "$0" -c "$1" {mnt}', sys.executable, script], capture_output=True, text=True,
+                          cwd=_ROOT, env={**__import__("os").environ, "PYTHONPATH": str(_ROOT)}, timeout=60)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])          # not -7 / 135 (SIGBUS)
+    assert "DiskFullError" in proc.stderr and "cannot reserve" in proc.stderr and "free space" in proc.stderr
+
+
+def test_preprocess_workers_end_with_their_parent(tmp_path):
+    """Kill the stage mid-build: its decoding workers are gone within seconds, not orphaned."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import os, sys, time\n"
+        "from pathlib import Path\n"
+        "import pandas as pd\n"
+        "from cxrbench.data import preprocess as pp\n"
+        "def slow(job):\n"
+        "    Path(sys.argv[1], str(os.getpid())).touch()\n"
+        "    time.sleep(120)\n"
+        "pp._work = slow\n"
+        "index = pd.DataFrame({'path': ['a.png'] * 40, 'mask': [''] * 40})\n"
+        "r = pp.Recipe(size=16, percentiles=(1, 95), channels=('raw',))\n"
+        "pp.build_cache(index, Path(sys.argv[1]), Path(sys.argv[2]) / 'cache', r, 2, 'x')\n")
+    marks = tmp_path / "pids"
+    marks.mkdir()
+    parent = subprocess.Popen([sys.executable, "-c", script, str(marks), str(tmp_path)], cwd=_ROOT,
+                              env={**os.environ, "PYTHONPATH": str(_ROOT)})
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 60
+        while len(workers) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+            workers = [int(p.name) for p in marks.iterdir()]
+        assert len(workers) == 2, "the workers did not start"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+
+        def alive(pid: int) -> bool:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                return False
+            return state != "Z"                                          # a zombie has ended
+
+        deadline = time.time() + 5
+        while any(alive(p) for p in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(p) for p in workers), "orphaned workers outlived the killed preprocess"
+    finally:
+        for pid in workers:                                              # only the workers this test started
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+
+
+# --- the decoder and hostile images -----------------------------------------------------------
+
+def huge_png(path: Path, width: int = 12000, height: int = 10000) -> Path:
+    """A valid grey PNG of ``width`` x ``height`` black pixels: 120 megapixels in about 117 kB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z, row, parts = zlib.compressobj(9), bytes(width + 1), []
+    for _ in range(height):
+        parts.append(z.compress(row))
+    parts.append(z.flush())
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+    return path
+
+
+def float_tiff(path: Path, bad: float | None) -> Path:
+    from PIL import Image
+
+    arr = np.linspace(0, 300, 64 * 48, dtype=np.float32).reshape(64, 48)
+    if bad is not None:
+        arr[5, 7] = bad
+    Image.fromarray(arr, mode="F").save(path, format="TIFF")
+    return path
+
+
+def test_the_decoder_checks_the_declared_size_before_decoding(tmp_path):
+    from PIL import Image
+
+    from cxrbench.data import images
+
+    big = huge_png(tmp_path / "bomb.png")
+    assert big.stat().st_size < 200_000
+    with pytest.raises(images.ImageTooLargeError, match=r"12000 x 10000 = 120,000,000 pixels, over the limit"):
+        images.load_grey(big, max_pixels=50_000_000)
+    assert issubclass(images.ImageTooLargeError, images.DECODE_ERRORS)     # the index lists it, as any bad file
+    assert load_params(_ROOT / "params.yaml")["predict"]["max_pixels"] < Image.MAX_IMAGE_PIXELS
+    small = huge_png(tmp_path / "small.png", 30, 20)
+    assert images.load_grey(small, max_pixels=600).shape == (20, 30)     # at the limit: read
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_float_image_with_non_finite_pixels_is_a_bad_file(tmp_path, bad):
+    from cxrbench.data import images
+
+    with pytest.raises(images.NonFiniteImageError, match=r"1 NaN or infinite pixel"):
+        images.load_grey(float_tiff(tmp_path / "x.tif", bad))
+    grey = images.load_grey(float_tiff(tmp_path / "ok.tif", None))          # finite float images: unchanged
+    assert grey.min() == 0 and grey.max() == 1 and np.isfinite(grey).all()
+
+
+def test_the_decoder_refuses_a_fifo_without_blocking(tmp_path):
+    import os
+    import threading
+
+    from cxrbench.data import images
+
+    fifo = tmp_path / "scan.png"
+    os.mkfifo(fifo)
+
+    fired = []
+
+    def unblock():                       # before the fix the decoder waits for a writer: give it EOF
+        fired.append(True)
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+    timer = threading.Timer(10, unblock)
+    timer.start()
+    try:
+        with pytest.raises(images.NotRegularFileError, match=r"scan\.png is a FIFO .*not a regular file"):
+            images.load_grey(fifo)
+        with pytest.raises(images.NotRegularFileError, match="is a folder"):
+            images.load_grey(tmp_path)
+        assert not fired, "the decoder blocked on the FIFO until the test wrote to it"
+    finally:
+        timer.cancel()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import tarfile
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,11 +28,25 @@ def _archive(seed: bytes = b"v1", n: int = 40) -> bytes:
     return buf.getvalue()
 
 
+def _tar(seed: bytes = b"v1", n: int = 40) -> bytes:
+    """A tar of the same layout as :func:`_archive`: two seeds give archives of equal size and member offsets."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for i in range(n):
+            data = hashlib.sha256(seed + bytes([i])).digest() * 256
+            info = tarfile.TarInfo(f"up/data/f{i}.bin")
+            info.size, info.mtime = len(data), 0
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 class Upstream:
-    """One file at /a.zip with an ETag; options cut the body short or drop Content-Length."""
+    """One file at /a.zip with an ETag; options cut the body short, drop Content-Length, ignore If-Range (and
+    serve any range of the current file) or name the file by Last-Modified or by nothing instead of an ETag."""
 
     def __init__(self):
         self.body, self.cut, self.send_length, self.requests = _archive(), None, True, []
+        self.honour_if_range, self.validator = True, "etag"
         up = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -41,9 +56,11 @@ class Upstream:
             def do_GET(self):
                 up.requests.append(dict(self.headers))
                 etag = '"' + hashlib.sha1(up.body).hexdigest() + '"'
+                modified = f"Mon, 01 Jan 2024 00:{len(up.requests) % 60:02d}:00 GMT"   # changes on every request
+                current = {"etag": etag, "last_modified": modified}.get(up.validator)
                 start, status = 0, 200
                 rng = self.headers.get("Range")
-                if rng and self.headers.get("If-Range", etag) == etag:
+                if rng and (not up.honour_if_range or self.headers.get("If-Range", current) == current):
                     start = int(rng.split("=")[1].rstrip("-"))
                     if start >= len(up.body):
                         self.send_response(416)
@@ -53,7 +70,10 @@ class Upstream:
                     status = 206
                 data = up.body[start:]
                 self.send_response(status)
-                self.send_header("ETag", etag)
+                if up.validator == "etag":
+                    self.send_header("ETag", etag)
+                elif up.validator == "last_modified":
+                    self.send_header("Last-Modified", modified)
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{len(up.body) - 1}/{len(up.body)}")
                 if up.send_length:
@@ -133,6 +153,34 @@ def test_resume_after_the_upstream_file_changed_does_not_splice(upstream, tmp_pa
     fetch(_spec(upstream), tmp_path / "raw", LIMITS)
     assert (DL / "toy.archive").read_bytes() == upstream.body
     _check_extracted(tmp_path / "raw", upstream.body)
+
+
+@pytest.mark.parametrize("validator", ["etag", "last_modified", None])
+def test_a_server_that_ignores_if_range_is_not_spliced(upstream, tmp_path, capsys, validator):
+    """An unpinned tar: the server answers every Range with 206 of its current file, whatever If-Range says.
+    A 206 of a changed file (another validator, or none to compare) is never appended: downloaded whole."""
+    upstream.honour_if_range, upstream.validator = False, validator
+    upstream.body, upstream.cut = _tar(b"v1"), len(_tar(b"v1")) // 2
+    with pytest.raises(SourceError, match="rerun to resume"):
+        fetch(_spec(upstream), tmp_path / "raw", LIMITS)
+    upstream.body, upstream.cut = _tar(b"v2"), None                     # same size and offsets, other bytes
+    fetch(_spec(upstream), tmp_path / "raw", LIMITS)
+    assert (DL / "toy.archive").read_bytes() == upstream.body          # v2 whole, not v1's head + v2's tail
+    assert "not resumed" in capsys.readouterr().out
+    assert upstream.requests[-1].get("Range") is None
+    with tarfile.open(DL / "toy.archive") as t:
+        assert (tmp_path / "raw/data/f3.bin").read_bytes() == t.extractfile("up/data/f3.bin").read()
+
+
+def test_an_unchanged_file_is_still_resumed_when_if_range_is_ignored(upstream, tmp_path):
+    upstream.honour_if_range = False
+    upstream.cut = len(upstream.body) // 3
+    with pytest.raises(SourceError):
+        fetch(_spec(upstream), tmp_path / "raw", LIMITS)
+    upstream.cut = None
+    fetch(_spec(upstream), tmp_path / "raw", LIMITS)
+    assert upstream.requests[-1].get("Range") == f"bytes={len(upstream.body) // 3}-" and len(upstream.requests) == 2
+    assert (DL / "toy.archive").read_bytes() == upstream.body
 
 
 @pytest.mark.parametrize("pinned", [True, False])

@@ -306,7 +306,9 @@ def test_randomisation_stage_on_the_sample(tmp_path, monkeypatch, sample_data, p
     import pandas as pd
     import yaml
 
+    from cxrbench.classify import identity
     from cxrbench.classify import models as M
+    from cxrbench.core import checkpoints
     from cxrbench.data.cache import Cache
     from cxrbench.data.confounder import PLAN_COLUMNS
 
@@ -332,7 +334,11 @@ def test_randomisation_stage_on_the_sample(tmp_path, monkeypatch, sample_data, p
              paths=np.array(cache.index["path"].iloc[rows].tolist()), target=np.array([labels.index("covid19")] * 4),
              masks=np.ones((4, side, side), np.uint8))
     p = copy.deepcopy(params)
-    p["train"].update(backbones=["test_resnet"], folds=[0])
+    p["train"].update(backbones=["test_resnet"], folds=[0],
+                      known_backbones=p["train"]["known_backbones"] + ["test_resnet"])
+    # the hand-saved model stands for one trained to the end on this run's params and data
+    checkpoints.mark_finished([run / "models/classifier/test_resnet/fold0/best.pt"],
+                              identity.expected(p, "test_resnet", 0, root=run))
     p["explain"]["target_layers"]["test_resnet"] = "layer4"
     p["randomisation"].update(images=3, methods=["saliency", "gradcam"], metrics=["spearman_abs", "ssim"])
     p["stats"]["resamples"] = 200

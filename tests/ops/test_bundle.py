@@ -193,6 +193,63 @@ def test_read_manifest_checks_sizes_and_hashes(tmp_path):
         B.read_manifest(tmp_path / "nothing")
 
 
+def _tiny_bundle(tmp_path: Path, monkeypatch) -> Path:
+    """A bundle of a two-file source tree; the host's pip/import check, params and DVC are stubbed."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    _tar(bundle / "source.tar.gz", {".dvc/config": b"", "params.yaml": b"a: 1\n"})
+    _tar(bundle / "mirror.tar", {})
+    _tar(bundle / "wheels.tar", {})
+    files = {f.name: {"bytes": f.stat().st_size, "sha256": B.sha256(f)} for f in bundle.iterdir()}
+    (bundle / "manifest.json").write_text(json.dumps({"files": files, "wheels": [], "overrides": {}}))
+    monkeypatch.setattr(B.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, "2.x", ""))
+    monkeypatch.setattr(B, "host_params", lambda *a, **k: None)
+    monkeypatch.setattr(B, "run_step", lambda *a, **k: ("complete", {"s": 1.0}))
+    return bundle
+
+
+def _run(bundle: Path, work: Path) -> int:
+    return B.main(["run", "--bundle", str(bundle), "--work", str(work)])
+
+
+def test_run_never_replaces_a_work_folder_it_did_not_create(tmp_path, monkeypatch, capsys):
+    bundle = _tiny_bundle(tmp_path, monkeypatch)
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "sub" / "thesis.tex").write_text("years of work")
+    assert _run(bundle, mine) == 2
+    assert f"{mine} is a folder that bundle.py did not create" in capsys.readouterr().err
+    assert [p.name for p in mine.rglob("*")] == ["sub", "thesis.tex"]
+    assert (mine / "sub" / "thesis.tex").read_text() == "years of work"
+    # nor the folder beside it that unpacking uses
+    (tmp_path / "new.unpacking").mkdir()
+    (tmp_path / "new.unpacking" / "keep.txt").write_text("mine")
+    assert _run(bundle, tmp_path / "new") == 2 and not (tmp_path / "new").exists()
+    assert (tmp_path / "new.unpacking" / "keep.txt").read_text() == "mine"
+    # a file: a message, not a traceback
+    (tmp_path / "notes.txt").write_text("mine")
+    assert _run(bundle, tmp_path / "notes.txt") == 2
+    assert "notes.txt exists and is not a folder" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_run_reuses_or_replaces_the_work_folder_it_created(tmp_path, monkeypatch):
+    bundle = _tiny_bundle(tmp_path, monkeypatch)
+    work = tmp_path / "work"
+    assert _run(bundle, work) == 0 and (work / B.WORK_MARKER).is_file() and (work / "params.yaml").is_file()
+    assert _run(bundle, work) == 0                   # the next step resumes in it
+    assert len(json.loads((work / B.RUN_STATE).read_text())["steps"]) == 2
+    (work / B.RUN_STATE).unlink()                    # an unpack that stopped half way: unpacked again
+    (work / "stale.txt").write_text("x")
+    (tmp_path / "work.unpacking").mkdir()            # a stopped unpack's own folder (its marker)
+    (tmp_path / "work.unpacking" / B.WORK_MARKER).write_text("")
+    assert _run(bundle, work) == 0 and not (work / "stale.txt").exists()
+    assert not (tmp_path / "work.unpacking").exists()
+    empty = tmp_path / "empty"                       # an empty folder holds nothing to lose: taken
+    empty.mkdir()
+    assert _run(bundle, empty) == 0 and (empty / B.WORK_MARKER).is_file()
+
+
 def test_host_missing_installs_only_what_the_host_lacks():
     wheels = ["dvc_data-3.18.3-py3-none-any.whl", "no_such_dist_cxrbench-1.0-py3-none-any.whl"]
     assert B.host_missing(wheels) == ["no_such_dist_cxrbench-1.0-py3-none-any.whl"]

@@ -51,6 +51,16 @@ def test_snapshot_then_check_roundtrip(tmp_path, monkeypatch):
     assert gate.main(["check"]) == 0
 
 
+def test_snapshot_onto_a_folder_keeps_the_folder(tmp_path, monkeypatch, capsys):
+    _setup(tmp_path, monkeypatch, {"ens": {"f1": 0.5}, "leaks": 0, "folds": [{"iou": 0.7}]}, {})
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    assert gate.main(["snapshot", "--baseline", str(folder)]) == 2
+    assert f"{folder} is an existing folder" in capsys.readouterr().err
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"] and (folder / "notes.txt").read_text() == "mine"
+
+
 def test_gate_params_validation():
     with pytest.raises(ParamError, match=r"gate.checks\[0\].direction"):
         gate.config_from_params({"gate": {"baseline": "b.json", "checks": [

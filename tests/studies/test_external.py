@@ -247,3 +247,46 @@ def test_markdown_shows_chance_cis_and_the_reason_a_label_is_not_scored(compare_
     assert "AUROC 0.5" in text and "same hospital" in text
     assert "healthy: no positive image (0 of 90)" in text
     assert ("internal test, kermany part" in text) == bool(compare_with)
+
+
+def _source_with_copies(tmp_path, raw, index_frame) -> tuple[Path, dict]:
+    """A Kermany-style source of three new patient ids: a JPEG re-encoded copy of a study image, a mirrored
+    and re-encoded copy of another, and a film of no study image (synthetic)."""
+    from PIL import Image
+
+    folder = tmp_path / "source" / "train" / "NORMAL"
+    folder.mkdir(parents=True)
+    covid = index_frame[index_frame["source"] != "kermany"]["path"].tolist()
+    Image.open(raw / covid[3]).convert("L").save(folder / "IM-9001-0001.jpeg", quality=75)
+    Image.open(raw / covid[7]).convert("L").transpose(Image.FLIP_LEFT_RIGHT).save(folder / "IM-9002-0001.jpeg",
+                                                                                 quality=80)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:300, 0:260]
+    fresh = 120 + 60 * np.sin(xx / 17.0) * np.cos(yy / 23.0) + rng.normal(0, 25, xx.shape)
+    Image.fromarray(np.clip(fresh, 0, 255).astype(np.uint8)).save(folder / "IM-9003-0001.jpeg")
+    return tmp_path / "source", {"IM-9001-0001.jpeg": covid[3], "IM-9002-0001.jpeg": covid[7]}
+
+
+def test_a_reencoded_or_mirrored_copy_of_a_study_image_is_not_external(params, table, raw, index_frame, tmp_path,
+                                                                       monkeypatch):
+    """JPEG re-encoded (and mirrored) copies of study images under new patient ids: the stage refuses them
+    before any model loads, or (exclude_study_patients) drops them and counts them; only the fresh film stays."""
+    from cxrbench.data import copies, dedupe
+
+    mirror, originals = _source_with_copies(tmp_path, raw, index_frame)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "raw").symlink_to(raw)
+    index_frame.to_csv(tmp_path / "data" / "index.csv", index=False)
+    with pytest.raises(XS.OverlapError, match=r"2 image\(s\) are copies of study images.*IM-9001-0001.jpeg ~ "
+                                             rf"{originals['IM-9001-0001.jpeg']}"):
+        XR.run_stage(_params(params, source=None, mirror=str(mirror), exclude_study_patients=False),
+                     device="cpu", show=False)
+
+    src = _source(params, source=None, mirror=str(mirror))
+    frame, _ = XS.list_images(src, *XS.source_root(src), table)
+    p = {**dedupe.validate(params), **copies.validate(params)}
+    kept, found = XO.separate_copies(frame, index_frame, raw, src, p)
+    assert [Path(f).name for f in kept["file"]] == ["IM-9003-0001.jpeg"]
+    assert found["copies"] == found["images"] == found["patients"] == 2
+    assert {Path(c["path"]).name: c["study_path"] for c in found["pairs"]} == originals

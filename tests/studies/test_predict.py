@@ -8,9 +8,13 @@ models/classifier/<backbone>/fold<k>/best.pt and metrics/eval/<backbone>-f<k>.js
 from __future__ import annotations
 
 import copy
+import errno
 import json
+import os
 import shutil
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -26,6 +30,7 @@ from cxrbench.studies.predict import inputs as PI
 from cxrbench.studies.predict import load as PL
 from cxrbench.studies.predict import overlays as PO
 from cxrbench.data import splitting
+from cxrbench.classify import identity
 from cxrbench.classify import training as T
 from cxrbench.data.cache import Cache
 from cxrbench.core.params import ParamError
@@ -54,7 +59,9 @@ def trained(tmp_path_factory, sample_data, params):
     p = copy.deepcopy(params)
     p["preprocess"].update(size=int(cache.meta["size"]), channels=list(cache.meta["channels"]),
                            percentiles=list(cache.meta["percentiles"]))
-    p["train"].update(backbones=[TINY], folds=[0, 1])
+    p["train"].update(backbones=[TINY], folds=[0, 1], known_backbones=p["train"]["known_backbones"] + [TINY],
+                      pretrained="none", input_size={"default": 32}, epochs=1, batch_size=16, lr=3e-3, seed=0,
+                      augment={"enabled": False})
     p["evaluate"]["batch_size"] = 16
     p["explain"]["target_layers"]["test_resnet"] = "layer4"             # Grad-CAM layer of the tiny model
     (run / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
@@ -63,11 +70,10 @@ def trained(tmp_path_factory, sample_data, params):
     rows = np.arange(len(cache.index))
     cuts = {}
     for fold in (0, 1):
-        cfg = T.TrainConfig(backbone=TINY, fold=fold, labels=labels, in_chans=cache.images.shape[1],
-                            cache_size=cache.images.shape[-1], input_size=32, epochs=1, batch_size=16,
-                            lr=3e-3, seed=fold, augment={"enabled": False})
+        cfg = identity.config(p, TINY, fold, cache.meta)      # the run's params, as the train stage does
         out = run / "models" / "classifier" / TINY / f"fold{fold}"
-        T.train(cfg, cache.images, y, rows[fold::2], rows[1 - fold::2], out, progress=False, device="cpu")
+        T.train(cfg, cache.images, y, rows[fold::2], rows[1 - fold::2], out, progress=False, device="cpu",
+                cache_id=identity.cache_digest(cache.meta))
         model, meta = M.load_classifier(out / "best.pt")
         prob = T.predict(model, cache.images, rows[1 - fold::2], CPU)
         cuts[fold], _ = E.select_thresholds(y[rows[1 - fold::2]], prob, "val_f1", 0.5, 1)
@@ -238,3 +244,223 @@ def test_dicom_is_read_with_pydicom(tmp_path):
     grey = PI.load_image(path)
     assert grey.shape == (40, 30) and grey.dtype == np.float32
     np.testing.assert_allclose(grey, 1 - pixels / pixels.max(), atol=1e-6)   # MONOCHROME1: bright = low values
+
+
+# --- the output: checked before any work, never written over a folder ---
+
+def _stub_run(monkeypatch, calls):
+    """predict with the model part stubbed (no training): load_run and predict_files record their calls."""
+    def load_run(*a, **k):
+        calls.append("load_run")
+        return SimpleNamespace(members=[SimpleNamespace(name=f"{TINY}-f0")], device="cpu", rule="majority",
+                               recipe=SimpleNamespace(size=64, channels=("raw",)))
+
+    def predict_files(run, paths, *a, **k):
+        calls.append("predict_files")
+        return pd.DataFrame({"path": [str(p) for p in paths], "status": "ok", "prob_covid19": 0.5})
+
+    monkeypatch.setattr(PC, "load_run", load_run)
+    monkeypatch.setattr(PC, "predict_files", predict_files)
+    return ["--params", str(Path(__file__).resolve().parents[2] / "params.yaml"), "--device", "cpu"]
+
+
+def _xray_folder(tmp_path):
+    folder = tmp_path / "my_xrays"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.png").write_bytes(b"\x89PNG user scan")
+    (folder / "sub" / "b.jpg").write_bytes(b"user scan")
+    return folder, {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_out_onto_the_input_folder_is_refused_and_the_folder_kept(tmp_path, monkeypatch, capsys):
+    calls = []
+    argv = _stub_run(monkeypatch, calls)
+    folder, before = _xray_folder(tmp_path)
+    assert PC.main([str(folder), "--out", str(folder)] + argv) == 2
+    assert f"{folder} is a folder" in capsys.readouterr().err
+    assert folder.is_dir() and {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert calls == []                               # refused before any model was loaded
+    assert PC.main([str(folder), "--out", str(tmp_path / "p.csv")] + argv) == 0     # the stub itself works
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 2
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_an_unwritable_out_is_refused_before_any_work(tmp_path, monkeypatch, capsys, where):
+    """Root ignores permission bits, so the tests use what fails for root too: a path under a file, /proc."""
+    calls = []
+    argv = _stub_run(monkeypatch, calls)
+    folder, before = _xray_folder(tmp_path)
+    out = folder / "a.png" / "p.csv" if where == "under_a_file" else "/proc/self/p.csv"
+    if where == "proc" and not os.path.isdir("/proc/self"):
+        pytest.skip("no /proc")
+    assert PC.main([str(folder), "--out", str(out)] + argv) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}" in err and "predict: error" in err
+    assert calls == []                               # nothing computed, nothing lost
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_a_failed_final_write_is_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
+    argv = _stub_run(monkeypatch, [])
+    folder, _ = _xray_folder(tmp_path)
+
+    def full(path, frame):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(PC, "write_csv", full)
+    assert PC.main([str(folder), "--out", str(tmp_path / "p.csv")] + argv) == 2
+    assert f"cannot write --out {tmp_path / 'p.csv'}" in capsys.readouterr().err
+
+
+# --- hostile inputs ---------------------------------------------------------------------------
+
+def _fifo_watchdog(fifos, seconds=30):
+    """Before the fix a FIFO blocks the decoder until a writer comes: after ``seconds``, open each for writing
+    (EOF for the reader) so the test fails instead of hanging. Returns (timer, fired)."""
+    import os
+    import threading
+
+    fired = []
+
+    def unblock():
+        fired.append(True)
+        for f in fifos:
+            try:
+                os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:                      # no reader waiting on this one
+                continue
+    timer = threading.Timer(seconds, unblock)
+    timer.start()
+    return timer, fired
+
+
+def test_hostile_images_are_listed_not_decoded_or_waited_for(trained, raw, tmp_path):
+    """A FIFO, an image over predict.max_pixels, float images with NaN/inf pixels: each a bad row with its
+    reason, and the run ends; images under a linked folder are searched (a link loop ends)."""
+    import os
+    from PIL import Image
+
+    good = _files(raw, trained["cache"])[:2]
+    folder, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(good[0], folder / good[0].name)
+    shutil.copy(good[1], elsewhere / good[1].name)
+    (folder / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (folder / "loop").symlink_to(folder, target_is_directory=True)        # must not be searched forever
+    os.mkfifo(folder / "pipe.png")
+    os.mkfifo(tmp_path / "given.png")
+    Image.fromarray(np.full((1000, 1500), 90, np.uint8)).save(tmp_path / "large.png")     # 1.5 MP
+    floats = []
+    for name, bad in (("nan.tif", np.nan), ("inf.tif", np.inf)):
+        arr = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+        arr[3, 3] = bad
+        Image.fromarray(arr, mode="F").save(tmp_path / name, format="TIFF")
+        floats.append(str(tmp_path / name))
+    timer, fired = _fifo_watchdog([folder / "pipe.png", tmp_path / "given.png"])
+    out = tmp_path / "p.csv"
+    try:
+        rc = PC.main([str(folder), str(tmp_path / "given.png"), str(tmp_path / "large.png"), *floats,
+                      "--run", str(trained["run"]), "--models", f"{TINY}:0", "--out", str(out), "--device", "cpu",
+                      "--set", "predict.max_pixels=1000000"])
+    finally:
+        timer.cancel()
+    assert not fired, "predict waited on a FIFO"
+    assert rc == 0
+    frame = pd.read_csv(out, keep_default_na=False)
+    status = dict(zip(frame["path"], frame["status"]))
+    assert status[str(folder / good[0].name)] == "ok"
+    assert status[str(folder / "linked" / good[1].name)] == "ok"                   # the linked folder
+    assert not any("/loop/" in p for p in status) and len(frame) == 7
+    for fifo in (folder / "pipe.png", tmp_path / "given.png"):
+        assert status[str(fifo)].startswith("NotRegularFileError") and "FIFO" in status[str(fifo)]
+    assert status[str(tmp_path / "large.png")].startswith("ImageTooLargeError")
+    assert "1500 x 1000" in status[str(tmp_path / "large.png")] and "predict.max_pixels" in status[str(tmp_path / "large.png")]
+    for f in floats:
+        assert status[f].startswith("NonFiniteImageError"), status[f]
+
+
+def test_overlay_titles_are_text_and_one_failed_overlay_keeps_the_run(trained, raw, tmp_path):
+    """`invoice_$5_$6.png` is a file name, not mathtext; an overlay that cannot be written (its name too long
+    for the filesystem) is noted in its row, and the others and the CSV are written."""
+    src = _files(raw, trained["cache"])[:3]
+    names = ["invoice_$5_$6.png", "x" * 240 + ".png", "plain.png"]
+    for f, name in zip(src, names):
+        shutil.copy(f, tmp_path / name)
+    out, maps = tmp_path / "p.csv", tmp_path / "maps"
+    assert PC.main([str(tmp_path / n) for n in names] + ["--run", str(trained["run"]), "--models", f"{TINY}:0",
+                                                        "--out", str(out), "--overlays", str(maps),
+                                                        "--device", "cpu"]) == 0
+    frame = pd.read_csv(out, keep_default_na=False)
+    assert (frame["status"] == "ok").all()
+    overlay = frame["overlay"].tolist()
+    assert overlay[0].endswith("00000_invoice_$5_$6.gradcam.png") and (maps / overlay[0].split("/")[-1]).is_file()
+    assert overlay[1].startswith("overlay not written: OSError") and "too long" in overlay[1]
+    assert overlay[2].endswith("00002_plain.gradcam.png")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--device", "gpu"], r"--device 'gpu': not a device name.*use cpu, cuda or cuda:N"),
+    (["--device", "cuda:99"], r"--device cuda:99: (CUDA is not available|this machine has \d+ CUDA device)"),
+    (["--device", "meta"], r"--device meta: not available"),
+    (["--overlays", "FILE"], r"--overlays .*is a file, not a folder"),
+    (["--overlays", "FILE/sub"], r"--overlays .*is a file, not a folder"),
+    (["--overlays", "maps", "--set", "predict.overlay_method=[gradcam]"], r"predict.overlay_method.*expected the name"),
+    (["--overlays", "maps", "--set", "predict.overlay_method=lime"], r"predict.overlay_method.*unknown"),
+    (["--set", "predict.max_pixels=0"], r"predict.max_pixels.*must be >= 1"),
+    (["--set", "predict.max_pixels=1e9"], r"predict.max_pixels.*expected an integer"),
+])
+def test_bad_arguments_are_messages_not_tracebacks(trained, raw, tmp_path, capsys, extra, message):
+    (tmp_path / "FILE").write_text("not a folder")
+    extra = [str(tmp_path / e) if e.startswith(("FILE", "maps")) else e for e in extra]
+    args = [str(_files(raw, trained["cache"])[0]), "--run", str(trained["run"]), "--models", f"{TINY}:0",
+            "--out", str(tmp_path / "p.csv")]
+    if "--device" not in extra:
+        args += ["--device", "cpu"]
+    assert PC.main(args + extra) == 2
+    err = capsys.readouterr().err
+    assert "predict: error:" in err and "Traceback" not in err
+    import re
+    assert re.search(message, err), err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_dicom_rows_and_columns_are_checked_before_the_pixels(tmp_path, monkeypatch):
+    """A DICOM header declaring 12000 x 10000 is refused before its pixel data is decoded (a stand-in
+    pydicom: the real one is optional), and a float DICOM with a NaN is a bad file."""
+    import types
+
+    class Dataset(dict):
+        def __init__(self, rows, cols, pixels=None):
+            super().__init__()
+            self.Rows, self.Columns, self.SamplesPerPixel, self._pixels = rows, cols, 1, pixels
+
+        @property
+        def pixel_array(self):
+            assert self._pixels is not None, "the pixel data of an oversized image was decoded"
+            return self._pixels
+
+    datasets = {}
+    fake = types.ModuleType("pydicom")
+    fake.dcmread = lambda path: datasets[path]
+    fake.pixels = types.SimpleNamespace(apply_modality_lut=lambda a, ds: a, apply_voi_lut=lambda a, ds: a)
+    fake.errors = types.SimpleNamespace(InvalidDicomError=type("InvalidDicomError", (Exception,), {}))
+    monkeypatch.setitem(sys.modules, "pydicom", fake)
+    monkeypatch.setitem(sys.modules, "pydicom.pixels", fake.pixels)
+    monkeypatch.setitem(sys.modules, "pydicom.errors", fake.errors)
+    from cxrbench.data.preprocess import Recipe
+
+    recipe = Recipe(size=32, percentiles=(1.0, 95.0), channels=("raw",))
+    big, nan, fine = (tmp_path / n for n in ("big.dcm", "nan.dcm", "fine.dcm"))
+    pixels = np.linspace(0, 1000, 40 * 30, dtype=np.float32).reshape(40, 30)
+    datasets[str(big)] = Dataset(10000, 12000)
+    datasets[str(nan)] = Dataset(40, 30, np.where(np.arange(1200).reshape(40, 30) == 7, np.nan, pixels))
+    datasets[str(fine)] = Dataset(40, 30, pixels)
+    for f in (big, nan, fine):
+        f.write_bytes(b"DICM")
+    arr, why = PI.prepare_file((str(big), recipe, 50_000_000))
+    assert arr is None and why.startswith("ImageTooLargeError") and "12000 x 10000" in why
+    arr, why = PI.prepare_file((str(nan), recipe, 50_000_000))
+    assert arr is None and why.startswith("NonFiniteImageError")
+    arr, why = PI.prepare_file((str(fine), recipe, 50_000_000))
+    assert why == PI.OK and arr.shape == (1, 32, 32)

@@ -18,7 +18,7 @@ from cxrbench.explain.metrics import tables as AT
 from cxrbench.explain.metrics import perturbation as EM
 from cxrbench.core import paths
 from cxrbench.core.io import read_json
-from cxrbench.core.params import ParamError, check_choice, check_fraction, check_int, check_subset, section
+from cxrbench.core.params import ParamError, check_choice, check_float, check_fraction, check_int, check_subset, section
 
 
 @dataclass(frozen=True)
@@ -45,21 +45,24 @@ def validate(params: dict) -> Settings:
         raise ParamError("aoppc.region", f"expected a mapping (patch, steps, fills, orders, blur_sigma, road_noise), "
                                          f"got {reg!r}")
     from cxrbench.core import bootstrap as B
-    noise = section(params, "aoppc.region.road_noise")
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
-        raise ParamError("aoppc.region.road_noise", f"expected a standard deviation >= 0 (image units 0..1), "
-                                                    f"got {noise!r}")
+    reference = section(params, "aoppc.reference") or {}
+    if not isinstance(reference, dict):
+        raise ParamError("aoppc.reference", f"expected a mapping of method -> published value, got {reference!r}")
+    for method, value in reference.items():
+        check_float(f"aoppc.reference.{method}", value)
+    noise = check_float("aoppc.region.road_noise", section(params, "aoppc.region.road_noise"), minimum=0,
+                        what="a standard deviation (image units 0..1)")
     return Settings(
         importance=check_choice("aoppc.importance", section(params, "aoppc.importance"), ["signed", "abs"]),
         images_per_batch=check_int("aoppc.images_per_batch", section(params, "aoppc.images_per_batch"), minimum=1),
-        reference=section(params, "aoppc.reference") or {},
+        reference=reference,
         seed=check_int("explain.seed", section(params, "explain.seed")),
         patch=check_fraction("aoppc.region.patch", section(params, "aoppc.region.patch")),
         steps=check_int("aoppc.region.steps", section(params, "aoppc.region.steps"), minimum=1),
         fills=check_subset("aoppc.region.fills", section(params, "aoppc.region.fills"), EM.FILLS),
         orders=check_subset("aoppc.region.orders", section(params, "aoppc.region.orders"), EM.ORDERS),
         blur_sigma=check_fraction("aoppc.region.blur_sigma", section(params, "aoppc.region.blur_sigma")),
-        road_noise=float(noise),
+        road_noise=noise,
         stats=B.validate(params))
 
 

@@ -1,6 +1,7 @@
 """The offline bundle's runner on the GPU host: unpack it, run the profile in time-boxed steps, collect.
 
     # exit 0 = the profile is complete, 75 = the step ended at its time limit (run it again), else a failure
+    # --work: a new folder, or one an earlier run made (it holds .bundle-work): any other is refused
     python3 .bundle/bundle.py run --bundle .bundle --work /tmp/cxr [--step-seconds 600] [--state-out $OUT]
 
     # metrics, report and plots (never models) as at most 8 files
@@ -42,6 +43,9 @@ STATE_SKIP = ("data/cache", "data/raw", "data/downloads", "models/classifier", "
 RESULT_PARTS = {"metrics.tar.gz": ("metrics", "dvc.lock", "params.yaml"), "report.tar.gz": ("report",),
                 "plots.tar.gz": ("plots",)}
 RUN_STATE = ".bundle-run.json"
+# Written first into every folder this runner creates (WORK and WORK.unpacking): the only folders it ever
+# deletes or reuses. Any other existing --work is refused: it may be the checkout, a home, a user's data.
+WORK_MARKER = ".bundle-work"
 RUN_LOG = "bundle-run.log"
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
 WRITE_PARAMS = ("import json, sys; from pathlib import Path; from cxrbench.ops.bundle.host import write_params; "
@@ -175,10 +179,39 @@ def env_for(work: Path) -> dict:
     return env
 
 
+def made_here(folder: Path) -> bool:
+    """Whether ``folder`` is a folder this runner created (it holds :data:`WORK_MARKER`)."""
+    return folder.is_dir() and not folder.is_symlink() and (folder / WORK_MARKER).is_file()
+
+
+def check_work(work: Path) -> None:
+    """Refuse a ``--work`` that this runner did not create: a file, a link, or a folder with anything in it but
+    no :data:`WORK_MARKER` (an empty folder is taken: nothing in it can be lost). Same for WORK.unpacking."""
+    if not work.name:
+        raise BundleError(f"--work {work}: give the path of a new folder, not a file system root")
+    for path, what in ((work, "--work"), (work.with_name(work.name + ".unpacking"), "the unpacking folder")):
+        if not (path.exists() or path.is_symlink()) or made_here(path):
+            continue
+        if path.is_symlink() or not path.is_dir():
+            raise BundleError(f"{what} {path} exists and is not a folder: give the path of a new folder "
+                              f"(the runner creates it)")
+        if any(path.iterdir()):
+            raise BundleError(f"{what} {path} is a folder that bundle.py did not create (no {WORK_MARKER} in "
+                              f"it): the runner would replace it. Give the path of a new folder, e.g. /tmp/cxr; "
+                              f"nothing was changed")
+
+
 def unpack(bundle: Path, work: Path, manifest: dict, resume_from: Path | None) -> None:
+    """Unpack the bundle into WORK.unpacking, then move it to WORK; both are folders this runner created
+    (:func:`check_work`, before anything is written)."""
+    check_work(work)
     verify(bundle, manifest)
     tmp = work.with_name(work.name + ".unpacking")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if made_here(tmp):
+        shutil.rmtree(tmp)              # left by an unpack that was stopped
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / WORK_MARKER).write_text("created by bundle.py run: the runner may replace this folder\n",
+                                   encoding="utf-8")
     safe_extract(bundle / "source.tar.gz", tmp)
     safe_extract(bundle / "mirror.tar", tmp / ".mirror")
     safe_extract(bundle / "wheels.tar", tmp / ".wheels")
@@ -200,9 +233,10 @@ def unpack(bundle: Path, work: Path, manifest: dict, resume_from: Path | None) -
         safe_extract(resume_from, tmp)
         log(f"restored the state of {resume_from}")
     host_params(tmp, manifest["overrides"], work)
-    if work.exists():
+    check_work(work)                    # again: it may have changed while unpacking
+    if made_here(work):
         shutil.rmtree(work)
-    os.replace(tmp, work)
+    os.replace(tmp, work)               # onto nothing, or onto an empty folder
 
 
 def plan_deadlines(start: float, step_seconds: float, reserve: float = STEP_RESERVE_SECONDS,
@@ -301,6 +335,7 @@ def run(bundle: Path, work: Path, step_seconds: float, state_out: Path | None, r
         extra: list[str]) -> int:
     start = time.time()
     deadlines = plan_deadlines(start, step_seconds)
+    check_work(work)
     manifest = read_manifest(bundle)
     state_path = work / RUN_STATE
     if not state_path.is_file():
@@ -370,7 +405,9 @@ def add_parsers(sub) -> None:
     """The ``run`` and ``collect`` subcommands on ``sub`` (an argparse subparsers object)."""
     r = sub.add_parser("run", help="on the host: unpack (once) and run one time-boxed step")
     r.add_argument("--bundle", type=Path, required=True)
-    r.add_argument("--work", type=Path, required=True, help="the run folder; kept between steps")
+    r.add_argument("--work", type=Path, required=True,
+                   help="the run folder, kept between steps: a new (or empty) folder, or one an earlier run made "
+                        "(it resumes); any other existing folder is refused, never replaced")
     r.add_argument("--step-seconds", type=float, default=STEP_SECONDS)
     r.add_argument("--state-out", type=Path, default=None, help="also write state.tar.gz here after the step")
     r.add_argument("--resume-from", type=Path, default=None, help="a state.tar.gz of an earlier host")

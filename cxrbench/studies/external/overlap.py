@@ -1,12 +1,18 @@
-"""A source kept apart from the study: its study patients dropped or refused, pixel-identical images refused,
-and at most ``external.max_images_per_class`` images per finding."""
+"""A source kept apart from the study: its study patients dropped or refused, the patients of copies of study
+images (exact, near or altered: mirrored, turned, cropped, re-encoded) dropped or refused, pixel-identical
+images refused, and at most ``external.max_images_per_class`` images per finding."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cxrbench.data import copies
+from cxrbench.data.images import DECODE_ERRORS
 from cxrbench.studies.external.sources import ExternalError, OverlapError, Source
+from cxrbench.studies.predict import inputs as PI
 
 SHOWN = 20                                      # names listed in an error before "and N more"
 
@@ -74,3 +80,48 @@ def refuse_identical(frame: pd.DataFrame, state: pd.DataFrame, index: pd.DataFra
         raise OverlapError(f"external source `{src.name}` ({src.key}): {len(same)} image(s) are pixel-identical to "
                            f"images of the study (data/index.csv) under other patient ids: {_listed(same)}. A model "
                            f"has seen them: remove them from the source")
+
+
+def _load_or_none(path: str):
+    """A source image decoded as the stage decodes it, or None where it cannot be read (it is then listed as
+    unreadable when the images are prepared, and can be a copy of nothing)."""
+    expected = PI._dicom_errors() if Path(path).suffix.lower() in PI.DICOM_SUFFIXES else DECODE_ERRORS
+    try:
+        return PI.load_image(path)
+    except expected:
+        return None
+
+
+def separate_copies(frame: pd.DataFrame, index: pd.DataFrame, raw: Path, src: Source, dedupe: dict,
+                    workers: int = 1) -> tuple[pd.DataFrame, dict]:
+    """Drop (``exclude_study_patients``) or refuse the patients of images that are copies of study images.
+
+    A copy is found as the index stage finds one (:func:`cxrbench.data.copies.copies_between`: the same
+    pixels, a perceptual hash within ``dedupe.phash_max_distance``, or ORB keypoints under one similarity of
+    any flip or right-angle turn), against every image of data/index.csv read from ``raw``. Its patient is a
+    study patient under another id: all their images go. Returns the frame and the count for the metrics."""
+    files = [Path(raw) / x for x in index["path"]]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ExternalError(f"{len(missing)} image(s) of data/index.csv are missing ({_listed(missing)}): the "
+                            f"external stage compares every source image with the study's images; download "
+                            f"them again (dvc repro download)")
+    found = copies.copies_between(frame["file"].tolist(), [str(f) for f in files], dedupe, workers,
+                                  loader=_load_or_none, desc=f"external {src.name} vs study")
+    pairs = [{"path": frame["path"].iat[c["query"]], "study_path": index["path"].iat[c["ref"]],
+              **{k: c[k] for k in ("kind", "inliers", "mirrored", "hash_distance")}} for c in found]
+    if pairs and not src.exclude_study_patients:
+        named = [f"{c['path']} ~ {c['study_path']} ({c['kind']})" for c in pairs]
+        raise OverlapError(
+            f"external source `{src.name}` ({src.key}): {len(pairs)} image(s) are copies of study images "
+            f"(data/index.csv) under other patient ids (exact, near, or altered: cropped, re-encoded, mirrored "
+            f"or turned): {_listed(named)}. A model has seen them: remove them from the source, or set "
+            f"{src.key}.exclude_study_patients: true to drop their patients")
+    patients = sorted({frame["patient"].iat[c["query"]] for c in found})
+    drop = frame["patient"].isin(patients)
+    report = {"copies": len(pairs), "patients": len(patients), "images": int(drop.sum()), "pairs": pairs}
+    frame = frame.loc[~drop].reset_index(drop=True)
+    if frame.empty:
+        raise ExternalError(f"external source `{src.name}` ({src.key}) has no image left: all are copies of study "
+                            f"images or of their patients ({len(pairs)} copies): nothing external to score")
+    return frame, report

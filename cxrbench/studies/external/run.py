@@ -4,7 +4,9 @@
 Per source: (1) its images with patient and labels (file names that fit no pattern are listed);
 (2) patients with any image in ``data/index.csv`` (any split, linked patients included) are dropped when
 ``exclude_study_patients`` is true and are an error naming them otherwise, and the rest is verified
-disjoint from the study; (3) at most ``external.max_images_per_class`` images per finding (seeded);
+disjoint from the study; (3) at most ``external.max_images_per_class`` images per finding (seeded), and
+the patients of any image that is a copy of a study image (exact, near, or altered: cropped, re-encoded,
+mirrored, turned; the index stage's copy search against data/raw) dropped or refused the same way;
 (4) each image decoded and preprocessed with the run's cache recipe (as
 :mod:`cxrbench.studies.predict.inputs` does), in worker processes, cached under
 ``data/external/<name>/cache`` by file content and recipe; an image pixel-identical to a study image (the
@@ -31,11 +33,13 @@ from cxrbench.core import paths
 from cxrbench.core.io import write_csv, write_json, write_text
 from cxrbench.data.labels import LabelTable
 from cxrbench.core.params import section
+from cxrbench.data import copies, dedupe
 from cxrbench.studies.predict import apply as PA
 from cxrbench.studies.predict import inputs as PI
 from cxrbench.studies.predict import load as PL
 from cxrbench.studies.external.images import prepare_images
-from cxrbench.studies.external.overlap import _listed, cap_per_class, refuse_identical, separate_from_study
+from cxrbench.studies.external.overlap import (_listed, cap_per_class, refuse_identical, separate_copies,
+                                               separate_from_study)
 from cxrbench.studies.external.sources import OUT_DIR, ExternalError, fetch_source, list_images, source_root, validate
 from cxrbench.studies.external.stats import EXTERNAL, INTERNAL, MIX, SAME, Scored, mix_weights, score_label
 from cxrbench.studies.external.tables import markdown, plot_calibration, set_titles
@@ -105,6 +109,7 @@ def run_stage(params: dict, device=None, workers: int = 1, show: bool = True) ->
         return write_off("external.sources is empty; list entries of external.catalog there to score them "
                          "(profiles ci and mirror score kermany_unused)")
     stats = B.validate(params)
+    copy_params = {**dedupe.validate(params), **copies.validate(params)}
     table = LabelTable.from_params(params)
     if not INDEX.is_file():
         raise ExternalError(f"{INDEX} not found: the external stage checks its sources against the study's index; "
@@ -119,7 +124,9 @@ def run_stage(params: dict, device=None, workers: int = 1, show: bool = True) ->
         frame, excluded = separate_from_study(frame, index, src)
         kept = len(frame)
         frame = cap_per_class(frame, cfg.max_images_per_class, cfg.seed)
-        selected[src.name] = (origin, frame, unparsed, listed, excluded, kept)
+        capped = kept - len(frame)
+        frame, study_copies = separate_copies(frame, index, Path(paths.RAW), src, copy_params, workers)
+        selected[src.name] = (origin, frame, unparsed, listed, excluded, kept, capped, study_copies)
     union = []
     for spec in cfg.models:
         for b, k in PL.parse_models(spec, section(params, "train.backbones"), section(params, "train.folds")):
@@ -145,7 +152,7 @@ def run_stage(params: dict, device=None, workers: int = 1, show: bool = True) ->
     finding_test = np.array([finding_of[p] for p in test["path"]])
     curves = {}
     for src in cfg.sources:
-        origin, frame, unparsed, listed, excluded, kept = selected[src.name]
+        origin, frame, unparsed, listed, excluded, kept, capped, study_copies = selected[src.name]
         images, state, reused = prepare_images(frame, run.recipe, OUT_DIR / src.name / "cache", workers, show)
         refuse_identical(frame, state, index, src)
         ok = (state["status"] == PI.OK).to_numpy()
@@ -164,10 +171,11 @@ def run_stage(params: dict, device=None, workers: int = 1, show: bool = True) ->
         src_result = {"note": src.note, "origin": origin, "compare_with": src.compare_with,
                       "max_images_per_class": cfg.max_images_per_class, "excluded": excluded,
                       "unparsed": unparsed, "unreadable": unreadable, "reused_from_cache": reused,
-                      "images": {"listed": listed, "outside_study": kept, "capped": kept - len(frame),
+                      "images": {"listed": listed, "outside_study": kept, "capped": capped,
                                  "scored": len(scored), "patients": int(scored["patient"].nunique()),
                                  "by_finding": _mix_text(scored["finding"])},
                       "disjoint": {"shared_patients": 0, "shared_files": 0, "pixel_identical": 0},
+                      "study_copies": study_copies,
                       "compare_mix": _mix_text(finding_test[same]) if same is not None else None,
                       "mix_weights": None if mix is None else {
                           f: float(w) for f, w in sorted(dict(zip(scored["finding"], mix)).items())},
@@ -196,7 +204,8 @@ def run_stage(params: dict, device=None, workers: int = 1, show: bool = True) ->
                     for n, r in labels.items() if EXTERNAL in r["sets"]}}
         result["sources"][src.name] = src_result
         print(f"external `{src.name}`: {len(scored)} images of {src_result['images']['patients']} patients "
-              f"({excluded['images']} of study patients excluded, {reused} from the cache)")
+              f"({excluded['images']} of study patients excluded, {study_copies['images']} of patients with "
+              f"copies of study images excluded, {reused} from the cache)")
     result["seconds"] = time.perf_counter() - start
     result["runtime"] = runtime.info()
     write_json(METRICS_JSON, result)

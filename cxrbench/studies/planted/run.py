@@ -12,7 +12,7 @@ import torch
 
 from cxrbench.core import paths
 from cxrbench.classify import training
-from cxrbench.classify.models import load_classifier
+from cxrbench.classify import identity
 from cxrbench.core import bootstrap, runtime
 from cxrbench.core import params as P
 from cxrbench.core.io import read_json, write_json, write_text
@@ -71,7 +71,7 @@ def run(params: dict) -> None:
     if P.section(params, "train.input_mode") != "full":
         raise P.ParamError("train.input_mode", "the planted study scores the main classifiers on whole images; "
                                                "set train.input_mode: full in its profile")
-    checkpoint = training.checkpoint_file(params)
+    training.checkpoint_file(params)                        # evaluate.checkpoint checked before any work
     seed_loc = P.check_int("explain.seed", P.section(params, "explain.seed"))
     importance = P.section(params, "aoppc.importance")
 
@@ -97,7 +97,7 @@ def run(params: dict) -> None:
         fold_probs = []
         for k in folds:
             name = f"{bb}-f{k}"
-            model, meta = load_classifier(f"{paths.run('main', bb, k).model_dir}/{checkpoint}", device)
+            model, meta = identity.load(params, bb, k, device)
             li = list(meta["labels"]).index(cfg["label"])
             probs = {c: training.predict(model, imgs, np.arange(len(imgs)), device, 64)[:, li]
                      for c, (imgs, _) in conds.items()}

@@ -11,7 +11,7 @@ import pandas as pd
 from cxrbench.classify import evaluation as E
 from cxrbench.core import runtime
 from cxrbench.classify.ensemble import vote_decision
-from cxrbench.studies.predict.inputs import OK, prepare_files
+from cxrbench.studies.predict.inputs import OK, max_pixels, prepare_files
 from cxrbench.studies.predict.load import Run
 from cxrbench.studies.predict.overlays import Overlays
 
@@ -60,8 +60,8 @@ def predict_files(run: Run, paths: Sequence[str | Path], overlays: str | Path | 
             for i, note in zip(idx, painter.draw(images, prob[idx], [str(paths[i]) for i in idx], idx)):
                 overlay_col[i] = note
 
-    bar = runtime.progress(prepare_files(paths, run.recipe, workers), total=n, desc="predict", unit="img",
-                           enabled=progress)
+    inputs = prepare_files(paths, run.recipe, workers, max_pixels(run.params))
+    bar = runtime.progress(inputs, total=n, desc="predict", unit="img", enabled=progress)
     for i, (_, arr, st) in enumerate(bar):
         status[i] = st
         if arr is not None:

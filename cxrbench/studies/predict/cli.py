@@ -6,7 +6,9 @@
     cxrbench predict scans/ --models ensemble:0 --overlays overlays/    # fold 0's backbones, with maps
     cxrbench predict scans/ --run ../exp-folder --set predict.overlay_method=saliency --overlays maps/
 
-IMAGES are files or folders (searched recursively for *.png, *.jpg, *.jpeg, *.dcm, any case). DICOM is read
+IMAGES are files or folders (searched recursively for *.png, *.jpg, *.jpeg, *.dcm, any case, linked folders
+followed). A FIFO or device, an image whose header declares more than ``predict.max_pixels`` pixels (it is not
+decoded) and a float image with NaN or infinite pixels are listed as bad, with the reason. DICOM is read
 only when the optional ``pydicom`` is installed (``pip install pydicom``); otherwise each ``.dcm`` file is
 listed as bad with that reason. ``--run`` is the folder of a trained run (default: the workspace ``.``): its
 ``params.yaml``, ``data/cache/meta.json`` (the preprocessing recipe), ``models/classifier/<backbone>/fold<k>/``
@@ -45,12 +47,36 @@ from pathlib import Path
 
 from cxrbench.core import params as P
 from cxrbench.core import runtime
-from cxrbench.core.io import write_csv
+from cxrbench.core.io import OutputPathError, check_writable, write_csv
 from cxrbench.core.params import ParamError
 from cxrbench.studies.predict.apply import predict_files
-from cxrbench.studies.predict.inputs import OK, find_images
+from cxrbench.studies.predict.inputs import OK, find_images, max_pixels
 from cxrbench.studies.predict.load import ENSEMBLE, PredictError, load_run
-from cxrbench.studies.predict.overlays import validate
+from cxrbench.studies.predict.overlays import check_dir, validate
+
+
+def check_device(name: str | None) -> None:
+    """``--device``: cpu, cuda or cuda:N present on this machine (mps where available); a message otherwise."""
+    if name is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise PredictError(f"--device {name!r}: not a device name ({err}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PredictError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise PredictError(f"--device {name}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+        return
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return
+    raise PredictError(f"--device {name}: not available for predict here; use cpu, cuda or cuda:N")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=ENSEMBLE,
                     help="BACKBONE:FOLD | BACKBONE (its folds) | ensemble | ensemble:FOLD, comma-joined "
                          "(default: ensemble, every backbone x fold)")
-    ap.add_argument("--out", default="predictions.csv", help="the CSV to write (default predictions.csv)")
+    ap.add_argument("--out", default="predictions.csv",
+                    help="the CSV to write (default predictions.csv); checked before any work: never a folder, "
+                         "and its folder must be writable")
     ap.add_argument("--overlays", default=None, metavar="DIR",
                     help="also write attribution overlays (predict.overlay_method) as PNGs into DIR")
     ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -74,15 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         ap.error(str(err))
     try:
+        check_writable(args.out, "--out")            # before any work: never compute predictions that cannot be kept
         rt = runtime.configure()
-        if args.device and args.device.startswith("cuda"):
-            import torch
-            if not torch.cuda.is_available():
-                raise PredictError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+        check_device(args.device)
         params_file = Path(args.params) if args.params else Path(args.run) / P.PARAMS_FILE
         params = P.load(params_file, overrides)
+        max_pixels(params)                           # checked now; read again by predict_files
         if args.overlays is not None:
             validate(params)                         # before any model is loaded
+            check_dir(args.overlays)
         run = load_run(args.run, args.models, params, args.device, params_file)
         paths = find_images(args.images)
         if not paths:
@@ -91,10 +119,14 @@ def main(argv: list[str] | None = None) -> int:
               f"[{', '.join(m.name for m in run.members)}] on {run.device}, "
               f"{run.recipe.size} px {list(run.recipe.channels)}; pred_*: {run.rule}", flush=True)
         frame = predict_files(run, paths, args.overlays, runtime.workers())
-    except (PredictError, ParamError, FileNotFoundError) as err:
+    except (PredictError, ParamError, FileNotFoundError, OutputPathError) as err:
         print(f"predict: error: {err}", file=sys.stderr)
         return 2
-    write_csv(args.out, frame)
+    try:
+        write_csv(args.out, frame)
+    except OSError as err:                           # e.g. the disk filled up while predicting
+        print(f"predict: error: cannot write --out {args.out}: {err}", file=sys.stderr)
+        return 2
     bad = frame.loc[frame["status"] != OK]
     print(f"predict: wrote {args.out}: {len(frame) - len(bad)} image(s) predicted, {len(bad)} unreadable "
           f"(torch {rt['torch']}, {rt['torch_threads']} thread(s))")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
@@ -148,6 +149,32 @@ def check_model(meta: dict, model_path: Path, recipe: Recipe, run: Path) -> None
             f"disagree; retrain the model on this cache (dvc repro train) or pass the --run it was trained in")
 
 
+DATA_FILES = (paths.CACHE + "/images.npy", paths.INDEX, paths.SPLITS, paths.CONFOUNDER_PLAN)
+
+
+def check_identity(run: Path, params: dict, backbone: str, fold: int, path: Path) -> str | None:
+    """Refuse a model whose training did not finish, or that was trained with other params, another cache
+    recipe or (when the run folder holds the cache, index, splits and confounder plan) other training data;
+    return a note naming what could not be checked, else None."""
+    from cxrbench.classify import identity
+
+    missing = [f for f in DATA_FILES if not (run / f).is_file()]
+    try:
+        if not missing:
+            expected = identity.expected(params, backbone, fold, root=run)
+        else:
+            cache_meta = read_json(run / paths.CACHE / "meta.json")
+            expected = {"config": identity.config(params, backbone, fold, cache_meta).digest(),
+                        "cache": identity.cache_digest(cache_meta)}
+        unchecked = identity.check(path, expected, f"dvc repro train in {run}")
+    except identity.StaleModelError as err:
+        raise PredictError(str(err)) from None
+    if unchecked:
+        return (f"{path}: finished, params and cache recipe checked; its training data ({', '.join(unchecked)}) "
+                f"could not be, as {run} lacks {', '.join(missing)}")
+    return None
+
+
 def load_run(run: str | Path = ".", models: str = ENSEMBLE, params: dict | None = None, device=None,
              params_file: str | Path | None = None) -> Run:
     """The run's recipe, the chosen models (on ``device``) and their validation thresholds, all checked."""
@@ -172,7 +199,10 @@ def load_run(run: str | Path = ".", models: str = ENSEMBLE, params: dict | None 
             raise PredictError(f"{path} not found: no trained {b} fold {k} in {run} (its train.backbones are "
                                f"{backbones}, train.folds {folds}; evaluate.checkpoint {ev['checkpoint']!r})")
         model, meta = load_classifier(path, device)
-        check_model(meta, path, recipe, run)
+        check_model(meta, path, recipe, run)               # the specific reasons first, then the whole identity
+        note = check_identity(run, params, b, k, path)
+        if note:
+            print(f"predict: note: {note}", file=sys.stderr)
         labels = list(meta["labels"])
         if members and labels != members[0].meta["labels"]:
             raise PredictError(f"{path} predicts labels {labels} but {members[0].path} predicts "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from cxrbench.core.params import ParamError, check_fraction, section
 from cxrbench.studies.predict.inputs import OK
-from cxrbench.studies.predict.load import Run
+from cxrbench.studies.predict.load import PredictError, Run
 
 TOP = "top"                                                # predict.overlay_target: each image's likeliest label
 
@@ -21,12 +22,35 @@ def validate(params: dict) -> dict:
     p = section(params, "predict")
     if not isinstance(p, dict):
         raise ParamError("predict", "expected a mapping with overlay_method, overlay_target, overlay_alpha")
-    check_method(section(params, "predict.overlay_method"), "predict.overlay_method")
+    method = section(params, "predict.overlay_method")
+    if not isinstance(method, str):
+        raise ParamError("predict.overlay_method", f"expected the name of an attribution method, got {method!r}")
+    check_method(method, "predict.overlay_method")
     target = section(params, "predict.overlay_target")
     if not isinstance(target, str) or not target:
         raise ParamError("predict.overlay_target", f"expected a label name (labels.names) or {TOP!r}, got {target!r}")
     check_fraction("predict.overlay_alpha", section(params, "predict.overlay_alpha"), open_high=False)
     return p
+
+
+def check_dir(folder: str | Path, make: bool = False) -> Path:
+    """``--overlays DIR``: a folder, or a path where one can be made (``make``: made now); checked before
+    any model is loaded, so a file given by mistake is a message, not a traceback."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise PredictError(f"--overlays {folder}: is a file, not a folder; name a folder for the overlay PNGs")
+    base = next(p for p in [path, *path.absolute().parents] if p.exists())
+    if not base.is_dir():
+        raise PredictError(f"--overlays {folder}: {base} is a file, not a folder; name a folder for the overlay PNGs")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise PredictError(f"--overlays {folder}: {base} is not writable; name a folder you can write")
+    if make:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise PredictError(f"--overlays {folder}: cannot make the folder ({err}); name a folder you can "
+                               f"write") from err
+    return path
 
 
 class Overlays:
@@ -52,7 +76,7 @@ class Overlays:
             for m in run.members:
                 A.target_layer(m.model, m.backbone, self.settings.target_layers)
         self.prepared: dict[str, object] = {}
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        check_dir(self.out_dir, make=True)
 
     def maps(self, x, target) -> tuple[np.ndarray | None, str]:
         A = self.A
@@ -91,13 +115,19 @@ class Overlays:
             return [note] * len(images)
         out = []
         for img, m, t, p, path, row in zip(images, maps, target, prob, paths, rows):
-            fig, ax = plt.subplots(figsize=(4.2, 4.6))
-            ax.imshow(img[0], cmap="gray", vmin=0, vmax=255)
-            ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1, alpha=np.clip(np.abs(m), 0, 1) * self.alpha)
-            ax.set_title(f"{Path(path).name[-40:]}\n{self.method}: {labels[t]} (p = {p[t]:.3f}), "
-                         f"{len(self.run.members)} model(s)", fontsize=7)
-            ax.axis("off")
             name = self.out_dir / f"{int(row):05d}_{Path(path).stem}.{self.method}.png"
-            save(fig, name)
+            fig, ax = plt.subplots(figsize=(4.2, 4.6))
+            try:
+                ax.imshow(img[0], cmap="gray", vmin=0, vmax=255)
+                ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1, alpha=np.clip(np.abs(m), 0, 1) * self.alpha)
+                # a file name is text, never mathtext: `a_$5_$6.png` must not be parsed as a formula
+                ax.set_title(f"{Path(path).name[-40:]}\n{self.method}: {labels[t]} (p = {p[t]:.3f}), "
+                             f"{len(self.run.members)} model(s)", fontsize=7, parse_math=False)
+                ax.axis("off")
+                save(fig, name)
+            except (ValueError, RuntimeError, OSError) as err:     # one overlay lost, never the run
+                plt.close(fig)
+                out.append(f"overlay not written: {type(err).__name__}: {err}".replace("\n", " ")[:300])
+                continue
             out.append(str(name))
         return out
