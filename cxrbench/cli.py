@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "spread": ("cxrbench.ops.spread", "measure how far the gate's metrics move when only the machine changes"),
     "ablation": ("cxrbench.ops.ablation", "run and tabulate the ablation ladder"),
     "bundle": ("cxrbench.ops.bundle.cli", "pack, run and collect the offline GPU bundle"),
+    "scale": ("cxrbench.ops.scale.cli", "run the matrix stages as Ray tasks on a cluster, merged by DVC's run-cache"),
     "weights": ("cxrbench.classify.weights", "convert packaged ImageNet weights into a timm checkpoint"),
     "deps": ("cxrbench.ops.deps", "check that each DVC stage's deps cover all the code it runs"),
 }
