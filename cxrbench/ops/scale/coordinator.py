@@ -1,6 +1,7 @@
 """The coordinator of ``cxrbench scale``: the shared stages in the workspace, the matrix cells as Ray tasks
-(the only module of the project that imports Ray), then plain ``dvc repro``, which restores every cell a
-worker finished from DVC's run-cache and runs the aggregates. Progress is stages done out of total; a failed
+(the only module of the project that imports Ray), then plain ``dvc repro``, which restores the cells the
+workers finished from DVC's run-cache and runs the aggregates (a cell with persistent outputs, which the
+run-cache skips, is taken by its ``dvc.lock`` entry as it finishes: :func:`worker.adopt`). Progress is stages done out of total; a failed
 task names its stage and log; a rerun resumes."""
 
 from __future__ import annotations
