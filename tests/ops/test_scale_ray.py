@@ -103,3 +103,20 @@ def test_a_killed_worker_is_retried_and_the_outputs_are_unchanged(tmp_path):
     assert log.count("=== train@a-0") == 2 and "(resumed worktree)" in log   # retried in the same worktree
     plan = planning.make_plan(repo, planning.settings(load(repo / "params.yaml")))
     assert compare_trees(repo, serial, plan.outs) == []
+
+
+def test_a_sweep_runs_one_experiment_per_combination_and_dvc_lists_them(tmp_path):
+    repo = toy.make(tmp_path / "toy", items=["a"])
+    conf = planning.settings(load(repo / "params.yaml"))
+    uncached = sorted({u for t in planning.make_plan(repo, conf).tasks.values() for u in t.uncached})
+    status = coordinator.sweep(repo, conf, [("ep1", ["epochs=1"]), ("ep3", ["epochs=3"])], uncached, workers=2,
+                               log=lambda _: None)
+    assert status == {"ep1": "", "ep3": ""}
+    names = worker.dvc(["exp", "list", "--name-only"], repo).split()
+    assert sorted(names) == ["ep1", "ep3"]
+    refs = dict(line.split()[::-1] for line in worker.git(
+        ["for-each-ref", "refs/exps", "--format=%(objectname) %(refname)"], repo).splitlines())
+    for name, epochs in (("ep1", 1), ("ep3", 3)):                # each experiment's own params and metrics
+        sha = next(v for k, v in refs.items() if k.endswith("/" + name))
+        assert f"epochs: {epochs}" in worker.git(["show", f"{sha}:params.yaml"], repo)
+        assert f'"epochs": {epochs}' in worker.git(["show", f"{sha}:metrics/train/a-f0.json"], repo)

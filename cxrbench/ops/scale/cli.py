@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             conf = planning.settings(load(root / "params.yaml"))
             exps = grid(args.set)
             print(f"{len(exps)} experiment(s): " + "; ".join(f"{n} ({' '.join(s)})" for n, s in exps))
-            status = coordinator.sweep(root, conf, exps, address=args.address, workers=args.workers,
+            uncached = sorted({u for t in planning.make_plan(root, conf).tasks.values() for u in t.uncached})
+            status = coordinator.sweep(root, conf, exps, uncached, address=args.address, workers=args.workers,
                                        gpus=args.gpus)
             print("dvc exp show lists them")
             return 0 if not any(status.values()) else 1

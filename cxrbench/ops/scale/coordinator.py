@@ -21,7 +21,10 @@ from cxrbench.ops.scale.plan import Plan, Settings, base_name
 __all__ = ["Outcome", "check_clean", "start_ray", "run", "sweep", "RESTORED", "WORKDIR"]
 
 RESTORED = "is cached - skipping run"          # DVC's line for a stage restored from the run-cache
-WORKDIR = Path(".dvc/tmp/scale")               # worktrees and logs of the tasks (ignored by git and DVC)
+WORKDIR = Path(".dvc/tmp/scale")
+# `dvc exp run` in two worktrees of one clone can start at the same moment and meet on the one ref where DVC
+# stashes an experiment's changes (refs/exps/stash); the loser stops before running anything, so it is retried
+STASH_RACE, STASH_ATTEMPTS = "refs/exps/stash.lock", 5               # worktrees and logs of the tasks (ignored by git and DVC)
 
 
 @dataclass
@@ -212,11 +215,14 @@ def _fan_out(ray, root: Path, plan: Plan, todo: list[str], spec0: dict, conf: Se
             f"(worktree {t['worktree']:.1f} s, checkout {t['checkout']:.1f} s, collect {t['collect']:.1f} s)")
 
 
-def sweep(root: Path, conf: Settings, experiments: list[tuple[str, list[str]]], *, address: str | None = None,
+def sweep(root: Path, conf: Settings, experiments: list[tuple[str, list[str]]], uncached: list[str], *,
+          address: str | None = None,
           workers: int | None = None, gpus: int | None = None, log: Callable[[str], None] = print) -> dict:
-    """One Ray task per experiment: ``dvc exp run --name NAME -S ...`` in its own worktree at HEAD, on the
-    shared cache (so stages another experiment already ran come from the run-cache). The experiments are git
-    refs of the shared repository: ``dvc exp show`` in the workspace lists them. Returns name -> error or ''."""
+    """One Ray task per experiment: the whole pipeline (``dvc repro``) in its own worktree at HEAD with the
+    experiment's values, on the shared cache (so stages another experiment already ran come from the
+    run-cache), saved as a DVC experiment (``dvc exp save``; ``uncached``: the pipeline's ``cache: false``
+    outputs, included in it). The experiments are refs of the shared clone: ``dvc exp show`` in the workspace
+    lists them. Returns name -> error or ''."""
     root = root.resolve()
     commit = check_clean(root, [])
     cache_dir = worker.dvc(["cache", "dir"], root).strip()
@@ -226,7 +232,7 @@ def sweep(root: Path, conf: Settings, experiments: list[tuple[str, list[str]]], 
     try:
         remote = ray.remote(_experiment)
         pending = {remote.options(num_cpus=cpus, num_gpus=gpus_per, max_retries=conf.retries, name=name).remote(
-            str(root), commit, cache_dir, name, sets, conf.threads): name for name, sets in experiments}
+            str(root), commit, cache_dir, name, sets, conf.threads, uncached): name for name, sets in experiments}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             name = pending.pop(ready[0])
@@ -244,7 +250,15 @@ def sweep(root: Path, conf: Settings, experiments: list[tuple[str, list[str]]], 
     return status
 
 
-def _experiment(root: str, commit: str, cache_dir: str, name: str, sets: list[str], threads: int) -> None:
+def _experiment(root: str, commit: str, cache_dir: str, name: str, sets: list[str], threads: int,
+                uncached: list[str]) -> None:
+    """One experiment of a sweep: ``dvc repro`` in its own worktree with the values written into its
+    params.yaml, then ``dvc exp save --name NAME`` (one at a time: DVC keeps an experiment's bookkeeping in
+    refs that every worktree of the clone shares, and two ``dvc exp run``/``save`` at once break on them)."""
+    import fcntl
+
+    from cxrbench.core.params import parse_overrides
+    from cxrbench.ops.scale.cli import apply_overrides
     from cxrbench.ops.scale.plan import slug
 
     workdir = Path(root) / WORKDIR
@@ -252,18 +266,25 @@ def _experiment(root: str, commit: str, cache_dir: str, name: str, sets: list[st
     log = workdir / "logs" / f"exp-{slug(name)}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     worker._stop_leftover(wt)
-    worker._worktree(Path(root), commit, wt)
+    if worker._worktree(Path(root), commit, wt):
+        worker.git(["checkout", "--", "params.yaml"], wt)        # a retry starts from the commit's values
     worker._share_cache(wt, cache_dir)
-    cmd = [sys.executable, "-m", "dvc", "exp", "run", "--name", name]
-    for s in sets:
-        cmd += ["-S", s]
+    apply_overrides(wt, parse_overrides(sets))
     with open(log, "a", encoding="utf-8") as f:
-        proc = subprocess.Popen(cmd, cwd=wt, stdout=f, stderr=subprocess.STDOUT, env=worker._env(threads),
-                                start_new_session=True)
+        f.write(f"\n=== experiment {name}: {' '.join(sets)}\n")
+        f.flush()
+        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=wt, stdout=f, stderr=subprocess.STDOUT,
+                                env=worker._env(threads), start_new_session=True)
         (wt / worker.PIDFILE).parent.mkdir(parents=True, exist_ok=True)
         (wt / worker.PIDFILE).write_text(str(proc.pid))
         rc = proc.wait()
     (wt / worker.PIDFILE).unlink(missing_ok=True)
     if rc != 0:
-        raise worker.StageFailed(f"experiment {name}", str(log), f"dvc exp run exited with {rc}")
+        raise worker.StageFailed(f"experiment {name}", str(log), f"dvc repro exited with {rc}")
+    include = [arg for p in uncached if (wt / p).exists() for arg in ("-I", p)]
+    with open(workdir / "exp-save.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        out = worker.dvc(["exp", "save", "--name", name, *include], wt)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(out)
     worker.git(["worktree", "remove", "--force", str(wt)], Path(root))
