@@ -172,3 +172,18 @@ def test_only_the_scale_package_imports_ray():
              if "import ray" in p.read_text() or "from ray" in p.read_text()]
     assert users and all(u.startswith("cxrbench/ops/scale/") for u in users), users
     assert os.path.exists(root / "cxrbench" / "ops" / "scale" / "coordinator.py")
+
+
+def test_the_plan_of_a_profile_follows_its_matrix(monkeypatch, capsys):
+    from cxrbench.ops.scale.cli import main
+
+    root = planning.Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)
+    before = (root / "params.yaml").read_bytes()
+    assert main(["plan", "--profile", "sample"]) == 0
+    text = capsys.readouterr().out
+    trains = [line.split()[0] for line in text.splitlines() if line.strip().startswith("train@")]
+    assert sorted(trains) == ["train@efficientnet_lite0-0", "train@efficientnet_lite0-1", "train@resnet18-0",
+                              "train@resnet18-1"]                  # profiles/sample.yaml: 2 backbones x 2 folds
+    assert "audit_train@resnet18-0-" in text and "evaluate@resnet18-1" in text
+    assert (root / "params.yaml").read_bytes() == before

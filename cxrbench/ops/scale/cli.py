@@ -81,6 +81,26 @@ def compare_trees(a: Path, b: Path, paths: list[str]) -> list[str]:
     return diffs
 
 
+def _plan(root: Path, overrides: dict) -> planning.Plan:
+    """The plan under ``overrides`` (the matrix cells follow the params, e.g. ``train.backbones``), read in a
+    throwaway worktree of HEAD so that the workspace's params.yaml is not touched."""
+    if not overrides:
+        return planning.make_plan(root, planning.settings(load(root / "params.yaml")))
+    from cxrbench.ops.scale.worker import git
+
+    with tempfile.TemporaryDirectory(prefix="cxrbench-scale-plan-") as tmp:
+        wt = Path(tmp) / "plan"
+        git(["worktree", "add", "-q", "--detach", str(wt), "HEAD"], root)
+        try:
+            (wt / "params.yaml").write_bytes((root / "params.yaml").read_bytes())
+            raw = yaml.safe_load((wt / "params.yaml").read_text(encoding="utf-8"))
+            (wt / "params.yaml").write_text(yaml.safe_dump(with_overrides(raw, overrides), sort_keys=False),
+                                            encoding="utf-8")
+            return planning.make_plan(wt, planning.settings(load(wt / "params.yaml")))
+        finally:
+            git(["worktree", "remove", "--force", str(wt)], root)
+
+
 def _check(args) -> int:
     """The toy project run by ``scale run`` and by serial ``dvc repro``; outputs compared byte for byte."""
     from cxrbench.ops.scale import coordinator, toy, worker
@@ -140,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides.update(resolve_paths(read_profile(args.profile, root), root))
         overrides.update(parse_overrides(args.set))
         if args.cmd == "plan":
-            conf = planning.settings(load(root / "params.yaml", overrides))
-            print(planning.make_plan(root, conf).describe())
+            print(_plan(root, overrides).describe())
             return 0
         apply_overrides(root, overrides)
         conf = planning.settings(load(root / "params.yaml"))
