@@ -103,6 +103,13 @@ def _stream(cmd: list[str], cwd: Path, log: Callable[[str], None]) -> tuple[int,
     return proc.wait(), "".join(lines)
 
 
+def _stop_tasks(root: Path) -> None:
+    """The coordinator stops early (Ctrl-C, an error): Ray's workers go with it, but the ``dvc repro`` each
+    started runs in a session of its own; stop those process groups (recorded in each worktree)."""
+    for wt in sorted((root / WORKDIR / "worktrees").glob("*")):
+        worker._stop_leftover(wt)
+
+
 def _cause(err: BaseException) -> BaseException:
     return getattr(err, "cause", None) or err
 
@@ -137,8 +144,16 @@ def run(root: Path, conf: Settings, plan: Plan, outs: list[str], *, address: str
         ray, out.times["ray_start"] = start_ray(address, workers, gpus, log)
         try:
             _fan_out(ray, root, plan, todo, spec0, conf, out, total, log)
+        except BaseException:
+            _stop_tasks(root)
+            raise
         finally:
             ray.shutdown()
+        for name in list(out.failed):                  # a cell that failed because a cell it needs failed
+            need = next((n for n in plan.tasks[name].needs if n in out.failed), None)
+            if need is not None and need != name:
+                out.skipped[name] = need
+                del out.failed[name]
     out.times["tasks"] = time.time() - t_start - out.times["upstream"]
     if out.failed or out.skipped:
         log(f"{len(out.done) + len(out.up_to_date)}/{total} matrix stages done; failed: {len(out.failed)}, "

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["Result", "StageFailed", "run_task", "adopt", "collect", "dvc", "git", "MAX_SHIPPED_BYTES"]
+__all__ = ["Result", "StageFailed", "run_task", "adopt", "collect", "merge_lock", "dvc", "git", "MAX_SHIPPED_BYTES", "PIDFILE"]
 
 MAX_SHIPPED_BYTES = 256 * 2**20       # cache: false outputs travel through Ray's object store; more is a mistake
 PIDFILE = ".dvc/tmp/cxrbench-scale.pid"
