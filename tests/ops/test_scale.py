@@ -59,7 +59,6 @@ def test_the_real_pipeline_fans_out_every_matrix_cell():
 @pytest.mark.parametrize("key,value,match", [
     ("stages", [], "scale.stages"),
     ("cpus", {"train": 2}, "scale.cpus.*default"),
-    ("gpus", {"default": 0, "trian": 1}, r"scale.gpus.*\['trian'\]"),
     ("cpus", {"default": 0}, "scale.cpus.default"),
     ("threads", 0, "scale.threads"),
 ])
@@ -76,6 +75,10 @@ def test_a_stage_name_not_in_dvc_yaml_is_refused(tmp_path):
     conf = _settings(repo)
     conf = planning.Settings(stages=("train", "evalute"), cpus=conf.cpus, gpus=conf.gpus, threads=1, retries=0)
     with pytest.raises(ParamError, match=r"\['evalute'\] are not stages"):
+        planning.make_plan(repo, conf)
+    conf = planning.Settings(stages=("train",), cpus={"default": 1}, gpus={"default": 0, "trian": 1}, threads=1,
+                             retries=0)
+    with pytest.raises(ParamError, match=r"scale.gpus.*\['trian'\], which are not stages"):
         planning.make_plan(repo, conf)
 
 

@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("plan", parents=[settings], help="show the shared stages, the tasks and the aggregates")
     run = sub.add_parser("run", parents=[cluster, settings], help="run the pipeline with its matrix stages as tasks")
     run.add_argument("--keep-worktrees", action="store_true", help="keep each task's worktree after it succeeds")
+    run.add_argument("--no-final", action="store_true",
+                     help="stop after the tasks (the run-cache restores and the aggregates are left to dvc repro)")
     sw = sub.add_parser("sweep", parents=[cluster], help="one experiment per combination of --set values")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", required=True,
                     help="a value of a sweep axis; repeat a key for its alternatives")
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         conf = planning.settings(load(root / "params.yaml"))
         plan = planning.make_plan(root, conf)
         outcome = coordinator.run(root, conf, plan, plan.outs, address=args.address, workers=args.workers,
-                                  gpus=args.gpus, keep=args.keep_worktrees)
+                                  gpus=args.gpus, keep=args.keep_worktrees, final=not args.no_final)
         return 0 if outcome.ok else 1
     except (ParamError, RuntimeError, FileNotFoundError) as err:
         print(f"cxrbench scale: error: {err}", file=sys.stderr)

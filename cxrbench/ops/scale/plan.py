@@ -44,10 +44,6 @@ def settings(params: dict) -> Settings:
         raise ParamError("scale.stages", "empty: name the matrix stages to run as tasks, e.g. [train, evaluate]")
     cpus = _per_stage(params, "scale.cpus", 1)
     gpus = _per_stage(params, "scale.gpus", 0)
-    for key, table in (("scale.cpus", cpus), ("scale.gpus", gpus)):
-        unknown = sorted(set(table) - set(stages) - {"default"})
-        if unknown:
-            raise ParamError(key, f"names {unknown}, which are not in scale.stages {list(stages)}")
     return Settings(stages=stages, cpus=cpus, gpus=gpus,
                     threads=check_int("scale.threads", section(params, "scale.threads"), minimum=1),
                     retries=check_int("scale.retries", section(params, "scale.retries"), minimum=0))
@@ -137,9 +133,14 @@ def make_plan(root: Path, conf: Settings, nodes: dict[str, dict] | None = None) 
     nodes = _graph(root) if nodes is None else nodes
     order = _topological(nodes)
     fanned = [n for n in order if base_name(n) in conf.stages]
-    missing = sorted(set(conf.stages) - {base_name(n) for n in nodes})
+    known = {base_name(n) for n in nodes}
+    missing = sorted(set(conf.stages) - known)
     if missing:
         raise ParamError("scale.stages", f"{missing} are not stages of dvc.yaml")
+    for key, table in (("scale.cpus", conf.cpus), ("scale.gpus", conf.gpus)):
+        unknown = sorted(set(table) - known - {"default"})
+        if unknown:
+            raise ParamError(key, f"names {unknown}, which are not stages of dvc.yaml")
 
     def ancestors(name: str) -> set[str]:
         out, todo = set(), list(nodes[name]["deps"])
