@@ -46,8 +46,8 @@ def cache_recipe(run: str | Path, params: dict, params_file: str | Path = "param
     if unknown:
         raise PredictError(f"{meta_path}: unknown recipe key(s) {unknown}; this cxrbench knows {sorted(names)}")
 
-    def same(value):
-        return tuple(value) if isinstance(value, list) else value
+    def same(value):       # JSON lists -> the recipe's tuples (a chain of channel recipes is a tuple in a tuple)
+        return tuple(same(v) for v in value) if isinstance(value, list) else value
 
     wrong = [f"{k}: {v!r} in meta.json, {getattr(recipe, k)!r} from params" for k, v in recorded.items()
              if v is not None and same(v) != getattr(recipe, k)]
