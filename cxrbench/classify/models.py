@@ -34,7 +34,8 @@ from cxrbench.core.params import ParamError
 PAPER_BACKBONES = ("densenet161", "inception_resnet_v2", "inception_v3", "resnet18", "resnet34")
 DISPLAY_NAMES = {"densenet161": "DenseNet161", "inception_resnet_v2": "InceptionResNetV2",
                  "inception_v3": "InceptionV3", "resnet18": "ResNet18", "resnet34": "ResNet34",
-                 "densenet121": "DenseNet121", "efficientnet_lite0": "EfficientNet-Lite0"}
+                 "densenet121": "DenseNet121", "efficientnet_lite0": "EfficientNet-Lite0", "vgg16": "VGG16",
+                 "vgg19": "VGG19", "densenet201": "DenseNet201"}
 CHECKPOINT_FORMAT = 1
 
 
@@ -104,6 +105,10 @@ def load_backbone_weights(model: nn.Module, path: str | Path | Mapping[str, torc
         state = _read_weights(path)
     own = model.state_dict()
     cfg = getattr(model, "pretrained_cfg", {}) or {}
+    if str(cfg.get("architecture", "")).startswith("densenet") and set(state) - set(own):
+        from cxrbench.classify.weights import densenet_timm_names
+
+        state = densenet_timm_names(state)   # torchvision's old or CheXNet's names -> timm's
     notes: dict[str, list[str]] = {"adapted": [], "head_dropped": []}
     first = cfg.get("first_conv")
     for conv in ([first] if isinstance(first, str) else list(first or [])):

@@ -21,7 +21,7 @@ from cxrbench.classify import task as TK
 from cxrbench.classify import training as T
 from cxrbench.core.params import ParamError
 
-from helpers import LABELS, TINY
+from helpers import TINY
 from helpers import synthetic_cache as _data
 from helpers import train_config as _cfg
 

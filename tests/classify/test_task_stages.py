@@ -3,7 +3,6 @@ classes built from the label table, a cyclic cosine schedule with snapshots, SCP
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
