@@ -219,7 +219,7 @@ def test_overlays_are_written_for_readable_images(trained, raw, sample_data, tmp
     assert written[2] == "" and all(w.endswith(".gradcam.png") for w in written[:2])
     assert sorted(p.name for p in maps.iterdir()) == sorted(w.split("/")[-1] for w in written[:2])
     with pytest.raises(ParamError, match="predict.overlay_method"):
-        PO.validate({"predict": {"overlay_method": "lime", "overlay_target": "covid19", "overlay_alpha": 0.5}})
+        PO.validate({"predict": {"overlay_method": "kernel_shap", "overlay_target": "covid19", "overlay_alpha": 0.5}})
     with pytest.raises(ParamError, match="predict.overlay_alpha"):
         PO.validate({"predict": {"overlay_method": "gradcam", "overlay_target": "covid19", "overlay_alpha": 0}})
 
