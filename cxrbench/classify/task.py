@@ -2,7 +2,8 @@
 
 ``train.task: multilabel`` (the default, seed 000) trains one sigmoid output per label of
 ``labels.names``. ``train.task: multiclass`` (seeds 001 and 004) trains one softmax output per class of
-``train.classes``, an ordered mapping class -> labels of ``labels.names``, built from the label table
+``train.classes`` (a name of ``train.class_maps``, or the map itself), an ordered mapping class -> labels of
+``labels.names``, built from the label table
 (``y_*`` columns of the index, ancestors included) by one stated rule:
 
     an image belongs to the FIRST class, in the listed order, any of whose labels it carries;
@@ -42,10 +43,17 @@ def validate(params: dict) -> dict:
     if task == "multilabel":
         return {"task": task, "classes": {}}
     names = section(params, "labels.names")
-    classes = section(params, "train").get("classes")
+    train = section(params, "train")
+    classes = train.get("classes")
+    if isinstance(classes, str):                 # a name of train.class_maps (profiles select one by name)
+        maps = train.get("class_maps") or {}
+        if classes not in maps:
+            raise ParamError("train.classes", f"{classes!r} is not a name of train.class_maps {sorted(maps)}")
+        classes = maps[classes]
     if not isinstance(classes, dict) or len(classes) < 2:
-        raise ParamError("train.classes", "train.task: multiclass needs an ordered mapping of at least 2 classes, "
-                                          f"class -> [labels of labels.names], got {classes!r}")
+        raise ParamError("train.classes", "train.task: multiclass needs a name of train.class_maps, or an ordered "
+                                          "mapping of at least 2 classes, class -> [labels of labels.names], "
+                                          f"got {classes!r}")
     seen: dict[str, str] = {}
     for cls, labs in classes.items():
         if not isinstance(cls, str) or not cls:
