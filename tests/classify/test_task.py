@@ -261,3 +261,20 @@ def test_fc_head_is_width_dropout_output_and_survives_a_save(tmp_path):
     assert not hasattr(M.create_model(TINY, 3, 1, "none", input_size=32), "head")   # default: timm's own
     with pytest.raises(ParamError, match="train.head.dropout"):
         M.check_head({"kind": "fc", "width": 10, "dropout": 1.0})
+
+
+def test_aoppc_reads_the_softmax_probability_of_a_multiclass_model():
+    from cxrbench.explain.metrics import perturbation as PM
+
+    torch.manual_seed(0)
+    model = M.create_model(TINY, 3, 1, "none", input_size=32).eval()
+    x = torch.rand(2, 1, 32, 32)
+    maps = torch.rand(2, 32, 32)
+    target = torch.tensor([0, 2])
+    with torch.no_grad():
+        logits = model(x)
+    sig = PM.perturbation_curves(model, x, maps, target)["p0"]
+    np.testing.assert_allclose(np.asarray(sig), torch.sigmoid(logits[[0, 1], [0, 2]]).numpy(), rtol=1e-5)
+    model.task = "multiclass"                                  # as load_classifier sets it from the meta
+    soft = PM.perturbation_curves(model, x, maps, target)["p0"]
+    np.testing.assert_allclose(np.asarray(soft), torch.softmax(logits, 1)[[0, 1], [0, 2]].numpy(), rtol=1e-5)

@@ -73,3 +73,21 @@ def test_pm_ensemble_is_recomputed_from_the_members(mc_run):
     cols = [f"prob_{c}" for c in CLASSES]
     members = [pred[cols].to_numpy()] + [pred[[f"prob_s{k}_{c}" for c in CLASSES]].to_numpy() for k in (0, 1)]
     np.testing.assert_allclose(ens[cols].to_numpy(), MC.combine(members, "max"), rtol=1e-12)
+
+
+def test_attribute_and_aoppc_explain_the_covid19_class_with_its_softmax(mc_run):
+    """The attribute stage explains the covid19 CLASS (its output index among the classes) and the aoppc
+    stage scores the maps by the softmax probability of that class."""
+    from stages import aoppc, attribute
+
+    p = yaml.safe_load((mc_run / "params.yaml").read_text())
+    p["explain"].update(methods=["saliency", "gradcam"], max_images=2, sanity_images=1)
+    p["explain"]["target_layers"]["test_resnet"] = "layer4"
+    (mc_run / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    with _cwd(mc_run):
+        attribute.main([TINY, "0"])
+        aoppc.main([])
+    arrays = np.load(mc_run / "data/attributions" / f"{TINY}-f0.npz", allow_pickle=False)
+    assert (arrays["target"] == list(CLASSES).index("covid19")).all()
+    res = json.loads((mc_run / "metrics/aoppc.json").read_text())
+    assert "saliency" in json.dumps(res)
