@@ -91,3 +91,26 @@ def test_attribute_and_aoppc_explain_the_covid19_class_with_its_softmax(mc_run):
     assert (arrays["target"] == list(CLASSES).index("covid19")).all()
     res = json.loads((mc_run / "metrics/aoppc.json").read_text())
     assert "saliency" in json.dumps(res)
+
+
+def test_randomisation_and_the_report_run_on_a_multiclass_run(mc_run):
+    from stages import attribute, randomisation, report
+
+    p = yaml.safe_load((mc_run / "params.yaml").read_text())
+    p["explain"].update(methods=["saliency", "gradcam"], max_images=2, sanity_images=1)
+    p["explain"]["target_layers"]["test_resnet"] = "layer4"
+    p["randomisation"].update(methods=["saliency"], images=2)
+    (mc_run / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    with _cwd(mc_run):
+        attribute.main([TINY, "0"])
+        randomisation.main([])
+        report.main([])
+    card = (mc_run / "report/model_card.md").read_text()
+    assert "Multiclass ensemble" in card and "not applicable" in card
+
+
+def test_predict_refuses_a_multiclass_run_saying_why(mc_run):
+    from cxrbench.studies.predict import load as PL
+
+    with pytest.raises(PL.PredictError, match="multiclass.*argmax"):
+        PL.load_run(mc_run, f"{TINY}:0", device="cpu")

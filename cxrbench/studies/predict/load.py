@@ -111,6 +111,10 @@ def parse_models(spec: str, backbones: Sequence[str], folds: Sequence[int]) -> l
 
 def load_thresholds(path: Path, member_labels: list, meta: dict, checkpoint: str, model_path: Path) -> tuple:
     """(cuts per label, cut rule) written by the evaluate stage for the model at ``model_path``."""
+    if meta.get("task") == "multiclass":
+        raise PredictError(f"{model_path} is a train.task: multiclass classifier (classes {member_labels}, argmax "
+                           f"decisions, no thresholds): predict applies multi-label runs only so far; its "
+                           f"test-set class metrics are in metrics/eval and metrics/summary.md")
     if not path.is_file():
         raise PredictError(f"{path} not found: the validation thresholds of {model_path} come from the evaluate "
                            f"stage; run it (dvc repro evaluate) in the run folder")
