@@ -406,7 +406,7 @@ def test_overlay_titles_are_text_and_one_failed_overlay_keeps_the_run(trained, r
     (["--overlays", "FILE"], r"--overlays .*is a file, not a folder"),
     (["--overlays", "FILE/sub"], r"--overlays .*is a file, not a folder"),
     (["--overlays", "maps", "--set", "predict.overlay_method=[gradcam]"], r"predict.overlay_method.*expected the name"),
-    (["--overlays", "maps", "--set", "predict.overlay_method=lime"], r"predict.overlay_method.*unknown"),
+    (["--overlays", "maps", "--set", "predict.overlay_method=kernel_shap"], r"predict.overlay_method.*unknown"),
     (["--set", "predict.max_pixels=0"], r"predict.max_pixels.*must be >= 1"),
     (["--set", "predict.max_pixels=1e9"], r"predict.max_pixels.*expected an integer"),
 ])
