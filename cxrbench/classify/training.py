@@ -199,6 +199,9 @@ def validate(params: dict, cache_meta: dict | None = None) -> dict:
                 raise ParamError(f"train.augment.{key}", f"expected a finite number >= 0, got {v!r}")
         if aug["scale"] >= 1:
             raise ParamError("train.augment.scale", f"expected a value in [0, 1) (zoom 1 +- scale), got {aug['scale']}")
+        br = aug.get("brightness", 0.0)
+        if isinstance(br, bool) or not isinstance(br, (int, float)) or not 0 <= br < 1:
+            raise ParamError("train.augment.brightness", f"expected a value in [0, 1) (x (1 +- b)), got {br!r}")
     if TK.validate(params)["task"] == "multiclass" and p["pos_weight"]:
         raise ParamError("train.pos_weight", "is a per-label BCE weight; train.task: multiclass uses cross-entropy: "
                                              "set it to false")
@@ -272,7 +275,8 @@ def config_for(params: dict, backbone: str, fold: int, cache_meta: dict) -> Trai
         input_mode=p["input_mode"], mask_dilation=p["mask_dilation"], epochs=p["epochs"],
         batch_size=p["batch_size"], lr=float(p["lr"]), weight_decay=float(p["weight_decay"]),
         pos_weight=p["pos_weight"], label_smoothing=float(p["label_smoothing"]), aux_weight=aux,
-        augment=dict(p["augment"]), seed=p["seed"], amp=p["amp"])
+        augment={k: v for k, v in p["augment"].items() if not (k == "brightness" and v == 0)},  # 0: as before it
+        seed=p["seed"], amp=p["amp"])
 
 
 def apply_input_mode(images: np.ndarray, mode: str, dilation: int, masks_path: str | Path = seg.LUNG_MASKS,
@@ -300,7 +304,9 @@ def pos_weight_of(targets: np.ndarray) -> torch.Tensor:
 
 
 def augment_batch(x: torch.Tensor, aug: dict, generator: torch.Generator) -> torch.Tensor:
-    """A small random affine per image (rotation, translation, scale), zero fill."""
+    """A small random affine per image (rotation, translation, scale), zero fill; with ``brightness`` b > 0,
+    then each image times (1 + u), u uniform in [-b, b], clipped to [0, 1] (drawn after the affine's draws,
+    so a run without it draws what it drew before)."""
     if not aug.get("enabled"):
         return x
     b = x.shape[0]
@@ -311,7 +317,11 @@ def augment_batch(x: torch.Tensor, aug: dict, generator: torch.Generator) -> tor
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if aug.get("brightness"):
+        factor = (1 + u() * aug["brightness"]).to(x.device, x.dtype).view(b, 1, 1, 1)
+        x = (x * factor).clamp(0, 1)
+    return x
 
 
 def loss_of(out, y: torch.Tensor, criterion: nn.Module, smoothing: float, aux_weight: float,

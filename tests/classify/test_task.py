@@ -278,3 +278,24 @@ def test_aoppc_reads_the_softmax_probability_of_a_multiclass_model():
     model.task = "multiclass"                                  # as load_classifier sets it from the meta
     soft = PM.perturbation_curves(model, x, maps, target)["p0"]
     np.testing.assert_allclose(np.asarray(soft), torch.softmax(logits, 1)[[0, 1], [0, 2]].numpy(), rtol=1e-5)
+
+
+def test_brightness_scales_each_image_after_the_affine_and_is_off_at_zero(params):
+    x = torch.full((3, 1, 8, 8), 0.5)
+    aug = {"enabled": True, "degrees": 0.0, "translate": 0.0, "scale": 0.0}
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    plain = T.augment_batch(x, aug, g1)
+    bright = T.augment_batch(x, {**aug, "brightness": 0.4}, g2)
+    torch.testing.assert_close(plain, x)                      # an identity affine
+    ref = torch.Generator().manual_seed(0)
+    for _ in range(4):                                        # the affine's four draws come first
+        torch.rand(3, generator=ref)
+    factor = 1 + (torch.rand(3, generator=ref) * 2 - 1) * 0.4
+    torch.testing.assert_close(bright, (x * factor.view(3, 1, 1, 1)).clamp(0, 1))
+    p = _mc_params(params)
+    p["train"]["task"] = "multilabel"
+    meta = {"channels": ["raw"], "size": 64}
+    assert "brightness" not in T.config_for(p, "resnet18", 0, meta).augment     # 0: the config of before
+    p["train"]["augment"]["brightness"] = 1.5
+    with pytest.raises(ParamError, match="train.augment.brightness"):
+        T.validate({**p, "train": {**p["train"], "augment": {**p["train"]["augment"], "enabled": True}}})
