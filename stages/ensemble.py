@@ -12,7 +12,8 @@ import pandas as pd
 
 from cxrbench.classify import ensemble as EN
 from cxrbench.classify import evaluation as E
-from cxrbench.classify import paper_scoring, training
+from cxrbench.classify import multiclass, paper_scoring, training
+from cxrbench.classify import task as TK
 from cxrbench.core import bootstrap, paths
 from cxrbench.core import params as P
 from cxrbench.core.io import write_csv, write_json, write_text
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     table = LabelTable.from_params(params)
     backbones, folds = tp["backbones"], tp["folds"]
     stats = bootstrap.validate(params)
+    if TK.task_of(params) == "multiclass":
+        return multiclass_main(params, backbones, folds, stats)
 
     c = EN.combine(table, backbones, folds, ev, ens["vote_tie"], vote_rule)
     for k, mean in c["means"].items():
@@ -43,6 +46,26 @@ def main(argv: list[str] | None = None) -> None:
                               "paired_test": s["paired"], "folds": folds})
     write_text(paths.TABLE2_MD, EN.table2_markdown(s["table2"], s["note"], stats["confidence"]))
     print(EN.table2_markdown(s["table2"], s["note"], stats["confidence"]))
+
+
+def multiclass_main(params: dict, backbones: list, folds: list, stats: dict) -> None:
+    """A multiclass run: members combined by ensemble.combine (mean: SCPA | max: PM), argmax, CIs."""
+    classes, mc = TK.output_names(params, []), multiclass.validate(params)
+    frames = {k: {b: pd.read_csv(paths.run("main", b, k).predictions, keep_default_na=False) for b in backbones}
+              for k in folds}
+    res = multiclass.ensemble_run(frames, classes, mc["combine"], mc["snapshots"], stats)
+    tables = res.pop("tables")
+    for k, t in tables.items():
+        write_csv(paths.ensemble_predictions(k), t)
+    t = tables[folds[0]][tables[folds[0]]["split"] == "test"]          # the first fold's ensemble
+    write_csv(paths.ROC_ENSEMBLE, E.micro_roc(t[E.true_columns(classes)].to_numpy(), t[E.prob_columns(classes)].to_numpy()))
+    write_json(paths.ENSEMBLE_METRICS, res)
+    write_json(paths.SUMMARY, {"task": "multiclass", "folds": folds, **{k: v for k, v in res.items() if k != "folds"}})
+    write_text(paths.SUMMARY_MD, multiclass.ensemble_markdown(res, classes))
+    na = "not applicable: Table 2 of seed 000 scores multi-label predictions; this run is train.task: multiclass"
+    write_json(paths.TABLE2, {"status": na})
+    write_text(paths.TABLE2_MD, na + "\n")
+    print(multiclass.ensemble_markdown(res, classes))
 
 
 if __name__ == "__main__":

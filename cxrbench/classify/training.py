@@ -33,6 +33,8 @@ from cxrbench.lungs import controls as audit_inputs
 from cxrbench.core import checkpoints
 from cxrbench.classify import gpu
 from cxrbench.classify import models as M
+from cxrbench.classify import schedules
+from cxrbench.classify import task as TK
 from cxrbench.data.cache import BatchLoader, to_float
 from cxrbench.data.labels import LabelTable
 from cxrbench.core.params import ParamError, check_choice, check_int, section
@@ -86,14 +88,37 @@ class TrainConfig:
     augment: dict = field(default_factory=lambda: {"enabled": False})
     seed: int = 42
     amp: bool = True
+    # later knobs: left out of the digest and of the checkpoint's record at their defaults, so that a run
+    # that does not use them has the identity (and writes the bytes) it had before they existed
+    task: str = "multilabel"       # multilabel | multiclass (cxrbench.classify.task)
+    classes: dict = field(default_factory=dict)      # multiclass: class -> labels, the first listed wins
+    optimizer: str = "adam"        # adam | sgd (cxrbench.classify.schedules)
+    momentum: float = 0.9          # sgd only
+    schedule: dict = field(default_factory=lambda: dict(schedules.DEFAULT_SCHEDULE))
+    snapshots: bool = False        # a snapshot of the weights at the end of every schedule cycle
+    head: dict = field(default_factory=lambda: dict(M.DEFAULT_HEAD))
+
+    def record(self) -> dict:
+        """The configuration as ``last.pt`` records it: every field, less the later knobs at their defaults."""
+        d = asdict(self)
+        for key, default in LATER_DEFAULTS.items():
+            if d[key] == default:
+                del d[key]
+        if d.get("optimizer", "adam") == "adam":
+            d.pop("momentum", None)                       # read by sgd only
+        return d
 
     def digest(self) -> str:
         """Identity of a run: a checkpoint of another configuration is never resumed."""
-        d = asdict(self)
+        d = self.record()
         for key in ("input_options", "weights_id"):     # absent before these existed: keeps older checkpoints resumable
             if not d[key]:
                 del d[key]
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+LATER_DEFAULTS = {"task": "multilabel", "classes": {}, "optimizer": "adam", "momentum": 0.9,
+                  "schedule": dict(schedules.DEFAULT_SCHEDULE), "snapshots": False, "head": dict(M.DEFAULT_HEAD)}
 
 
 def validate(params: dict, cache_meta: dict | None = None) -> dict:
@@ -174,6 +199,14 @@ def validate(params: dict, cache_meta: dict | None = None) -> dict:
                 raise ParamError(f"train.augment.{key}", f"expected a finite number >= 0, got {v!r}")
         if aug["scale"] >= 1:
             raise ParamError("train.augment.scale", f"expected a value in [0, 1) (zoom 1 +- scale), got {aug['scale']}")
+        br = aug.get("brightness", 0.0)
+        if isinstance(br, bool) or not isinstance(br, (int, float)) or not 0 <= br < 1:
+            raise ParamError("train.augment.brightness", f"expected a value in [0, 1) (x (1 +- b)), got {br!r}")
+    if TK.validate(params)["task"] == "multiclass" and p["pos_weight"]:
+        raise ParamError("train.pos_weight", "is a per-label BCE weight; train.task: multiclass uses cross-entropy: "
+                                             "set it to false")
+    schedules.validate(p)
+    M.check_head(p.get("head", M.DEFAULT_HEAD))
     return p
 
 
@@ -229,8 +262,11 @@ def config_for(params: dict, backbone: str, fold: int, cache_meta: dict) -> Trai
     policy = p["input_size"].get(backbone, p["input_size"]["default"])
     aux = float(p["aux_weight"]) if backbone == "inception_v3" else 0.0
     pretrained = pretrained_of(p, backbone)
+    t, sch = TK.validate(params), schedules.validate(p)
     return TrainConfig(
-        backbone=backbone, fold=fold, labels=list(LabelTable.from_params(params).names),
+        backbone=backbone, fold=fold, labels=TK.output_names(params, LabelTable.from_params(params).names),
+        task=t["task"], classes=t["classes"], optimizer=sch["optimizer"], momentum=sch["momentum"],
+        schedule=sch["schedule"], snapshots=sch["snapshots"], head=M.check_head(p.get("head", M.DEFAULT_HEAD)),
         in_chans=len(cache_meta["channels"]), cache_size=int(cache_meta["size"]),
         input_size=M.input_size(backbone, policy, cache_meta["size"]), pretrained=pretrained,
         weights=p["weights"].get(backbone) if pretrained == "imagenet" else None,
@@ -239,7 +275,8 @@ def config_for(params: dict, backbone: str, fold: int, cache_meta: dict) -> Trai
         input_mode=p["input_mode"], mask_dilation=p["mask_dilation"], epochs=p["epochs"],
         batch_size=p["batch_size"], lr=float(p["lr"]), weight_decay=float(p["weight_decay"]),
         pos_weight=p["pos_weight"], label_smoothing=float(p["label_smoothing"]), aux_weight=aux,
-        augment=dict(p["augment"]), seed=p["seed"], amp=p["amp"])
+        augment={k: v for k, v in p["augment"].items() if not (k == "brightness" and v == 0)},  # 0: as before it
+        seed=p["seed"], amp=p["amp"])
 
 
 def apply_input_mode(images: np.ndarray, mode: str, dilation: int, masks_path: str | Path = seg.LUNG_MASKS,
@@ -267,7 +304,9 @@ def pos_weight_of(targets: np.ndarray) -> torch.Tensor:
 
 
 def augment_batch(x: torch.Tensor, aug: dict, generator: torch.Generator) -> torch.Tensor:
-    """A small random affine per image (rotation, translation, scale), zero fill."""
+    """A small random affine per image (rotation, translation, scale), zero fill; with ``brightness`` b > 0,
+    then each image times (1 + u), u uniform in [-b, b], clipped to [0, 1] (drawn after the affine's draws,
+    so a run without it draws what it drew before)."""
     if not aug.get("enabled"):
         return x
     b = x.shape[0]
@@ -278,12 +317,17 @@ def augment_batch(x: torch.Tensor, aug: dict, generator: torch.Generator) -> tor
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if aug.get("brightness"):
+        factor = (1 + u() * aug["brightness"]).to(x.device, x.dtype).view(b, 1, 1, 1)
+        x = (x * factor).clamp(0, 1)
+    return x
 
 
-def loss_of(out, y: torch.Tensor, criterion: nn.Module, smoothing: float, aux_weight: float) -> torch.Tensor:
+def loss_of(out, y: torch.Tensor, criterion: nn.Module, smoothing: float, aux_weight: float,
+            task: str = "multilabel") -> torch.Tensor:
     if smoothing:
-        y = y * (1 - smoothing) + 0.5 * smoothing
+        y = TK.smooth(y, smoothing, task)
     if isinstance(out, (tuple, list)):
         main, aux = out
         return criterion(main.float(), y) + aux_weight * criterion(aux.float(), y)
@@ -292,8 +336,9 @@ def loss_of(out, y: torch.Tensor, criterion: nn.Module, smoothing: float, aux_we
 
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, rows: np.ndarray, device, batch_size: int = 64,
-            amp: bool = False) -> np.ndarray:
-    """Sigmoid probabilities (N, L) of the cache rows ``rows``, in that order."""
+            amp: bool = False, task: str = "multilabel") -> np.ndarray:
+    """Probabilities (N, L) of the cache rows ``rows``, in that order: sigmoid per label, or softmax over the
+    classes with ``task: multiclass`` (a saved classifier's ``meta.get('task', 'multilabel')``)."""
     model = gpu.prepare_model(model, device).eval()         # channels_last on CUDA; unchanged on the CPU
     dummy = np.zeros((len(rows), 1), np.float32)
     loader = (gpu.batches(images, dummy, rows, batch_size, device, prefetch=2) if gpu.on_cuda(device)
@@ -302,22 +347,36 @@ def predict(model: nn.Module, images: np.ndarray, rows: np.ndarray, device, batc
     for x, _, _ in loader:
         with gpu.autocast(device, amp):
             logits = model(to_float(x, device))
-        out.append(torch.sigmoid(logits.float()).cpu().numpy())
+        out.append(TK.probabilities(logits.float(), task).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 @torch.no_grad()
-def mean_loss(model, images, targets, rows, device, batch_size, amp=False, loader=None) -> float:
-    """Mean BCE per label and image of ``rows``; ``loader``: batches of those rows made once (CUDA)."""
+def mean_loss(model, images, targets, rows, device, batch_size, amp=False, loader=None,
+              task: str = "multilabel") -> float:
+    """Mean BCE per label and image (cross-entropy per image with ``task: multiclass``) of ``rows``;
+    ``loader``: batches of those rows made once (CUDA)."""
     model.eval()
-    crit = nn.BCEWithLogitsLoss(reduction="sum")
+    crit = TK.criterion(task, reduction="sum")
     loader = loader if loader is not None else BatchLoader(images, targets, rows, batch_size, prefetch=2)
     total = 0.0
     for x, y, _ in loader:
         with gpu.autocast(device, amp):
             logits = model(to_float(x, device))
         total += float(crit(logits.float(), y.to(device)))
-    return total / max(1, targets.size)
+    return total / max(1, len(targets) if task == "multiclass" else targets.size)
+
+
+def _later_meta(cfg: TrainConfig) -> dict:
+    """What a saved classifier records of the later knobs, only where they are not at their defaults."""
+    out = {}
+    if cfg.task != "multilabel":
+        out.update(task=cfg.task, classes=cfg.classes)
+    if cfg.head != M.DEFAULT_HEAD:
+        out["head"] = cfg.head
+    if cfg.snapshots:
+        out["schedule"] = cfg.schedule
+    return out
 
 
 def _rng_states() -> dict:
@@ -370,13 +429,17 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
 
     torch.manual_seed(cfg.seed)
     model = M.create_model(cfg.backbone, len(cfg.labels), cfg.in_chans, cfg.pretrained, cfg.input_size,
-                           aux=cfg.aux_weight > 0, weights=cfg.weights, normalize=cfg.normalize).to(device)
+                           aux=cfg.aux_weight > 0, weights=cfg.weights, normalize=cfg.normalize,
+                           head=cfg.head).to(device)
     model = gpu.prepare_model(model, device)               # channels_last on CUDA; unchanged on the CPU
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = schedules.make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.momentum)
+    sched = schedules.make_scheduler(opt, cfg.schedule, cfg.epochs)     # None: a constant rate
+    snap_epochs = schedules.snapshot_epochs(cfg.schedule, cfg.epochs) if cfg.snapshots else []
+    snap_paths = [out_dir / schedules.snapshot_file(c) for c in range(len(snap_epochs))]
     scaler = gpu.grad_scaler(device, use_amp)              # fp16 only; bf16 and the CPU need no scaling
     tr_targets, va_targets = targets[train_rows], targets[val_rows]
     pw = pos_weight_of(tr_targets).to(device) if cfg.pos_weight else None
-    criterion = nn.BCEWithLogitsLoss(pos_weight=pw)
+    criterion = TK.criterion(cfg.task, pw)
 
     start, best, history = 0, {"val_loss": math.inf, "epoch": -1}, []
     resumed = False
@@ -385,16 +448,18 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         scaler.load_state_dict(ck["scaler"])
+        if sched is not None:
+            sched.load_state_dict(ck["scheduler"])
         start, best, history = ck["epoch"] + 1, ck["best"], ck["history"]
         torch.set_rng_state(ck["rng"]["torch"])
         resumed = True
         print(f"train: resuming {cfg.backbone} fold {cfg.fold} after epoch {ck['epoch']}")
     elif last_path.exists() or best_path.exists():
         print(f"train: {why}; starting afresh")
-        for stale in (last_path, checkpoints.sidecar(last_path), best_path, final_path):
+        for stale in (last_path, checkpoints.sidecar(last_path), best_path, final_path, *snap_paths):
             stale.unlink(missing_ok=True)
     if start < cfg.epochs:                                 # models about to change: unfinished until the end
-        checkpoints.clear_finished((best_path, final_path))
+        checkpoints.clear_finished((best_path, final_path, *snap_paths))
 
     live = None
     if live_dir is not None:
@@ -429,7 +494,7 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
             y = y.to(device, non_blocking=True)
             with gpu.autocast(device, use_amp):
                 out = model(x)
-            loss = loss_of(out, y, criterion, cfg.label_smoothing, cfg.aux_weight)
+            loss = loss_of(out, y, criterion, cfg.label_smoothing, cfg.aux_weight, cfg.task)
             if on_batch is not None:
                 loss = on_batch(epoch, b, loss)
             if not torch.isfinite(loss):
@@ -446,22 +511,30 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
             n += len(x)
             bar.set_postfix(loss=f"{total / n:.4f}")
         seen += n
-        val_loss = mean_loss(model, images, va_targets, val_rows, device, val_batch, use_amp, loader=val_loader)
+        val_loss = mean_loss(model, images, va_targets, val_rows, device, val_batch, use_amp, loader=val_loader,
+                             task=cfg.task)
         rec = {"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val_loss}
+        if sched is not None:
+            rec["lr"] = opt.param_groups[0]["lr"]          # the rate this epoch trained at
+            sched.step()
         history.append(rec)
         meta = M.classifier_meta(
             cfg.backbone, cfg.labels, cfg.in_chans, cfg.input_size, cfg.cache_size, cfg.input_mode,
             cfg.mask_dilation, input_options=cfg.input_options, fold=cfg.fold, epoch=epoch, val_loss=val_loss,
             pretrained=cfg.pretrained, weights=cfg.weights, weights_id=cfg.weights_id, normalize=cfg.normalize,
-            digest=digest, data_digest=data_digest)
+            digest=digest, data_digest=data_digest, **_later_meta(cfg))
         if val_loss < best["val_loss"]:
             best = {"val_loss": val_loss, "epoch": epoch}
             M.save_classifier(best_path, model, meta)
         if epoch == cfg.epochs - 1:                        # before last.pt: a complete last.pt implies final.pt
             M.save_classifier(final_path, model, meta)
-        checkpoints.save(last_path, dict(model=model.state_dict(), optimizer=opt.state_dict(),
-                                         scaler=scaler.state_dict(), epoch=epoch, best=best, history=history,
-                                         digest=digest, config=asdict(cfg), rng=_rng_states()), identity)
+        if epoch in snap_epochs:                           # a cycle's end: its snapshot, before last.pt
+            M.save_classifier(snap_paths[snap_epochs.index(epoch)], model, {**meta, "snapshot": snap_epochs.index(epoch)})
+        state = dict(model=model.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(), epoch=epoch,
+                     best=best, history=history, digest=digest, config=cfg.record(), rng=_rng_states())
+        if sched is not None:
+            state["scheduler"] = sched.state_dict()
+        checkpoints.save(last_path, state, identity)
         if live is not None:
             live.step = epoch
             live.log_metric("train_loss", rec["train_loss"])
@@ -477,7 +550,7 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
         live.end()
     done = bool(history) and history[-1]["epoch"] == cfg.epochs - 1
     if done:
-        checkpoints.mark_finished((best_path, final_path), {**identity, **({"cache": cache_id} if cache_id else {}),
+        checkpoints.mark_finished((best_path, final_path, *snap_paths), {**identity, **({"cache": cache_id} if cache_id else {}),
                                                             "epochs": cfg.epochs})
     return {"backbone": cfg.backbone, "fold": cfg.fold, "epochs_done": len(history), "complete": done,
             "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],

@@ -22,6 +22,7 @@ adapts the first convolution to grey input and drops the ImageNet head).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -54,6 +55,35 @@ def map_by_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     for k, v in target.items():               # counters keep the model's own value
         if k.endswith(COUNTER):
             out[k] = v.clone()
+    return out
+
+
+# A DenseNet checkpoint of torchvision's names (before torchvision 0.3 a dense layer's modules were
+# `norm.1`, `relu.1`, `conv.1`, ...; since then `norm1`, ...), or of CheXNet's (arnoweng/CheXNet:
+# nn.DataParallel's `module.` and the wrapper's `densenet121.` before torchvision's old names, and the head
+# as `classifier.0` of a Sequential(Linear, Sigmoid)). timm's DenseNet uses torchvision's current names.
+_DENSE_OLD = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_DENSE_WRAPPER = re.compile(r"^densenet(121|161|169|201)\.")
+
+
+def densenet_timm_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with torchvision's old or CheXNet's DenseNet key names mapped onto timm's (and torchvision's
+    current) ones: ``module.`` and ``densenetNNN.`` dropped, ``norm.1`` -> ``norm1`` in dense layers,
+    ``classifier.0.`` -> ``classifier.``. Keys already in timm's naming pass unchanged; a key that two source
+    keys would map to is an error naming both."""
+    out: dict[str, torch.Tensor] = {}
+    source: dict[str, str] = {}
+    for key, value in state.items():
+        new = key[7:] if key.startswith("module.") else key
+        new = _DENSE_WRAPPER.sub("", new)
+        m = _DENSE_OLD.match(new)
+        if m:
+            new = m.group(1) + m.group(2)
+        if new.startswith("classifier.0."):
+            new = "classifier." + new[len("classifier.0."):]
+        if new in out:
+            raise MappingError(f"{source[new]} and {key} both map to {new}")
+        out[new], source[new] = value, key
     return out
 
 

@@ -3,7 +3,9 @@
 Per image: bicubic resize of the longer side to ``size``; clip intensities to
 the ``percentiles`` of the image (seed 000: 1st and 95th) and scale to [0, 1];
 build one channel per recipe (``raw``; ``clahe`` as CXR-Net and COVID-CXNet;
-``histeq`` and ``unsharp`` as DeepCOVIDExplainer); zero-pad, centred, to
+``histeq`` and ``unsharp`` as DeepCOVIDExplainer; ``beasf`` as COVID-CXNet), or per ordered chain of
+recipes (``[histeq, unsharp]``: unsharp masking of the equalised image, DeepCOVIDExplainer's one
+enhanced image); zero-pad, centred, to
 ``size`` x ``size``. Padding comes last, so percentiles and equalisation see only
 the image. Lung masks get the same resize and padding.
 
@@ -37,11 +39,11 @@ from PIL import Image
 from skimage import exposure, filters
 
 from cxrbench.core.io import atomic_path, write_json
-from cxrbench.core.params import ParamError, check_choice, check_float, check_int, check_subset, section
+from cxrbench.core.params import ParamError, check_choice, check_float, check_int, section
 from cxrbench.core.runtime import progress as progress_bar
 from cxrbench.data.images import load_grey, load_mask
 
-RECIPES = ("raw", "clahe", "histeq", "unsharp")
+RECIPES = ("raw", "clahe", "histeq", "unsharp", "beasf")
 INTENSITY = ("percentile", "fixed")
 
 
@@ -59,6 +61,15 @@ class Recipe:
     unsharp_amount: float = 1.0
     intensity: str = "percentile"
     fixed_range: tuple[float, float] = (0.0, 255.0)
+    beasf_gamma: float = 1.5
+
+    def record(self) -> dict:
+        """The recipe as the cache's meta.json records it (``beasf_gamma`` only when a channel uses it)."""
+        d = dataclasses.asdict(self)
+        d["channels"] = tuple(list(c) if isinstance(c, tuple) else c for c in self.channels)
+        if "beasf" not in steps(self.channels):
+            del d["beasf_gamma"]
+        return d
 
     @classmethod
     def from_params(cls, params: dict) -> "Recipe":
@@ -68,7 +79,7 @@ class Recipe:
         if (not isinstance(pct, list) or len(pct) != 2 or not all(isinstance(v, (int, float)) for v in pct)
                 or not 0 <= pct[0] < pct[1] <= 100):
             raise ParamError("preprocess.percentiles", f"expected [low, high] with 0 <= low < high <= 100, got {pct!r}")
-        check_subset("preprocess.channels", p.get("channels"), RECIPES)
+        chans = check_channels(p.get("channels"))
         intensity = check_choice("preprocess.intensity", p.get("intensity", "percentile"), INTENSITY)
         rng = p.get("fixed_range", [0, 255])
         if (not isinstance(rng, list) or len(rng) != 2 or not all(isinstance(v, (int, float)) for v in rng)
@@ -76,9 +87,70 @@ class Recipe:
             raise ParamError("preprocess.fixed_range", f"expected [low, high] within 0..255, got {rng!r}")
         for key in ("clahe_clip_limit", "unsharp_radius", "unsharp_amount"):
             check_float(f"preprocess.{key}", p.get(key), minimum=0, open_low=True, what="a positive number")
-        return cls(p["size"], (float(pct[0]), float(pct[1])), tuple(p["channels"]),
+        gamma = p.get("beasf_gamma", 1.5)
+        check_float("preprocess.beasf_gamma", gamma, minimum=0, open_low=True, what="a positive sigmoid slope")
+        return cls(p["size"], (float(pct[0]), float(pct[1])), chans,
                    float(p["clahe_clip_limit"]), float(p["unsharp_radius"]), float(p["unsharp_amount"]),
-                   intensity, (float(rng[0]), float(rng[1])))
+                   intensity, (float(rng[0]), float(rng[1])), float(gamma))
+
+
+def check_channels(chans) -> tuple:
+    """``preprocess.channels``: a non-empty list whose entries are a recipe or an ordered chain of recipes."""
+    if not isinstance(chans, list) or not chans:
+        raise ParamError("preprocess.channels", f"expected a non-empty list of recipes {list(RECIPES)} or chains of "
+                                                f"them (e.g. [raw, [histeq, unsharp]]), got {chans!r}")
+    out = []
+    for c in chans:
+        chain = c if isinstance(c, list) else [c]
+        if not chain or any(step not in RECIPES for step in chain):
+            raise ParamError("preprocess.channels", f"{c!r}: each channel is one of {list(RECIPES)} or a non-empty "
+                                                    f"list of them, applied in order")
+        out.append(tuple(chain) if isinstance(c, list) else c)
+    return tuple(out)
+
+
+def steps(channels) -> set:
+    """Every recipe that some channel (or chain) applies."""
+    return {s for c in channels for s in (c if isinstance(c, (tuple, list)) else (c,))}
+
+
+def beasf_lut(hist: np.ndarray, gamma: float) -> np.ndarray:
+    """BEASF's tone map (256,) float64 of an 8-bit histogram ``hist`` (256,): bi-histogram equalisation with
+    adaptive sigmoid functions (Arriaga-Garcia et al. 2014), as COVID-CXNet (seed 004) enhances its images.
+
+    The tones split at ``m``, the floor of the image's mean tone. Each part gets a sigmoid centred on the
+    part's median tone (the smallest tone whose CDF within the part exceeds 1/2), of slope ``gamma`` on a
+    scale where the part spans 5 units: ``s(t) = 1 / (1 + exp(-gamma 5 (t - median) / span))`` with span
+    ``m`` below and ``255 - m`` above. The lower part's ``s`` is stretched linearly onto [0, m] (tones 0..m),
+    the upper part's onto [m, 255] (tones m + 1..255). A part without pixels, or one tone wide, keeps its
+    tones (a degenerate part has no sigmoid to fit).
+    """
+    hist = np.asarray(hist, dtype=np.float64)
+    t = np.arange(256, dtype=np.float64)
+    lut = t.copy()
+    total = hist.sum()
+    if total <= 0:
+        return lut
+    m = int(np.floor((hist * t).sum() / total))
+
+    def part(lo: int, hi: int, out_lo: float, out_hi: float, span: float):
+        h = hist[lo:hi + 1]
+        if hi <= lo or h.sum() <= 0 or span <= 0:
+            return
+        median = lo + int(np.argmax(np.cumsum(h) / h.sum() > 0.5))
+        s = 1 / (1 + np.exp(-gamma * 5.0 * (t[lo:hi + 1] - median) / span))
+        lut[lo:hi + 1] = out_lo + (out_hi - out_lo) * (s - s[0]) / (s[-1] - s[0])
+
+    part(0, m, 0.0, float(m), float(m))
+    part(m + 1, 255, float(m), 255.0, float(255 - m))
+    return lut
+
+
+def beasf(img01: np.ndarray, gamma: float) -> np.ndarray:
+    """BEASF (:func:`beasf_lut`) of a [0, 1] image, on its 8-bit tones; float32 in [0, 1]."""
+    tones = np.clip(np.round(np.asarray(img01) * 255), 0, 255).astype(np.int64)
+    lut = beasf_lut(np.bincount(tones.ravel(), minlength=256), gamma)
+    return (lut[tones] / 255.0).astype(np.float32)
 
 
 def geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
@@ -101,7 +173,14 @@ def normalise(img: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
     return ((np.clip(img, lo, hi) - lo) / (hi - lo)).astype(np.float32)
 
 
-def channel(img01: np.ndarray, name: str, recipe: Recipe) -> np.ndarray:
+def channel(img01: np.ndarray, name, recipe: Recipe) -> np.ndarray:
+    """One channel: a recipe of [0, 1] -> [0, 1], or a chain of them applied in order."""
+    if isinstance(name, (tuple, list)):
+        for step in name:
+            img01 = channel(img01, step, recipe)
+        return img01
+    if name == "beasf":
+        return beasf(img01, recipe.beasf_gamma)
     if name == "raw":
         return img01
     if name == "clahe":
@@ -266,6 +345,6 @@ def build_cache(index: pd.DataFrame, raw: Path, out_dir: Path, recipe: Recipe, w
         del images, masks
         meta = {"n": n, "size": s, "channels": list(recipe.channels), "percentiles": list(recipe.percentiles),
                 "index_sha1": index_sha1, "with_mask": int(has_mask.sum()),
-                "recipe": dataclasses.asdict(recipe)}       # all of it: predict re-applies it to new images
+                "recipe": recipe.record()}       # all of it: predict re-applies it to new images
         write_json(tmp / "meta.json", meta)
     return meta

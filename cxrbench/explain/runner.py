@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cxrbench.core.params import ParamError, check_choice, check_fraction, check_int, section
+from cxrbench.core.params import ParamError, check_choice, check_float, check_fraction, check_int, section
 from cxrbench.explain.memory import estimate_max_batch
 from cxrbench.explain.methods.lrp import LRP_COMPOSITES
 from cxrbench.explain.methods.registry import METHODS, Method
@@ -34,11 +34,15 @@ class Settings:
     memory_fraction: float
     scorecam_batch: int | None    # Score-CAM's masked copies per forward; None: max_batch
     lrp_composite: str            # one of LRP_COMPOSITES
+    lime_samples: int = 200       # LIME: perturbed samples per image
+    lime_segments: int = 50       # LIME: SLIC superpixels per image (about)
+    lime_compactness: float = 0.1  # LIME: SLIC compactness on the [0, 1] image
 
     def method_settings(self) -> dict:
         return {"steps": self.steps, "window": self.window, "stride": self.stride,
                 "interpolate": self.interpolate, "scorecam_batch": self.scorecam_batch,
-                "lrp_composite": self.lrp_composite}
+                "lrp_composite": self.lrp_composite, "lime_samples": self.lime_samples,
+                "lime_segments": self.lime_segments, "lime_compactness": self.lime_compactness}
 
 
 def validate(params: dict) -> Settings:
@@ -70,7 +74,11 @@ def validate(params: dict) -> Settings:
                                        open_high=False),
         scorecam_batch=scorecam_batch,
         lrp_composite=check_choice("explain.lrp_composite", section(params, "explain.lrp_composite"),
-                                   LRP_COMPOSITES))
+                                   LRP_COMPOSITES),
+        lime_samples=check_int("explain.lime_samples", section(params, "explain").get("lime_samples", 200), minimum=10),
+        lime_segments=check_int("explain.lime_segments", section(params, "explain").get("lime_segments", 50), minimum=2),
+        lime_compactness=check_float("explain.lime_compactness", section(params, "explain").get("lime_compactness", 0.1),
+                                     minimum=0, open_low=True, what="a positive SLIC compactness"))
 
 
 def check_method(name: str, key: str = "explain.methods") -> str:

@@ -191,6 +191,10 @@ def section_internal(root: Path) -> str:
     t2 = _json(root / paths.TABLE2)
     if t2 is None:
         return "\n".join(out + [_missing(paths.TABLE2, "ensemble")])
+    if "status" in t2:                         # a multiclass run: its class metrics instead (metrics/summary.md)
+        md = root / paths.SUMMARY_MD
+        return "\n".join(out + [t2["status"] + ".", "", md.read_text(encoding="utf-8") if md.is_file()
+                                 else _missing(paths.SUMMARY_MD, "ensemble")])
     rows = [[r.get("model", "?"), r.get("folds", "–"), _ci(r.get("precision"), "mean"), _ci(r.get("recall"), "mean"),
              _ci(r.get("f1"), "mean"), _ci(r.get("auroc_micro"), "mean")] for r in t2.get("rows", [])]
     out += ["Micro-averaged over every label, mean over folds [95 % CI, bootstrap of test patient groups] "

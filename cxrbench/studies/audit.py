@@ -314,17 +314,17 @@ def run(params: dict) -> None:
     index = cache.index.set_index("path")
     row_of = pd.Series(np.arange(len(cache.index)), index=cache.index["path"])
 
-    records, excluded = [], {}
+    records, excluded, unscored = [], {}, {}
     for bb in a["backbones"]:
         for k in folds:
             full = test_part(paths.run("main", bb, k).predictions)
             test_paths = list(full["path"])
-            labels = [c[len("prob_"):] for c in full.columns if c.startswith("prob_")]   # the label table in use
-            needed = {v for s in a["scores"].values() for v in (s["score"], s["truth"]) if not v.startswith("source=")}
-            missing = sorted(needed - set(labels))
-            if missing:
-                raise P.ParamError("audit.scores", f"label(s) {missing} are not among the classifier's outputs "
-                                                   f"{labels}: score labels the models predict")
+            labels = [c[len("prob_"):] for c in full.columns if c.startswith("prob_")]   # the outputs in use
+            for name, s in a["scores"].items():    # e.g. a multiclass run's classes: a status, not a crash
+                missing = sorted({v for v in (s["score"], s["truth"]) if not v.startswith("source=")} - set(labels))
+                if missing:
+                    unscored[name] = {"spec": s, "chance": CHANCE, "folds": [],
+                                      "status": f"not scored: {missing} not among the classifier's outputs {labels}"}
             prob = {"full": full}
             for c in a["controls"]:
                 frame = test_part(paths.run("audit", bb, k, c).predictions)
@@ -354,7 +354,8 @@ def run(params: dict) -> None:
     segment = read_json(paths.SEGMENT_METRICS)
     result = {"backbones": a["backbones"], "folds": folds, "controls": a["controls"], "options": options,
               "confidence": stats["confidence"], "chance": CHANCE,
-              "scores": analyse(records, a["scores"], a["controls"], stats),
+              "scores": {**analyse(records, {n: v for n, v in a["scores"].items() if n not in unscored},
+                                   a["controls"], stats), **unscored},
               "excluded": {"count": len(excluded), "of": n_test, "by_reason": by_reason,
                            "images": sorted(excluded.values(), key=lambda e: e["path"])},
               "mask_plausibility": segment.get("by_source")}

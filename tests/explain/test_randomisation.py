@@ -279,8 +279,8 @@ def test_validate_checks_params_early(params):
     assert s.methods and set(s.metrics) <= set(R.METRICS)
     p["randomisation"]["methods"] = None
     assert R.validate(p).methods == p["explain"]["methods"]
-    p["randomisation"]["methods"] = ["saliency", "lime"]
-    with pytest.raises(ParamError, match="randomisation.methods.*lime"):
+    p["randomisation"]["methods"] = ["saliency", "kernel_shap"]
+    with pytest.raises(ParamError, match="randomisation.methods.*kernel_shap"):
         R.validate(p)
     p["randomisation"]["methods"] = ["saliency"]
     p["randomisation"]["metrics"] = ["pearson"]

@@ -203,7 +203,12 @@ def test_markdown_shows_every_control_with_its_ci_and_the_exclusions():
               "excluded": {"count": 1, "of": 240, "by_reason": {"empty": 1}, "images": []},
               "mask_plausibility": {"a": {"area_fraction": {"n": 3, "mean": 0.3, "quantiles": {"q05": 0.2, "q95": 0.4}},
                                           "components": {"0": 0, "1": 1, "2+": 2}, "implausible": 1}}}
+    # a score of a label the run's classifier does not output (a multiclass run's classes): a status row
+    result["scores"]["pneumonia_x"] = {"spec": {"score": "pneumonia", "truth": "pneumonia", "within": None},
+                                       "chance": 0.5, "folds": [],
+                                       "status": "not scored: ['pneumonia'] not among the classifier's outputs"}
     md = audit.markdown(result)
+    assert "| pneumonia_x | 0/0 | not scored: ['pneumonia']" in md
     for text in ("outside_only", "silhouette_only", "chance 0.5", "undefined", "empty: 1", "0 / 1 / 2",
                  "(control − 0.5) / (full − 0.5)"):
         assert text in md, text

@@ -219,7 +219,7 @@ def test_overlays_are_written_for_readable_images(trained, raw, sample_data, tmp
     assert written[2] == "" and all(w.endswith(".gradcam.png") for w in written[:2])
     assert sorted(p.name for p in maps.iterdir()) == sorted(w.split("/")[-1] for w in written[:2])
     with pytest.raises(ParamError, match="predict.overlay_method"):
-        PO.validate({"predict": {"overlay_method": "lime", "overlay_target": "covid19", "overlay_alpha": 0.5}})
+        PO.validate({"predict": {"overlay_method": "kernel_shap", "overlay_target": "covid19", "overlay_alpha": 0.5}})
     with pytest.raises(ParamError, match="predict.overlay_alpha"):
         PO.validate({"predict": {"overlay_method": "gradcam", "overlay_target": "covid19", "overlay_alpha": 0}})
 
@@ -406,7 +406,7 @@ def test_overlay_titles_are_text_and_one_failed_overlay_keeps_the_run(trained, r
     (["--overlays", "FILE"], r"--overlays .*is a file, not a folder"),
     (["--overlays", "FILE/sub"], r"--overlays .*is a file, not a folder"),
     (["--overlays", "maps", "--set", "predict.overlay_method=[gradcam]"], r"predict.overlay_method.*expected the name"),
-    (["--overlays", "maps", "--set", "predict.overlay_method=lime"], r"predict.overlay_method.*unknown"),
+    (["--overlays", "maps", "--set", "predict.overlay_method=kernel_shap"], r"predict.overlay_method.*unknown"),
     (["--set", "predict.max_pixels=0"], r"predict.max_pixels.*must be >= 1"),
     (["--set", "predict.max_pixels=1e9"], r"predict.max_pixels.*expected an integer"),
 ])

@@ -24,7 +24,8 @@ LRP_COMPOSITES = ("epsilon", "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_
 # any other backbone raises NotImplementedError (recorded): a skip connection left as a plain `+` passes
 # its full relevance down both branches, which counts it twice.
 LRP_BACKBONES = {r"resnet(18|26|34|50|101|152)": "resnet", r"efficientnet_lite[0-4]": "efficientnet_lite",
-                 r"densenet(121|161|169|201)": "densenet", r"inception_v3": "inception_v3"}
+                 r"densenet(121|161|169|201)": "densenet", r"inception_v3": "inception_v3",
+                 r"vgg(11|13|16|19)(_bn)?": "vgg"}     # VGG: no residual addition, so no canonizer beyond batch norm
 
 
 def _lrp_family(backbone: str | None) -> str | None:

@@ -26,11 +26,13 @@ eigencam            Eigen-CAM (Muhammad & Yeasin 2020): pytorch_grad_cam.EigenCA
                     class-agnostic (the target is ignored), sign of the component arbitrary
 lrp                 LRP (Bach et al. 2015): zennit Gradient attributor, composite
                     explain.lrp_composite, canonizers per timm backbone family
+lime                LIME (Ribeiro et al. 2016): captum.attr.Lime on scikit-image SLIC
+                    superpixels, explain.lime_samples draws (methods/lime.py)
 ==================  ===========================================================
 
 Families, one module each: ``perturbation`` (occlusion), ``gradients`` (saliency, input x gradient, guided
 backprop, integrated gradients, DeepLIFT), ``cams`` (Grad-CAM and the pytorch-grad-cam maps), ``lrp``
-(zennit) and ``guided_gradcam``. Importing :mod:`cxrbench.explain.methods` registers them all, in the
+(zennit), ``guided_gradcam`` and ``lime``. Importing :mod:`cxrbench.explain.methods` registers them all, in the
 order above.
 
 Every map is returned as a float32 (B, H, W) tensor at input resolution: the

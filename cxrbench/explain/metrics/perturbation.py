@@ -401,7 +401,11 @@ def perturbation_tensors(model: torch.nn.Module, x: torch.Tensor, maps, target, 
         else:
             logits = model(flat)
         tg = target[sl].repeat_interleave(1 + n_levels)
-        prob = torch.sigmoid(logits.gather(1, tg.view(-1, 1)).squeeze(1)).view(-1, 1 + n_levels)
+        if getattr(model, "task", "multilabel") == "multiclass":     # softmax over the classes (classify.task)
+            logits = torch.log_softmax(logits.float(), dim=1)
+            prob = logits.gather(1, tg.view(-1, 1)).squeeze(1).exp().view(-1, 1 + n_levels)
+        else:
+            prob = torch.sigmoid(logits.gather(1, tg.view(-1, 1)).squeeze(1)).view(-1, 1 + n_levels)
         p0[sl], p[sl] = prob[:, 0], prob[:, 1:]
     drop = p0.unsqueeze(1) - p
     # eq. 12 (threshold, pixels): the mean over the 10 levels; region (Samek et al. 2017): the mean over

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -49,7 +48,7 @@ def prepare_images(frame: pd.DataFrame, recipe: Recipe, cache_dir: Path, workers
     image, and how many came from the cache (same file bytes, same recipe)."""
     n, c, s = len(frame), len(recipe.channels), recipe.size
     digests = [file_sha1(f) for f in frame["file"]]
-    recipe_meta = dataclasses.asdict(recipe)
+    recipe_meta = recipe.record()
     old_images, old_rows = None, {}
     if all((cache_dir / f).is_file() for f in ("meta.json", "images.npy", "rows.csv")):
         meta = read_json(cache_dir / "meta.json")

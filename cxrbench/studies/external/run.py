@@ -139,7 +139,7 @@ def run_stage(params: dict, device=None, workers: int = 1, show: bool = True) ->
     groups = {spec: member_names(spec, run, params) for spec in cfg.models}
     result = {"status": "on", "models": {s: [run.members[i].name for i in idx] for s, idx in groups.items()},
               "confidence": stats["confidence"], "resamples": stats["resamples"],
-              "calibration_bins": cfg.calibration_bins, "recipe": dataclasses.asdict(run.recipe), "sources": {}}
+              "calibration_bins": cfg.calibration_bins, "recipe": run.recipe.record(), "sources": {}}
 
     test, test_probs = internal_test(run, index)
     group_of = dict(zip(index["path"], index["group"]))

@@ -46,8 +46,8 @@ def cache_recipe(run: str | Path, params: dict, params_file: str | Path = "param
     if unknown:
         raise PredictError(f"{meta_path}: unknown recipe key(s) {unknown}; this cxrbench knows {sorted(names)}")
 
-    def same(value):
-        return tuple(value) if isinstance(value, list) else value
+    def same(value):       # JSON lists -> the recipe's tuples (a chain of channel recipes is a tuple in a tuple)
+        return tuple(same(v) for v in value) if isinstance(value, list) else value
 
     wrong = [f"{k}: {v!r} in meta.json, {getattr(recipe, k)!r} from params" for k, v in recorded.items()
              if v is not None and same(v) != getattr(recipe, k)]
@@ -111,6 +111,10 @@ def parse_models(spec: str, backbones: Sequence[str], folds: Sequence[int]) -> l
 
 def load_thresholds(path: Path, member_labels: list, meta: dict, checkpoint: str, model_path: Path) -> tuple:
     """(cuts per label, cut rule) written by the evaluate stage for the model at ``model_path``."""
+    if meta.get("task") == "multiclass":
+        raise PredictError(f"{model_path} is a train.task: multiclass classifier (classes {member_labels}, argmax "
+                           f"decisions, no thresholds): predict applies multi-label runs only so far; its "
+                           f"test-set class metrics are in metrics/eval and metrics/summary.md")
     if not path.is_file():
         raise PredictError(f"{path} not found: the validation thresholds of {model_path} come from the evaluate "
                            f"stage; run it (dvc repro evaluate) in the run folder")
