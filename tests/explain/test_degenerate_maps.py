@@ -10,6 +10,7 @@ from cxrbench.explain.metrics import localisation as L
 from cxrbench.explain.metrics import perturbation as EM
 from cxrbench.explain.metrics import properties as MP
 from cxrbench.explain.metrics import tables as AT
+from cxrbench.explain.metrics import tables_text as ATT
 
 N, S = 5, 16
 AOPPC = AT.AOPPC_METRICS
@@ -169,7 +170,7 @@ def test_all_maps_degenerate_gives_n_zero_not_a_score(toy):
         assert cell[metric] == {"mean": None, "std": None, "n": 0}, metric
         assert res["pooled"][f"cam|{metric}"]["n"] == 0
     assert res["common"]["images"]["pooled"] == 0
-    table = AT.markdown(res, ["good", "cam"], {})
+    table = ATT.markdown(res, ["good", "cam"], {})
     assert "| cam | - | - | - | - | 0 / 5 |" in table
 
 
@@ -189,7 +190,7 @@ def test_constant_randomised_map_passes_the_sanity_check(toy):
     assert res["pooled"]["cam|sanity_spearman"]["n"] == 0
     assert res["sanity"]["by_method"]["good"] == {"images": 3, "compared": 3, "randomised_constant_passed": 0,
                                                   "randomised_nonfinite": 0, "excluded_degenerate": 0}
-    assert "| cam | - | 1 | 1 | 1 | 3 |" in AT.markdown(res, ["good", "cam"], {})
+    assert "| cam | - | 1 | 1 | 1 | 3 |" in ATT.markdown(res, ["good", "cam"], {})
     assert AT.sanity_split(["ok", "ok"], ["constant", "ok"])["randomised_constant_passed"] == 1
 
 
@@ -226,7 +227,7 @@ def test_common_set_drops_the_image_for_every_method(toy):
     common_vals = np.concatenate([blocks[0][4][[0, 2, 4]], blocks[1][4]])
     assert com["pooled"]["good|aoppc_threshold_morf"] == EM.mean_std(common_vals)
     assert res["maps"]["by_method"]["cam"] == {"ok": 8, "constant": 2, "nonfinite": 0, "excluded_degenerate": 2}
-    table = AT.markdown(res, ["good", "cam"], {"cam": 0.8})
+    table = ATT.markdown(res, ["good", "cam"], {"cam": 0.8})
     assert "| maps: ok / degenerate |" in table and "| 0.8 | 8 / 2 |" in table
     assert "Common set: 8 of 15" in table and "Common set within b1: 3 images." in table
     assert "No maps (their folds add no image): cam b2 f1." in table

@@ -459,6 +459,7 @@ def test_every_function_the_aoppc_stage_calls_is_device_tested(params, tmp_path,
     from cxrbench.explain import plots as AP
     from cxrbench.explain.metrics import scoring as AS
     from cxrbench.explain.metrics import tables as AT
+    from cxrbench.explain.metrics import tables_text as ATT
 
     maps = EM.random_maps((2, S, S), 0)
     masks = np.zeros((2, S, S), np.uint8)
@@ -483,7 +484,7 @@ def test_every_function_the_aoppc_stage_calls_is_device_tested(params, tmp_path,
         rows = AT.score_fold(scores, "b", 0, named, masks, {"m": EM.stored_maps(z, "rand__m")}, host_curves,
                              perturbations=s.perturbations(), groups=np.array(["p1", "p2"]))
         result = AT.summary(scores, ["m"], rows=rows, stats=s.stats, fills=s.fills)
-        text = AT.markdown(result, ["m"], {}, AS.region_sentence(s, 64))
+        text = ATT.markdown(result, ["m"], {}, AS.region_sentence(s, 64))
         out = [EM.levels("threshold"), maps, rows, result, AT.fold_status(att["methods"], scores, "b", 0),
                text, A.validate(params).methods, AS.perturbation_settings(s, 64)]
         AP.attribution_panels("b", 0, maps[:, None], z, ["m"], tmp_path / "panels.png")
