@@ -27,10 +27,13 @@ import numpy as np
 from cxrbench.core.bootstrap import METHODS, group_distribution, interval, patient_mean_ci
 
 
-def simulate(rng, n_groups: int, p_size: float = 0.5, between: float = 1.0, within: float = 0.5):
-    """(values, groups): ``n_groups`` patients with Geometric(p_size) images each, truth 0."""
+def simulate(rng, n_groups: int, p_size: float = 0.5, between: float = 1.0, within: float = 0.5,
+             shape: float = 1.0):
+    """(values, groups): ``n_groups`` patients with Geometric(p_size) images each, a Gamma(shape) patient
+    effect (skewness 2 / sqrt(shape); 1 = exponential) of sd ``between``, centred; truth 0."""
     sizes = rng.geometric(p_size, n_groups)
-    effect = rng.exponential(between, n_groups) - between         # skewed, mean 0
+    scale = between / np.sqrt(shape)
+    effect = rng.gamma(shape, scale, n_groups) - shape * scale
     groups = np.repeat(np.arange(n_groups), sizes)
     values = effect[groups] + rng.normal(0, within, len(groups))
     return values, groups
@@ -48,12 +51,12 @@ def patient_mean(values: np.ndarray, groups: np.ndarray):
     return statistic
 
 
-def coverage(n_groups: int, sims: int, n_boot: int, seed: int, methods=METHODS) -> dict:
+def coverage(n_groups: int, sims: int, n_boot: int, seed: int, methods=METHODS, shape: float = 1.0) -> dict:
     rng = np.random.default_rng(seed)
     hits = {s: {m: 0 for m in methods} for s in ("image_mean", "patient_mean")}
     hits["patient_mean"]["cluster_bootstrap_t"] = 0
     for t in range(sims):
-        v, g = simulate(rng, n_groups)
+        v, g = simulate(rng, n_groups, shape=shape)
         stats_of = {"image_mean": lambda i, v=v: float(v[i].mean()), "patient_mean": patient_mean(v, g)}
         for name, stat in stats_of.items():
             est, dist, jack, units = group_distribution(stat, g, n_boot, seed=t)
@@ -71,19 +74,22 @@ def main(argv=None) -> int:
     ap.add_argument("--groups", type=int, nargs="+", default=[9, 30, 60, 100], help="patients (clusters)")
     ap.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples per interval")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shape", type=float, default=1.0, help="gamma shape of the patient effect (1: exponential, "
+                                                            "skewness 2; 4: skewness 1)")
     ap.add_argument("--json", help="also write the coverages to this file")
     args = ap.parse_args(argv)
     out = {}
     for g in args.groups:
         t0 = time.perf_counter()
-        out[g] = coverage(g, args.sims, args.resamples, args.seed + g)
+        out[g] = coverage(g, args.sims, args.resamples, args.seed + g, shape=args.shape)
         se = np.sqrt(0.95 * 0.05 / args.sims)
         for name, per in out[g].items():
             print(f"G={g:4d} {name:13s} " + "  ".join(f"{m} {c:.3f}" for m, c in per.items())
                   + f"  (MC se {se:.3f}; {time.perf_counter() - t0:.0f} s)", flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"sims": args.sims, "resamples": args.resamples, "coverage": out}, f, indent=1)
+            json.dump({"sims": args.sims, "resamples": args.resamples, "shape": args.shape, "coverage": out}, f,
+                      indent=1)
     return 0
 
 

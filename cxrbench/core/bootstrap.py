@@ -28,7 +28,7 @@ from scipy import stats
 
 
 METHODS = ("percentile", "bca", "expanded_percentile", "expanded_bca")
-DEFAULT_METHOD = "expanded_bca"
+DEFAULT_METHOD = "expanded_percentile"
 DEFAULT_MIN_VALID = 0.9
 DEFAULT_EQUIVALENCE = {"auroc": 0.05, "gain": 0.02}
 
