@@ -198,7 +198,10 @@ def markdown(result: dict) -> str:
     o = result["options"]
     lines = [f"### Shortcut audit: what `{', '.join(result['backbones'])}` scores from each control "
              f"(test set, mean over folds {result['folds']}; [{conf:.0%} CI], bootstrap of test patient groups, "
-             "paired across controls)", "",
+             "one draw shared by every fold, paired across controls; variance: test patients only, one training "
+             "seed per model. \"chance\": an equivalence test (TOST) puts the AUROC within "
+             f"±{result.get('equivalence_margin', 0.05):g} of 0.5; a CI that only includes 0.5 is \"inconclusive\")",
+             "",
              f"Region: `{o['region']}` dilated by {o['dilation']:g} x the image side, filled with `{o['fill']}`"
              + (f" (sigma {o['blur_sigma']} x side)" if o["fill"] == "blur" else "") + "; each control is a model "
              "trained like the main one on its input. Chance AUROC is 0.5 for every score.", ""]
@@ -364,6 +367,7 @@ def run(params: dict) -> None:
     segment = read_json(paths.SEGMENT_METRICS)
     result = {"backbones": a["backbones"], "folds": folds, "controls": a["controls"], "options": options,
               "confidence": stats["confidence"], "chance": CHANCE,
+              "equivalence_margin": float(stats.get("equivalence", {}).get("auroc", 0.05)),
               "scores": analyse(records, a["scores"], a["controls"], stats),
               "excluded": {"count": len(excluded), "of": n_test, "by_reason": by_reason,
                            "images": sorted(excluded.values(), key=lambda e: e["path"])},
