@@ -225,7 +225,8 @@ def test_common_set_drops_the_image_for_every_method(toy):
     # the common value of `good` is its mean over exactly the common images
     blocks = [b for b in scores["blocks"] if b[0] == "good" and b[3] == "aoppc_threshold_morf"]
     common_vals = np.concatenate([blocks[0][4][[0, 2, 4]], blocks[1][4]])
-    assert com["pooled"]["good|aoppc_threshold_morf"] == EM.mean_std(common_vals)
+    cell = com["pooled"]["good|aoppc_threshold_morf"]
+    assert {k: cell[k] for k in ("mean", "std", "n")} == EM.mean_std(common_vals)
     assert res["maps"]["by_method"]["cam"] == {"ok": 8, "constant": 2, "nonfinite": 0, "excluded_degenerate": 2}
     table = ATT.markdown(res, ["good", "cam"], {"cam": 0.8})
     assert "| maps: ok / degenerate |" in table and "| 0.8 | 8 / 2 |" in table
@@ -299,8 +300,11 @@ def test_without_degenerate_maps_the_former_keys_are_bit_identical(toy):
     assert list(new_values) == list(old_values)
     for k, v in new_values.items():
         assert np.concatenate(v).tobytes() == old_values[k].tobytes(), k
-    former = lambda d: {k: v for k, v in d.items() if k.split("|")[1] not in added}  # noqa: E731
+    # the image-weighted mean, std and n (the gate's keys) are unchanged; patient_mean and patients are added
+    former = lambda d: {k: {f: v[f] for f in ("mean", "std", "n")} for k, v in d.items()  # noqa: E731
+                        if k.split("|")[1] not in added}
     assert list(former(res["pooled"])) == list(old_pooled) and former(res["pooled"]) == old_pooled
+    assert all("patient_mean" in c and "patients" in c for c in res["pooled"].values())
     assert old_pooled["good|aoppc_pixels_morf"]["n"] == 15 and old_pooled["good|lung_mass"]["n"] == 8
     assert res["pooled"]["good|sparseness"]["n"] == 15
     new_keys = {"maps", "excluded_degenerate", "sanity"} | added

@@ -365,3 +365,12 @@ def test_quantus_map_properties_on_maps_with_known_answers():
     assert p["sparseness"][0] > 0.99 and 0.30 < p["sparseness"][1] < 0.36
     assert np.log(64 * 64) - 0.3 < p["complexity"][1] < np.log(64 * 64)
     assert {k: len(v) for k, v in MP.properties(np.zeros((0, 8, 8))).items()} == {"sparseness": 0, "complexity": 0}
+
+
+def test_pooled_cells_carry_a_patient_weighted_mean_beside_the_image_mean():
+    from cxrbench.explain.metrics import tables as AT
+    patients = np.array([0] * 12 + list(range(1, 5)))          # one patient holds 12 of 16 images
+    v = np.array([1.0] * 12 + [0.0] * 4)
+    scores = _scores_with({"m": v, "random": np.zeros(16)}, patients)
+    cell = AT.pooled(scores)["m|aoppc_region_black_morf"]
+    assert cell["mean"] == 0.75 and cell["patient_mean"] == 0.2 and cell["patients"] == 5

@@ -224,15 +224,33 @@ def by_method(scores: dict) -> dict:
 
 
 def pooled(scores: dict, keep: Callable[[tuple], np.ndarray] | None = None) -> dict:
-    """``method|metric`` -> {mean, std, n} over every block's values concatenated in scoring order.
+    """``method|metric`` -> {mean, std, n, patient_mean, patients} over every block's values concatenated in
+    scoring order (``mean``: over images; ``patient_mean``: over patients, :func:`patient_weighted`).
 
     ``keep(block)`` -> bool mask of the block's values to use (the common set); ``None``: all.
     """
     per: dict = {}
     for block in scores["blocks"]:
-        m, _, _, metric, v, _ = block
-        per.setdefault((m, metric), []).append(v if keep is None else v[keep(block)])
-    return {f"{m}|{metric}": EM.mean_std(np.concatenate(v)) for (m, metric), v in per.items()}
+        m, bb, fk, metric, v, images = block
+        mask = np.ones(len(v), dtype=bool) if keep is None else keep(block)
+        grp = scores["groups"].get((bb, fk))
+        who = [str(grp[i]) if grp is not None else f"{bb}|{fk}|{i}" for i in np.asarray(images)[mask].tolist()]
+        per.setdefault((m, metric), ([], []))
+        per[(m, metric)][0].append(v[mask])
+        per[(m, metric)][1].extend(who)
+    return {f"{m}|{metric}": {**EM.mean_std(np.concatenate(v)), **patient_weighted(np.concatenate(v), np.array(w))}
+            for (m, metric), (v, w) in per.items()}
+
+
+def patient_weighted(values: np.ndarray, patients: np.ndarray) -> dict:
+    """``patient_mean`` (each patient's mean over its finite values, then their mean: a patient with 12 images
+    counts once) and ``patients``; beside the image-weighted ``mean`` of :func:`~cxrbench.explain.metrics.perturbation.mean_std`."""
+    ok = np.isfinite(values)
+    if not ok.any():
+        return {"patient_mean": None, "patients": 0}
+    from cxrbench.core.bootstrap import patient_means
+    _, means = patient_means(values[ok], patients[ok])
+    return {"patient_mean": round(float(means.mean()), 4), "patients": int(len(means))}
 
 
 def map_totals(scores: dict) -> dict:
