@@ -105,7 +105,8 @@ def paired_difference(y: list[np.ndarray], pred_a: list[np.ndarray], pred_b: lis
     diffs = [micro_f1(yk, ak) - micro_f1(yk, bk) for yk, ak, bk in zip(y, pred_a, pred_b)]
     out = {"metric": "test micro F1", "difference": float(np.mean(diffs)),
            "fold_differences": [float(d) for d in diffs], "ci": None, "fold_cis": None}
-    kw = dict(n_boot=stats["resamples"], seed=stats["seed"], confidence=stats["confidence"])
+    kw = dict(n_boot=stats["resamples"], seed=stats["seed"], confidence=stats["confidence"],
+              **{k: stats[k] for k in ("method", "min_valid_share") if k in stats})
     if all(np.array_equal(paths[0], p) for p in paths):
         ci = paired_ci(lambda i: float(np.mean([micro_f1(yk[i], ak[i]) for yk, ak in zip(y, pred_a)])),
                        lambda i: float(np.mean([micro_f1(yk[i], bk[i]) for yk, bk in zip(y, pred_b)])),
@@ -136,7 +137,8 @@ def table2_intervals(test_rows: list[dict], models: list[str], stats: dict, pape
     from cxrbench.classify import paper_scoring as PS
     from cxrbench.core.bootstrap import fold_mean_ci, weighted_micro_auroc
 
-    kw = dict(n_boot=stats["resamples"], seed=stats["seed"], confidence=stats["confidence"])
+    kw = dict(n_boot=stats["resamples"], seed=stats["seed"], confidence=stats["confidence"],
+              **{k: stats[k] for k in ("method", "min_valid_share") if k in stats})
 
     def interval(folds) -> dict:
         ci = fold_mean_ci(folds, **kw)

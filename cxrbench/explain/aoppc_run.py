@@ -26,6 +26,7 @@ from cxrbench.explain import plots as AP
 from cxrbench.explain import runner as A
 from cxrbench.explain.metrics import scoring as AS
 from cxrbench.explain.metrics import tables as AT
+from cxrbench.explain.metrics import tables_text as ATT
 
 
 def run_stage(params: dict) -> None:
@@ -77,7 +78,7 @@ def run_stage(params: dict) -> None:
                        "importance": s.importance},
         "region": AS.perturbation_settings(s, side) if side else None,
         "runtime": rt, "pooled": result["pooled"], "by_method": result["by_method"], "status": status,
-        **{k: result[k] for k in ("maps", "sanity", "common", "gain", "agreement", "removed_share")}})
+        **{k: result[k] for k in ("maps", "sanity", "common", "gain", "agreement", "winners", "removed_share")}})
 
     frame = pd.DataFrame(curves)
     main_curve = (frame[(frame["scheme"] == "threshold") & (frame["order"] == "morf")]
@@ -88,6 +89,6 @@ def run_stage(params: dict) -> None:
         write_csv(paths.AOPPC_CURVES_ALL, frame)
     AP.curves_figure(frame, paths.AOPPC_CURVES_PLOT)
 
-    table = AT.markdown(result, methods, s.reference, region)
+    table = ATT.markdown(result, methods, s.reference, region)
     write_text(paths.AOPPC_MD, table)
     print(table, end="")

@@ -388,10 +388,12 @@ def summarise(frame, metrics: Sequence[str], n_boot: int, seed: int, confidence:
                             "folds": int(sub.loc[sub["status"] == "compared", "fold"].nunique())}
             if key[0] == "cascade":
                 entries[key] = {"step": key[1], "layer": layer[key], **entries[key]}
-        enough = all(cell.loc[(cell["fold"] == f) & (cell["status"] == "compared"), "group"].nunique() >= 2
-                     for f in folds)
+        # the >= 2-patient check is per comparison: a comparison whose compared maps come from one patient has
+        # no interval, whatever the other comparisons have
+        enough = {key: entries[key]["patients"] >= 2 for key in keys}
         for metric in metrics:
-            if enough:
+            cis = {}
+            if any(enough.values()):
                 arms_by_fold = []
                 for f in folds:
                     arms = []
@@ -400,19 +402,19 @@ def summarise(frame, metrics: Sequence[str], n_boot: int, seed: int, confidence:
                                    & (cell["status"] == "compared")]
                         arms.append((sub["group"].astype(str).to_numpy(), _weighted_mean(sub[metric].to_numpy())))
                     arms_by_fold.append(arms)
-                reducers = {j: (lambda t, j=j: _mean_defined(t[:, j])) for j in range(len(keys))}
+                reducers = {j: (lambda t, j=j: _mean_defined(t[:, j])) for j in range(len(keys)) if enough[keys[j]]}
                 cis = fold_bootstrap(arms_by_fold, reducers, n_boot, seed, confidence)
-                for j, key in enumerate(keys):
-                    entries[key][metric] = {k: _finite_or_none(cis[j][k]) for k in (
-                        "estimate", "low", "high", "confidence", "n_boot", "undefined")}
-            else:       # too few patient groups for a bootstrap: the mean alone
-                for key in keys:
-                    sub = cell[(cell["comparison"] == key[0]) & (cell["step"] == key[1])
-                               & (cell["status"] == "compared")]
-                    per_fold = np.array([sub.loc[sub["fold"] == f, metric].mean() for f in folds], dtype=float)
-                    est = _mean_defined(per_fold)
-                    entries[key][metric] = {"estimate": est if np.isfinite(est) else None, "low": None,
-                                            "high": None, "note": "fewer than 2 patient groups in a fold: no CI"}
+            for j, key in enumerate(keys):
+                if j in cis:
+                    entries[key][metric] = {k: _finite_or_none(cis[j].get(k)) for k in (
+                        "estimate", "low", "high", "confidence", "n_boot", "undefined", "status")}
+                    continue
+                sub = cell[(cell["comparison"] == key[0]) & (cell["step"] == key[1]) & (cell["status"] == "compared")]
+                per_fold = np.array([sub.loc[sub["fold"] == f, metric].mean() for f in folds], dtype=float)
+                est = _mean_defined(per_fold)
+                entries[key][metric] = {"estimate": est if np.isfinite(est) else None, "low": None, "high": None,
+                                        "status": "no_ci",
+                                        "note": f"{entries[key]['patients']} patient group(s) compared: no CI"}
         out.setdefault(method, {})[backbone] = {
             "folds": [int(f) for f in folds],
             "images": int(cell[(cell["comparison"] == "cascade") & (cell["step"] == 0)].shape[0]),

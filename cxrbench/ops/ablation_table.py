@@ -10,8 +10,10 @@ Every row is scored three ways on each fold's test images:
 * **micro AUROC** on their labels that the model has an output for
   (threshold-free).
 
-The value is the mean over folds. Its CI resamples patient groups within each
-fold's test set (:func:`cxrbench.core.bootstrap.fold_mean_ci`): test sampling only.
+The value is the mean over folds. Its CI resamples patient groups with one draw
+per resample shared by every fold (:func:`cxrbench.core.bootstrap.fold_mean_ci`):
+the authors' five test sets share a third or more of their patients, which move
+together. Test sampling only.
 The change from the row it starts from has a paired bootstrap CI (the same
 groups drawn for both rows) and, where both rows use the authors' folds, a
 Nadeau-Bengio corrected resampled t interval over the 5 fold differences, which
@@ -121,7 +123,7 @@ def build(params: dict, workdir: Path) -> dict:
         """Row ``a`` minus row ``b`` on statistic ``m``: paired bootstrap over each fold's test groups."""
         fa, fb = data[a]["folds"], data[b]["folds"]
         return B.fold_mean_ci([[(fa[k]["groups"], st[a][k][m]), (fb[k]["groups"], st[b][k][m])] for k in folds],
-                              n_boot, seed, conf)
+                              n_boot, seed, conf, stats_p["method"], stats_p["min_valid_share"])
 
     result, by_name = [], {}
     for i, row in enumerate(rows):
@@ -144,7 +146,8 @@ def build(params: dict, workdir: Path) -> dict:
                            "paper_label_prevalence": float(prevalence)}
         for m in METRICS:
             per_fold = [st[name][k][m](np.ones(fa[k]["n_test"])) for k in folds]
-            ci = B.fold_mean_ci([[(fa[k]["groups"], st[name][k][m])] for k in folds], n_boot, seed, conf)
+            ci = B.fold_mean_ci([[(fa[k]["groups"], st[name][k][m])] for k in folds], n_boot, seed, conf,
+                                stats_p["method"], stats_p["min_valid_share"])
             entry["metrics"][m] = {**_interval(ci), "folds": per_fold, "fold_sd": float(np.std(per_fold, ddof=1)),
                                    "undefined": ci["undefined"]}
         if row["from"] is not None:
@@ -167,13 +170,18 @@ def build(params: dict, workdir: Path) -> dict:
 
 
 def _ci(m: dict) -> str:
+    if m.get("low") is None:
+        return f"{m['mean']:.3f} [no CI]"
     return f"{m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
 
 
 def _delta(m: dict | None) -> str:
     if not m:
         return "–"
-    text = f"{m['mean']:+.3f} [{m['low']:+.3f}, {m['high']:+.3f}]"
+    if m.get("low") is None:
+        text = f"{m['mean']:+.3f} [no CI]"
+    else:
+        text = f"{m['mean']:+.3f} [{m['low']:+.3f}, {m['high']:+.3f}]"
     nb = m.get("corrected_t")
     if nb and nb.get("low") is not None:
         text += f"; t [{nb['low']:+.3f}, {nb['high']:+.3f}]"

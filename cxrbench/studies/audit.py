@@ -128,7 +128,10 @@ def analyse(folds: list[dict], scores: dict, controls: list[str], stats: dict) -
         for j, c in enumerate(controls, start=1):
             reducers[f"difference:{c}"] = lambda v, j=j: (v[:, j] - v[:, 0]).mean()
             reducers[f"retained:{c}"] = lambda v, j=j: _retained(v[:, j].mean(), v[:, 0].mean())
-        cis = fold_bootstrap(fold_arms, reducers, stats["resamples"], stats["seed"], stats["confidence"])
+        margin = float(stats.get("equivalence", {}).get("auroc", 0.05))
+        tests = {f"auroc:{arm}": {"equivalence": (CHANCE - margin, CHANCE + margin)} for arm in arms}
+        cis = fold_bootstrap(fold_arms, reducers, stats["resamples"], stats["seed"], stats["confidence"],
+                             stats.get("method", "expanded_percentile"), stats.get("min_valid_share", 0.9), tests=tests)
         entry["auroc"] = {arm: _ci(cis[f"auroc:{arm}"]) for arm in arms}
         # a model whose output is the same for every image (e.g. a silhouette that is the same template
         # everywhere) scores exactly 0.5: a status to show, not a finding
@@ -146,18 +149,25 @@ def _retained(control: float, full: float) -> float:
 
 
 def _ci(ci: dict) -> dict:
-    return {"mean": ci["estimate"], "low": ci["low"], "high": ci["high"], "undefined": ci["undefined"]}
+    out = {"mean": ci["estimate"], "low": ci["low"], "high": ci["high"], "undefined": ci["undefined"],
+           "status": ci.get("status", "ok")}
+    if ci.get("reason"):
+        out["reason"] = ci["reason"]
+    if ci.get("equivalence"):
+        out["equivalence"] = ci["equivalence"]
+    return out
 
 
 def verdict(ci: dict) -> str:
-    """Where an AUROC's CI lies relative to chance (0.5)."""
-    if ci["mean"] is None or not np.isfinite(ci["low"]):
+    """Where an AUROC's CI lies relative to chance (0.5): above, below, ``chance`` only where an equivalence
+    test (TOST, margin ``stats.equivalence.auroc``) puts it within the margin, else ``inconclusive``."""
+    if ci["mean"] is None or ci.get("low") is None or not np.isfinite(ci["low"]):
         return "undefined"
     if ci["low"] > CHANCE:
         return "above chance"
     if ci["high"] < CHANCE:
         return "below chance"
-    return "chance"
+    return "chance" if (ci.get("equivalence") or {}).get("equivalent") else "inconclusive"
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -176,8 +186,8 @@ def _fmt(ci: dict | None, signed: bool = False) -> str:
     if not ci or ci.get("mean") is None:
         return "–"
     f = "{:+.3f}" if signed else "{:.3f}"
-    if not np.isfinite(ci["low"]):
-        return f.format(ci["mean"]) + " [–]"
+    if ci.get("low") is None or not np.isfinite(ci["low"]):
+        return f.format(ci["mean"]) + " [no CI]"
     return f"{f.format(ci['mean'])} [{f.format(ci['low'])}, {f.format(ci['high'])}]"
 
 
@@ -188,7 +198,10 @@ def markdown(result: dict) -> str:
     o = result["options"]
     lines = [f"### Shortcut audit: what `{', '.join(result['backbones'])}` scores from each control "
              f"(test set, mean over folds {result['folds']}; [{conf:.0%} CI], bootstrap of test patient groups, "
-             "paired across controls)", "",
+             "one draw shared by every fold, paired across controls; variance: test patients only, one training "
+             "seed per model. \"chance\": an equivalence test (TOST) puts the AUROC within "
+             f"±{result.get('equivalence_margin', 0.05):g} of 0.5; a CI that only includes 0.5 is \"inconclusive\")",
+             "",
              f"Region: `{o['region']}` dilated by {o['dilation']:g} x the image side, filled with `{o['fill']}`"
              + (f" (sigma {o['blur_sigma']} x side)" if o["fill"] == "blur" else "") + "; each control is a model "
              "trained like the main one on its input. Chance AUROC is 0.5 for every score.", ""]
@@ -265,7 +278,7 @@ def plot_scores(result: dict, path) -> None:
             ci = s["auroc"][arm]
             if ci["mean"] is None:
                 continue
-            err = [[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]] if np.isfinite(ci["low"]) else None
+            err = [[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]] if ci.get("low") is not None else None
             ax.errorbar(ci["mean"], i, xerr=err, fmt="o", color="C0" if arm == "full" else "C1", capsize=3)
         ax.axvline(CHANCE, color="grey", linestyle="--", linewidth=1)
         ax.set_xlim(0.3, 1.0)
@@ -354,6 +367,7 @@ def run(params: dict) -> None:
     segment = read_json(paths.SEGMENT_METRICS)
     result = {"backbones": a["backbones"], "folds": folds, "controls": a["controls"], "options": options,
               "confidence": stats["confidence"], "chance": CHANCE,
+              "equivalence_margin": float(stats.get("equivalence", {}).get("auroc", 0.05)),
               "scores": {**analyse(records, {n: v for n, v in a["scores"].items() if n not in unscored},
                                    a["controls"], stats), **unscored},
               "excluded": {"count": len(excluded), "of": n_test, "by_reason": by_reason,

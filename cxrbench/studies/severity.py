@@ -240,7 +240,8 @@ def severity_table(rows: Sequence[Mapping[str, Any]] | Mapping[str, Mapping[str,
                                         str(r.get("dropped", 0)), r["status"]]) + " |")
     conf, n_boot = rows[0].get("confidence"), rows[0].get("n_boot")
     lines += ["", f"Spearman rho between the share of positive relevance inside the lungs and the radiologists' "
-                  f"mean score; CI: {100 * conf:g} % percentile bootstrap over patient groups ({n_boot} resamples). "
+                  f"mean score; CI: {100 * conf:g} % bootstrap over patient groups ({n_boot} resamples; expanded "
+                  f"percentile, benchmarks/README.md). "
                   f"No number with fewer than {MIN_N} maps or {MIN_GROUPS} groups."]
     if meta:
         lines.append(f"Scores: {meta.get('citation', '?')} License: {meta.get('license', '?')}.")

@@ -41,7 +41,8 @@ def test_paired_difference_cancels_the_shared_case_mix():
 def test_undefined_resamples_are_counted_not_hidden():
     y = np.zeros(100, bool)
     y[:2] = True                                                 # 2 positives: many resamples have none
-    ci = group_ci(lambda i: float(y[i].mean()) if y[i].any() else None, np.arange(100), n_boot=200)
+    ci = group_ci(lambda i: float(y[i].mean()) if y[i].any() else None, np.arange(100), n_boot=200,
+                  min_valid_share=0.5)
     assert ci["undefined"] > 0 and ci["low"] <= ci["estimate"] <= ci["high"]
 
 
@@ -159,3 +160,79 @@ def test_fold_bootstrap_reducers_share_the_draws_of_fold_mean_ci():
     assert both["diff"]["low"] == alone["low"] and both["diff"]["high"] == alone["high"]
     first = fold_mean_ci([f[:1] for f in folds], n_boot=200, seed=3)
     assert both["a"]["estimate"] == pytest.approx(first["estimate"]) and both["a"]["low"] == first["low"]
+
+
+# --- intervals that cover, undefined resamples, folds that share patients -----------------------
+
+from cxrbench.core.bootstrap import interval, one_sided_p, patient_mean_ci  # noqa: E402
+
+
+def test_the_default_interval_covers_better_than_the_percentile_with_9_skewed_patients():
+    """9 patients, skewed effects (benchmarks/bench_coverage.py's model): the percentile interval undercovers."""
+    from benchmarks.bench_coverage import coverage
+    cov = coverage(9, sims=300, n_boot=300, seed=9, methods=("percentile", "expanded_percentile"))
+    assert cov["patient_mean"]["cluster_bootstrap_t"] >= 0.90
+    assert cov["patient_mean"]["cluster_bootstrap_t"] > cov["patient_mean"]["percentile"] + 0.03
+    assert cov["image_mean"]["expanded_percentile"] > cov["image_mean"]["percentile"] + 0.02
+
+
+def test_too_few_defined_resamples_is_no_ci_never_a_number():
+    y = np.zeros(100, bool)
+    y[:2] = True                                                 # 2 positives: most resamples have none
+    ci = group_ci(lambda i: float(y[i].mean()) if y[i].any() else None, np.arange(100), n_boot=200)
+    assert ci["valid_share"] < 0.9 and ci["status"] == "no_ci" and ci["low"] is None and ci["high"] is None
+    assert "stats.min_valid_share" in ci["reason"] and ci["undefined"] == round((1 - ci["valid_share"]) * 200)
+    lenient = group_ci(lambda i: float(y[i].mean()) if y[i].any() else None, np.arange(100), n_boot=200,
+                       min_valid_share=0.5)
+    assert lenient["status"] == "ok" and lenient["low"] <= lenient["estimate"] <= lenient["high"]
+
+
+def test_percentile_bca_and_expanded_by_hand():
+    rng = np.random.default_rng(0)
+    dist = rng.normal(0, 1, 4000)
+    pct = interval(0.0, dist, None, 10, 0.95, "percentile")
+    assert pct["low"] == pytest.approx(np.quantile(dist, 0.025)) and pct["high"] == pytest.approx(np.quantile(dist, 0.975))
+    from scipy import stats as S
+    z = np.sqrt(10 / 9) * S.t.ppf(0.975, 9)
+    exp = interval(0.0, dist, None, 10, 0.95, "expanded_percentile")
+    assert exp["high"] == pytest.approx(np.quantile(dist, S.norm.cdf(z)))
+    jack = np.linspace(-1, 1, 10)                               # symmetric: acceleration 0
+    bca = interval(float(np.median(dist)), dist, jack, 10, 0.95, "bca")
+    assert bca["low"] == pytest.approx(pct["low"], abs=0.02) and bca["high"] == pytest.approx(pct["high"], abs=0.02)
+    # the one-sided p inverts the interval: at the lower bound, p = alpha / 2
+    assert one_sided_p(0.0, dist, None, 10, exp["low"], True, "expanded_percentile") == pytest.approx(0.025, abs=2e-3)
+
+
+def test_patient_mean_ci_tost_and_p():
+    rng = np.random.default_rng(1)
+    v = rng.normal(0.3, 0.1, 40)
+    ci = patient_mean_ci(v, np.arange(40), n_boot=500, null=0.0, equivalence=(-0.05, 0.05))
+    assert ci["low"] < 0.3 < ci["high"] and ci["p"] < 0.01 and not ci["equivalence"]["equivalent"]
+    near = patient_mean_ci(rng.normal(0, 0.01, 40), np.arange(40), n_boot=500, equivalence=(-0.05, 0.05))
+    assert near["equivalence"]["equivalent"]
+
+
+def _overlapping_folds(rng, n_patients=60, folds=5, share=0.8):
+    """``folds`` test sets drawn from one pool of patients, each holding ``share`` of them (so they overlap),
+    one image per patient; values = a patient effect (truth 0)."""
+    effect = rng.normal(0, 1, n_patients)
+    out = []
+    for _ in range(folds):
+        keep = np.sort(rng.choice(n_patients, int(share * n_patients), replace=False))
+        v = effect[keep] + rng.normal(0, 0.05, len(keep))
+        out.append([(np.array([f"p{k}" for k in keep]), lambda w, v=v: float((w * v).sum() / w.sum()))])
+    return out
+
+
+def test_fold_mean_se_matches_a_simulation_when_folds_share_patients():
+    """Folds that share 80 % of their patients: the fold mean varies almost as much as one fold. Resampling each
+    fold on its own (the former code) made its interval about sqrt(5) too narrow; one draw of the patients shared
+    by every fold gets the standard error the simulation gives."""
+    rng = np.random.default_rng(7)
+    sims = [np.mean([f[0][1](np.ones(48)) for f in _overlapping_folds(rng)]) for _ in range(400)]
+    true_se = float(np.std(sims))
+    widths = []
+    for t in range(12):
+        ci = fold_mean_ci(_overlapping_folds(rng), n_boot=300, seed=t, method="percentile")
+        widths.append((ci["high"] - ci["low"]) / (2 * 1.96))
+    assert np.mean(widths) == pytest.approx(true_se, rel=0.25)

@@ -10,6 +10,7 @@ from cxrbench.explain.metrics import localisation as L
 from cxrbench.explain.metrics import perturbation as EM
 from cxrbench.explain.metrics import properties as MP
 from cxrbench.explain.metrics import tables as AT
+from cxrbench.explain.metrics import tables_text as ATT
 
 N, S = 5, 16
 AOPPC = AT.AOPPC_METRICS
@@ -169,7 +170,7 @@ def test_all_maps_degenerate_gives_n_zero_not_a_score(toy):
         assert cell[metric] == {"mean": None, "std": None, "n": 0}, metric
         assert res["pooled"][f"cam|{metric}"]["n"] == 0
     assert res["common"]["images"]["pooled"] == 0
-    table = AT.markdown(res, ["good", "cam"], {})
+    table = ATT.markdown(res, ["good", "cam"], {})
     assert "| cam | - | - | - | - | 0 / 5 |" in table
 
 
@@ -189,7 +190,7 @@ def test_constant_randomised_map_passes_the_sanity_check(toy):
     assert res["pooled"]["cam|sanity_spearman"]["n"] == 0
     assert res["sanity"]["by_method"]["good"] == {"images": 3, "compared": 3, "randomised_constant_passed": 0,
                                                   "randomised_nonfinite": 0, "excluded_degenerate": 0}
-    assert "| cam | - | 1 | 1 | 1 | 3 |" in AT.markdown(res, ["good", "cam"], {})
+    assert "| cam | - | 1 | 1 | 1 | 3 |" in ATT.markdown(res, ["good", "cam"], {})
     assert AT.sanity_split(["ok", "ok"], ["constant", "ok"])["randomised_constant_passed"] == 1
 
 
@@ -224,9 +225,10 @@ def test_common_set_drops_the_image_for_every_method(toy):
     # the common value of `good` is its mean over exactly the common images
     blocks = [b for b in scores["blocks"] if b[0] == "good" and b[3] == "aoppc_threshold_morf"]
     common_vals = np.concatenate([blocks[0][4][[0, 2, 4]], blocks[1][4]])
-    assert com["pooled"]["good|aoppc_threshold_morf"] == EM.mean_std(common_vals)
+    cell = com["pooled"]["good|aoppc_threshold_morf"]
+    assert {k: cell[k] for k in ("mean", "std", "n")} == EM.mean_std(common_vals)
     assert res["maps"]["by_method"]["cam"] == {"ok": 8, "constant": 2, "nonfinite": 0, "excluded_degenerate": 2}
-    table = AT.markdown(res, ["good", "cam"], {"cam": 0.8})
+    table = ATT.markdown(res, ["good", "cam"], {"cam": 0.8})
     assert "| maps: ok / degenerate |" in table and "| 0.8 | 8 / 2 |" in table
     assert "Common set: 8 of 15" in table and "Common set within b1: 3 images." in table
     assert "No maps (their folds add no image): cam b2 f1." in table
@@ -298,8 +300,11 @@ def test_without_degenerate_maps_the_former_keys_are_bit_identical(toy):
     assert list(new_values) == list(old_values)
     for k, v in new_values.items():
         assert np.concatenate(v).tobytes() == old_values[k].tobytes(), k
-    former = lambda d: {k: v for k, v in d.items() if k.split("|")[1] not in added}  # noqa: E731
+    # the image-weighted mean, std and n (the gate's keys) are unchanged; patient_mean and patients are added
+    former = lambda d: {k: {f: v[f] for f in ("mean", "std", "n")} for k, v in d.items()  # noqa: E731
+                        if k.split("|")[1] not in added}
     assert list(former(res["pooled"])) == list(old_pooled) and former(res["pooled"]) == old_pooled
+    assert all("patient_mean" in c and "patients" in c for c in res["pooled"].values())
     assert old_pooled["good|aoppc_pixels_morf"]["n"] == 15 and old_pooled["good|lung_mass"]["n"] == 8
     assert res["pooled"]["good|sparseness"]["n"] == 15
     new_keys = {"maps", "excluded_degenerate", "sanity"} | added

@@ -405,7 +405,7 @@ DEVICE_TESTED = {
 # AT.score_fold is host-only given a host ``curves``: the stage's device work is the closure of
 # AS.score_model, classified above.
 HOST_ONLY = {"A.validate", "AS.validate", "AS.load_fold", "AS.perturbation_settings", "AS.region_sentence",
-             "AT.new_scores", "AT.fold_status", "AT.summary", "AT.markdown", "AP.attribution_panels",
+             "AT.new_scores", "AT.fold_status", "AT.summary", "ATT.markdown", "AP.attribution_panels",
              "AP.curves_figure"}
 
 
@@ -418,7 +418,7 @@ class _NoTorch(TorchFunctionMode):
 
 def _stage_calls() -> set[str]:
     """``EM.f``, ``A.f``, ``AT.f``, ``AS.f`` and ``AP.f`` (cxrbench.explain.metrics.perturbation, runner,
-    metrics.tables, metrics.scoring, plots) called in the aoppc stage's run, cxrbench/explain/aoppc_run.py."""
+    metrics.tables, metrics.tables_text, metrics.scoring, plots) called in the aoppc stage's run, cxrbench/explain/aoppc_run.py."""
     import ast
 
     import inspect
@@ -428,7 +428,7 @@ def _stage_calls() -> set[str]:
     tree = ast.parse(inspect.getsource(aoppc_run))
     return {f"{n.func.value.id}.{n.func.attr}" for n in ast.walk(tree)
             if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-            and isinstance(n.func.value, ast.Name) and n.func.value.id in ("EM", "A", "AT", "AS", "AP")}
+            and isinstance(n.func.value, ast.Name) and n.func.value.id in ("EM", "A", "AT", "ATT", "AS", "AP")}
 
 
 def test_score_model_runs_on_the_models_device(params, tmp_path):
@@ -459,6 +459,7 @@ def test_every_function_the_aoppc_stage_calls_is_device_tested(params, tmp_path,
     from cxrbench.explain import plots as AP
     from cxrbench.explain.metrics import scoring as AS
     from cxrbench.explain.metrics import tables as AT
+    from cxrbench.explain.metrics import tables_text as ATT
 
     maps = EM.random_maps((2, S, S), 0)
     masks = np.zeros((2, S, S), np.uint8)
@@ -483,7 +484,7 @@ def test_every_function_the_aoppc_stage_calls_is_device_tested(params, tmp_path,
         rows = AT.score_fold(scores, "b", 0, named, masks, {"m": EM.stored_maps(z, "rand__m")}, host_curves,
                              perturbations=s.perturbations(), groups=np.array(["p1", "p2"]))
         result = AT.summary(scores, ["m"], rows=rows, stats=s.stats, fills=s.fills)
-        text = AT.markdown(result, ["m"], {}, AS.region_sentence(s, 64))
+        text = ATT.markdown(result, ["m"], {}, AS.region_sentence(s, 64))
         out = [EM.levels("threshold"), maps, rows, result, AT.fold_status(att["methods"], scores, "b", 0),
                text, A.validate(params).methods, AS.perturbation_settings(s, 64)]
         AP.attribution_panels("b", 0, maps[:, None], z, ["m"], tmp_path / "panels.png")

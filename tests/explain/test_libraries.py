@@ -126,7 +126,7 @@ def test_layer_resolution_map_is_the_library_output_before_its_scaling():
 @pytest.mark.parametrize("method", CAMS + ["lrp"])
 def test_row_i_uses_target_i(method):
     """One image twice with two targets: swapping the targets swaps the maps, and each row equals the
-    image attributed alone with its target (Eigen-CAM, class-agnostic: the same map for both). In float64:
+    image attributed alone with its target (Eigen-CAM: one projection, oriented per target). In float64:
     a batch of 1 and one of 2 may take float32 kernels that round differently, depending on the CPU; the
     float32 maps attribute() returns then agree to within one rounding (eps32 = 1.2e-7 relative)."""
     model = Toy().eval().double()
@@ -138,8 +138,8 @@ def test_row_i_uses_target_i(method):
     torch.testing.assert_close(b, a.flip(0), rtol=2.4e-7, atol=1e-12)
     alone = m.attribute(img, torch.tensor([2]))
     torch.testing.assert_close(alone[0], a[1], rtol=2.4e-7, atol=1e-12)
-    if method == "eigencam":
-        torch.testing.assert_close(a[0], a[1])
+    if method == "eigencam":    # one projection; its sign follows each target's class score: same map or its other half
+        assert torch.allclose(a[0], a[1]) or (a[0] * a[1]).abs().max() == 0
     else:
         assert (a[0] - a[1]).abs().max() > 1e-3 * a.abs().max(), "targets 0 and 2 gave the same map"
 
@@ -250,3 +250,32 @@ def test_new_params_are_validated(params):
     s = A.validate(params)
     assert s.lrp_composite in A.LRP_COMPOSITES
     assert set(NEW + ["gradcam_pp"]) <= set(s.methods)
+
+
+def test_eigencam_sign_follows_the_class_score():
+    """A principal component's sign is arbitrary: the projection is flipped where it anti-correlates with the
+    class score per location, so the ReLU keeps the half that raises the score."""
+    from cxrbench.explain.methods.cams import orient_by_class_score
+    rng = np.random.default_rng(0)
+    acts = rng.random((2, 4, 3, 3))
+    grads = np.ones((2, 4, 3, 3))                      # score per location = sum over channels of A
+    score = acts.sum(1)
+    proj = np.stack([-(score[0] - score[0].mean()), score[1] - score[1].mean()])
+    out = orient_by_class_score(proj, acts, grads)
+    np.testing.assert_allclose(out[0], -proj[0])      # was anti-correlated: flipped
+    np.testing.assert_allclose(out[1], proj[1])       # already aligned: kept
+
+
+def test_eigencam_map_lies_where_the_class_score_rises():
+    model = Toy().eval().double()
+    x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    target = torch.tensor([0, 1, 2, 3])
+    eig = _make("eigencam", model, "toy", x).attribute(x, target)
+    cam = _make("gradcam", model, "toy", x)
+    from captum.attr import LayerGradCam, LayerAttribution
+    for i in range(4):
+        raw = LayerGradCam(model, model.layer4).attribute(x[i:i + 1], target=int(target[i]), relu_attributions=False)
+        up = LayerAttribution.interpolate(raw, (16, 16), interpolate_mode=cam.settings["interpolate"])[0, 0]
+        e = eig[i].double().ravel()
+        if e.abs().max() > 0:
+            assert float(((e - e.mean()) * (up.ravel() - up.mean())).sum()) >= 0

@@ -221,6 +221,22 @@ def _scores_with(values: dict, patients: np.ndarray, metric: str = "aoppc_region
     return scores
 
 
+def _multi_metric_scores(values: dict, patients: np.ndarray):
+    """values: metric -> method -> per-image values; one backbone, one fold."""
+    from cxrbench.explain.metrics import tables as AT
+    scores = AT.new_scores()
+    n = len(patients)
+    for metric, per in values.items():
+        for m, v in per.items():
+            AT.add_status(scores, m, "b", 0, np.array(["ok"] * n, dtype=object))
+            AT.add_values(scores, m, "b", 0, metric, v, np.arange(n))
+    scores["groups"][("b", "f0")] = patients
+    return scores
+
+
+STATS = {"resamples": 400, "seed": 0, "confidence": 0.95}
+
+
 def test_gain_is_per_image_difference_with_a_patient_bootstrap():
     from cxrbench.explain.metrics import tables as AT
     rng = np.random.default_rng(0)
@@ -229,33 +245,89 @@ def test_gain_is_per_image_difference_with_a_patient_bootstrap():
     good = rnd + 0.2 + rng.normal(0, 0.01, 20)
     same = rnd.copy()
     scores = _scores_with({"good": good, "same": same, "random": rnd}, patients)
-    stats = {"resamples": 200, "seed": 0, "confidence": 0.95}
-    g = AT.gains(scores, ["good", "same"], ["aoppc_region_black_morf"], stats)
+    g = AT.gains(scores, ["good", "same"], ["aoppc_region_black_morf"], STATS)
     cell = g["pooled"]["good|aoppc_region_black_morf"]
-    assert cell["mean"] == pytest.approx(float((good - rnd).mean()), abs=1e-4)
+    assert cell["mean"] == pytest.approx(float((good - rnd).mean()), abs=1e-4)   # equal sizes: either weighting
     assert cell["n"] == 20 and cell["patients"] == 10 and 0.18 < cell["low"] < cell["mean"] < cell["high"] < 0.22
+    assert cell["p"] < 0.01 and cell["significant"] and cell["family"]["size"] == 1 and not cell["at_chance"]
     zero = g["pooled"]["same|aoppc_region_black_morf"]
-    assert zero["mean"] == 0 and zero["low"] == 0 and zero["high"] == 0
-    assert g["chance"] == 0.0
-    one = AT.gain_ci(np.array([0.1, 0.2]), np.array(["p", "p"], dtype=object), stats)
-    assert one["low"] is None and "fewer than 2 patients" in one["ci"]
+    assert zero["mean"] == 0 and zero["low"] is None and zero["status"] == "no_ci"   # no spread: a status
+    assert g["chance"] == 0.0 and "test patients only" in g["variance"]
+    one = AT.gain_ci(np.array([0.1, 0.2]), np.array(["p", "p"], dtype=object), STATS)
+    assert one["low"] is None and one["status"] == "no_ci" and "1 patient" in one["reason"]
 
 
-def test_kendall_w_and_rank_agreement():
+def test_gain_mean_weights_patients_not_images():
+    """One patient with 12 images of gain 1 among 8 patients of gain 0: the patient-weighted mean is 1/9."""
+    from cxrbench.explain.metrics import tables as AT
+    patients = np.array([0] * 12 + list(range(1, 9)))
+    gains = np.array([1.0] * 12 + [0.0] * 8) + np.linspace(0, 1e-3, 20)
+    cell = AT.gain_ci(gains, patients.astype(object), STATS)
+    assert cell["mean"] == pytest.approx(float(np.mean([gains[:12].mean(), *gains[12:]])), abs=1e-4)
+    assert cell["image_mean"] == pytest.approx(float(gains.mean()), abs=1e-4)
+    assert cell["mean"] < 0.2 < cell["image_mean"]
+
+
+def test_at_chance_only_from_the_equivalence_test():
+    from cxrbench.explain.metrics import tables as AT
+    rng = np.random.default_rng(2)
+    patients = np.arange(60).astype(object)
+    tight = AT.gain_ci(rng.normal(0, 0.01, 60), patients, STATS)          # CI well inside +- 0.02
+    wide = AT.gain_ci(rng.normal(0, 0.5, 60), patients, STATS)            # CI includes 0 but also +- 0.1
+    assert tight["at_chance"] and tight["equivalence"]["p"] < 0.05
+    assert wide["low"] < 0 < wide["high"] and not wide["at_chance"]
+
+
+def test_holm_adjusts_across_the_table():
+    from cxrbench.explain.metrics import tables as AT
+    rng = np.random.default_rng(3)
+    patients = np.repeat(np.arange(30), 2)
+    rnd = rng.normal(0, 0.1, 60)
+    methods = {f"m{k}": rnd + rng.normal(0.0, 0.1, 60) for k in range(8)}
+    g = AT.gains(_scores_with({**methods, "random": rnd}, patients), list(methods), ["aoppc_region_black_morf"],
+                 STATS)
+    cells = list(g["pooled"].values())
+    assert {c["family"]["size"] for c in cells} == {8}
+    assert all(c["p_adjusted"] >= c["p"] for c in cells)
+
+
+def test_kendall_w_and_rank_agreement_with_a_ci():
     from cxrbench.explain.metrics import tables as AT
     same = np.array([[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4]], float)
     assert AT.kendall_w(same) == pytest.approx(1.0)
     opposite = np.array([[1, 2, 3, 4], [4, 3, 2, 1]], float)
     assert AT.kendall_w(opposite) == pytest.approx(0.0)
-    table = {f"{m}|aoppc_region_{f}_morf": {"mean": v, "n": 5}
-             for f, order in (("black", [0.3, 0.2, 0.1]), ("blur", [0.1, 0.2, 0.3]), ("road", [0.3, 0.2, 0.1]))
-             for m, v in zip(["a", "b", "c"], order)}
-    ag = AT.rank_agreement(table, ["a", "b", "c"], [f"aoppc_region_{f}_morf" for f in ("black", "blur", "road")])
+    rng = np.random.default_rng(1)
+    patients = np.repeat(np.arange(30), 2)
+    base = rng.normal(0, 0.05, 60)
+    fills = {"black": [0.3, 0.2, 0.1], "blur": [0.1, 0.2, 0.3], "road": [0.3, 0.2, 0.1]}
+    values = {f"aoppc_region_{f}_morf": {"random": base, **{m: base + v + rng.normal(0, 0.02, 60)
+                                                           for m, v in zip("abc", order)}}
+              for f, order in fills.items()}
+    scores = _multi_metric_scores(values, patients)
+    metrics = [f"aoppc_region_{f}_morf" for f in fills]
+    sets, _, _ = AT.common_images(scores, ["a", "b", "c", "random"])
+    ag = AT.rank_agreement(scores, ["a", "b", "c"], metrics, STATS, sets)
     assert ag["ranking"]["aoppc_region_black_morf"] == ["a", "b", "c"]
     assert ag["ranking"]["aoppc_region_blur_morf"] == ["c", "b", "a"]
     assert ag["pairs"]["aoppc_region_black_morf vs aoppc_region_road_morf"] == 1.0
     assert ag["pairs"]["aoppc_region_black_morf vs aoppc_region_blur_morf"] == -1.0
-    assert 0 < ag["kendall_w"] < 1
+    assert 0 < ag["kendall_w"] < 1 and ag["kendall_w_ci"]["status"] == "ok"
+    assert ag["kendall_w_ci"]["low"] <= ag["kendall_w"] <= ag["kendall_w_ci"]["high"]
+
+
+def test_a_winner_needs_paired_intervals_that_exclude_every_other_method():
+    from cxrbench.explain.metrics import tables as AT
+    rng = np.random.default_rng(4)
+    patients = np.repeat(np.arange(30), 2)
+    base = rng.normal(0, 0.1, 60)
+    clear = {"random": base, "a": base + 0.3 + rng.normal(0, 0.02, 60), "b": base + 0.1 + rng.normal(0, 0.02, 60)}
+    close = {"random": base, "a": base + 0.101 + rng.normal(0, 0.05, 60), "b": base + 0.1 + rng.normal(0, 0.05, 60)}
+    scores = _multi_metric_scores({"aoppc_region_black_morf": clear, "aoppc_region_blur_morf": close}, patients)
+    sets, _, _ = AT.common_images(scores, ["a", "b", "random"])
+    w = AT.winners(scores, ["a", "b"], ["aoppc_region_black_morf", "aoppc_region_blur_morf"], STATS, sets)
+    assert w["aoppc_region_black_morf"]["leader"] == "a" and w["aoppc_region_black_morf"]["clear"]
+    assert not w["aoppc_region_blur_morf"]["clear"] and w["aoppc_region_blur_morf"]["tied_with"]
 
 
 def test_removed_share_weights_folds_by_their_images():
@@ -293,3 +365,12 @@ def test_quantus_map_properties_on_maps_with_known_answers():
     assert p["sparseness"][0] > 0.99 and 0.30 < p["sparseness"][1] < 0.36
     assert np.log(64 * 64) - 0.3 < p["complexity"][1] < np.log(64 * 64)
     assert {k: len(v) for k, v in MP.properties(np.zeros((0, 8, 8))).items()} == {"sparseness": 0, "complexity": 0}
+
+
+def test_pooled_cells_carry_a_patient_weighted_mean_beside_the_image_mean():
+    from cxrbench.explain.metrics import tables as AT
+    patients = np.array([0] * 12 + list(range(1, 5)))          # one patient holds 12 of 16 images
+    v = np.array([1.0] * 12 + [0.0] * 4)
+    scores = _scores_with({"m": v, "random": np.zeros(16)}, patients)
+    cell = AT.pooled(scores)["m|aoppc_region_black_morf"]
+    assert cell["mean"] == 0.75 and cell["patient_mean"] == 0.2 and cell["patients"] == 5

@@ -384,3 +384,20 @@ def test_vectorised_spearman_equals_scipy_with_ties_and_the_reference_is_reused(
     again = ref.compare(a)                                # the cached ranks serve a second comparison
     np.testing.assert_allclose(again["spearman"], 1.0)
     np.testing.assert_allclose(again["ssim"], 1.0)
+
+
+def test_the_two_patient_check_is_per_comparison_not_pooled():
+    """The null comparison has 2 maps of ONE patient while the cascade has 6 patients: the null gets no CI
+    (the pooled check gave it a zero-width interval, e.g. 0.287 [0.287, 0.287])."""
+    import pandas as pd
+    rng = np.random.default_rng(0)
+    rows = [{"comparison": "cascade", "step": s, "layer": "" if s == 0 else "fc", "method": "m", "image": i,
+             "status": "compared", "backbone": "b", "fold": 0, "group": f"g{i}",
+             **{m: float(rng.random()) for m in R.METRICS}} for s in (0, 1) for i in range(6)]
+    rows += [{"comparison": "null", "step": 0, "layer": "", "method": "m", "image": i, "status": "compared",
+              "backbone": "b", "fold": 0, "group": "g0", **{m: 0.287 for m in R.METRICS}} for i in range(2)]
+    out = R.summarise(pd.DataFrame(rows), R.METRICS, n_boot=200, seed=0, confidence=0.95)["m"]["b"]
+    assert out["null"]["patients"] == 1
+    assert out["null"]["spearman"]["low"] is None and out["null"]["spearman"]["status"] == "no_ci"
+    assert out["null"]["spearman"]["estimate"] == pytest.approx(0.287)
+    assert out["cascade"][1]["spearman"]["low"] is not None

@@ -182,7 +182,10 @@ def test_controls_are_scored_paired_with_retained_share_relative_to_chance():
     assert s["status"] == "ok" and s["chance"] == 0.5
     assert s["auroc"]["full"]["low"] > 0.8 and s["auroc"]["outside_only"]["low"] > 0.8
     sil = s["auroc"]["silhouette_only"]
-    assert sil["low"] < 0.5 < sil["high"] and audit.verdict(sil) == "chance"
+    # a CI that includes 0.5 is not "at chance": only an equivalence test within the margin says so
+    assert sil["low"] < 0.5 < sil["high"] and audit.verdict(sil) == "inconclusive"
+    assert sil["equivalence"]["bounds"] == [0.45, 0.55] and not sil["equivalence"]["equivalent"]
+    assert audit.verdict({**sil, "low": 0.47, "high": 0.53, "equivalence": {"equivalent": True}}) == "chance"
     ret = s["retained"]
     assert 0.7 < ret["outside_only"]["mean"] <= 1.05 and ret["silhouette_only"]["low"] < 0 < ret["silhouette_only"]["high"]
     mean_full = np.mean([f["full"] for f in s["folds"]])

@@ -64,16 +64,44 @@ class _LayerResolution:
         return cam_per_target_layer[0]
 
 
-_CAM_CLASSES: dict[str, type] = {}
+def orient_by_class_score(projection: np.ndarray, activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """(B, h, w) principal-component projections, each multiplied by -1 where it correlates negatively with
+    the target's class score per location (``sum_k mean_ij(dS/dA_k) A_k``, the unrectified Grad-CAM):
+    a principal component's sign is arbitrary, so the half that the ReLU keeps is made the half that
+    raises the class score. A flat projection or score map is kept as it is."""
+    weights = grads.mean(axis=(2, 3))
+    score = (weights[:, :, None, None] * activations).sum(1)
+    out = projection.copy()
+    for i in range(len(out)):
+        a, b = out[i].ravel() - out[i].mean(), score[i].ravel() - score[i].mean()
+        if float(a @ b) < 0:
+            out[i] = -out[i]
+    return out
 
 
-def _cam_class(library_name: str) -> type:
-    """The library's CAM class ``library_name`` with :class:`_LayerResolution` mixed in (made once)."""
-    if library_name not in _CAM_CLASSES:
+class _SignedByClassScore:
+    """Mixed into pytorch-grad-cam's EigenCAM: its projection oriented by :func:`orient_by_class_score`
+    (the library computes the gradients for it: ``uses_gradients`` is set on the object)."""
+
+    def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth):
+        projection = super().get_cam_image(input_tensor, target_layer, targets, activations, grads, eigen_smooth)
+        if grads is None:
+            raise RuntimeError("Eigen-CAM's sign needs the class score's gradients: set uses_gradients")
+        return orient_by_class_score(projection, activations, grads)
+
+
+_CAM_CLASSES: dict[tuple, type] = {}
+
+
+def _cam_class(library_name: str, mixins: tuple = ()) -> type:
+    """The library's CAM class ``library_name`` with ``mixins`` and :class:`_LayerResolution` mixed in (made
+    once)."""
+    key = (library_name, mixins)
+    if key not in _CAM_CLASSES:
         import pytorch_grad_cam
         base = getattr(pytorch_grad_cam, library_name)
-        _CAM_CLASSES[library_name] = type(f"LayerResolution{library_name}", (_LayerResolution, base), {})
-    return _CAM_CLASSES[library_name]
+        _CAM_CLASSES[key] = type(f"LayerResolution{library_name}", (*mixins, _LayerResolution, base), {})
+    return _CAM_CLASSES[key]
 
 
 class LibraryCamMethod(Method):
@@ -87,13 +115,14 @@ class LibraryCamMethod(Method):
     needs_layer = True
     needs_prepared = True
     library_name = "?"
+    mixins: tuple = ()
 
     def configure(self, cam) -> None:
         """Per-method settings on the library's object (Score-CAM: its batch size)."""
 
     def _one(self, x, target):
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-        cam = _cam_class(self.library_name)(model=self.model, target_layers=[self.layer])
+        cam = _cam_class(self.library_name, self.mixins)(model=self.model, target_layers=[self.layer])
         self.configure(cam)
         try:
             with torch.enable_grad():
@@ -159,7 +188,13 @@ class EigenCamMethod(LibraryCamMethod):
     """Eigen-CAM (Muhammad & Yeasin 2020): pytorch_grad_cam.EigenCAM, gradient-free and class-agnostic.
 
     The projection of the layer's (centred) activations on their first principal component, rectified.
-    The target is ignored (every class gets the same map), and the sign of a principal component is
-    arbitrary: the rectified half may be the background.
+    The projection does not depend on the target, but the sign of a principal component is arbitrary (the
+    rectified half could be the background): it is fixed per image by the projection's correlation with
+    the target's class score per location (:func:`orient_by_class_score`), so the map kept is the half
+    that raises the class score.
     """
     library_name = "EigenCAM"
+    mixins = (_SignedByClassScore,)
+
+    def configure(self, cam) -> None:
+        cam.uses_gradients = True

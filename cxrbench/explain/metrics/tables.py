@@ -66,12 +66,18 @@ DEFINITIONS = {
               "constant, i.e. changed completely: passes, no Spearman; randomised_nonfinite: not compared; "
               "excluded_degenerate: the trained model's map is degenerate",
     "gain": "per image: AOPPC of the method minus AOPPC of the random map on the same image (MoRF; 0 = no better "
-            "than a random pixel ranking = chance), over the common set; mean and a percentile bootstrap CI "
-            "resampling patients (stats.resamples, stats.seed, stats.confidence); n = (backbone, fold, image) "
-            "triples",
+            "than a random pixel ranking = chance), over the common set; mean = patient-weighted (each patient's "
+            "mean gain, then their mean; image_mean: each image once) with a cluster bootstrap-t CI over patients "
+            "(stats.resamples, stats.seed, stats.confidence), p against 0 and p_adjusted across the table's "
+            "comparisons (stats.multiplicity); at_chance: an equivalence test (TOST) puts the gain within "
+            "+- stats.equivalence.gain of 0; n = (backbone, fold, image) triples; variance: test patients only",
     "agreement": "rank agreement of the methods (random excluded) across the region-perturbation fills, on the "
-                 "common set: Kendall's W over the fills (1 = same ranking under every fill) and Kendall's tau per "
-                 "pair of fills",
+                 "common set, ranking by patient-weighted mean gain: Kendall's W over the fills (1 = same ranking "
+                 "under every fill) with a bootstrap CI over patients (stats.method), and Kendall's tau per pair",
+    "winners": "per metric: the method with the highest patient-weighted gain and a paired interval (same images, "
+               "cluster bootstrap-t over patients) of its lead over every other method, p adjusted across those "
+               "comparisons; clear = ahead of every other method after the adjustment, else tied_with lists "
+               "the methods it is not shown to beat",
     "removed_share": "threshold scheme (eq. 12), MoRF: mean share of the image removed at each level x, per method",
     "common": "the (backbone, fold, image) set where every method of explain.methods and the random control has "
               "a non-degenerate map; pooled over it and per backbone (common set within the backbone); "
@@ -218,15 +224,33 @@ def by_method(scores: dict) -> dict:
 
 
 def pooled(scores: dict, keep: Callable[[tuple], np.ndarray] | None = None) -> dict:
-    """``method|metric`` -> {mean, std, n} over every block's values concatenated in scoring order.
+    """``method|metric`` -> {mean, std, n, patient_mean, patients} over every block's values concatenated in
+    scoring order (``mean``: over images; ``patient_mean``: over patients, :func:`patient_weighted`).
 
     ``keep(block)`` -> bool mask of the block's values to use (the common set); ``None``: all.
     """
     per: dict = {}
     for block in scores["blocks"]:
-        m, _, _, metric, v, _ = block
-        per.setdefault((m, metric), []).append(v if keep is None else v[keep(block)])
-    return {f"{m}|{metric}": EM.mean_std(np.concatenate(v)) for (m, metric), v in per.items()}
+        m, bb, fk, metric, v, images = block
+        mask = np.ones(len(v), dtype=bool) if keep is None else keep(block)
+        grp = scores["groups"].get((bb, fk))
+        who = [str(grp[i]) if grp is not None else f"{bb}|{fk}|{i}" for i in np.asarray(images)[mask].tolist()]
+        per.setdefault((m, metric), ([], []))
+        per[(m, metric)][0].append(v[mask])
+        per[(m, metric)][1].extend(who)
+    return {f"{m}|{metric}": {**EM.mean_std(np.concatenate(v)), **patient_weighted(np.concatenate(v), np.array(w))}
+            for (m, metric), (v, w) in per.items()}
+
+
+def patient_weighted(values: np.ndarray, patients: np.ndarray) -> dict:
+    """``patient_mean`` (each patient's mean over its finite values, then their mean: a patient with 12 images
+    counts once) and ``patients``; beside the image-weighted ``mean`` of :func:`~cxrbench.explain.metrics.perturbation.mean_std`."""
+    ok = np.isfinite(values)
+    if not ok.any():
+        return {"patient_mean": None, "patients": 0}
+    from cxrbench.core.bootstrap import patient_means
+    _, means = patient_means(values[ok], patients[ok])
+    return {"patient_mean": round(float(means.mean()), 4), "patients": int(len(means))}
 
 
 def map_totals(scores: dict) -> dict:
@@ -321,16 +345,28 @@ def _aligned(scores: dict, method: str, metric: str, sets: dict, backbone: str |
 
 
 def gain_ci(gains: np.ndarray, patients: np.ndarray, stats: dict) -> dict:
-    """Mean gain over the random map with a percentile bootstrap CI over patients (``stats``: resamples,
-    seed, confidence; cxrbench.core.bootstrap). Fewer than 2 patients: the estimate alone, ``ci: null``."""
+    """Patient-weighted mean gain over the random map (each patient's mean gain, then their mean) with a
+    cluster bootstrap-t CI over patients (:func:`cxrbench.core.bootstrap.patient_mean_ci`), its p against 0
+    and an equivalence test (TOST) against the margin ``stats.equivalence.gain``: ``at_chance`` only when
+    the test shows the gain within the margin. ``image_mean``: the mean over images (each image once)."""
     from cxrbench.core import bootstrap as B
-    out = {"mean": round(float(gains.mean()), 4) if len(gains) else None, "n": int(len(gains)),
-           "patients": int(len(set(patients.tolist())))}
-    if out["patients"] < 2:
-        return {**out, "low": None, "high": None, "ci": "fewer than 2 patients: no interval"}
-    ci = B.group_ci(lambda idx: float(gains[idx].mean()), patients, n_boot=int(stats["resamples"]),
-                    seed=int(stats["seed"]), confidence=float(stats["confidence"]))
-    return {**out, "low": round(ci["low"], 4), "high": round(ci["high"], 4), "confidence": ci["confidence"]}
+    out = {"n": int(len(gains)), "patients": int(len(set(patients.tolist()))),
+           "image_mean": round(float(gains.mean()), 4) if len(gains) else None}
+    if not len(gains):
+        return {"mean": None, **out, "low": None, "high": None, "status": "no_ci", "reason": "no image"}
+    margin = float(stats.get("equivalence", B.DEFAULT_EQUIVALENCE)["gain"])
+    ci = B.patient_mean_ci(gains, patients, n_boot=int(stats["resamples"]), seed=int(stats["seed"]),
+                           confidence=float(stats["confidence"]),
+                           min_valid_share=float(stats.get("min_valid_share", B.DEFAULT_MIN_VALID)),
+                           null=0.0, equivalence=(-margin, margin))
+    r = lambda v: None if v is None else round(float(v), 4)  # noqa: E731
+    entry = {"mean": r(ci["estimate"]), **out, "low": r(ci["low"]), "high": r(ci["high"]), "status": ci["status"],
+             "confidence": ci["confidence"], "undefined": ci["undefined"]}
+    if ci["status"] != "ok":
+        return {**entry, "reason": ci["reason"]}
+    eq = ci["equivalence"]
+    return {**entry, "p": round(float(ci["p"]), 4), "at_chance": eq["equivalent"],
+            "equivalence": {"margin": margin, "p": round(float(eq["p"]), 4)}}
 
 
 def kendall_w(ranks: np.ndarray) -> float | None:
@@ -343,37 +379,114 @@ def kendall_w(ranks: np.ndarray) -> float | None:
     return float(12 * ((r - r.mean()) ** 2).sum() / (m ** 2 * (n ** 3 - n)))
 
 
-def rank_agreement(table: dict, methods: list, metrics: list) -> dict:
-    """Do the perturbations rank the methods alike? Ranks of the methods' mean AOPPC (over one image set:
-    the common set, where ranking by AOPPC is ranking by gain over random) under each of ``metrics``:
-    Kendall's W over them, and Kendall's tau per pair."""
+def _gain_matrix(scores: dict, methods: list, metrics: list, sets: dict, backbone: str | None = None):
+    """(metrics, methods, images) gains over the common set (same images in the same order for every
+    method and metric) and the patient of each image."""
+    cube, patients = [], None
+    for me in metrics:
+        rows = []
+        for m in methods:
+            g, pat = _aligned(scores, m, me, sets, backbone)
+            if patients is not None and len(pat) != len(patients):
+                raise ValueError(f"{m} {me}: {len(pat)} common-set images, other methods {len(patients)}: the "
+                                 f"common set must hold the same images for every method")
+            rows.append(g)
+            patients = pat
+        cube.append(rows)
+    return np.asarray(cube, dtype=np.float64), patients
+
+
+def _patient_weights(patients: np.ndarray) -> np.ndarray:
+    """1 / (the patient's images): a weighted mean with these weights is the patient-weighted mean."""
+    _, inverse, counts = np.unique(patients.astype(str), return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse]
+
+
+def rank_agreement(scores: dict, methods: list, metrics: list, stats: dict | None, sets: dict,
+                   backbone: str | None = None) -> dict:
+    """Do the perturbations rank the methods alike? Ranks of the methods' patient-weighted mean gain over
+    the random map (on the common set) under each of ``metrics``: Kendall's W over them with a bootstrap CI
+    over patients (``stats.method``), and Kendall's tau per pair."""
     from scipy.stats import kendalltau, rankdata
-    have = [m for m in methods if all((table.get(f"{m}|{me}") or {}).get("n") for me in metrics)]
-    if len(have) < 2 or len(metrics) < 2:
-        return {"methods": have, "metrics": list(metrics), "kendall_w": None, "pairs": {},
-                "note": "fewer than 2 methods or perturbations with values"}
-    means = np.array([[table[f"{m}|{me}"]["mean"] for m in have] for me in metrics], dtype=np.float64)
+    from cxrbench.core import bootstrap as B
+    cube, patients = _gain_matrix(scores, methods, metrics, sets, backbone) if metrics else (np.zeros((0, 0, 0)), None)
+    if len(methods) < 2 or len(metrics) < 2 or cube.shape[-1] == 0:
+        return {"methods": list(methods), "metrics": list(metrics), "kendall_w": None, "pairs": {},
+                "note": "fewer than 2 methods, perturbations or images with values"}
+    w = _patient_weights(patients)
+
+    def means_of(idx: np.ndarray) -> np.ndarray:
+        return (cube[:, :, idx] * w[idx]).sum(-1) / w[idx].sum()
+
+    def w_of(idx: np.ndarray) -> float:
+        return kendall_w(np.vstack([rankdata(-row) for row in means_of(idx)]))
+
+    means = means_of(np.arange(cube.shape[-1]))
     ranks = np.vstack([rankdata(-row) for row in means])
     pairs = {f"{a} vs {b}": round(float(kendalltau(means[i], means[j]).statistic), 3)
              for i, a in enumerate(metrics) for j, b in enumerate(metrics) if i < j}
-    return {"methods": have, "metrics": list(metrics),
-            "ranking": {me: [have[k] for k in np.argsort(ranks[i], kind="stable")] for i, me in enumerate(metrics)},
-            "kendall_w": round(kendall_w(ranks), 3), "pairs": pairs}
+    out = {"methods": list(methods), "metrics": list(metrics),
+           "ranking": {me: [methods[k] for k in np.argsort(ranks[i], kind="stable")] for i, me in enumerate(metrics)},
+           "kendall_w": round(kendall_w(ranks), 3), "pairs": pairs, "patients": int(len(set(patients.tolist())))}
+    if stats is not None and out["patients"] >= 2:
+        ci = B.group_ci(w_of, patients, **B.options(stats))
+        out["kendall_w_ci"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in ci.items()
+                               if k in ("low", "high", "status", "reason", "confidence", "undefined", "method")}
+    return out
+
+
+def winners(scores: dict, methods: list, metrics: list, stats: dict, sets: dict) -> dict:
+    """Per metric, the method with the highest patient-weighted gain and a paired interval of its lead
+    over every other method (differences on the same images, cluster bootstrap-t over patients), Holm /
+    BH adjusted across the comparisons of that metric (``stats.multiplicity``). ``clear``: the leader is
+    ahead of every other method after the adjustment; otherwise the methods it is not ahead of are
+    ``tied_with``: no "winner" is stated."""
+    from cxrbench.core import bootstrap as B
+    from cxrbench.core.inference import adjust
+    out = {}
+    for me in metrics:
+        cube, patients = _gain_matrix(scores, methods, [me], sets)
+        if cube.shape[-1] == 0 or len(methods) < 2:
+            continue
+        w = _patient_weights(patients)
+        means = (cube[0] * w).sum(-1) / w.sum()
+        lead = int(np.argmax(means))
+        vs = {}
+        for k, m in enumerate(methods):
+            if k != lead:
+                ci = B.patient_mean_ci(cube[0, lead] - cube[0, k], patients, n_boot=int(stats["resamples"]),
+                                       seed=int(stats["seed"]), confidence=float(stats["confidence"]),
+                                       min_valid_share=float(stats.get("min_valid_share", B.DEFAULT_MIN_VALID)),
+                                       null=0.0)
+                vs[m] = {k2: (round(v, 4) if isinstance(v, float) else v) for k2, v in ci.items()
+                         if k2 in ("estimate", "low", "high", "p", "status", "reason", "groups")}
+        adjust(list(vs.values()), stats.get("multiplicity", "holm"), 1 - float(stats["confidence"]))
+        tied = [m for m, v in vs.items() if not v.get("significant")]
+        out[me] = {"leader": methods[lead], "vs": vs, "clear": not tied, "tied_with": tied}
+    return out
 
 
 def gains(scores: dict, methods: list, metrics: list, stats: dict) -> dict:
     """metrics/aoppc.json ``gain``: per metric and method, AOPPC minus the random map's on the same image
-    (0 = no better than a random ranking of the pixels), over the common set, pooled and per backbone, mean
-    with a bootstrap CI over patients; and the rank agreement of the methods across the region fills."""
+    (0 = no better than a random ranking of the pixels), over the common set, pooled and per backbone,
+    patient-weighted mean with a cluster bootstrap-t CI over patients and a p against 0, adjusted across
+    each table's comparisons (``stats.multiplicity``)."""
+    from cxrbench.core.inference import adjust
     everyone = list(dict.fromkeys(list(methods) + [RANDOM]))
     sets, _, _ = common_images(scores, everyone)
     backbones = list(dict.fromkeys(bb for bb, _ in sets))
-    out = {"definition": DEFINITIONS["gain"], "chance": 0.0, "pooled": {}, "by_backbone": {bb: {} for bb in backbones}}
+    out = {"definition": DEFINITIONS["gain"], "chance": 0.0, "pooled": {}, "by_backbone": {bb: {} for bb in backbones},
+           "variance": "test patients only (one training seed per model: training variance is not in the "
+                       "intervals)"}
     for metric in metrics:
         for m in methods:
             out["pooled"][f"{m}|{metric}"] = gain_ci(*_aligned(scores, m, metric, sets), stats)
             for bb in backbones:
                 out["by_backbone"][bb][f"{m}|{metric}"] = gain_ci(*_aligned(scores, m, metric, sets, bb), stats)
+    alpha = 1 - float(stats["confidence"])
+    adjust(list(out["pooled"].values()), stats.get("multiplicity", "holm"), alpha)
+    for bb in backbones:
+        adjust(list(out["by_backbone"][bb].values()), stats.get("multiplicity", "holm"), alpha)
     return out
 
 
@@ -407,119 +520,11 @@ def summary(scores: dict, methods: list, rows: list[dict] | None = None, stats: 
                          key=list(AOPPC_METRICS).index)
         out["gain"] = gains(scores, methods, metrics, stats)
         region = [f"aoppc_region_{f}_morf" for f in (fills or [])]
-        com = out["common"]
+        sets, _, _ = common_images(scores, list(dict.fromkeys(list(methods) + [RANDOM])))
+        backbones = list(dict.fromkeys(bb for bb, _ in sets))
         out["agreement"] = {
             "definition": DEFINITIONS["agreement"],
-            "pooled": rank_agreement(com["pooled"], methods, region),
-            "by_backbone": {bb: rank_agreement(t, methods, region) for bb, t in com["by_backbone"].items()}}
+            "pooled": rank_agreement(scores, methods, region, stats, sets),
+            "by_backbone": {bb: rank_agreement(scores, methods, region, None, sets, bb) for bb in backbones}}
+        out["winners"] = {"definition": DEFINITIONS["winners"], "by_metric": winners(scores, methods, metrics, stats, sets)}
     return out
-
-
-def _cell(table: dict, m: str, metric: str) -> str:
-    v = table.get(f"{m}|{metric}")
-    return f"{v['mean']:.3f} ± {v['std']:.3f} (n={v['n']})" if v and v["n"] else "-"
-
-
-def _gain_cell(table: dict, m: str, metric: str) -> str:
-    v = table.get(f"{m}|{metric}")
-    if not v or not v["n"]:
-        return "-"
-    ci = f" [{v['low']:+.3f}, {v['high']:+.3f}]" if v.get("low") is not None else ""
-    return f"{v['mean']:+.3f}{ci}"
-
-
-def _region_metrics(result: dict) -> list[str]:
-    return [k.split("|", 1)[1] for k in result["pooled"] if k.startswith(f"{RANDOM}|aoppc_region_")
-            and k.endswith("_morf")]
-
-
-def markdown(result: dict, methods: list, reference: dict, region: str = "") -> str:
-    """metrics/aoppc_table.md from :func:`summary`'s dict: the per-method table (with its map counts), the
-    gains over the random map per perturbation with CIs and the rank agreement across fills, the removed
-    share per threshold level, the randomisation check, the common-set tables pooled and per backbone.
-    ``region``: a sentence stating the region perturbation's patch and steps."""
-    methods = list(methods) + [RANDOM]
-    pooled_, maps = result["pooled"], result["maps"]["by_method"]
-    region_metrics = _region_metrics(result)
-    fill = lambda me: me[len("aoppc_region_"):-len("_morf")]  # noqa: E731
-    lines = ["AOPPC pooled over backbones, folds and images (mean ± std over images; each method over its own "
-             "non-degenerate maps). Threshold = CXR-Net eq. 12 (black); pixel deletion = the top 10 %, 20 %, ..., "
-             "100 % of pixels zeroed (black; the last level blanks the image for every map). CXR-Net (seed 003) "
-             "reports its own models on its own data: a reference, not a like-for-like comparison.", "",
-             "| method | AOPPC threshold (eq. 12) | pixel deletion MoRF | pixel deletion LeRF | CXR-Net reported "
-             "| maps: ok / degenerate |",
-             "|---|---|---|---|---|---|"]
-    for m in methods:
-        ref = reference.get(m)
-        c = maps.get(m)
-        counts = f"{c['ok']} / {c['excluded_degenerate']}" if c else "-"
-        lines.append(f"| {m} | {_cell(pooled_, m, 'aoppc_threshold_morf')} | "
-                     f"{_cell(pooled_, m, 'aoppc_pixels_morf')} | {_cell(pooled_, m, 'aoppc_pixels_lerf')} | "
-                     f"{ref if ref is not None else '-'} | {counts} |")
-    gain = result.get("gain")
-    if gain:
-        g = gain["pooled"]
-        metrics = ["aoppc_threshold_morf", "aoppc_pixels_morf"] + region_metrics
-        heads = ["threshold", "pixel deletion"] + [f"region, {fill(me)}" for me in region_metrics]
-        n = result["common"]["images"]["pooled"]
-        lines += ["", f"Gain over the random map (AOPPC minus the random map's on the same image; chance = 0), MoRF, "
-                  f"on the common set ({n} images), mean [95 % CI, bootstrap over patients]. {region}", "",
-                  "| method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
-        for m in methods[:-1]:
-            lines.append(f"| {m} | " + " | ".join(_gain_cell(g, m, me) for me in metrics) + " |")
-        ag = result.get("agreement", {}).get("pooled")
-        if ag and ag.get("kendall_w") is not None:
-            lines += ["", f"Rank agreement of the {len(ag['methods'])} methods across the fills "
-                      f"({', '.join(fill(me) for me in ag['metrics'])}): Kendall's W = {ag['kendall_w']:.3f} "
-                      "(1 = the same ranking under every fill); Kendall's tau per pair: "
-                      + ", ".join(f"{k.replace('aoppc_region_', '').replace('_morf', '')} {v:+.3f}"
-                                  for k, v in ag["pairs"].items()) + "."]
-            for me, order in ag["ranking"].items():
-                lines.append(f"- {fill(me)}: " + " > ".join(order))
-            for bb, a in result["agreement"]["by_backbone"].items():
-                if a.get("kendall_w") is not None:
-                    lines.append(f"- within {bb}: W = {a['kendall_w']:.3f}")
-    share = result.get("removed_share", {}).get("by_method")
-    if share:
-        lv = ["0.9", "0.5", "0.1"]
-        lines += ["", "Share of the image each threshold level removes (eq. 12, MoRF; mean over images): the "
-                  "threshold score depends on how much a map's histogram lets each level remove.", "",
-                  "| method | " + " | ".join(f"x = {x}" for x in lv) + " |", "|---" * (len(lv) + 1) + "|"]
-        for m in methods:
-            if m in share:
-                lines.append(f"| {m} | " + " | ".join(f"{share[m].get(x, float('nan')):.3f}" for x in lv) + " |")
-    sanity = result["sanity"]["by_method"]
-    if sanity:
-        lines += ["", "Model randomisation (Spearman of |map| vs. the weight-randomised model's; low = passes). "
-                  "A constant randomised map changed completely: it passes and has no Spearman.", "",
-                  "| method | Spearman | randomised map constant (passes) | randomised map non-finite "
-                  "| trained map degenerate (excluded) | images |", "|---|---|---|---|---|---|"]
-        for m in methods:
-            s = sanity.get(m)
-            if s:
-                lines.append(f"| {m} | {_cell(pooled_, m, SANITY)} | {s['randomised_constant_passed']} | "
-                             f"{s['randomised_nonfinite']} | {s['excluded_degenerate']} | {s['images']} |")
-    com = result["common"]
-    cols = (["aoppc_threshold_morf", "aoppc_pixels_morf", "aoppc_pixels_lerf"] + region_metrics + ["lung_mass"]
-            + list(MP.PROPERTIES))
-    head = ["| method | AOPPC threshold (eq. 12) | pixel deletion MoRF | pixel deletion LeRF | "
-            + "".join(f"region {fill(me)} | " for me in region_metrics)
-            + "lung mass | sparseness (Quantus) | complexity (Quantus) |",
-            "|---" * (len(cols) + 1) + "|"]
-
-    def table(t: dict) -> list[str]:
-        rows = methods + ([LUNG_AREA] if f"{LUNG_AREA}|lung_mass" in t else [])
-        return head + [f"| {m} | " + " | ".join(_cell(t, m, c) for c in cols) + " |" for m in rows]
-
-    n = com["images"]
-    lines += ["", f"Common set: {n['pooled']} of {n['scored']} (backbone, fold, image) where every method and the "
-              f"random control has a non-degenerate map (all methods on the same images). Sparseness: Gini index "
-              f"of |map| (Chalasani et al. 2020; 0 = flat, the random map about 1/3); complexity: entropy of the "
-              f"pixels' shares of |map| (Bhatt et al. 2020; a flat map ln(pixels)); both by Quantus 0.6.0."]
-    if com["missing"]:
-        lines.append("No maps (their folds add no image): "
-                     + ", ".join(f"{e['method']} {e['backbone']} {e['fold']}" for e in com["missing"]) + ".")
-    lines += [""] + table(com["pooled"])
-    for bb, t in com["by_backbone"].items():
-        lines += ["", f"Common set within {bb}: {n['by_backbone'][bb]} images.", ""] + table(t)
-    return "\n".join(lines) + "\n"

@@ -113,7 +113,8 @@ def score_label(sets: dict[str, Scored], j: int, stats: dict, bins: int,
     diffs = [(a, b) for a, b in differences if a in scorable and b in scorable]
     for a, b in diffs:
         reducers[f"{a}-{b}"] = lambda v, ia=scorable.index(a), ib=scorable.index(b): v[ia, 0] - v[ib, 0]
-    ci = B.fold_bootstrap(folds, reducers, stats["resamples"], stats["seed"], stats["confidence"])
+    ci = B.fold_bootstrap(folds, reducers, stats["resamples"], stats["seed"], stats["confidence"],
+                          stats.get("method", B.DEFAULT_METHOD), stats.get("min_valid_share", B.DEFAULT_MIN_VALID))
     keep = ("estimate", "low", "high", "undefined")
     for name in scorable:
         s = sets[name]
