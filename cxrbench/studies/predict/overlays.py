@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from cxrbench.core.params import ParamError, check_fraction, section
+from cxrbench.core.plotting import CONSTANT_MAP
 from cxrbench.studies.predict.inputs import OK
 from cxrbench.studies.predict.load import PredictError, Run
 
 TOP = "top"                                                # predict.overlay_target: each image's likeliest label
-CONSTANT = "constant map: no usable explanation"
+CONSTANT = CONSTANT_MAP                                    # the words on a PNG whose map explains nothing
 
 
 def constant_maps(a: np.ndarray) -> np.ndarray:
