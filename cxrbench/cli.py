@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profiles": ("cxrbench.ops.profiles", "show a profile's command, or run it"),
     "show": ("cxrbench.ops.show", "the headline metrics of the workspace, an experiment or a git revision"),
     "diff": ("cxrbench.ops.show:diff_main", "two runs' headline metrics side by side, with the change"),
-    "report": ("stages.report", "write report/ (README.md, the model card) from this workspace's outputs"),
+    "report": ("cxrbench.report.document", "write report/ (README.md, the offline index.html, the model card) from this workspace's outputs"),
     "predict": ("cxrbench.studies.predict.cli", "predict the labels of your own radiographs with a trained run"),
     "gate": ("cxrbench.ops.gate", "compare the CI run's metrics with the committed baseline (check, snapshot)"),
     "spread": ("cxrbench.ops.spread", "measure how far the gate's metrics move when only the machine changes"),

@@ -12,6 +12,7 @@ import json
 import platform
 import shutil
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -211,3 +212,32 @@ def build(params: dict, root: Path = Path("."), title: str = "cxrbench report") 
         section(r)
     r.text(provenance(params, root))
     return r
+
+
+def write_report(params: dict, root: Path = Path(".")) -> Report:
+    """report/: README.md (the summary first), index.html, img/ and the model card, from ``root``'s outputs."""
+    from cxrbench.core.params import section
+    from cxrbench.report import model_card
+
+    model_card.validate(params)
+    report = build(params, root, title=section(params, "report.title"))
+    report.files[model_card.CARD] = model_card.build(params, root)
+    report.write(root / paths.REPORT)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``cxrbench report``: the report stage's work on this workspace's outputs, without DVC."""
+    from cxrbench.core import params as P
+    from cxrbench.report import model_card
+
+    try:
+        params = P.stage_params("cxrbench report: write report/ (README.md with the summary first, the offline "
+                                "one-page index.html, the model card) from this workspace's outputs", argv)
+        report = write_report(params)
+    except (P.ParamError, FileNotFoundError) as err:
+        print(f"cxrbench report: {err}", file=sys.stderr)
+        return 2
+    print(f"report: {paths.REPORT}/README.md with {len(report.images)} figures, {paths.REPORT}/index.html "
+          f"(opens offline), {paths.REPORT}/{model_card.CARD}")
+    return 0

@@ -57,7 +57,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and "." not in str(k):
+        if isinstance(v, dict) and v:
             out.update(_flat(v, key + "."))
         else:
             out[key] = v

@@ -101,3 +101,24 @@ def test_index_html_renders_offline_in_headless_chromium(report, tmp_path):
     problems = check.check(bad, tmp_path / "bad.png")
     assert any("network request: http://example.invalid/x.png" in p for p in problems)
     assert any("blank" in p for p in problems)
+
+
+def test_cxrbench_report_writes_the_folder_from_the_workspace(tmp_path, monkeypatch, capsys):
+    from cxrbench import cli
+
+    _run(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["report", "--params", str(ROOT / "params.yaml")]) == 0
+    assert "report/index.html (opens offline)" in capsys.readouterr().out
+    for name in ("README.md", "index.html", "model_card.md"):
+        assert (tmp_path / "report" / name).is_file()
+    assert "| profile | none (params.yaml as committed, or a custom run) |" in (tmp_path / "report/README.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["sample", "ci", "planted"])
+def test_the_profile_of_a_run_is_named(name):
+    from cxrbench.core.params import load
+    from cxrbench.ops.profiles import read_profile
+
+    params = load(ROOT / "params.yaml", read_profile(name, ROOT))
+    assert S.profile_of(params, ROOT) == name
