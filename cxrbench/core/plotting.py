@@ -51,11 +51,13 @@ def is_constant(a: np.ndarray) -> bool:
     return a.size == 0 or not np.isfinite(a).all() or float(a.max() - a.min()) == 0.0
 
 
-def map_panel(ax, image: np.ndarray, a: np.ndarray, alpha: float = 0.7, vmin_image=None, vmax_image=None) -> str:
+def map_panel(ax, image: np.ndarray, a: np.ndarray, alpha: float = 0.7, vmin_image=None, vmax_image=None,
+              extent=None) -> str:
     """``image`` with the map ``a`` over it: a signed map on a symmetric red/blue scale; a map of one sign on
     its own range (its lowest value transparent), so a map that is positive everywhere shows its structure,
-    not a solid red; a constant map as the words :data:`CONSTANT_MAP` on the greyed image. Returns
-    ``"constant"``, ``"signed"`` or ``"one-signed"``."""
+    not a solid red; a constant map as the words :data:`CONSTANT_MAP` on the greyed image. ``extent``: where
+    the map lies over the image (a map of another resolution). Returns ``"constant"``, ``"signed"`` or
+    ``"one-signed"``."""
     ax.imshow(image, cmap="gray", vmin=vmin_image, vmax=vmax_image)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -68,10 +70,10 @@ def map_panel(ax, image: np.ndarray, a: np.ndarray, alpha: float = 0.7, vmin_ima
     lo, hi = float(a.min()), float(a.max())
     if lo < 0 < hi:
         lim = max(-lo, hi)
-        ax.imshow(a, cmap="bwr", vmin=-lim, vmax=lim, alpha=alpha)
+        ax.imshow(a, cmap="bwr", vmin=-lim, vmax=lim, alpha=alpha, extent=extent)
         return "signed"
     cmap, norm = ("Reds", (a - lo) / (hi - lo)) if hi > 0 else ("Blues", (hi - a) / (hi - lo))
-    ax.imshow(norm, cmap=cmap, vmin=0, vmax=1, alpha=np.clip(norm, 0, 1) * alpha)
+    ax.imshow(norm, cmap=cmap, vmin=0, vmax=1, alpha=np.clip(norm, 0, 1) * alpha, extent=extent)
     return "one-signed"
 
 
@@ -115,12 +117,11 @@ def planted_grid(images: np.ndarray, maps: dict, boxes: np.ndarray, path: str | 
     for r, (name, m) in enumerate(panels):
         for c in range(n):
             ax = axes[r][c]
-            ax.imshow(images[c][0], cmap="gray", vmin=0, vmax=255)
-            if m is not None:
-                v = m[c]
-                span = float(np.abs(v).max()) or 1.0
-                side = images[c].shape[-1]
-                ax.imshow(v, cmap="bwr", vmin=-span, vmax=span, alpha=0.6,
+            side = images[c].shape[-1]
+            if m is None:
+                ax.imshow(images[c][0], cmap="gray", vmin=0, vmax=255)
+            else:                           # a constant map says so (map_panel), never a blank or solid panel
+                map_panel(ax, images[c][0], m[c], alpha=0.6, vmin_image=0, vmax_image=255,
                           extent=(-0.5, side - 0.5, side - 0.5, -0.5))
             x0, y0, x1, y1 = boxes[c]
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="lime", lw=1))

@@ -122,3 +122,17 @@ def test_map_panel_kinds():
     assert PL.map_panel(ax, img, np.arange(64.0).reshape(8, 8) + 1) == "one-signed"
     assert PL.map_panel(ax, img, -np.arange(64.0).reshape(8, 8) - 1) == "one-signed"
     PL.plt.close(fig)
+
+
+def test_the_planted_grid_labels_a_constant_map(monkeypatch):
+    kept = []
+    monkeypatch.setattr(PL, "save", lambda fig, path, dpi=110: (fig.canvas.draw(), kept.append(fig)))
+    rng = np.random.default_rng(0)
+    images = (rng.random((2, 1, 128, 128)) * 255).astype(np.uint8)
+    maps = {"gradcam": np.zeros((2, 32, 32), np.float32), "saliency": rng.random((2, 32, 32)).astype(np.float32)}
+    PL.planted_grid(images, maps, np.array([[10, 10, 20, 20]] * 2), "unused.png", title="t")
+    axes = np.array(kept[0].axes).reshape(3, 2)
+    label = PL.CONSTANT_MAP.replace(": ", ":\n")
+    assert all(label in [t.get_text() for t in ax.texts] for ax in axes[1])       # the gradcam row
+    assert not any(ax.texts for ax in axes[2])                                    # saliency explains something
+    PL.plt.close(kept[0])
