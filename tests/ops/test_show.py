@@ -86,3 +86,9 @@ def test_profiles_show_prints_a_command_a_shell_runs_as_is(capsys, monkeypatch):
     args = subprocess.run(["bash", "-c", "printf '%s\\n' " + text.split(" ", 3)[3]], capture_output=True,
                           text=True, check=True).stdout.splitlines()     # the shell's words after dvc exp run --temp
     assert "sources.kermany.mirror=data/sample/chest_xray" in args
+
+
+def test_the_stage_names_are_those_dvc_lists(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    listed = subprocess.run(["dvc", "stage", "list", "--name-only"], capture_output=True, text=True, check=True)
+    assert set(PR.expected_stages(profiles.load(), ROOT / "dvc.yaml")) == set(listed.stdout.split())
