@@ -185,7 +185,7 @@ def _run(args) -> int:
         print(copyable(cmd))
         return 0
     print("+", " ".join(_quote(c) for c in cmd), flush=True)
-    return run_with_progress(cmd, load(overrides={k: v for k, v in overrides.items()}))
+    return run_with_progress(cmd, load(overrides=overrides))
 
 
 def copyable(cmd: list[str]) -> str:
@@ -216,6 +216,7 @@ def run_with_progress(cmd: list[str], params: dict) -> int:
     assert proc.stdout is not None
     for line in proc.stdout:
         sys.stdout.write(line)
+        sys.stdout.flush()
         note = prog.feed(line)
         if note:
             print(note, flush=True)
