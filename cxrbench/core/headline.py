@@ -9,7 +9,8 @@ so that ``dvc exp show``, ``dvc metrics show`` and ``dvc metrics diff`` print a 
 the list item whose field is value (the notation of the CI gate). A value that is a CI (a dict with
 ``mean`` or ``estimate`` and ``low``/``high``) is written as ``{"value", "low", "high"}`` (with ``n`` when
 known); a plain number as itself. An entry the run did not score (a stage switched off, a degenerate
-method) is written as ``null`` and named under ``not_scored``: shown and counted, never a silent number.
+method) is written as the words ``"not scored"`` (DVC shows a string, and would silently drop a null) and
+named under ``not_scored``: shown and counted, never a silent number.
 """
 
 from __future__ import annotations
@@ -21,8 +22,22 @@ from typing import Any
 from cxrbench.core import paths
 from cxrbench.core.io import read_json, write_json
 
-__all__ = ["SPEC", "EACH", "MAX_ENTRIES", "entries", "lookup", "value_of", "extract", "write", "load",
-           "flatten", "count"]
+__all__ = [
+    "EACH",
+    "MAX_ENTRIES",
+    "NOT_SCORED",
+    "SPEC",
+    "count",
+    "entries",
+    "extract",
+    "flatten",
+    "load",
+    "lookup",
+    "value_of",
+    "write",
+]
+
+NOT_SCORED = "not scored"
 
 # The pipeline's headline set may hold at most this many values (each with its CI where one exists).
 MAX_ENTRIES = 64
@@ -140,7 +155,7 @@ def extract(stage: str, params: dict, root: Path = Path(".")) -> dict:
             path = root / file
             cache[file] = read_json(path) if path.is_file() else None
         v = value_of(lookup(cache[file], key)) if cache[file] is not None else None
-        values[name] = v
+        values[name] = NOT_SCORED if v is None else v
         if v is None:
             missing.append(name)
     status = next((d.get("status") for d in cache.values() if isinstance(d, dict)

@@ -32,7 +32,7 @@ def _json(path: Path) -> Any | None:
 
 
 def commit(root: Path) -> str:
-    r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False)
     return r.stdout.strip() if r.returncode == 0 else "unknown (not a git checkout)"
 
 
@@ -206,8 +206,8 @@ def page(params: dict, root: Path, title: str) -> str:
              "<h2>Headline metrics</h2><p>[CI] over patients where the stage has one.</p>",
              _html_table(["metric", "value"], headline_rows(root)),
              _img(root / figures[0][0], figures[0][1]),
-             "<h2>Explanation methods against the random-map control</h2>"
-             "<p>AOPPC gain over a uniform random map (pixel deletion, most important first), pooled over models.</p>",
+             ("<h2>Explanation methods against the random-map control</h2><p>AOPPC gain over a uniform random map "
+              "(pixel deletion, most important first), pooled over models.</p>"),
              _html_table(["method", "gain over random [CI]", "verdict"], ranking(root)),
              "<h2>Status</h2>", _html_table(["stage", "status"], statuses(root)),
              "<h2>Figures</h2>", *(_img(root / p, alt) for p, alt in more if (root / p).is_file()),

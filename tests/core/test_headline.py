@@ -59,7 +59,7 @@ def test_extract_reads_values_cis_and_not_scored(tmp_path):
     assert h == json.loads((tmp_path / paths.headline("aoppc")).read_text())
     assert h["random"] == -0.1
     assert h["gain.occlusion"] == {"value": 0.3, "low": 0.1, "high": 0.5, "n": 8}
-    assert h["gain.gradcam"] is None and h["not_scored"] == ["gain.gradcam"]   # degenerate: shown, not a number
+    assert h["gain.gradcam"] == H.NOT_SCORED and h["not_scored"] == ["gain.gradcam"]   # shown, not a number
 
 
 def test_lists_are_picked_by_field_and_non_finite_is_not_a_number(tmp_path):
@@ -76,8 +76,8 @@ def test_lists_are_picked_by_field_and_non_finite_is_not_a_number(tmp_path):
     h = H.extract("ensemble", {}, tmp_path)
     assert h["f1"] == {"value": 0.7, "low": 0.6, "high": 0.8}
     assert h["f1_paper_scoring"]["value"] == 0.66 and h["vote_f1"] == 0.71 and h["auroc_covid19"] == 0.88
-    assert h["auroc_healthy"] is None and "auroc_healthy" in h["not_scored"]
-    assert h["resnet18_auroc_covid19"] is None          # no such row: not scored, never 0
+    assert h["auroc_healthy"] == H.NOT_SCORED and "auroc_healthy" in h["not_scored"]
+    assert h["resnet18_auroc_covid19"] == H.NOT_SCORED          # no such row: not scored, never 0
 
 
 def test_a_stage_that_is_off_writes_its_status(tmp_path):

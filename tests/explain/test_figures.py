@@ -59,7 +59,7 @@ def _line_styles(fig) -> dict[str, tuple]:
 
 def test_curves_give_every_method_its_own_colour_and_line_style(figures):
     methods = _methods() + ["random"]
-    rows = [dict(scheme=scheme, fill=fill, order="morf", method=m, level=lvl, p_drop=float(np.sin(i + lvl)))
+    rows = [{"scheme": scheme, "fill": fill, "order": "morf", "method": m, "level": lvl, "p_drop": float(np.sin(i + lvl))}
             for scheme, fill in [("threshold", "black"), ("pixels", "black"), ("region", "mean")]
             for i, m in enumerate(methods) for lvl in np.linspace(0.1, 1, 10)]
     AP.curves_figure(pd.DataFrame(rows), "unused.png")
@@ -76,8 +76,9 @@ def test_curves_give_every_method_its_own_colour_and_line_style(figures):
 
 def test_randomisation_curves_have_distinct_styles_and_an_outside_legend(figures):
     methods = _methods()
-    rows = [dict(backbone=b, method=m, metric=metric, step=s, layer=f"l{s}", similarity=1 - s / 4 + i / 100,
-                 low=0, high=1, n=4, null=0.1, null_low=0.0, null_high=0.2)
+    rows = [{"backbone": b, "method": m, "metric": metric, "step": s, "layer": f"l{s}",
+             "similarity": 1 - s / 4 + i / 100, "low": 0, "high": 1, "n": 4, "null": 0.1, "null_low": 0.0,
+             "null_high": 0.2}
             for b in ("resnet18", "efficientnet_lite0") for metric in ("spearman_abs", "ssim")
             for i, m in enumerate(methods) for s in range(5)]
     AP.randomisation_figure(pd.DataFrame(rows), ["spearman_abs", "ssim"], methods, "unused.png")

@@ -45,7 +45,7 @@ def test_the_attribution_figures_are_plots():
 def test_dvc_plots_show_draws_offline_in_headless_chromium(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    run = lambda *a: subprocess.run(a, cwd=repo, check=True, capture_output=True, text=True)  # noqa: E731
+    run = lambda *a: subprocess.run(a, cwd=repo, check=True, capture_output=True, text=True)
     run("git", "init", "-q")
     run("dvc", "init", "-q")
     shutil.copytree(PLOTS, repo / ".dvc" / "plots")

@@ -15,7 +15,7 @@ from cxrbench.ops import progress as PR
 from cxrbench.ops import show as S
 
 ROOT = Path(__file__).resolve().parents[2]
-ENSEMBLE = {"f1": {"value": 0.7, "low": 0.6, "high": 0.8}, "vote_f1": 0.71, "auroc_healthy": None,
+ENSEMBLE = {"f1": {"value": 0.7, "low": 0.6, "high": 0.8}, "vote_f1": 0.71, "auroc_healthy": "not scored",
             "not_scored": ["auroc_healthy"]}
 
 
@@ -34,7 +34,7 @@ def test_show_prints_values_cis_and_what_was_not_scored(tmp_path):
 
 
 def test_diff_reads_a_committed_revision_against_the_workspace(tmp_path):
-    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
     git("init", "-q")
     _write(tmp_path, "ensemble", ENSEMBLE)
     git("add", ".")

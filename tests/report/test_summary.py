@@ -24,12 +24,12 @@ def _run(root: Path) -> None:
     (root / paths.HEADLINE).mkdir(parents=True)
     (root / "plots").mkdir()
     heads = {"split": {"images": 826, "patients": 700, "test_images": 330, "leaked_patients": 0, "not_scored": []},
-             "ensemble": {"f1": {"value": 0.71, "low": 0.66, "high": 0.76}, "auroc_healthy": None,
+             "ensemble": {"f1": {"value": 0.71, "low": 0.66, "high": 0.76}, "auroc_healthy": "not scored",
                           "not_scored": ["auroc_healthy"]},
              "aoppc": {"random": -0.1, "gain.occlusion": {"value": 0.31, "low": 0.2, "high": 0.4, "n": 12},
-                       "gain.saliency": {"value": -0.05, "low": -0.1, "high": 0.01, "n": 12}, "gain.gradcam": None,
+                       "gain.saliency": {"value": -0.05, "low": -0.1, "high": 0.01, "n": 12}, "gain.gradcam": "not scored",
                        "not_scored": ["gain.gradcam"]},
-             "planted": {"status": "disabled", "kendall_tau": None, "spearman_rho": None,
+             "planted": {"status": "disabled", "kendall_tau": "not scored", "spearman_rho": "not scored",
                          "not_scored": ["kendall_tau", "spearman_rho"]}}
     for stage, h in heads.items():
         (root / paths.headline(stage)).write_text(json.dumps(h))

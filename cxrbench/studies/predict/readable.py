@@ -3,8 +3,8 @@ on validation, and whether an input is one of the run's own study images or an a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
