@@ -2,6 +2,9 @@
 
     cxrbench run sample                  # a profile of the pipeline (same as: cxrbench profiles run sample)
     cxrbench profiles show ci            # the command a profile runs, ready to copy
+    cxrbench show                        # the headline metrics of this workspace (or: cxrbench show EXPERIMENT)
+    cxrbench diff HEAD clahe             # two runs' headline metrics side by side
+    cxrbench report                      # write report/ from this workspace's outputs
     cxrbench predict my_xrays --out predictions.csv
     cxrbench gate check                  # CI's metric gate
     cxrbench --help                      # this list; cxrbench SUBCOMMAND --help for each
@@ -15,10 +18,13 @@ import difflib
 import importlib
 import sys
 
-# subcommand -> (module whose main(argv) runs it, one line of help). Modules are imported only when run.
+# subcommand -> (module[:function] whose main(argv) runs it, one line of help). Modules are imported only when run.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("cxrbench.ops.profiles", "run a profile of the pipeline (profiles/NAME.yaml) as a DVC experiment"),
     "profiles": ("cxrbench.ops.profiles", "show a profile's command, or run it"),
+    "show": ("cxrbench.ops.show", "the headline metrics of the workspace, an experiment or a git revision"),
+    "diff": ("cxrbench.ops.show:diff_main", "two runs' headline metrics side by side, with the change"),
+    "report": ("cxrbench.report.document", "write report/ (README.md, the offline index.html, the model card) from this workspace's outputs"),
     "predict": ("cxrbench.studies.predict.cli", "predict the labels of your own radiographs with a trained run"),
     "gate": ("cxrbench.ops.gate", "compare the CI run's metrics with the committed baseline (check, snapshot)"),
     "spread": ("cxrbench.ops.spread", "measure how far the gate's metrics move when only the machine changes"),
@@ -49,10 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         hint = f"; did you mean {' or '.join(close)}?" if close else f"; known: {', '.join(COMMANDS)}"
         print(f"cxrbench: unknown subcommand {name!r}{hint}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    module_name, _, function = COMMANDS[name][0].partition(":")
+    module = importlib.import_module(module_name)
     if name == "run":
         rest = ["run", *rest]
-    return int(module.main(rest) or 0)
+    return int(getattr(module, function or "main")(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,15 @@ plots/aoppc/curves_all.csv (every backbone/fold/perturbation/order),
 plots/aoppc/curves.png and plots/attributions/{backbone}.png (first fold).
 """
 
+from cxrbench.core import headline
 from cxrbench.core import params as P
 from cxrbench.explain import aoppc_run
 
 
 def main(argv: list[str] | None = None) -> None:
-    aoppc_run.run_stage(P.stage_params(__doc__, argv))
+    params = P.stage_params(__doc__, argv)
+    aoppc_run.run_stage(params)
+    headline.write("aoppc", params)
 
 
 if __name__ == "__main__":

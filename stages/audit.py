@@ -7,12 +7,15 @@ bootstrap CIs, and draws plots/shortcut_audit.png (AUROC per control) and
 plots/shortcut_controls.png (what each model sees).
 """
 
+from cxrbench.core import headline
 from cxrbench.core import params as P
 from cxrbench.studies import audit
 
 
 def main(argv: list[str] | None = None) -> None:
-    audit.run(P.stage_params(__doc__, argv))
+    params = P.stage_params(__doc__, argv)
+    audit.run(params)
+    headline.write("audit", params)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from cxrbench.classify import evaluation as E
 from cxrbench.classify import multiclass, paper_scoring, training
 from cxrbench.classify import task as TK
 from cxrbench.core import bootstrap, paths
+from cxrbench.core import headline
 from cxrbench.core import params as P
 from cxrbench.core.io import write_csv, write_json, write_text
 from cxrbench.data.labels import LabelTable
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
                               "paired_test": s["paired"], "folds": folds})
     write_text(paths.TABLE2_MD, EN.table2_markdown(s["table2"], s["note"], stats["confidence"]))
     print(EN.table2_markdown(s["table2"], s["note"], stats["confidence"]))
+    headline.write("ensemble", params)
 
 
 def multiclass_main(params: dict, backbones: list, folds: list, stats: dict) -> None:

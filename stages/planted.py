@@ -11,12 +11,15 @@ Writes metrics/planted.json, metrics/planted.md and plots/planted/. With confoun
 writes only that status (nothing was planted, so nothing can be localised).
 """
 
+from cxrbench.core import headline
 from cxrbench.core import params as P
 from cxrbench.studies.planted import run as planted
 
 
 def main(argv: list[str] | None = None) -> None:
-    planted.run(P.stage_params(__doc__, argv))
+    params = P.stage_params(__doc__, argv)
+    planted.run(params)
+    headline.write("planted", params)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrbench.core import headline
 from cxrbench.core import params as P
 from cxrbench.core import paths
 from cxrbench.core.io import read_json, write_csv, write_json, write_text
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     write_json(paths.DATA_METRICS, summary)
     label_distribution(full, table.names, paths.LABEL_DISTRIBUTION_PLOT)
     print(f"split: test {summary['test_images']} images, folds {summary['fold_images']}, leaks {leaks}")
+    headline.write("split", params)
 
 
 if __name__ == "__main__":

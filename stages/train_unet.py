@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from dvclive import Live
 
+from cxrbench.core import headline
 from cxrbench.core import params as P
 from cxrbench.core import paths, runtime
 from cxrbench.core.io import write_json
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"train_unet: best epoch {result['best']['epoch']} (val loss {result['best']['val_loss']:.4f}); "
           f"test IoU mean {si['mean']} median {si['median']}, Dice mean {sd['mean']} median {sd['median']} "
           f"(n={si['n']})")
+    headline.write("train_unet", params)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ SEVERITY = "metrics/severity.json"
 SEVERITY_MD = "metrics/severity.md"
 EXTERNAL_METRICS = "metrics/external.json"
 EXTERNAL_MD = "metrics/external.md"
+HEADLINE = "metrics/headline"         # one small JSON per stage: the only files dvc.yaml declares as metrics
 
 PLOTS = "plots"
 LABEL_DISTRIBUTION_PLOT = "plots/label_distribution.png"
@@ -120,6 +121,10 @@ def attributions(backbone: str, fold: int) -> str:
 
 def attribute_metrics(backbone: str, fold: int) -> str:
     return f"{METRICS}/attribute/{run_name(backbone, fold)}.json"
+
+
+def headline(stage: str) -> str:
+    return f"{HEADLINE}/{stage}.json"
 
 
 def attribution_plot(backbone: str) -> str:

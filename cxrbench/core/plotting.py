@@ -14,6 +14,69 @@ import pandas as pd  # noqa: E402
 from cxrbench.core.io import atomic_path  # noqa: E402
 
 
+CONSTANT_MAP = "constant map: no usable explanation"
+RANDOM = "random"                  # the random-map control: always black, dashed
+_COLOURS = [*plt.cm.tab10.colors, "#8c6d31", "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd", "#e6550d",
+            "#31a354", "#756bb1", "#636363"]
+_STYLES = ["-", "--", "-.", ":"]
+_MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*"]
+
+
+def method_styles(methods) -> dict[str, dict]:
+    """A line style per method: every method its own colour (20 before they repeat) and, in turn, its own line
+    style and marker, so two methods never share (colour, line style) and neighbours differ in style as well.
+    The random-map control is black and dashed."""
+    out, i = {}, 0
+    for m in dict.fromkeys(methods):
+        if m == RANDOM:
+            out[m] = dict(color="black", ls="--", marker="x")
+            continue
+        out[m] = dict(color=_COLOURS[i % len(_COLOURS)], ls=_STYLES[i % len(_STYLES)],
+                      marker=_MARKERS[(i // len(_STYLES)) % len(_MARKERS)])
+        i += 1
+    return out
+
+
+def legend_outside(fig, ax, title: str | None = None) -> None:
+    """The legend of ``ax``'s lines to the right of the whole figure, never over the data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, title=title,
+                   title_fontsize=7, frameon=False)
+
+
+def is_constant(a: np.ndarray) -> bool:
+    """A map that explains nothing: constant, or with a value that is not finite."""
+    a = np.asarray(a, dtype=np.float64)
+    return a.size == 0 or not np.isfinite(a).all() or float(a.max() - a.min()) == 0.0
+
+
+def map_panel(ax, image: np.ndarray, a: np.ndarray, alpha: float = 0.7, vmin_image=None, vmax_image=None,
+              extent=None) -> str:
+    """``image`` with the map ``a`` over it: a signed map on a symmetric red/blue scale; a map of one sign on
+    its own range (its lowest value transparent), so a map that is positive everywhere shows its structure,
+    not a solid red; a constant map as the words :data:`CONSTANT_MAP` on the greyed image. ``extent``: where
+    the map lies over the image (a map of another resolution). Returns ``"constant"``, ``"signed"`` or
+    ``"one-signed"``."""
+    ax.imshow(image, cmap="gray", vmin=vmin_image, vmax=vmax_image)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if is_constant(a):
+        ax.imshow(np.ones_like(image, dtype=float), cmap="gray", vmin=0, vmax=1, alpha=0.6)
+        ax.text(0.5, 0.5, CONSTANT_MAP.replace(": ", ":\n"), transform=ax.transAxes, ha="center", va="center",
+                fontsize=6, color="black", wrap=True)
+        return "constant"
+    a = np.asarray(a, dtype=np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    if lo < 0 < hi:
+        lim = max(-lo, hi)
+        ax.imshow(a, cmap="bwr", vmin=-lim, vmax=lim, alpha=alpha, extent=extent)
+        return "signed"
+    cmap, norm = ("Reds", (a - lo) / (hi - lo)) if hi > 0 else ("Blues", (hi - a) / (hi - lo))
+    ax.imshow(norm, cmap=cmap, vmin=0, vmax=1, alpha=np.clip(norm, 0, 1) * alpha, extent=extent)
+    return "one-signed"
+
+
 def save(fig, path: str | Path, dpi: int = 110) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
@@ -54,12 +117,11 @@ def planted_grid(images: np.ndarray, maps: dict, boxes: np.ndarray, path: str | 
     for r, (name, m) in enumerate(panels):
         for c in range(n):
             ax = axes[r][c]
-            ax.imshow(images[c][0], cmap="gray", vmin=0, vmax=255)
-            if m is not None:
-                v = m[c]
-                span = float(np.abs(v).max()) or 1.0
-                side = images[c].shape[-1]
-                ax.imshow(v, cmap="bwr", vmin=-span, vmax=span, alpha=0.6,
+            side = images[c].shape[-1]
+            if m is None:
+                ax.imshow(images[c][0], cmap="gray", vmin=0, vmax=255)
+            else:                           # a constant map says so (map_panel), never a blank or solid panel
+                map_panel(ax, images[c][0], m[c], alpha=0.6, vmin_image=0, vmax_image=255,
                           extent=(-0.5, side - 0.5, side - 0.5, -0.5))
             x0, y0, x1, y1 = boxes[c]
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="lime", lw=1))

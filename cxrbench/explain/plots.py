@@ -8,35 +8,45 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrbench.core.plotting import plt, save
+from cxrbench.core.plotting import RANDOM, legend_outside, map_panel, method_styles, plt, save
 from cxrbench.explain import randomisation as R
 
-RANDOM = "random"
+
+def styles_of(methods) -> dict[str, dict]:
+    """Each method's line style, the same in every figure: assigned in the registry's order of every method
+    (:data:`cxrbench.explain.methods.registry.METHODS`), then any other name, and the random map last."""
+    from cxrbench.explain.methods.registry import METHODS
+
+    known = [*METHODS, *(m for m in methods if m not in METHODS and m != RANDOM), RANDOM]
+    every = method_styles(known)
+    return {m: every[m] for m in methods}
 
 
 def attribution_panels(backbone: str, fold: int, images: np.ndarray, z, methods: list, path: Path | str,
                        n: int = 3) -> None:
-    """The first ``n`` images, their lung mask and every method's map (red +, blue -) of one model."""
+    """The first ``n`` images, their lung mask and every method's map (red +, blue -) of one model; a
+    constant map is a panel that says so (:func:`cxrbench.core.plotting.map_panel`), and the title counts them."""
     have = [m for m in methods if m in z.files]
     n = min(n, len(images))
     cols = 2 + len(have)
     fig, axes = plt.subplots(n, cols, figsize=(1.8 * cols, 1.9 * n), squeeze=False)
+    constant = {m: 0 for m in have}
     for i in range(n):
         img = images[i, 0]
         axes[i, 0].imshow(img, cmap="gray")
         axes[i, 1].imshow(img, cmap="gray")
         axes[i, 1].imshow(np.ma.masked_equal(z["masks"][i], 0), cmap="autumn", alpha=0.4)
         for j, m in enumerate(have):
-            a = z[m][i].astype(np.float32)
-            lim = float(np.abs(a).max()) or 1.0
-            axes[i, 2 + j].imshow(img, cmap="gray")
-            axes[i, 2 + j].imshow(a, cmap="bwr", vmin=-lim, vmax=lim, alpha=0.7)
+            if map_panel(axes[i, 2 + j], img, z[m][i].astype(np.float32)) == "constant":
+                constant[m] += 1
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
-    for j, title in enumerate(["image", "lung mask"] + have):
+    for j, title in enumerate(["image", "lung mask"] + [m + (f"\n({constant[m]} of {n} constant)" if constant[m]
+                                                            else "") for m in have]):
         axes[0, j].set_title(title, fontsize=7)
-    fig.suptitle(f"{backbone} fold {fold}: attributions (red +, blue -)", fontsize=9)
+    fig.suptitle(f"{backbone} fold {fold}: attributions (red +, blue -; one-signed maps on their own range)",
+                 fontsize=9)
     save(fig, path)
 
 
@@ -54,22 +64,26 @@ def curves_figure(frame: pd.DataFrame, path: Path | str) -> None:
         return
     morf = frame[frame["order"] == "morf"]
     panels = list(dict.fromkeys(zip(morf["scheme"], morf["fill"])))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4), squeeze=False)
+    styles = styles_of(sorted(set(morf["method"]) - {RANDOM}) + [RANDOM])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False, layout="constrained")
     for ax, (scheme, fill) in zip(axes[0], panels):
         sub = morf[(morf["scheme"] == scheme) & (morf["fill"] == fill)]
-        for m, g in sub.groupby("method"):
+        for m in styles:
+            g = sub[sub["method"] == m]
+            if not len(g):
+                continue
             g = g.groupby("level", as_index=False)["p_drop"].mean()
-            ax.plot(g["level"], g["p_drop"], marker="o", ms=2, label=m, ls="--" if m == RANDOM else "-")
-        ax.set_ylabel("p(original) - p(perturbed)")
+            ax.plot(g["level"], g["p_drop"], ms=3, lw=1.2, label=m, **styles[m])
+        ax.set_ylabel("p(original) - p(perturbed)", fontsize=8)
         if scheme == "threshold":
-            ax.set_xlabel("threshold x (pixels >= x zeroed)")
+            ax.set_xlabel("threshold x (pixels >= x zeroed)", fontsize=8)
             ax.invert_xaxis()
         elif scheme == "pixels":
-            ax.set_xlabel("share of pixels zeroed (most important first)")
+            ax.set_xlabel("share of pixels zeroed (most important first)", fontsize=8)
         else:
-            ax.set_xlabel("patches removed (most relevant first)")
+            ax.set_xlabel("patches removed (most relevant first)", fontsize=8)
         ax.set_title(f"{scheme}" + (f", {fill} fill" if scheme == "region" else " (black)"), fontsize=9)
-    axes[0, -1].legend(fontsize=6)
+    legend_outside(fig, axes[0, 0], "method (MoRF)")
     save(fig, path)
 
 
@@ -83,16 +97,17 @@ def randomisation_figure(curves: pd.DataFrame, metrics: list, methods: list, pat
         save(fig, path)
         return
     fig, axes = plt.subplots(len(metrics), len(backbones), figsize=(5.2 * len(backbones), 3.4 * len(metrics)),
-                             squeeze=False)
-    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+                             squeeze=False, layout="constrained")
+    styles = styles_of(methods)
     for i, metric in enumerate(metrics):
         for j, b in enumerate(backbones):
             ax = axes[i, j]
             sub = curves[(curves["metric"] == metric) & (curves["backbone"] == b)]
             for m, g in sub.groupby("method", sort=False):
                 g = g.sort_values("step")
-                c = colours.get(m, "k")
-                ax.plot(g["step"], g["similarity"].astype(float), marker="o", ms=3, color=c, label=m)
+                st = styles.get(m, dict(color="k", ls="-", marker="o"))
+                c = st["color"]
+                ax.plot(g["step"], g["similarity"].astype(float), ms=3, label=m, **st)
                 null, lo, hi = (g[k].iloc[0] for k in ("null", "null_low", "null_high"))
                 if null is not None and np.isfinite(float(null)):
                     ax.axhline(float(null), color=c, ls=":", lw=1)
@@ -105,8 +120,7 @@ def randomisation_figure(curves: pd.DataFrame, metrics: list, methods: list, pat
             ax.axhline(0, color="grey", lw=0.5)
             ax.set_title(f"{b}: {R.METRIC_NAMES.get(metric, metric)}", fontsize=9)
             ax.set_ylabel("similarity to the trained model's map", fontsize=7)
-    axes[0, -1].legend(fontsize=6, loc="upper right")
+    legend_outside(fig, axes[0, 0], "method")
     fig.suptitle("Cascading randomisation (top layer group down); dotted line and band: null reference "
                  "(two independently randomised models)", fontsize=9)
-    fig.tight_layout()
     save(fig, path)

@@ -41,8 +41,11 @@ PROFILE_DIR = Path("profiles")
 def read_profile(name: str, root: Path = Path(".")) -> dict[str, Any]:
     path = root / PROFILE_DIR / f"{name}.yaml"
     if not path.is_file():
+        import difflib
         known = sorted(p.stem for p in (root / PROFILE_DIR).glob("*.yaml"))
-        raise FileNotFoundError(f"profile {name!r}: {path} not found; known profiles are {known}")
+        close = difflib.get_close_matches(name, known, n=3)
+        raise FileNotFoundError(f"no profile {name!r} ({path})"
+                                + (f"; did you mean {' or '.join(close)}?" if close else f"; profiles: {', '.join(known)}"))
     with open(path, encoding="utf-8") as f:
         raw = yaml.safe_load(f) or {}
     if not isinstance(raw, dict):
@@ -90,6 +93,23 @@ def check_literal(key: str, value: Any) -> None:
             check_literal(key, item)
 
 
+def _bare(value: str) -> bool:
+    """Whether Hydra reads ``value`` unquoted as exactly this string (a name, a path): then it needs no quotes,
+    and the command a user copies stays readable. Checked with Hydra's own parser, the one DVC uses."""
+    if not value or INTERPOLATION in value or any(c in value for c in " '\"\\,[]{}()=:"):
+        return False
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from hydra.errors import HydraException
+    except ImportError:    # without Hydra here, quote every string (DVC's own Hydra reads both)
+        return False
+    try:
+        parsed = OverridesParser.create().parse_override(f"k={value}").value()
+    except HydraException:   # not a bare value: written quoted
+        return False
+    return isinstance(parsed, str) and parsed == value
+
+
 def hydra_value(value: Any) -> str:
     """A value in the override syntax of ``dvc exp run -S`` (Hydra's grammar); see :func:`check_literal`."""
     if value is None:
@@ -98,6 +118,8 @@ def hydra_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, str) and _bare(value):
+        return value
     if isinstance(value, str):
         # Hydra's quoted strings: a backslash escapes only in a run of backslashes before a quote or the
         # closing quote (each pair is one); elsewhere it is literal. So double those runs and escape quotes.
@@ -148,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args.extra = extra
     try:
         return _run(args)
-    except ParamError as err:           # a bad profile value or --set: its one message, no traceback
+    except (ParamError, FileNotFoundError) as err:   # a bad profile name or value, a bad --set: one line
         print(f"cxrbench profiles: {err}", file=sys.stderr)
         return 2
 
@@ -160,10 +182,47 @@ def _run(args) -> int:
     check_keys(overrides, load(), args.profile)
     cmd = exp_command(args.profile, overrides, args.extra, not args.workspace, args.name, args.queue)
     if args.action == "show":
-        print(" ".join(_quote(c) for c in cmd))
+        print(copyable(cmd))
         return 0
     print("+", " ".join(_quote(c) for c in cmd), flush=True)
-    return subprocess.call(cmd)
+    return run_with_progress(cmd, load(overrides=overrides))
+
+
+def copyable(cmd: list[str]) -> str:
+    """The command on several lines, one ``-S`` override a line, each quoted once for a POSIX shell."""
+    lines, i = [], 0
+    head = []
+    while i < len(cmd) and cmd[i] != "-S":
+        head.append(_quote(cmd[i]))
+        i += 1
+    lines.append(" ".join(head))
+    while i < len(cmd):
+        if cmd[i] == "-S" and i + 1 < len(cmd):
+            lines.append(f"  -S {_quote(cmd[i + 1])}")
+            i += 2
+        else:
+            lines.append("  " + _quote(cmd[i]))
+            i += 1
+    return " \\\n".join(lines)
+
+
+def run_with_progress(cmd: list[str], params: dict) -> int:
+    """Run ``cmd`` (dvc exp run), passing its output through, with a "stage k of N" line and the time left
+    as DVC reaches each stage; the stage times are kept for the next run's estimate."""
+    from cxrbench.ops import progress as PR
+
+    prog = PR.Progress(PR.expected_stages(params), PR.previous_times())
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        note = prog.feed(line)
+        if note:
+            print(note, flush=True)
+    rc = proc.wait()
+    prog.finish()
+    return rc
 
 
 def _quote(s: str) -> str:

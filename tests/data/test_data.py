@@ -450,7 +450,11 @@ def test_profiles_become_dvc_overrides(tmp_path):
     cmd = profiles.exp_command("sample", sample, [], True, None)
     assert cmd[:4] == ["dvc", "exp", "run", "--temp"]
     assert "index.kermany_subset.NORMAL=null" in cmd and "preprocess.size=128" in cmd
-    assert profiles.hydra_value(["a", 1, None]) == "['a',1,null]"
+    assert profiles.hydra_value(["a", 1, None]) == "[a,1,null]"          # a bare name needs no quotes
+    assert profiles.hydra_value(["1", "null", "a b"]) == "['1','null','a b']"   # these do: Hydra reads them otherwise
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    assert OverridesParser.create().parse_override("k=" + profiles.hydra_value(["a", 1, None, "1"])).value() == \
+        ["a", 1, None, "1"]
     for name in ("ci", "sample", "mirror"):
         profiles.check_keys(profiles.read_profile(name, root), __import__("yaml").safe_load(
             open(root / "params.yaml")), name)
@@ -486,8 +490,8 @@ def test_fixed_intensity_range_as_the_authors_code():
 def test_profile_runner_passes_arguments_after_double_dash(capsys, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[2])
     assert profiles.main(["show", "sample", "--set", "cohort=paper", "--", "ensemble", "--force"]) == 0
-    out = __import__("shlex").split(capsys.readouterr().out)
-    assert out[-2:] == ["ensemble", "--force"] and "cohort='paper'" in out
+    out = __import__("shlex").split(capsys.readouterr().out.replace("\\\n", " "))   # lines joined as a shell does
+    assert out[-2:] == ["ensemble", "--force"] and "cohort=paper" in out
 
 
 def test_preprocess_refuses_to_start_on_a_full_disk(tmp_path, raw, index_frame, monkeypatch):

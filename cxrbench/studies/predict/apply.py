@@ -13,6 +13,7 @@ from cxrbench.core import runtime
 from cxrbench.classify.ensemble import vote_decision
 from cxrbench.studies.predict.inputs import OK, max_pixels, prepare_files
 from cxrbench.studies.predict.load import Run
+from cxrbench.studies.predict import readable as R
 from cxrbench.studies.predict.overlays import Overlays
 
 
@@ -33,9 +34,10 @@ def combine(run: Run, probs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def predict_files(run: Run, paths: Sequence[str | Path], overlays: str | Path | None = None,
-                  workers: int = 1, progress: bool = True) -> pd.DataFrame:
+                  workers: int = 1, progress: bool = True, check_copies: bool = True) -> pd.DataFrame:
     """The predictions table of ``paths`` (see :mod:`cxrbench.studies.predict.cli`); bad images get their
-    reason as status.
+    reason as status. ``check_copies``: compare every readable input with the run's training images
+    (:func:`cxrbench.studies.predict.readable.study_copies`; the ``training_copy`` column).
 
     Images are predicted in blocks of a whole number of ``evaluate.batch_size`` batches, so batches hold
     the same images as one call of :func:`cxrbench.classify.training.predict` over every readable image.
@@ -72,7 +74,13 @@ def predict_files(run: Run, paths: Sequence[str | Path], overlays: str | Path | 
     flush(pending)
 
     ok = np.array([s == OK for s in status], dtype=bool)
-    frame = pd.DataFrame({"path": [str(p) for p in paths], "status": status})
+    frame = pd.DataFrame({"path": [str(p) for p in paths], "status": status,
+                          "decision": R.decisions(prob, pred, labels, ok)})
+    if check_copies:
+        frame["training_copy"], note = R.study_copies(run, paths, ok, workers)
+        print(f"predict: training images: {note}", flush=True)
+    else:
+        frame["training_copy"] = np.where(ok, f"{R.NOT_CHECKED} (--no-copy-check)", "")
     frame[E.prob_columns(labels)] = prob
     decided = pd.DataFrame(pred, columns=[f"pred_{n}" for n in labels]).astype("Int64")
     decided.loc[~ok, :] = pd.NA

@@ -30,18 +30,34 @@ recipe (a disagreement is an error naming both files), and each model's threshol
 Models trained with the lungs hidden or cropped (``input_mode`` other than ``full``) need lung masks of the
 new images and are refused.
 
-The CSV has one row per image, in input order: ``path``, ``status`` (``ok`` or why the image could not be
-read; such rows have no probabilities), ``prob_<label>`` for every label (the mean of the models'
-sigmoid probabilities, the ensemble stage's ``mean`` score; one model: its own), ``pred_<label>`` (0/1:
-each model thresholds its probability at its own validation cut of ``metrics/eval``, with its
-``evaluate.cut`` (>= or >), and the label is on when more than half of the models say so; a tie follows
-``ensemble.vote_tie``, the ensemble stage's ``vote`` rule; one model: its own decision), ``models`` (the
-``backbone-fK`` models that voted) and, with ``--overlays``, ``overlay`` (the PNG written, or why not).
+The CSV has one row per image, in input order (``--help`` lists the same columns as docs/predict.md):
+
+  path           the input file
+  status         ok, or why the image could not be read (such rows have no probabilities or decisions)
+  decision       the labels called, in words, most probable first: "pneumonia (p 0.91), bacterial (p 0.62)",
+                 or "no label called"
+  training_copy  "no"; "yes: ..." when the input is one of the run's training or validation images, or an
+                 exact, near or altered copy (crop, marks, mirror, turn) of one (the index stage's copy search);
+                 "not checked: ..." without the run's data/index.csv, data/splits.csv and data/raw/
+  prob_<label>   per label, the mean of the models' sigmoid probabilities (the ensemble stage's mean score;
+                 one model: its own)
+  pred_<label>   per label, 0/1: each model thresholds its probability at its own validation cut of
+                 metrics/eval with its evaluate.cut (>= or >), and the label is on when more than half of the
+                 models say so; a tie follows ensemble.vote_tie (the ensemble stage's vote rule); one model:
+                 its own decision
+  models         the backbone-fK models that voted
+  overlay        with --overlays: the PNG written (with "constant map: no usable explanation" when the
+                 method's map is constant for that image), or why none was
+
+A model whose validation micro F1 (metrics/eval, as in the model card) is below ``predict.min_val_f1`` gets a
+printed warning: its decisions are weak. A path given on the command line that does not exist is an error
+(exit status 2) before any model is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -53,6 +69,7 @@ from cxrbench.studies.predict.apply import predict_files
 from cxrbench.studies.predict.inputs import OK, find_images, max_pixels
 from cxrbench.studies.predict.load import ENSEMBLE, PredictError, load_run
 from cxrbench.studies.predict.overlays import check_dir, validate
+from cxrbench.studies.predict.readable import min_val_f1, quality_warning
 
 
 def check_device(name: str | None) -> None:
@@ -92,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
                          "and its folder must be writable")
     ap.add_argument("--overlays", default=None, metavar="DIR",
                     help="also write attribution overlays (predict.overlay_method) as PNGs into DIR")
+    ap.add_argument("--explain", default=None, metavar="LABEL",
+                    help="with --overlays: the label the maps explain (default predict.overlay_target: top, each "
+                         "image's most probable label)")
+    ap.add_argument("--no-copy-check", action="store_true",
+                    help="do not compare the inputs with the run's training images (training_copy: not checked)")
     ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     ap.add_argument("--params", default=None, help="the run's params file (default: RUN/params.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -101,13 +123,20 @@ def main(argv: list[str] | None = None) -> int:
         overrides = P.parse_overrides(args.set)
     except ValueError as err:
         ap.error(str(err))
+    if args.explain is not None:
+        overrides["predict.overlay_target"] = args.explain
     try:
+        missing = [i for i in args.images if not os.path.lexists(i)]
+        if missing:
+            raise PredictError(f"{len(missing)} input path(s) do not exist: {', '.join(missing[:5])}"
+                               + (" ..." if len(missing) > 5 else "") + "; name existing files or folders")
         check_writable(args.out, "--out")            # before any work: never compute predictions that cannot be kept
         rt = runtime.configure()
         check_device(args.device)
         params_file = Path(args.params) if args.params else Path(args.run) / P.PARAMS_FILE
         params = P.load(params_file, overrides)
         max_pixels(params)                           # checked now; read again by predict_files
+        min_val_f1(params)
         if args.overlays is not None:
             validate(params)                         # before any model is loaded
             check_dir(args.overlays)
@@ -115,10 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         paths = find_images(args.images)
         if not paths:
             raise PredictError(f"no images (*.png, *.jpg, *.jpeg, *.dcm) found in {args.images}")
+        warning = quality_warning(run)
+        if warning:
+            print(f"predict: {warning}", file=sys.stderr, flush=True)
         print(f"predict: {len(paths)} image(s), {len(run.members)} model(s) "
               f"[{', '.join(m.name for m in run.members)}] on {run.device}, "
               f"{run.recipe.size} px {list(run.recipe.channels)}; pred_*: {run.rule}", flush=True)
-        frame = predict_files(run, paths, args.overlays, runtime.workers())
+        frame = predict_files(run, paths, args.overlays, runtime.workers(), check_copies=not args.no_copy_check)
     except (PredictError, ParamError, FileNotFoundError, OutputPathError) as err:
         print(f"predict: error: {err}", file=sys.stderr)
         return 2

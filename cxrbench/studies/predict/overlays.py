@@ -9,10 +9,21 @@ from pathlib import Path
 import numpy as np
 
 from cxrbench.core.params import ParamError, check_fraction, section
+from cxrbench.core.plotting import CONSTANT_MAP
 from cxrbench.studies.predict.inputs import OK
 from cxrbench.studies.predict.load import PredictError, Run
 
 TOP = "top"                                                # predict.overlay_target: each image's likeliest label
+CONSTANT = CONSTANT_MAP                                    # the words on a PNG whose map explains nothing
+
+
+def constant_maps(a: np.ndarray) -> np.ndarray:
+    """Per map of ``a`` (N, H, W): True where it is constant or not finite, so it explains nothing (a blank or a
+    solid overlay would look like an answer)."""
+    flat = a.reshape(len(a), -1)
+    finite = np.isfinite(flat).all(1)
+    spread = np.where(finite, np.ptp(np.where(np.isfinite(flat), flat, 0), axis=1), 0)
+    return ~finite | (spread == 0)
 
 
 def validate(params: dict) -> dict:
@@ -78,9 +89,11 @@ class Overlays:
         self.prepared: dict[str, object] = {}
         check_dir(self.out_dir, make=True)
 
-    def maps(self, x, target) -> tuple[np.ndarray | None, str]:
+    def maps(self, x, target) -> tuple[np.ndarray | None, str, np.ndarray | None]:
+        """(mean over the models of each model's map scaled by its largest |value|, note, per image the number
+        of models whose map is constant or not finite: those models are left out of that image's mean)."""
         A = self.A
-        total = None
+        total, used, constant = None, None, None
         for m in self.run.members:
             if m.name not in self.prepared:        # a hookable copy, only for the methods that hook activations
                 needs = A.METHODS[self.method].needs_prepared
@@ -93,11 +106,15 @@ class Overlays:
                         warnings.filterwarnings("ignore", message=note)
                     a = method.attribute(x, target).detach().cpu().numpy().astype(np.float32)
             except A.EXPECTED_ERRORS as err:
-                return None, f"{self.method} failed on {m.name}: {type(err).__name__}: {err}"[:300]
+                return None, f"{self.method} failed on {m.name}: {type(err).__name__}: {err}"[:300], None
+            bad = constant_maps(a)
+            a = np.where(bad[:, None, None], 0, np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0))
             scale = np.abs(a).reshape(len(a), -1).max(1)
             a = a / np.where(scale > 0, scale, 1.0)[:, None, None]
             total = a if total is None else total + a
-        return total / len(self.run.members), OK
+            used = (~bad).astype(int) if used is None else used + ~bad
+            constant = bad.astype(int) if constant is None else constant + bad
+        return total / np.maximum(used, 1)[:, None, None], OK, constant
 
     def draw(self, images: np.ndarray, prob: np.ndarray, paths: list[str], rows: np.ndarray) -> list[str]:
         """One PNG per image; returns the file written per image, or why none was."""
@@ -110,24 +127,31 @@ class Overlays:
         target = (prob.argmax(1) if self.target == TOP
                   else np.full(len(images), labels.index(self.target)))
         x = to_float(torch.from_numpy(np.ascontiguousarray(images)), self.run.device)
-        maps, note = self.maps(x, torch.from_numpy(target).to(self.run.device))
+        maps, note, constant = self.maps(x, torch.from_numpy(target).to(self.run.device))
         if maps is None:
             return [note] * len(images)
         out = []
-        for img, m, t, p, path, row in zip(images, maps, target, prob, paths, rows):
+        n_models = len(self.run.members)
+        for img, m, t, p, path, row, k in zip(images, maps, target, prob, paths, rows, constant):
             name = self.out_dir / f"{int(row):05d}_{Path(path).stem}.{self.method}.png"
             fig, ax = plt.subplots(figsize=(4.2, 4.6))
             try:
                 ax.imshow(img[0], cmap="gray", vmin=0, vmax=255)
-                ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1, alpha=np.clip(np.abs(m), 0, 1) * self.alpha)
+                if k < n_models:
+                    ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1, alpha=np.clip(np.abs(m), 0, 1) * self.alpha)
+                else:                              # every model's map is constant: say so on the image itself
+                    ax.text(0.5, 0.5, CONSTANT.replace(": ", ":\n"), transform=ax.transAxes, ha="center",
+                            va="center", fontsize=9, color="black", parse_math=False,
+                            bbox=dict(boxstyle="round", facecolor="white", alpha=0.9))
+                part = f"; constant for {k} of {n_models} model(s), left out" if 0 < k < n_models else ""
                 # a file name is text, never mathtext: `a_$5_$6.png` must not be parsed as a formula
                 ax.set_title(f"{Path(path).name[-40:]}\n{self.method}: {labels[t]} (p = {p[t]:.3f}), "
-                             f"{len(self.run.members)} model(s)", fontsize=7, parse_math=False)
+                             f"{n_models} model(s){part}", fontsize=7, parse_math=False)
                 ax.axis("off")
                 save(fig, name)
             except (ValueError, RuntimeError, OSError) as err:     # one overlay lost, never the run
                 plt.close(fig)
                 out.append(f"overlay not written: {type(err).__name__}: {err}".replace("\n", " ")[:300])
                 continue
-            out.append(str(name))
+            out.append(str(name) if k < n_models else f"{name} ({CONSTANT})")
         return out

@@ -1,0 +1,146 @@
+"""The headline table of a run (``cxrbench show``) and of two runs side by side (``cxrbench diff``).
+
+A run is the workspace (``.``, the default), a DVC experiment by name, or any git revision: the
+headline files (``metrics/headline/STAGE.json``, :mod:`cxrbench.core.headline`) are read from its commit.
+Without an argument ``show`` reads the workspace, or the newest experiment when the workspace has none.
+
+    cxrbench show                 # this workspace's headline (one screen)
+    cxrbench show clahe           # the experiment named clahe
+    cxrbench diff HEAD clahe      # the committed reference run against an experiment
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from cxrbench.core import headline as H
+from cxrbench.core import paths
+
+WORKSPACE = "."
+
+
+class RunNotFound(Exception):
+    pass
+
+
+def _git(*args: str, root: Path = Path(".")) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+
+
+def resolve(rev: str, root: Path = Path(".")) -> str:
+    """A git revision for ``rev``: an experiment's name (refs/exps/.../NAME) or any revision git knows."""
+    refs = _git("for-each-ref", "--format=%(refname)", "refs/exps", root=root).stdout.split()
+    named = [r for r in refs if r.rsplit("/", 1)[-1] == rev]
+    if named:
+        return named[0]
+    if _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", root=root).returncode == 0:
+        return rev
+    import difflib
+    names = [r.rsplit("/", 1)[-1] for r in refs]
+    close = difflib.get_close_matches(rev, names, n=3)
+    raise RunNotFound(f"no experiment or git revision named {rev!r}"
+                      + (f"; did you mean {' or '.join(close)}?" if close else
+                         f"; experiments: {', '.join(names) if names else 'none (dvc exp show lists them)'}"))
+
+
+def newest_experiment(root: Path = Path(".")) -> str | None:
+    out = _git("for-each-ref", "--sort=-committerdate", "--count=1", "--format=%(refname)", "refs/exps",
+               root=root).stdout.strip()
+    return out or None
+
+
+def load(rev: str = WORKSPACE, root: Path = Path(".")) -> dict[str, dict]:
+    """The headline files of a run, by stage."""
+    if rev == WORKSPACE:
+        return H.load(root)
+    ref = resolve(rev, root)
+    out = {}
+    for stage in H.SPEC:
+        r = _git("show", f"{ref}:{paths.headline(stage)}", root=root)
+        if r.returncode == 0:
+            out[stage] = json.loads(r.stdout)
+    return out
+
+
+def cell(v: Any) -> str:
+    if v is None:
+        return "not scored"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, dict):
+        s = f"{v['value']:.3f}"
+        if "low" in v:
+            s += f" [{v['low']:.3f}, {v['high']:.3f}]"
+        return s + (f" n={v['n']}" if "n" in v else "")
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, dict):
+        return v.get("value")
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def show_text(headlines: dict[str, dict], title: str) -> str:
+    if not headlines:
+        return (f"{title}: no headline metrics ({paths.HEADLINE}/*.json); run a profile first "
+                f"(cxrbench run sample) or name an experiment (dvc exp show lists them)")
+    rows = [[k, cell(v)] for k, v in H.flatten(headlines).items()]
+    missing = sum(len(h.get("not_scored", [])) for h in headlines.values())
+    note = f"\n{missing} value(s) not scored (a stage off, or a degenerate method)." if missing else ""
+    return f"{title}: [CI] where the stage has one, n behind it\n\n" + table(rows, ["metric", "value"]) + note
+
+
+def diff_text(a: dict[str, dict], b: dict[str, dict], name_a: str, name_b: str) -> str:
+    fa, fb = H.flatten(a), H.flatten(b)
+    rows = []
+    for k in list(dict.fromkeys([*fa, *fb])):
+        va, vb = fa.get(k), fb.get(k)
+        na, nb = _number(va), _number(vb)
+        change = f"{nb - na:+.3f}" if na is not None and nb is not None else ("" if cell(va) == cell(vb) else "changed")
+        rows.append([k, cell(va), cell(vb), change])
+    return table(rows, ["metric", name_a, name_b, "change"])
+
+
+def main(argv: list[str] | None = None, command: str = "show") -> int:
+    ap = argparse.ArgumentParser(prog=f"cxrbench {command}", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    if command == "show":
+        ap.add_argument("run", nargs="?", help="an experiment name or git revision (default: the workspace)")
+    else:
+        ap.add_argument("a", help="a run: experiment name, git revision, or . for the workspace")
+        ap.add_argument("b", nargs="?", default=WORKSPACE, help="the other run (default: the workspace)")
+    args = ap.parse_args(argv)
+    try:
+        if command == "show":
+            rev = args.run or WORKSPACE
+            runs = load(rev)
+            if not runs and args.run is None and newest_experiment():
+                rev = newest_experiment().rsplit("/", 1)[-1]
+                runs = load(rev)
+            print(show_text(runs, "workspace" if rev == WORKSPACE else rev))
+            return 0
+        print(diff_text(load(args.a), load(args.b), args.a, args.b))
+        return 0
+    except RunNotFound as err:
+        print(f"cxrbench {command}: {err}", file=sys.stderr)
+        return 2
+
+
+def diff_main(argv: list[str] | None = None) -> int:
+    return main(argv, "diff")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
