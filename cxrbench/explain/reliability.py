@@ -1,0 +1,231 @@
+"""The reliability stage's pieces: its params, the robustness scores of one classifier, the repeatability of
+maps across independently trained classifiers, and the summaries with patient-bootstrap CIs.
+
+* :func:`robustness_rows`: per image, Captum's max-sensitivity (each method re-run on perturbed inputs) and
+  infidelity (of the stored maps) for the methods and the two controls, ``random`` and ``edge``
+  (:mod:`cxrbench.explain.metrics.robustness`).
+* :func:`repeatability_rows`: the same method's maps of the same test image from the models of two folds
+  (different training data and trajectory, the same recipe), and, beside them, the trained model's map vs its
+  weight-randomised copy's (the attribute stage's ``rand__`` maps), both with
+  :func:`cxrbench.explain.metrics.similarity.compare`: zero-input pixels excluded, CAMs at feature-map
+  resolution. A method whose maps differ more between two trained models than between a model and its
+  randomised copy is flagged (:func:`summarise_repeatability`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cxrbench.core.params import ParamError, check_float, check_int, check_subset, section
+from cxrbench.explain.metrics import robustness as RB
+from cxrbench.explain.metrics import similarity as SM
+
+__all__ = ["Settings", "validate", "support", "feature_side", "robustness_rows", "repeatability_rows",
+           "summarise", "summarise_repeatability", "markdown", "CONTROLS", "ROBUSTNESS", "AGREEMENT_METRICS"]
+
+CONTROLS = ("random", "edge")
+ROBUSTNESS = ("sensitivity_max", "infidelity")
+AGREEMENT_METRICS = ("aoppc_threshold_morf", "aoppc_pixels_morf", "aoppc_region_black_morf",
+                     "aoppc_region_blur_morf", "aoppc_region_road_morf", "lung_mass") + ROBUSTNESS
+
+
+@dataclass(frozen=True)
+class Settings:
+    images: int
+    methods: list              # infidelity (stored maps): every one of these
+    sensitivity_methods: list  # max-sensitivity re-runs each method: the affordable ones
+    radius: float
+    sensitivity_samples: int
+    noise: float
+    infidelity_samples: int
+    seed: int
+    agreement_metrics: list
+
+
+def validate(params: dict) -> Settings:
+    """``reliability`` params, checked before any work. ``methods: null`` = explain.methods; the same for
+    ``sensitivity_methods``."""
+    from cxrbench.explain.runner import check_method
+
+    explain = list(section(params, "explain.methods"))
+
+    def methods(key):
+        v = section(params, key)
+        if v is None:
+            return explain
+        if not isinstance(v, list):
+            raise ParamError(key, f"expected a list of attribution methods or null (= explain.methods), got {v!r}")
+        for m in v:
+            check_method(m, key)
+        return list(v)
+    return Settings(
+        images=check_int("reliability.images", section(params, "reliability.images"), minimum=1),
+        methods=methods("reliability.methods"), sensitivity_methods=methods("reliability.sensitivity_methods"),
+        radius=check_float("reliability.sensitivity_radius", section(params, "reliability.sensitivity_radius"),
+                           minimum=1e-6, what="the L-infinity radius of the perturbations, input units"),
+        sensitivity_samples=check_int("reliability.sensitivity_samples",
+                                      section(params, "reliability.sensitivity_samples"), minimum=1),
+        noise=check_float("reliability.infidelity_noise", section(params, "reliability.infidelity_noise"),
+                          minimum=1e-6, what="the standard deviation of the perturbations, input units"),
+        infidelity_samples=check_int("reliability.infidelity_samples",
+                                     section(params, "reliability.infidelity_samples"), minimum=1),
+        seed=check_int("reliability.seed", section(params, "reliability.seed"), minimum=0),
+        agreement_metrics=check_subset("reliability.agreement_metrics",
+                                       section(params, "reliability.agreement_metrics"), list(AGREEMENT_METRICS)))
+
+
+def support(images_u8: np.ndarray, side: int) -> np.ndarray:
+    """(N, side, side) bool: where the cached input (N, C, H, W uint8) is not 0, at the maps' resolution (a
+    pixel kept when most of the input pixels it covers are)."""
+    t = torch.as_tensor((np.asarray(images_u8) != 0).any(1, keepdims=True), dtype=torch.float32)
+    return (torch.nn.functional.interpolate(t, size=(side, side), mode="area")[:, 0] > 0.5).numpy()
+
+
+def feature_side(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor) -> int:
+    """The spatial side of ``layer``'s output on ``x`` (one forward with a hook): the CAMs' own resolution."""
+    seen = []
+    handle = layer.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[-2:])))
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        handle.remove()
+    if not seen or seen[0][0] != seen[0][1]:
+        raise ValueError(f"target layer output {seen[:1]}: expected one square feature map")
+    return int(seen[0][0])
+
+
+def robustness_rows(s: Settings, model, x: torch.Tensor, target: torch.Tensor, stored: dict, explainers: dict,
+                    max_batch: int) -> list[dict]:
+    """Per image and method (and control): ``sensitivity_max`` for the methods of ``explainers`` (name ->
+    ``f(inputs, target) -> (N, H, W)``) and ``infidelity`` of ``stored`` maps (name -> (N, H, W)); rows
+    ``method``, ``image``, ``metric``, ``value``."""
+    rows = []
+    for name, f in explainers.items():
+        v = RB.sensitivity_max(f, x, target, s.radius, s.sensitivity_samples, s.seed, max_batch)
+        rows += [{"method": name, "image": i, "metric": "sensitivity_max", "value": float(a)} for i, a in enumerate(v)]
+    for name, maps in stored.items():
+        v = RB.infidelity(model, x, maps, target, s.noise, s.infidelity_samples, s.seed, max_batch)
+        rows += [{"method": name, "image": i, "metric": "infidelity", "value": float(a)} for i, a in enumerate(v)]
+    return rows
+
+
+def _pair(a, b, keep, cam_side: int | None) -> dict:
+    if cam_side is not None and cam_side < a.shape[-1]:
+        a, keep_a = SM.to_grid(a, keep, cam_side)
+        b, _ = SM.to_grid(b, keep, cam_side)
+        keep = keep_a
+    return SM.compare(a, b, keep)
+
+
+def repeatability_rows(maps_a: dict, maps_b: dict, rand_a: dict, keep: np.ndarray, keep_rand: np.ndarray,
+                       cam_side: int | None) -> list[dict]:
+    """Rows ``method``, ``image``, ``comparison`` (``repeat``: model A vs model B on the same images;
+    ``randomised``: model A vs its randomised copy, first images), ``metric``, ``status``, ``value``.
+    ``maps_a``/``maps_b``: method -> (N, H, W) maps of the same N images; ``rand_a``: method -> the randomised
+    model's maps of the first images; ``keep``/``keep_rand``: their kept pixels; ``cam_side``: the feature-map
+    side of the CAMs (:data:`cxrbench.explain.metrics.robustness.CAMS`)."""
+    rows = []
+    for m in maps_a:
+        side = cam_side if m in RB.CAMS else None
+        pairs = []
+        if m in maps_b:
+            pairs.append(("repeat", maps_a[m], maps_b[m], keep))
+        if m in rand_a:
+            n = len(rand_a[m])
+            pairs.append(("randomised", maps_a[m][:n], rand_a[m], keep_rand[:n]))
+        for comparison, a, b, k in pairs:
+            sim = _pair(a, b, k, side)
+            for metric in ("spearman_abs", "ssim"):
+                for i in range(len(a)):
+                    rows.append({"method": m, "image": i, "comparison": comparison, "metric": metric,
+                                 "status": sim[f"{metric}_status"][i], "value": float(sim[metric][i])})
+    return rows
+
+
+def _mean_ci(values: np.ndarray, groups: np.ndarray, stats: dict) -> dict:
+    from cxrbench.core.bootstrap import group_ci
+    out = {"mean": float(values.mean()) if len(values) else None, "n": int(len(values)),
+           "patients": int(len(set(groups.tolist()))), "low": None, "high": None}
+    if out["patients"] >= 2:
+        ci = group_ci(lambda idx: float(values[idx].mean()), groups, n_boot=int(stats["resamples"]),
+                      seed=int(stats["seed"]), confidence=float(stats["confidence"]))
+        out.update(low=ci["low"], high=ci["high"])
+    else:
+        out["note"] = "fewer than 2 patients: no CI"
+    return out
+
+
+def summarise(frame, stats: dict) -> dict:
+    """Per method x metric of long rows (``method``, ``metric``, ``value``, ``group``): mean, patient CI, n."""
+    out: dict = {}
+    for (m, metric), cell in frame.groupby(["method", "metric"], sort=False):
+        out.setdefault(m, {})[metric] = _mean_ci(cell["value"].to_numpy(float), cell["group"].astype(str).to_numpy(),
+                                                 stats)
+    return out
+
+
+def summarise_repeatability(frame, stats: dict) -> dict:
+    """Per method x metric: ``repeat`` and ``randomised`` (mean, patient CI over compared maps, n), the counts
+    of maps not compared by status, and ``flag``: the repeat similarity is below the randomised one (the maps
+    change more between two trained models than under randomisation)."""
+    out: dict = {}
+    for (m, metric), cell in frame.groupby(["method", "metric"], sort=False):
+        e = {}
+        for comparison in ("repeat", "randomised"):
+            sub = cell[cell["comparison"] == comparison]
+            ok = sub[sub["status"] == "compared"]
+            e[comparison] = {**_mean_ci(ok["value"].to_numpy(float), ok["group"].astype(str).to_numpy(), stats),
+                             "not_compared": {st: int((sub["status"] == st).sum())
+                                              for st in SM.STATUSES if st != "compared"}} if len(ok) else \
+                {"mean": None, "n": 0, "not_compared": {st: int((sub["status"] == st).sum()) for st in SM.STATUSES
+                                                        if st != "compared"}}
+        r, z = e["repeat"].get("mean"), e["randomised"].get("mean")
+        e["flag"] = None if r is None or z is None else bool(r < z)
+        out.setdefault(m, {})[metric] = e
+    return out
+
+
+def _cell(e: dict | None) -> str:
+    if not e or e.get("mean") is None:
+        return "–"
+    ci = f" [{e['low']:.3f}, {e['high']:.3f}]" if e.get("low") is not None and np.isfinite(e["low"]) else " (no CI)"
+    return f"{e['mean']:.3f}{ci} (n {e['n']}, {e.get('patients', 0)} pat.)"
+
+
+def markdown(robustness: dict, agreement: dict, repeat: dict, s: Settings) -> str:
+    """The reliability tables: robustness with its controls, agreement across metrics, repeatability."""
+    from cxrbench.explain.metrics import agreement as AG
+
+    lines = ["### Reliability of the explanation metrics", "",
+             f"#### Robustness (Captum; lower is better)", "",
+             f"Up to {s.images} held-out images per model. Max-sensitivity: {s.sensitivity_samples} uniform "
+             f"perturbations of L-inf radius {s.radius:g} (input units); infidelity: {s.infidelity_samples} "
+             f"Gaussian perturbations, sd {s.noise:g}, normalised. Controls: `random` (a fresh noise map per call: "
+             f"the least robust map) and `edge` (Sobel magnitude of the input). Mean [95 % CI over patients].", "",
+             "| method | max-sensitivity | infidelity |", "|---|---|---|"]
+    order = [m for m in robustness if m not in CONTROLS] + [m for m in CONTROLS if m in robustness]
+    for m in order:
+        lines.append(f"| {m} | {_cell(robustness[m].get('sensitivity_max'))} | "
+                     f"{_cell(robustness[m].get('infidelity'))} |")
+    lines += ["", AG.markdown(agreement).rstrip()]
+    if agreement.get("left_out"):
+        lines += ["", "Left out of the agreement (no score under every metric): "
+                  + ", ".join(f"`{m}`" for m in agreement["left_out"]) + "."]
+    lines += ["", "#### Repeatability across independently trained models", "",
+              "The same method's maps of the same held-out images from the models of two folds (**repeat**), "
+              "beside the trained model vs its weight-randomised copy (**randomised**, the attribute stage's "
+              "sanity images). Zero-input pixels excluded; CAMs at feature-map resolution. Flag: the maps change "
+              "more between two trained models than under randomisation. One training seed per fold: "
+              "repeatability across seeds is not measured here.", "",
+              "| method | similarity | repeat | randomised | flag |", "|---|---|---|---|---|"]
+    for m, per in repeat.items():
+        for metric, e in per.items():
+            nc = {k: v for k, v in e["repeat"].get("not_compared", {}).items() if v}
+            note = "; not compared: " + ", ".join(f"{v} {k}" for k, v in nc.items()) if nc else ""
+            flag = "–" if e["flag"] is None else ("**yes**" if e["flag"] else "no")
+            lines.append(f"| {m} | {metric} | {_cell(e['repeat'])}{note} | {_cell(e['randomised'])} | {flag} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,144 @@
+"""The reliability stage's run: robustness of every method (Captum max-sensitivity and infidelity, with the
+random and Sobel edge controls), the agreement of every metric on the methods' ranking (with the aoppc
+stage's per-image scores), and the repeatability of the maps across the models of two folds beside the
+randomised-model similarity (:mod:`cxrbench.explain.reliability`, :mod:`cxrbench.explain.metrics.agreement`).
+
+Writes ``core.paths.RELIABILITY`` (JSON), ``RELIABILITY_MD`` and ``RELIABILITY_PER_IMAGE`` (every per-image
+robustness score, long form, as ``AOPPC_PER_IMAGE``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxrbench.classify import training
+from cxrbench.core import bootstrap, paths, runtime
+from cxrbench.core import params as P
+from cxrbench.core.io import write_csv, write_json, write_text
+from cxrbench.data import confounder
+from cxrbench.data.cache import Cache
+from cxrbench.explain import reliability as RL
+from cxrbench.explain import runner as A
+from cxrbench.explain.metrics import agreement as AG
+from cxrbench.explain.metrics import perturbation as EM
+from cxrbench.explain.metrics import robustness as RB
+
+
+def _robustness(params, cfg, s, bb, k, z, cache, device, group_of) -> list[dict]:
+    n = min(cfg.images, len(z["rows"]))
+    model, meta = A.load_classifier(params, bb, k, device)
+    x = A.classifier_input(cache.images[z["rows"][:n]], meta, device, z["masks"][:n])
+    target = torch.as_tensor(z["target"][:n], device=device).long()
+    max_batch = int(s.max_batch or A.estimate_max_batch(model, x, s.memory_fraction))
+    prepared, _ = A.prepare_for_attribution(model, x)
+    have = [m for m in cfg.methods if m in z.files]
+    explainers = {m: A.make(m, model, prepared, s, max_batch, bb).attribute
+                  for m in cfg.sensitivity_methods if m in have}
+    draws = iter(range(cfg.seed * 1_000_003, 2 ** 62))
+    explainers["random"] = lambda inp, tg: torch.as_tensor(RB.random_map((len(inp),) + tuple(inp.shape[-2:]),
+                                                                         next(draws)))
+    explainers["edge"] = lambda inp, tg: torch.as_tensor(RB.edge_map(inp.detach().cpu().numpy()))
+    stored = {m: EM.stored_maps(z, m)[:n] for m in have}
+    stored["random"] = EM.random_maps((n,) + tuple(x.shape[-2:]), cfg.seed + int(k))
+    stored["edge"] = RB.edge_map(x.detach().cpu().numpy())
+    stored = {m: a for m, a in stored.items() if (EM.map_status(a) == "ok").all()}
+    rows = RL.robustness_rows(cfg, model, x, target, stored, explainers, max_batch)
+    image_paths = z["paths"][:n].astype(str)
+    for r in rows:
+        r.update(backbone=bb, fold=int(k), path=image_paths[r["image"]],
+                 group=group_of.get(image_paths[r["image"]], image_paths[r["image"]]))
+    return rows
+
+
+def _repeatability(params, cfg, s, bb, ka, kb, cache, device, group_of) -> list[dict]:
+    za, zb = (np.load(paths.attributions(bb, k), allow_pickle=False) for k in (ka, kb))
+    if "skipped" in za.files or "skipped" in zb.files:
+        return []
+    pa, pb = za["paths"].astype(str), zb["paths"].astype(str)
+    common = [p for p in pa if p in set(pb)]
+    ia = np.array([list(pa).index(p) for p in common], dtype=int)
+    ib = np.array([list(pb).index(p) for p in common], dtype=int)
+    methods = [m for m in cfg.methods if m in za.files]
+    side = int(EM.stored_maps(za, methods[0]).shape[-1]) if methods else 0
+    if not methods or not len(common):
+        return []
+    model, meta = A.load_classifier(params, bb, ka, device)
+    x = A.classifier_input(cache.images[za["rows"][:1]], meta, device, za["masks"][:1])
+    cam_side = RL.feature_side(model, A.target_layer(model, bb, s.target_layers)[1], x)
+    keep_all = RL.support(cache.images[za["rows"]], side)
+    maps_a = {m: EM.stored_maps(za, m)[ia] for m in methods}
+    maps_b = {m: EM.stored_maps(zb, m)[ib] for m in methods if m in zb.files}
+    rand_a = {m: EM.stored_maps(za, f"rand__{m}") for m in methods if f"rand__{m}" in za.files}
+    rows = RL.repeatability_rows(maps_a, maps_b, rand_a, keep_all[ia], keep_all, cam_side)
+    for r in rows:
+        p = common[r["image"]] if r["comparison"] == "repeat" else pa[r["image"]]
+        r.update(backbone=bb, folds=f"{ka} vs {kb}", path=p, group=group_of.get(p, p), cam_side=cam_side)
+    return rows
+
+
+def run_stage(params: dict) -> None:
+    """Robustness per model, agreement over every metric, repeatability across folds; write and print."""
+    cfg = RL.validate(params)
+    s = A.validate(params)
+    stats = bootstrap.validate(params)
+    backbones = P.check_nonempty_list("train.backbones", P.section(params, "train.backbones"))
+    folds = P.check_nonempty_list("train.folds", P.section(params, "train.folds"))
+    training.checkpoint_file(params)
+    rt = runtime.configure()
+    device = runtime.device()
+    cache = Cache(paths.CACHE, paths.INDEX)
+    confounder.apply(cache)
+    splits = pd.read_csv(paths.SPLITS, keep_default_na=False)
+    group_of = dict(zip(splits["path"], splits["group"].astype(str)))
+    t0 = time.perf_counter()
+
+    rob, rep, skipped = [], [], {}
+    for bb in backbones:
+        for k in folds:
+            z = np.load(paths.attributions(bb, k), allow_pickle=False)
+            if "skipped" in z.files:
+                skipped[f"{bb}-f{k}"] = str(z["skipped"])
+                continue
+            t1 = time.perf_counter()
+            rob += _robustness(params, cfg, s, bb, k, z, cache, device, group_of)
+            print(f"reliability {bb}-f{k}: robustness in {time.perf_counter() - t1:.1f}s", flush=True)
+        for ka, kb in zip(folds[:-1], folds[1:]):
+            rep += _repeatability(params, cfg, s, bb, ka, kb, cache, device, group_of)
+    rob_frame = pd.DataFrame(rob, columns=["method", "backbone", "fold", "image", "path", "group", "metric", "value"])
+    rep_frame = pd.DataFrame(rep)
+
+    per_image = pd.read_csv(paths.AOPPC_PER_IMAGE, keep_default_na=False)
+    both = pd.concat([per_image, rob_frame], ignore_index=True)
+    methods = list(dict.fromkeys([m for m in cfg.methods] + list(RL.CONTROLS)))
+    complete = [m for m in methods if all(((both["method"] == m) & (both["metric"] == me)).any()
+                                          for me in cfg.agreement_metrics)]
+    agreement = AG.agreement(both, complete, cfg.agreement_metrics, stats)
+    agreement["left_out"] = {m: "no score under every agreement metric" for m in methods if m not in complete}
+
+    robustness = RL.summarise(rob_frame, stats) if len(rob_frame) else {}
+    repeat = RL.summarise_repeatability(rep_frame, stats) if len(rep_frame) else {}
+    write_csv(paths.RELIABILITY_PER_IMAGE, rob_frame)
+    write_json(paths.RELIABILITY, {
+        "definition": {
+            "sensitivity_max": f"Captum sensitivity_max: max over {cfg.sensitivity_samples} uniform perturbations "
+                               f"(L-inf radius {cfg.radius:g}, input units) of ||e(x+d)-e(x)||/||e(x)||; lower = "
+                               f"more robust",
+            "infidelity": f"Captum infidelity, normalize=True, {cfg.infidelity_samples} Gaussian perturbations "
+                          f"(sd {cfg.noise:g}) of the stored maps against P(target); lower = better",
+            "controls": "random: uniform noise map (a fresh draw per call); edge: Sobel magnitude of the input",
+            "repeatability": "same method, same test image, models of two folds; randomised: trained model vs "
+                             "its weight-randomised copy (attribute stage, first explain.sanity_images images); "
+                             "zero-input pixels excluded, CAMs at feature-map resolution; flag: repeat < randomised",
+            "seeds": "one training seed per fold in this pipeline: repeatability across seeds is not measured",
+            "ci": "percentile bootstrap resampling patients (stats.*)"},
+        "params": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "runtime": rt, "seconds": round(time.perf_counter() - t0, 1), "skipped": skipped,
+        "robustness": robustness, "agreement": agreement, "repeatability": repeat})
+    table = RL.markdown(robustness, agreement, repeat, cfg)
+    write_text(paths.RELIABILITY_MD, table)
+    print(table, end="")
+
