@@ -102,14 +102,29 @@ def robustness_rows(s: Settings, model, x: torch.Tensor, target: torch.Tensor, s
                     max_batch: int) -> list[dict]:
     """Per image and method (and control): ``sensitivity_max`` for the methods of ``explainers`` (name ->
     ``f(inputs, target) -> (N, H, W)``) and ``infidelity`` of ``stored`` maps (name -> (N, H, W)); rows
-    ``method``, ``image``, ``metric``, ``value``."""
+    ``method``, ``image``, ``metric``, ``status``, ``value``. An image whose stored map is degenerate
+    (:func:`cxrbench.explain.metrics.perturbation.map_status`: constant or non-finite) is not scored: its row has
+    that status and no value (a relative change of a constant map is undefined)."""
+    from cxrbench.explain.metrics.perturbation import map_status
+
     rows = []
-    for name, f in explainers.items():
-        v = RB.sensitivity_max(f, x, target, s.radius, s.sensitivity_samples, s.seed, max_batch)
-        rows += [{"method": name, "image": i, "metric": "sensitivity_max", "value": float(a)} for i, a in enumerate(v)]
     for name, maps in stored.items():
-        v = RB.infidelity(model, x, maps, target, s.noise, s.infidelity_samples, s.seed, max_batch)
-        rows += [{"method": name, "image": i, "metric": "infidelity", "value": float(a)} for i, a in enumerate(v)]
+        status = map_status(maps)
+        ok = np.flatnonzero(status == "ok")
+        rows += [{"method": name, "image": int(i), "metric": metric, "status": str(status[i]), "value": np.nan}
+                 for i in np.flatnonzero(status != "ok") for metric in ROBUSTNESS
+                 if metric == "infidelity" or name in explainers]
+        if not len(ok):
+            continue
+        sel = torch.as_tensor(ok, device=x.device)
+        values = {"infidelity": RB.infidelity(model, x[sel], maps[ok], target[sel], s.noise, s.infidelity_samples,
+                                              s.seed, max_batch)}
+        if name in explainers:
+            values["sensitivity_max"] = RB.sensitivity_max(explainers[name], x[sel], target[sel], s.radius,
+                                                           s.sensitivity_samples, s.seed, max_batch)
+        for metric, v in values.items():
+            rows += [{"method": name, "image": int(i), "metric": metric, "status": "ok", "value": float(a)}
+                     for i, a in zip(ok, v)]
     return rows
 
 
@@ -160,11 +175,15 @@ def _mean_ci(values: np.ndarray, groups: np.ndarray, stats: dict) -> dict:
 
 
 def summarise(frame, stats: dict) -> dict:
-    """Per method x metric of long rows (``method``, ``metric``, ``value``, ``group``): mean, patient CI, n."""
+    """Per method x metric of long rows (``method``, ``metric``, ``status``, ``value``, ``group``): mean over the
+    scored (``ok``) images, patient CI, n, and the count of images not scored by status."""
     out: dict = {}
     for (m, metric), cell in frame.groupby(["method", "metric"], sort=False):
-        out.setdefault(m, {})[metric] = _mean_ci(cell["value"].to_numpy(float), cell["group"].astype(str).to_numpy(),
-                                                 stats)
+        ok = cell[cell["status"] == "ok"]
+        e = _mean_ci(ok["value"].to_numpy(float), ok["group"].astype(str).to_numpy(), stats) if len(ok) else \
+            {"mean": None, "n": 0}
+        e["not_scored"] = {str(k): int(v) for k, v in cell.loc[cell["status"] != "ok", "status"].value_counts().items()}
+        out.setdefault(m, {})[metric] = e
     return out
 
 
@@ -193,7 +212,8 @@ def _cell(e: dict | None) -> str:
     if not e or e.get("mean") is None:
         return "–"
     ci = f" [{e['low']:.3f}, {e['high']:.3f}]" if e.get("low") is not None and np.isfinite(e["low"]) else " (no CI)"
-    return f"{e['mean']:.3f}{ci} (n {e['n']}, {e.get('patients', 0)} pat.)"
+    skipped = "".join(f", {v} {k}" for k, v in (e.get("not_scored") or {}).items())
+    return f"{e['mean']:.3g}{ci} (n {e['n']}, {e.get('patients', 0)} pat.{skipped})"
 
 
 def markdown(robustness: dict, agreement: dict, repeat: dict, s: Settings) -> str:

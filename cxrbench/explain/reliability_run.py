@@ -45,7 +45,6 @@ def _robustness(params, cfg, s, bb, k, z, cache, device, group_of) -> list[dict]
     stored = {m: EM.stored_maps(z, m)[:n] for m in have}
     stored["random"] = EM.random_maps((n,) + tuple(x.shape[-2:]), cfg.seed + int(k))
     stored["edge"] = RB.edge_map(x.detach().cpu().numpy())
-    stored = {m: a for m, a in stored.items() if (EM.map_status(a) == "ok").all()}
     rows = RL.robustness_rows(cfg, model, x, target, stored, explainers, max_batch)
     image_paths = z["paths"][:n].astype(str)
     for r in rows:
@@ -108,11 +107,12 @@ def run_stage(params: dict) -> None:
             print(f"reliability {bb}-f{k}: robustness in {time.perf_counter() - t1:.1f}s", flush=True)
         for ka, kb in zip(folds[:-1], folds[1:]):
             rep += _repeatability(params, cfg, s, bb, ka, kb, cache, device, group_of)
-    rob_frame = pd.DataFrame(rob, columns=["method", "backbone", "fold", "image", "path", "group", "metric", "value"])
+    rob_frame = pd.DataFrame(rob, columns=["method", "backbone", "fold", "image", "path", "group", "metric", "status",
+                                           "value"])
     rep_frame = pd.DataFrame(rep)
 
     per_image = pd.read_csv(paths.AOPPC_PER_IMAGE, keep_default_na=False)
-    both = pd.concat([per_image, rob_frame], ignore_index=True)
+    both = pd.concat([per_image, rob_frame[rob_frame["status"] == "ok"].drop(columns="status")], ignore_index=True)
     methods = list(dict.fromkeys([m for m in cfg.methods] + list(RL.CONTROLS)))
     complete = [m for m in methods if all(((both["method"] == m) & (both["metric"] == me)).any()
                                           for me in cfg.agreement_metrics)]

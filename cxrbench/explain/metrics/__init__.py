@@ -1,3 +1,3 @@
-"""Metrics of attribution maps: perturbation (AOPPC, deletion, region fills), localisation, map properties, their tables."""
+"""Metrics of attribution maps: perturbation (AOPPC, deletion, region fills), localisation, map properties, robustness, similarity, agreement across metrics, their tables."""
 
-__all__ = ['localisation', 'perturbation', 'properties', 'scoring', 'tables']
+__all__ = ['agreement', 'localisation', 'perturbation', 'properties', 'robustness', 'scoring', 'similarity', 'tables']
