@@ -42,6 +42,7 @@ class Check:
     direction: str
     reason: str = ""
     paired: bool = False         # a per-image metric compared image by image (cxrbench.ops.paired)
+    spread_runs: tuple | None = None   # the spread runs its tolerance is measured over (None: all)
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,13 @@ def config_from_params(params: dict) -> GateConfig:
         tol = c.get("tolerance")
         if tol != SPREAD:
             tol = check_float(f"{key}.tolerance", tol, minimum=0, what=f"{SPREAD!r} or a number")
+        runs = c.get("spread_runs")
+        if runs is not None and (not isinstance(runs, list) or len(runs) < 2 or not all(isinstance(r, str) for r in runs)):
+            raise ParamError(f"{key}.spread_runs", f"expected a list of at least 2 run names of gate.perturbations, "
+                                                   f"got {runs!r}")
         out.append(Check(c["metric"], tol,
                          check_choice(f"{key}.direction", c.get("direction", "higher"), DIRECTIONS),
-                         str(c.get("reason", "")), is_paired))
+                         str(c.get("reason", "")), is_paired, None if runs is None else tuple(runs)))
     spread = g.get("spread")
     needs_spread = any(c.tolerance == SPREAD for c in out)
     if needs_spread and (not isinstance(spread, str) or not spread):
@@ -105,12 +110,12 @@ def config_from_params(params: dict) -> GateConfig:
                       None if cap is None else float(cap))
 
 
-def spread_range(spread: dict, metric: str, exclude: str | None = None) -> float | None:
+def spread_range(spread: dict, metric: str, exclude: str | None = None, runs: tuple | None = None) -> float | None:
     """max - min of ``metric`` over the runs of a spread JSON (``exclude``: leave one run out); None when fewer
     than two runs have it. NaN when a run's value is not a finite number: a NaN or infinite measurement gives no
     tolerance, so the check fails (:func:`evaluate`) instead of passing everything."""
     values = [v for run, v in (spread.get("metrics", {}).get(metric, {}).get("values") or {}).items()
-              if run != exclude and v is not None]
+              if run != exclude and v is not None and (runs is None or run in runs)]
     if not all(_finite(v) for v in values):
         return math.nan
     if len(values) < 2:
@@ -130,7 +135,7 @@ def tolerances(checks: list[Check], spread: dict | None, factor: float,
         if c.tolerance != SPREAD:
             out[c.metric] = float(c.tolerance)
         else:
-            r = spread_range(spread or {}, c.metric, exclude)
+            r = spread_range(spread or {}, c.metric, exclude, c.spread_runs)
             out[c.metric] = None if r is None else factor * r
     return out
 

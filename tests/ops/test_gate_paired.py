@@ -146,3 +146,30 @@ def test_params_of_paired_checks_are_validated(tmp_path):
         gate.config_from_params(p)
     with pytest.raises(ParamError, match="paired metric"):
         paired.parse("metrics/aoppc.json:occlusion|aoppc_pixels_morf")
+
+
+def test_a_spread_tolerance_over_chosen_runs_and_its_cap(runs, tmp_path):
+    """``spread_runs`` restricts the range to the named runs (here the machine-only ones of the committed spread:
+    occlusion's gain 0.3111, 0.3241, 0.3402, range 0.0291; with the seeds it is 0.219); a spread tolerance above
+    ``paired_max_tolerance`` fails as SPREAD > MAX instead of passing everything."""
+    metric = CHECKS[0]["metric"]
+    spread = {"metrics": {metric: {"values": {"reference": 0.3111, "threads1": 0.3241, "isa_avx2": 0.3402,
+                                              "seed43": 0.2325, "seed44": 0.1212}}}}
+    p = {"gate": {"baseline": "b.json", "spread": "s.json", "spread_factor": 2, "per_image_baseline": "pi.csv",
+                  "paired_max_tolerance": 0.05,
+                  "checks": [{**CHECKS[0], "tolerance": "spread", "spread_runs": ["reference", "threads1", "isa_avx2"]},
+                             {**CHECKS[1], "tolerance": "spread"}]}}
+    cfg = gate.config_from_params(p)
+    tol = gate.tolerances(cfg.checks, {"metrics": {**spread["metrics"], CHECKS[1]["metric"]: spread["metrics"][metric]}},
+                          cfg.spread_factor)
+    assert tol[metric] == pytest.approx(2 * 0.0291) and tol[CHECKS[1]["metric"]] == pytest.approx(2 * 0.219)
+    with pytest.raises(ParamError, match="spread_runs"):
+        gate.config_from_params({"gate": {**p["gate"], "checks": [{**CHECKS[0], "spread_runs": ["reference"]}]}})
+    # on the unchanged run, both tolerances exceed the cap: neither check may pass as ok
+    (r, params) = runs
+    base = yaml.safe_load(params.read_text())["gate"]
+    (tmp_path / "s.json").write_text(json.dumps({"metrics": {c["metric"]: spread["metrics"][metric] for c in CHECKS}}))
+    cfg = gate.config_from_params({"gate": {**p["gate"], "baseline": base["baseline"], "spread": str(tmp_path / "s.json"),
+                                            "per_image_baseline": base["per_image_baseline"]}})
+    code, rows = gate.check(cfg, r["same"])
+    assert code == 1 and [row["status"] for row in rows] == ["SPREAD > MAX", "SPREAD > MAX"]
