@@ -53,7 +53,7 @@ def _minmax(a: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 def compare(a, b, keep, metrics=("spearman_abs", "ssim")) -> dict:
     """Per image, the similarity of maps ``a`` and ``b`` (N, H, W) over the pixels ``keep`` (N, H, W bool):
-    ``spearman_abs`` (scipy's Spearman of |a| and |b| over kept pixels) and ``ssim`` (scikit-image SSIM of the
+    ``spearman_abs`` (scipy's Spearman of |a| and |b| over kept pixels), ``spearman`` (of the signed maps) and ``ssim`` (scikit-image SSIM of the
     maps min-max normalised over the kept pixels and 0 elsewhere, ``data_range=1``, 7 px window or the largest odd one that fits, averaged over
     the kept pixels). Returns ``status`` (:data:`STATUSES`, per image and metric: ``{metric}_status``) and
     one float array per metric (NaN unless compared)."""
@@ -68,8 +68,8 @@ def compare(a, b, keep, metrics=("spearman_abs", "ssim")) -> dict:
     win = min(7, side if side % 2 else side - 1)
     out: dict = {}
     for metric in metrics:
-        if metric not in ("spearman_abs", "ssim"):
-            raise ValueError(f"unknown similarity {metric!r}: expected spearman_abs or ssim")
+        if metric not in ("spearman", "spearman_abs", "ssim"):
+            raise ValueError(f"unknown similarity {metric!r}: expected spearman, spearman_abs or ssim")
         values = np.full(len(a), np.nan)
         status = np.empty(len(a), dtype=object)
         for i in range(len(a)):
@@ -80,7 +80,7 @@ def compare(a, b, keep, metrics=("spearman_abs", "ssim")) -> dict:
                 status[i] = "too_small"
             elif np.ptp(x) == 0 or np.ptp(y) == 0:
                 status[i] = "degenerate"
-            elif metric == "spearman_abs":
+            elif metric in ("spearman", "spearman_abs"):
                 status[i], values[i] = "compared", float(spearmanr(x, y).statistic)
             else:
                 _, full = structural_similarity(_minmax(a[i], k), _minmax(b[i], k), data_range=1.0, win_size=win,
