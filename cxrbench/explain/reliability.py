@@ -24,12 +24,16 @@ from cxrbench.explain.metrics import robustness as RB
 from cxrbench.explain.metrics import similarity as SM
 
 __all__ = ["Settings", "validate", "support", "feature_side", "robustness_rows", "repeatability_rows",
-           "summarise", "summarise_repeatability", "markdown", "CONTROLS", "ROBUSTNESS", "AGREEMENT_METRICS"]
+           "summarise", "summarise_repeatability", "markdown", "perturbed_model", "resilience_rows",
+           "summarise_resilience", "RESILIENCE_METRICS", "CONTROLS", "ROBUSTNESS", "AGREEMENT_METRICS"]
 
 CONTROLS = ("random", "edge")
 ROBUSTNESS = ("sensitivity_max", "infidelity")
 AGREEMENT_METRICS = ("aoppc_threshold_morf", "aoppc_pixels_morf", "aoppc_region_black_morf",
                      "aoppc_region_blur_morf", "aoppc_region_road_morf", "lung_mass") + ROBUSTNESS
+
+
+RESILIENCE_METRICS = ("infidelity", "aoppc_pixels_morf", "aoppc_region_blur_morf")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,11 @@ class Settings:
     infidelity_samples: int
     seed: int
     agreement_metrics: list
+    resilience_methods: list   # MetaQuantus-style tests re-run these methods twice per model
+    resilience_metrics: list
+    input_noise: float         # sd of the input noise that should leave the prediction (and the score) unchanged
+    model_noise: float         # sd of the multiplicative weight noise that should change them
+    prob_tolerance: float      # |change of P(target)| up to which a prediction counts as unchanged
 
 
 def validate(params: dict) -> Settings:
@@ -74,7 +83,16 @@ def validate(params: dict) -> Settings:
                                      section(params, "reliability.infidelity_samples"), minimum=1),
         seed=check_int("reliability.seed", section(params, "reliability.seed"), minimum=0),
         agreement_metrics=check_subset("reliability.agreement_metrics",
-                                       section(params, "reliability.agreement_metrics"), list(AGREEMENT_METRICS)))
+                                       section(params, "reliability.agreement_metrics"), list(AGREEMENT_METRICS)),
+        resilience_methods=methods("reliability.resilience_methods"),
+        resilience_metrics=check_subset("reliability.resilience_metrics",
+                                        section(params, "reliability.resilience_metrics"), list(RESILIENCE_METRICS)),
+        input_noise=check_float("reliability.input_noise", section(params, "reliability.input_noise"), minimum=1e-6,
+                                what="the sd of the input noise, input units"),
+        model_noise=check_float("reliability.model_noise", section(params, "reliability.model_noise"), minimum=1e-6,
+                                what="the sd of the multiplicative weight noise"),
+        prob_tolerance=check_float("reliability.prob_tolerance", section(params, "reliability.prob_tolerance"),
+                                   minimum=0, maximum=1, what="a change of probability"))
 
 
 def support(images_u8: np.ndarray, side: int) -> np.ndarray:
@@ -126,6 +144,78 @@ def robustness_rows(s: Settings, model, x: torch.Tensor, target: torch.Tensor, s
             rows += [{"method": name, "image": int(i), "metric": metric, "status": "ok", "value": float(a)}
                      for i, a in zip(ok, v)]
     return rows
+
+
+def perturbed_model(model: torch.nn.Module, sigma: float, seed: int) -> torch.nn.Module:
+    """A copy of ``model`` with every parameter multiplied by (1 + sigma * N(0, 1)), drawn on the CPU from a
+    seeded generator (MetaQuantus' model perturbation test)."""
+    import copy
+    net = copy.deepcopy(model).eval()
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for p in net.parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.device, p.dtype)
+            p.mul_(1 + sigma * noise)
+    return net
+
+
+def _prob(net, x, target) -> np.ndarray:
+    with torch.no_grad():
+        return torch.sigmoid(net(x).gather(1, target.view(-1, 1))[:, 0]).double().cpu().numpy()
+
+
+def resilience_rows(s: Settings, model, x: torch.Tensor, target: torch.Tensor, explainer, metric_fns: dict
+                    ) -> list[dict]:
+    """Noise resilience and reactivity of each metric (Hedström et al. 2023, MetaQuantus), per image and method.
+
+    ``explainer(net, method) -> f(inputs, target) -> (N, H, W)`` builds a method on a model; ``metric_fns``:
+    metric -> ``g(net, inputs, maps, target) -> (N,)``. For each method of ``s.resilience_methods``, each metric
+    is computed on (model, x, its maps) and again (a) on x plus Gaussian noise of sd ``s.input_noise`` with
+    the maps of the noisy input (**input_noise**: the score should not move where the prediction did not:
+    ``|P(target) change| <= s.prob_tolerance``, else ``prediction_changed``), and (b) with a copy of the model
+    whose weights carry multiplicative noise ``s.model_noise`` and its own maps (**model_noise**: the score
+    should move where the prediction did: else ``prediction_unchanged``). Rows: method, image, metric, test,
+    status (``ok`` or the reason the image does not count), delta = |score change|."""
+    from cxrbench.explain.metrics.perturbation import map_status
+
+    gen = np.random.default_rng([s.seed, 1])
+    x_noisy = x + torch.as_tensor(gen.normal(0, s.input_noise, tuple(x.shape)), dtype=x.dtype, device=x.device)
+    net = perturbed_model(model, s.model_noise, s.seed)
+    p0 = _prob(model, x, target)
+    moved = {"input_noise": np.abs(_prob(model, x_noisy, target) - p0),
+             "model_noise": np.abs(_prob(net, x, target) - p0)}
+    counts = {"input_noise": moved["input_noise"] <= s.prob_tolerance,
+              "model_noise": moved["model_noise"] > s.prob_tolerance}
+    reasons = {"input_noise": "prediction_changed", "model_noise": "prediction_unchanged"}
+    rows = []
+    for method in s.resilience_methods:
+        maps0 = np.asarray(explainer(model, method)(x, target), np.float32)
+        runs = {"input_noise": (model, x_noisy, np.asarray(explainer(model, method)(x_noisy, target), np.float32)),
+                "model_noise": (net, x, np.asarray(explainer(net, method)(x, target), np.float32))}
+        for metric, g in metric_fns.items():
+            base = np.asarray(g(model, x, maps0, target), float)
+            for test, (nn_, xx, maps) in runs.items():
+                ok = (map_status(maps0) == "ok") & (map_status(maps) == "ok")
+                val = np.asarray(g(nn_, xx, maps, target), float)
+                for i in range(len(x)):
+                    status = "degenerate" if not ok[i] else "ok" if counts[test][i] else reasons[test]
+                    rows.append({"method": method, "image": i, "metric": metric, "test": test, "status": status,
+                                 "delta": float(abs(val[i] - base[i])), "prob_change": float(moved[test][i])})
+    return rows
+
+
+def summarise_resilience(frame, stats: dict) -> dict:
+    """Per metric: ``input_noise`` (mean |score change| where the prediction stayed; lower = more resilient)
+    and ``model_noise`` (where it changed; higher = more reactive), each with a patient CI, n and the counts of
+    images that did not qualify; pooled over methods and models."""
+    out: dict = {}
+    for (metric, test), cell in frame.groupby(["metric", "test"], sort=False):
+        ok = cell[cell["status"] == "ok"]
+        e = _mean_ci(ok["delta"].to_numpy(float), ok["group"].astype(str).to_numpy(), stats) if len(ok) else \
+            {"mean": None, "n": 0}
+        e["not_counted"] = {str(k): int(v) for k, v in cell.loc[cell["status"] != "ok", "status"].value_counts().items()}
+        out.setdefault(metric, {})[test] = e
+    return out
 
 
 def _pair(a, b, keep, cam_side: int | None) -> dict:
@@ -208,15 +298,20 @@ def summarise_repeatability(frame, stats: dict) -> dict:
     return out
 
 
+def _not(e: dict | None) -> str:
+    nc = (e or {}).get("not_counted") or {}
+    return "; " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in nc.items()) if nc else ""
+
+
 def _cell(e: dict | None) -> str:
     if not e or e.get("mean") is None:
         return "–"
-    ci = f" [{e['low']:.3f}, {e['high']:.3f}]" if e.get("low") is not None and np.isfinite(e["low"]) else " (no CI)"
+    ci = f" [{e['low']:.3g}, {e['high']:.3g}]" if e.get("low") is not None and np.isfinite(e["low"]) else " (no CI)"
     skipped = "".join(f", {v} {k}" for k, v in (e.get("not_scored") or {}).items())
     return f"{e['mean']:.3g}{ci} (n {e['n']}, {e.get('patients', 0)} pat.{skipped})"
 
 
-def markdown(robustness: dict, agreement: dict, repeat: dict, s: Settings) -> str:
+def markdown(robustness: dict, agreement: dict, repeat: dict, s: Settings, resilience: dict | None = None) -> str:
     """The reliability tables: robustness with its controls, agreement across metrics, repeatability."""
     from cxrbench.explain.metrics import agreement as AG
 
@@ -235,6 +330,16 @@ def markdown(robustness: dict, agreement: dict, repeat: dict, s: Settings) -> st
     if agreement.get("left_out"):
         lines += ["", "Left out of the agreement (no score under every metric): "
                   + ", ".join(f"`{m}`" for m in agreement["left_out"]) + "."]
+    lines += ["", "#### Noise resilience and reactivity of each metric (MetaQuantus)", "",
+              f"Mean |change of the score| per image, methods {', '.join(s.resilience_methods)} pooled. **Input "
+              f"noise** (sd {s.input_noise:g}; images whose P(target) moved by at most {s.prob_tolerance:g}): the "
+              f"score should not move, lower = more resilient. **Model noise** (weights x (1 + {s.model_noise:g} "
+              f"N(0,1)); images whose P(target) moved by more): the score should move, higher = more reactive. "
+              f"A metric is useful when its reactivity exceeds its noise.", "",
+              "| metric | input noise (lower better) | model noise (higher better) |", "|---|---|---|"]
+    for metric, e in (resilience or {}).items():
+        lines.append(f"| {metric} | {_cell(e.get('input_noise'))}{_not(e.get('input_noise'))} | "
+                     f"{_cell(e.get('model_noise'))}{_not(e.get('model_noise'))} |")
     lines += ["", "#### Repeatability across independently trained models", "",
               "The same method's maps of the same held-out images from the models of two folds (**repeat**), "
               "beside the trained model vs its weight-randomised copy (**randomised**, the attribute stage's "

@@ -26,6 +26,41 @@ from cxrbench.explain import runner as A
 from cxrbench.explain.metrics import agreement as AG
 from cxrbench.explain.metrics import perturbation as EM
 from cxrbench.explain.metrics import robustness as RB
+from cxrbench.explain.metrics import scoring as AS
+
+
+def _metric_fns(cfg, sa, side: int, max_batch: int) -> dict:
+    """metric -> g(net, inputs, maps, target) -> (N,) for the resilience tests; NaN where a map is degenerate."""
+    kw = AS.perturbation_settings(sa, side)
+
+    def safe(g):
+        def run(net, xx, maps, t):
+            ok = np.flatnonzero(EM.map_status(maps) == "ok")
+            out = np.full(len(maps), np.nan)
+            if len(ok):
+                sel = torch.as_tensor(ok, device=xx.device)
+                out[ok] = g(net, xx[sel], maps[ok], t[sel])
+            return out
+        return run
+    fns = {"infidelity": lambda net, xx, m, t: RB.infidelity(net, xx, m, t, cfg.noise, cfg.infidelity_samples,
+                                                              cfg.seed, max_batch),
+           "aoppc_pixels_morf": lambda net, xx, m, t: EM.perturbation_curves(
+               net, xx, m, t, scheme="pixels", order="morf", mode=sa.importance,
+               images_per_batch=sa.images_per_batch, seed=sa.seed)["aoppc"],
+           "aoppc_region_blur_morf": lambda net, xx, m, t: EM.perturbation_curves(
+               net, xx, m, t, scheme="region", order="morf", mode=sa.importance, images_per_batch=sa.images_per_batch,
+               **{**kw, "fill": "blur"})["aoppc"]}
+    return {name: safe(fns[name]) for name in cfg.resilience_metrics}
+
+
+def _resilience(cfg, s, sa, bb, model, x, target, max_batch) -> list[dict]:
+    prepared: dict = {}
+
+    def explainer(net, method):
+        if id(net) not in prepared:
+            prepared[id(net)] = A.prepare_for_attribution(net, x)[0]
+        return A.make(method, net, prepared[id(net)], s, max_batch, bb).attribute
+    return RL.resilience_rows(cfg, model, x, target, explainer, _metric_fns(cfg, sa, int(x.shape[-1]), max_batch))
 
 
 def _robustness(params, cfg, s, bb, k, z, cache, device, group_of) -> list[dict]:
@@ -46,6 +81,8 @@ def _robustness(params, cfg, s, bb, k, z, cache, device, group_of) -> list[dict]
     stored["random"] = EM.random_maps((n,) + tuple(x.shape[-2:]), cfg.seed + int(k))
     stored["edge"] = RB.edge_map(x.detach().cpu().numpy())
     rows = RL.robustness_rows(cfg, model, x, target, stored, explainers, max_batch)
+    rows += [{**r, "metric": f"{r['metric']}@{r['test']}"} for r in
+             _resilience(cfg, s, AS.validate(params), bb, model, x, target, max_batch)] if cfg.resilience_methods else []
     image_paths = z["paths"][:n].astype(str)
     for r in rows:
         r.update(backbone=bb, fold=int(k), path=image_paths[r["image"]],
@@ -107,8 +144,13 @@ def run_stage(params: dict) -> None:
             print(f"reliability {bb}-f{k}: robustness in {time.perf_counter() - t1:.1f}s", flush=True)
         for ka, kb in zip(folds[:-1], folds[1:]):
             rep += _repeatability(params, cfg, s, bb, ka, kb, cache, device, group_of)
-    rob_frame = pd.DataFrame(rob, columns=["method", "backbone", "fold", "image", "path", "group", "metric", "status",
-                                           "value"])
+    every = pd.DataFrame(rob)
+    res_frame = every[every["metric"].str.contains("@")] if len(every) else every
+    if len(res_frame):
+        res_frame = res_frame.assign(metric=res_frame["metric"].str.split("@").str[0])
+    rob_frame = pd.DataFrame(every[~every["metric"].str.contains("@")] if len(every) else [],
+                             columns=["method", "backbone", "fold", "image", "path", "group", "metric", "status",
+                                      "value"])
     rep_frame = pd.DataFrame(rep)
 
     per_image = pd.read_csv(paths.AOPPC_PER_IMAGE, keep_default_na=False)
@@ -121,6 +163,7 @@ def run_stage(params: dict) -> None:
 
     robustness = RL.summarise(rob_frame, stats) if len(rob_frame) else {}
     repeat = RL.summarise_repeatability(rep_frame, stats) if len(rep_frame) else {}
+    resilience = RL.summarise_resilience(res_frame, stats) if len(res_frame) else {}
     write_csv(paths.RELIABILITY_PER_IMAGE, rob_frame)
     write_json(paths.RELIABILITY, {
         "definition": {
@@ -134,11 +177,15 @@ def run_stage(params: dict) -> None:
                              "its weight-randomised copy (attribute stage, first explain.sanity_images images); "
                              "zero-input pixels excluded, CAMs at feature-map resolution; flag: repeat < randomised",
             "seeds": "one training seed per fold in this pipeline: repeatability across seeds is not measured",
+            "resilience": f"MetaQuantus-style, methods {cfg.resilience_methods}: |score change| under input noise "
+                          f"(sd {cfg.input_noise:g}) where |P(target) change| <= {cfg.prob_tolerance:g} (lower = "
+                          f"resilient), and under multiplicative weight noise (sd {cfg.model_noise:g}) where it is "
+                          f"larger (higher = reactive)",
             "ci": "percentile bootstrap resampling patients (stats.*)"},
         "params": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "runtime": rt, "seconds": round(time.perf_counter() - t0, 1), "skipped": skipped,
-        "robustness": robustness, "agreement": agreement, "repeatability": repeat})
-    table = RL.markdown(robustness, agreement, repeat, cfg)
+        "robustness": robustness, "agreement": agreement, "repeatability": repeat, "resilience": resilience})
+    table = RL.markdown(robustness, agreement, repeat, cfg, resilience)
     write_text(paths.RELIABILITY_MD, table)
     print(table, end="")
 

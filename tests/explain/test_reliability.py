@@ -97,7 +97,8 @@ def test_reliability_stage_on_the_sample(tmp_path, monkeypatch, sample_data, par
     methods = ["saliency", "gradcam"]
     p["explain"]["methods"] = methods
     p["reliability"].update(images=3, sensitivity_samples=2, infidelity_samples=4, methods=None,
-                            sensitivity_methods=None)
+                            sensitivity_methods=None, resilience_methods=["saliency"])
+    p["aoppc"]["region"].update(patch=0.125, steps=4)
     p["stats"]["resamples"] = 200
     plan = pd.DataFrame({c: 0 for c in PLAN_COLUMNS}, index=range(len(cache.index)))
     plan["path"], plan["tagged"], plan["target"], plan["stratum"] = cache.index["path"], False, False, ""
@@ -155,5 +156,46 @@ def test_reliability_stage_on_the_sample(tmp_path, monkeypatch, sample_data, par
     assert rep["saliency"]["spearman_abs"]["repeat"]["n"] == 4 and rep["saliency"]["spearman_abs"]["randomised"]["n"] == 2
     assert set(per["metric"]) == {"sensitivity_max", "infidelity"}
     assert (per["value"].notna() == (per["status"] == "ok")).all()
+    res = out["resilience"]
+    assert set(res) == {"infidelity", "aoppc_pixels_morf", "aoppc_region_blur_morf"}
+    for metric, e in res.items():
+        for test in ("input_noise", "model_noise"):
+            assert e[test]["n"] + sum(e[test]["not_counted"].values()) == 6, (metric, test)   # 3 images x 2 folds
     md = Path("metrics/reliability.md").read_text()
-    assert "| saliency |" in md and "Kendall" in md and "Repeatability" in md
+    assert "| saliency |" in md and "Kendall" in md and "Repeatability" in md and "MetaQuantus" in md
+
+
+def test_resilience_counts_images_by_what_the_prediction_did():
+    """A metric that is the map's mean, for a gradient x input map: tolerance 1 counts every image under input
+    noise and none under model noise (no change exceeds 1); tolerance 0 the reverse. The weight-perturbed copy is
+    seeded and leaves the model untouched."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.Flatten(),
+                                torch.nn.Linear(2 * 8 * 8, 3)).eval()
+    before = [p.clone() for p in model.parameters()]
+    a, b = RL.perturbed_model(model, 0.1, 3), RL.perturbed_model(model, 0.1, 3)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    x, t = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+
+    def explainer(net, method):
+        def f(inp, tg):
+            inp = inp.detach().clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(net(inp).gather(1, tg.view(-1, 1)).sum(), inp)
+            return (g * inp)[:, 0].detach()
+        return f
+    fns = {"mean": lambda net, xx, m, tg: m.reshape(len(m), -1).mean(1)}
+    base = RL.Settings(images=4, methods=["m"], sensitivity_methods=[], radius=0.02, sensitivity_samples=2, noise=0.1,
+                       infidelity_samples=2, seed=0, agreement_metrics=[], resilience_methods=["m"],
+                       resilience_metrics=["infidelity"], input_noise=0.01, model_noise=0.5, prob_tolerance=1.0)
+    rows = pd.DataFrame(RL.resilience_rows(base, model, x, t, explainer, fns))
+    assert (rows[rows["test"] == "input_noise"]["status"] == "ok").all()
+    assert (rows[rows["test"] == "model_noise"]["status"] == "prediction_unchanged").all()
+    rows = pd.DataFrame(RL.resilience_rows(dataclasses.replace(base, prob_tolerance=0.0), model, x, t, explainer, fns))
+    assert (rows[rows["test"] == "input_noise"]["status"] == "prediction_changed").all()
+    assert (rows[rows["test"] == "model_noise"]["status"] == "ok").all() and (rows["delta"] > 0).all()
+    rows["group"] = rows["image"].astype(str)
+    out = RL.summarise_resilience(rows, STATS)
+    assert out["mean"]["model_noise"]["n"] == 4 and out["mean"]["input_noise"]["not_counted"] == {"prediction_changed": 4}
