@@ -81,7 +81,7 @@ def run_stage(params: dict) -> None:
                 return maps, st
 
             print(f"randomisation {name}: {n} images, methods {cfg.methods}")
-            keep = RL.support(cache.images[z["rows"][:n]], int(x.shape[-1]))     # pixels where the input is not 0
+            keep = RL.support(x.detach().cpu().numpy(), int(x.shape[-1]))       # pixels where the input is not 0
             cam_side = (RL.feature_side(model, A.target_layer(model, bb, s.target_layers)[1], x)
                         if set(cfg.methods) & set(CAMS) else None)
             rows, status = R.run_checks(model, x, target, torch.as_tensor(other, device=device), attribute,

@@ -95,10 +95,11 @@ def validate(params: dict) -> Settings:
                                    minimum=0, maximum=1, what="a change of probability"))
 
 
-def support(images_u8: np.ndarray, side: int) -> np.ndarray:
-    """(N, side, side) bool: where the cached input (N, C, H, W uint8) is not 0, at the maps' resolution (a
-    pixel kept when most of the input pixels it covers are)."""
-    t = torch.as_tensor((np.asarray(images_u8) != 0).any(1, keepdims=True), dtype=torch.float32)
+def support(inputs: np.ndarray, side: int) -> np.ndarray:
+    """(N, side, side) bool: where the model's input (N, C, H, W; zeros are padding, clipping or a removed
+    region) is not 0 in some channel, at the maps' resolution (a pixel kept when most of the input pixels it
+    covers are)."""
+    t = torch.as_tensor((np.asarray(inputs) != 0).any(1, keepdims=True), dtype=torch.float32)
     return (torch.nn.functional.interpolate(t, size=(side, side), mode="area")[:, 0] > 0.5).numpy()
 
 

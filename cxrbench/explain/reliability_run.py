@@ -95,7 +95,8 @@ def _repeatability(params, cfg, s, bb, ka, kb, cache, device, group_of) -> list[
     if "skipped" in za.files or "skipped" in zb.files:
         return []
     pa, pb = za["paths"].astype(str), zb["paths"].astype(str)
-    common = [p for p in pa if p in set(pb)]
+    in_b = set(pb.tolist())
+    common = [p for p in pa if p in in_b]
     ia = np.array([list(pa).index(p) for p in common], dtype=int)
     ib = np.array([list(pb).index(p) for p in common], dtype=int)
     methods = [m for m in cfg.methods if m in za.files]
@@ -103,9 +104,9 @@ def _repeatability(params, cfg, s, bb, ka, kb, cache, device, group_of) -> list[
     if not methods or not len(common):
         return []
     model, meta = A.load_classifier(params, bb, ka, device)
-    x = A.classifier_input(cache.images[za["rows"][:1]], meta, device, za["masks"][:1])
-    cam_side = RL.feature_side(model, A.target_layer(model, bb, s.target_layers)[1], x)
-    keep_all = RL.support(cache.images[za["rows"]], side)
+    x = A.classifier_input(cache.images[za["rows"]], meta, "cpu", za["masks"])       # model A's input, host
+    cam_side = RL.feature_side(model, A.target_layer(model, bb, s.target_layers)[1], x[:1].to(device))
+    keep_all = RL.support(x.numpy(), side)                     # where the model's input is not 0
     maps_a = {m: EM.stored_maps(za, m)[ia] for m in methods}
     maps_b = {m: EM.stored_maps(zb, m)[ib] for m in methods if m in zb.files}
     rand_a = {m: EM.stored_maps(za, f"rand__{m}") for m in methods if f"rand__{m}" in za.files}

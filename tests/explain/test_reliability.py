@@ -199,3 +199,11 @@ def test_resilience_counts_images_by_what_the_prediction_did():
     rows["group"] = rows["image"].astype(str)
     out = RL.summarise_resilience(rows, STATS)
     assert out["mean"]["model_noise"]["n"] == 4 and out["mean"]["input_noise"]["not_counted"] == {"prediction_changed": 4}
+
+
+def test_support_is_where_the_input_is_not_zero_at_the_maps_resolution():
+    x = np.zeros((1, 2, 4, 4), np.float32)
+    x[0, 1, :, 2:] = 0.3                                   # one channel non-zero on the right half
+    x[0, 0, 0, 1] = 0.5                                    # one stray pixel: a minority of its 2 x 2 cell
+    assert np.array_equal(RL.support(x, 4)[0], (x[0] != 0).any(0))
+    assert np.array_equal(RL.support(x, 2)[0], [[False, True], [False, True]])
