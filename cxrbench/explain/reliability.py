@@ -312,7 +312,8 @@ def _cell(e: dict | None) -> str:
     return f"{e['mean']:.3g}{ci} (n {e['n']}, {e.get('patients', 0)} pat.{skipped})"
 
 
-def markdown(robustness: dict, agreement: dict, repeat: dict, s: Settings, resilience: dict | None = None) -> str:
+def markdown(robustness: dict, agreement: dict, repeat: dict, s: Settings, resilience: dict | None = None,
+             pairs: dict | None = None) -> str:
     """The reliability tables: robustness with its controls, agreement across metrics, repeatability."""
     from cxrbench.explain.metrics import agreement as AG
 
@@ -346,7 +347,12 @@ def markdown(robustness: dict, agreement: dict, repeat: dict, s: Settings, resil
               "beside the trained model vs its weight-randomised copy (**randomised**, the attribute stage's "
               "sanity images). Zero-input pixels excluded; CAMs at feature-map resolution. Flag: the maps change "
               "more between two trained models than under randomisation. One training seed per fold: "
-              "repeatability across seeds is not measured here.", "",
+              "repeatability across seeds is not measured here.", ""]
+    for name, e in (pairs or {}).items():
+        auc = ", ".join("not evaluated" if v is None else f"{v:.3f}" for v in e["test_auroc"])
+        lines.append(f"- {name}: test AUROC ({e['label']}) {auc}; CAMs compared on a {e['cam_side']} x "
+                     f"{e['cam_side']} grid")
+    lines += ["",
               "| method | similarity | repeat | randomised | flag |", "|---|---|---|---|---|"]
     for m, per in repeat.items():
         for metric, e in per.items():

@@ -10,6 +10,7 @@ robustness score, long form, as ``AOPPC_PER_IMAGE``).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ import torch
 from cxrbench.classify import training
 from cxrbench.core import bootstrap, paths, runtime
 from cxrbench.core import params as P
-from cxrbench.core.io import write_csv, write_json, write_text
+from cxrbench.core.io import read_json, write_csv, write_json, write_text
 from cxrbench.data import confounder
 from cxrbench.data.cache import Cache
 from cxrbench.explain import reliability as RL
@@ -117,6 +118,16 @@ def _repeatability(params, cfg, s, bb, ka, kb, cache, device, group_of) -> list[
     return rows
 
 
+def model_auroc(backbone: str, fold, label: str) -> float | None:
+    """The classifier's held-out test AUROC for ``label`` (evaluate stage: metrics/eval/{backbone}-f{fold}.json),
+    None when it is not there: how good each of the two compared models is."""
+    path = Path(paths.EVAL_METRICS) / f"{backbone}-f{fold}.json"
+    if not path.is_file():
+        return None
+    v = ((read_json(path).get("test") or {}).get("auroc") or {}).get(label)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 def run_stage(params: dict) -> None:
     """Robustness per model, agreement over every metric, repeatability across folds; write and print."""
     cfg = RL.validate(params)
@@ -133,7 +144,7 @@ def run_stage(params: dict) -> None:
     group_of = dict(zip(splits["path"], splits["group"].astype(str)))
     t0 = time.perf_counter()
 
-    rob, rep, skipped = [], [], {}
+    rob, rep, skipped, pairs = [], [], {}, {}
     for bb in backbones:
         for k in folds:
             z = np.load(paths.attributions(bb, k), allow_pickle=False)
@@ -144,7 +155,13 @@ def run_stage(params: dict) -> None:
             rob += _robustness(params, cfg, s, bb, k, z, cache, device, group_of)
             print(f"reliability {bb}-f{k}: robustness in {time.perf_counter() - t1:.1f}s", flush=True)
         for ka, kb in zip(folds[:-1], folds[1:]):
-            rep += _repeatability(params, cfg, s, bb, ka, kb, cache, device, group_of)
+            rows = _repeatability(params, cfg, s, bb, ka, kb, cache, device, group_of)
+            rep += rows
+            if rows:
+                label = str(np.load(paths.attributions(bb, ka), allow_pickle=False)["target_name"][0])
+                pairs[f"{bb} f{ka} vs f{kb}"] = {"label": label, "test_auroc": [model_auroc(bb, ka, label),
+                                                                                 model_auroc(bb, kb, label)],
+                                                 "cam_side": int(rows[0]["cam_side"])}
     every = pd.DataFrame(rob)
     res_frame = every[every["metric"].str.contains("@")] if len(every) else every
     if len(res_frame):
@@ -185,8 +202,9 @@ def run_stage(params: dict) -> None:
             "ci": "percentile bootstrap resampling patients (stats.*)"},
         "params": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "runtime": rt, "seconds": round(time.perf_counter() - t0, 1), "skipped": skipped,
-        "robustness": robustness, "agreement": agreement, "repeatability": repeat, "resilience": resilience})
-    table = RL.markdown(robustness, agreement, repeat, cfg, resilience)
+        "robustness": robustness, "agreement": agreement, "repeatability": repeat, "repeatability_models": pairs,
+        "resilience": resilience})
+    table = RL.markdown(robustness, agreement, repeat, cfg, resilience, pairs)
     write_text(paths.RELIABILITY_MD, table)
     print(table, end="")
 

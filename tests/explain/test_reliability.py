@@ -132,6 +132,8 @@ def test_reliability_stage_on_the_sample(tmp_path, monkeypatch, sample_data, par
                                       "value": float(np.random.default_rng([i, fold, len(m)]).random())})
     (run / "metrics").mkdir()
     pd.DataFrame(per_image).to_csv(run / "metrics/aoppc_per_image.csv", index=False)
+    (run / "metrics/eval").mkdir()
+    (run / "metrics/eval/test_resnet-f0.json").write_text(json.dumps({"test": {"auroc": {"covid19": 0.8}}}))
     (run / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     monkeypatch.chdir(run)
     monkeypatch.setenv("CXRBENCH_THREADS", "1")
@@ -153,6 +155,7 @@ def test_reliability_stage_on_the_sample(tmp_path, monkeypatch, sample_data, par
     assert len(ag["tau"]) == 8 * 7 // 2
     rep = out["repeatability"]
     assert set(rep) == set(methods)
+    assert out["repeatability_models"]["test_resnet f0 vs f1"]["test_auroc"] == [0.8, None]
     assert rep["saliency"]["spearman_abs"]["repeat"]["n"] == 4 and rep["saliency"]["spearman_abs"]["randomised"]["n"] == 2
     assert set(per["metric"]) == {"sensitivity_max", "infidelity"}
     assert (per["value"].notna() == (per["status"] == "ok")).all()
@@ -162,7 +165,7 @@ def test_reliability_stage_on_the_sample(tmp_path, monkeypatch, sample_data, par
         for test in ("input_noise", "model_noise"):
             assert e[test]["n"] + sum(e[test]["not_counted"].values()) == 6, (metric, test)   # 3 images x 2 folds
     md = Path("metrics/reliability.md").read_text()
-    assert "| saliency |" in md and "Kendall" in md and "Repeatability" in md and "MetaQuantus" in md
+    assert "| saliency |" in md and "Kendall" in md and "Repeatability" in md and "MetaQuantus" in md and "0.800, not evaluated" in md
 
 
 def test_resilience_counts_images_by_what_the_prediction_did():
