@@ -99,6 +99,7 @@ def test_reliability_stage_on_the_sample(tmp_path, monkeypatch, sample_data, par
     p["reliability"].update(images=3, sensitivity_samples=2, infidelity_samples=4, methods=None,
                             sensitivity_methods=None, resilience_methods=["saliency"])
     p["aoppc"]["region"].update(patch=0.125, steps=4)
+    p["aoppc"]["reference"] = {}
     p["stats"]["resamples"] = 200
     plan = pd.DataFrame({c: 0 for c in PLAN_COLUMNS}, index=range(len(cache.index)))
     plan["path"], plan["tagged"], plan["target"], plan["stratum"] = cache.index["path"], False, False, ""
@@ -108,7 +109,6 @@ def test_reliability_stage_on_the_sample(tmp_path, monkeypatch, sample_data, par
     rows = np.arange(4)
     target = np.array([labels.index("covid19")] * 4)
     settings = A.validate(p)
-    per_image = []
     for fold in (0, 1):
         torch.manual_seed(fold)
         model = M.create_model("test_resnet", len(labels), cache.images.shape[1], "none", input_size=32).eval()
@@ -123,20 +123,19 @@ def test_reliability_stage_on_the_sample(tmp_path, monkeypatch, sample_data, par
                               settings, "test_resnet", log=lambda m: None)
         paths = cache.index["path"].iloc[rows].tolist()
         store.save(run / f"data/attributions/test_resnet-f{fold}.npz",
-                   store.arrays(rows, paths, target, ["covid19"] * 4, np.ones((4, 32, 32)), got.maps, rnd.maps))
-        for m in methods + ["random", "edge"]:             # stand-ins for the aoppc stage's per-image scores
-            for metric in p["reliability"]["agreement_metrics"][:6]:
-                for i in range(4):
-                    per_image.append({"method": m, "backbone": "test_resnet", "fold": fold, "image": i,
-                                      "path": paths[i], "group": f"g{i}", "metric": metric,
-                                      "value": float(np.random.default_rng([i, fold, len(m)]).random())})
-    (run / "metrics").mkdir()
-    pd.DataFrame(per_image).to_csv(run / "metrics/aoppc_per_image.csv", index=False)
+                   store.arrays(rows, paths, target, ["covid19"] * 4, np.ones((4, side, side)), got.maps, rnd.maps))
+        (run / "metrics/attribute").mkdir(parents=True, exist_ok=True)
+        (run / f"metrics/attribute/test_resnet-f{fold}.json").write_text(json.dumps(
+            {"methods": {m: {"ok": True} for m in methods}}))
     (run / "metrics/eval").mkdir()
     (run / "metrics/eval/test_resnet-f0.json").write_text(json.dumps({"test": {"auroc": {"covid19": 0.8}}}))
     (run / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     monkeypatch.chdir(run)
     monkeypatch.setenv("CXRBENCH_THREADS", "1")
+    _stage("aoppc").main([])                               # the per-image scores the agreement reads
+    scored = pd.read_csv("metrics/aoppc_per_image.csv")
+    assert set(scored["method"]) == set(methods) | {"random", "edge", "lung_area"}    # lung_area: lung_mass control
+    assert set(p["reliability"]["agreement_metrics"][:6]) <= set(scored["metric"])
     _stage("reliability").main([])
 
     out = json.loads(Path("metrics/reliability.json").read_text())

@@ -161,7 +161,12 @@ def markdown(result: dict) -> str:
         a = agg.get(m, {})
         lines.append(f"| {m} | " + " | ".join(f"{r:g}" for r in result["ranks"][k]) + f" | {_ci(a, 'score')} | "
                      + (f"{a['rank']:g}" if a else "–") + " |")
-    lines += ["", "Kendall's tau between metrics (methods' means; 0 = chance), 95 % CI over patients:", "",
+    left = result["aggregate"].get("metrics_left_out") or []
+    if left:
+        lines += ["", "Left out of the aggregate (the same score for every method, MAD 0): "
+                  + ", ".join(f"`{m}`" for m in left) + "."]
+    lines += ["", "Kendall's tau between metrics (methods' means; 0 = chance), 95 % CI over patients; – where a "
+                  "metric gives every method the same mean (tau undefined):", "",
               "| metrics | tau | n items | patients |", "|---|---|---|---|"]
     for pair, e in result["tau"].items():
         lines.append(f"| {pair} | {_ci(e, 'tau')} | {e['n']} | {e['patients']} |")
