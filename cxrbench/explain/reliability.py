@@ -214,7 +214,8 @@ def summarise_resilience(frame, stats: dict) -> dict:
         ok = cell[cell["status"] == "ok"]
         e = _mean_ci(ok["delta"].to_numpy(float), ok["group"].astype(str).to_numpy(), stats) if len(ok) else \
             {"mean": None, "n": 0}
-        e["not_counted"] = {str(k): int(v) for k, v in cell.loc[cell["status"] != "ok", "status"].value_counts().items()}
+        skipped = cell.loc[cell["status"] != "ok", "status"].value_counts()
+        e["not_counted"] = {str(k): int(v) for k, v in skipped.items()}
         out.setdefault(metric, {})[test] = e
     return out
 
@@ -318,7 +319,7 @@ def markdown(robustness: dict, agreement: dict, repeat: dict, s: Settings, resil
     from cxrbench.explain.metrics import agreement as AG
 
     lines = ["### Reliability of the explanation metrics", "",
-             f"#### Robustness (Captum; lower is better)", "",
+             "#### Robustness (Captum; lower is better)", "",
              f"Up to {s.images} held-out images per model. Max-sensitivity: {s.sensitivity_samples} uniform "
              f"perturbations of L-inf radius {s.radius:g} (input units); infidelity: {s.infidelity_samples} "
              f"Gaussian perturbations, sd {s.noise:g}, normalised. Controls: `random` (a fresh noise map per call: "

@@ -82,8 +82,9 @@ def _robustness(params, cfg, s, bb, k, z, cache, device, group_of) -> list[dict]
     stored["random"] = EM.random_maps((n,) + tuple(x.shape[-2:]), cfg.seed + int(k))
     stored["edge"] = RB.edge_map(x.detach().cpu().numpy())
     rows = RL.robustness_rows(cfg, model, x, target, stored, explainers, max_batch)
-    rows += [{**r, "metric": f"{r['metric']}@{r['test']}"} for r in
-             _resilience(cfg, s, AS.validate(params), bb, model, x, target, max_batch)] if cfg.resilience_methods else []
+    if cfg.resilience_methods:
+        rows += [{**r, "metric": f"{r['metric']}@{r['test']}"}
+                 for r in _resilience(cfg, s, AS.validate(params), bb, model, x, target, max_batch)]
     image_paths = z["paths"][:n].astype(str)
     for r in rows:
         r.update(backbone=bb, fold=int(k), path=image_paths[r["image"]],

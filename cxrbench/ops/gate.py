@@ -82,7 +82,8 @@ def config_from_params(params: dict) -> GateConfig:
         if tol != SPREAD:
             tol = check_float(f"{key}.tolerance", tol, minimum=0, what=f"{SPREAD!r} or a number")
         runs = c.get("spread_runs")
-        if runs is not None and (not isinstance(runs, list) or len(runs) < 2 or not all(isinstance(r, str) for r in runs)):
+        if runs is not None and (not isinstance(runs, list) or len(runs) < 2
+                                 or not all(isinstance(r, str) for r in runs)):
             raise ParamError(f"{key}.spread_runs", f"expected a list of at least 2 run names of gate.perturbations, "
                                                    f"got {runs!r}")
         out.append(Check(c["metric"], tol,

@@ -30,7 +30,8 @@ def test_repeatability_flags_a_method_that_changes_more_between_models_than_unde
     frame = pd.DataFrame(rows)
     frame["group"] = [f"p{i % 3}" for i in frame["image"]]
     out = RL.summarise_repeatability(frame, STATS)
-    assert out["a"]["spearman_abs"]["repeat"]["mean"] == pytest.approx(1.0) and out["a"]["spearman_abs"]["flag"] is False
+    assert out["a"]["spearman_abs"]["repeat"]["mean"] == pytest.approx(1.0)
+    assert out["a"]["spearman_abs"]["flag"] is False
     assert out["b"]["spearman_abs"]["randomised"]["mean"] == pytest.approx(1.0) and out["b"]["spearman_abs"]["flag"]
     assert out["a"]["ssim"]["repeat"]["n"] == n and out["a"]["ssim"]["randomised"]["n"] == 4
 
@@ -61,7 +62,8 @@ def test_validate_names_the_key(params):
 
 
 def _stage(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_stage", Path(__file__).resolve().parents[2] / f"stages/{name}.py")
+    script = Path(__file__).resolve().parents[2] / f"stages/{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_stage", script)
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     return stage
@@ -155,7 +157,8 @@ def test_reliability_stage_on_the_sample(tmp_path, monkeypatch, sample_data, par
     rep = out["repeatability"]
     assert set(rep) == set(methods)
     assert out["repeatability_models"]["test_resnet f0 vs f1"]["test_auroc"] == [0.8, None]
-    assert rep["saliency"]["spearman_abs"]["repeat"]["n"] == 4 and rep["saliency"]["spearman_abs"]["randomised"]["n"] == 2
+    assert rep["saliency"]["spearman_abs"]["repeat"]["n"] == 4
+    assert rep["saliency"]["spearman_abs"]["randomised"]["n"] == 2
     assert set(per["metric"]) == {"sensitivity_max", "infidelity"}
     assert (per["value"].notna() == (per["status"] == "ok")).all()
     res = out["resilience"]
@@ -164,7 +167,8 @@ def test_reliability_stage_on_the_sample(tmp_path, monkeypatch, sample_data, par
         for test in ("input_noise", "model_noise"):
             assert e[test]["n"] + sum(e[test]["not_counted"].values()) == 6, (metric, test)   # 3 images x 2 folds
     md = Path("metrics/reliability.md").read_text()
-    assert "| saliency |" in md and "Kendall" in md and "Repeatability" in md and "MetaQuantus" in md and "0.800, not evaluated" in md
+    assert "| saliency |" in md and "Kendall" in md and "Repeatability" in md and "MetaQuantus" in md
+    assert "0.800, not evaluated" in md
 
 
 def test_resilience_counts_images_by_what_the_prediction_did():
@@ -200,7 +204,8 @@ def test_resilience_counts_images_by_what_the_prediction_did():
     assert (rows[rows["test"] == "model_noise"]["status"] == "ok").all() and (rows["delta"] > 0).all()
     rows["group"] = rows["image"].astype(str)
     out = RL.summarise_resilience(rows, STATS)
-    assert out["mean"]["model_noise"]["n"] == 4 and out["mean"]["input_noise"]["not_counted"] == {"prediction_changed": 4}
+    assert out["mean"]["model_noise"]["n"] == 4
+    assert out["mean"]["input_noise"]["not_counted"] == {"prediction_changed": 4}
 
 
 def test_support_is_where_the_input_is_not_zero_at_the_maps_resolution():

@@ -103,7 +103,7 @@ def test_the_planted_regression_fails_the_paired_gate_and_an_unchanged_run_passe
     cfg = gate.config_from_params(yaml.safe_load(params.read_text()))
     code, rows = gate.check(cfg, r["shuffled"])
     assert code == 1 and [row["status"] for row in rows] == ["REGRESSION", "REGRESSION"]
-    for row in rows:                                        # the drop is many times the tolerance, and its CI excludes it
+    for row in rows:                        # the drop is many times the tolerance, and its CI excludes it
         assert row["change"] < -0.1 and row["paired"]["high"] < -0.05 and row["paired"]["paired"] == N
     assert gate.main(["check", "--params", str(params), "--root", str(r["shuffled"])]) == 1
     assert "images paired" in capsys.readouterr().out
@@ -160,8 +160,8 @@ def test_a_spread_tolerance_over_chosen_runs_and_its_cap(runs, tmp_path):
                   "checks": [{**CHECKS[0], "tolerance": "spread", "spread_runs": ["reference", "threads1", "isa_avx2"]},
                              {**CHECKS[1], "tolerance": "spread"}]}}
     cfg = gate.config_from_params(p)
-    tol = gate.tolerances(cfg.checks, {"metrics": {**spread["metrics"], CHECKS[1]["metric"]: spread["metrics"][metric]}},
-                          cfg.spread_factor)
+    both = {"metrics": {**spread["metrics"], CHECKS[1]["metric"]: spread["metrics"][metric]}}
+    tol = gate.tolerances(cfg.checks, both, cfg.spread_factor)
     assert tol[metric] == pytest.approx(2 * 0.0291) and tol[CHECKS[1]["metric"]] == pytest.approx(2 * 0.219)
     with pytest.raises(ParamError, match="spread_runs"):
         gate.config_from_params({"gate": {**p["gate"], "checks": [{**CHECKS[0], "spread_runs": ["reference"]}]}})
@@ -169,7 +169,8 @@ def test_a_spread_tolerance_over_chosen_runs_and_its_cap(runs, tmp_path):
     (r, params) = runs
     base = yaml.safe_load(params.read_text())["gate"]
     (tmp_path / "s.json").write_text(json.dumps({"metrics": {c["metric"]: spread["metrics"][metric] for c in CHECKS}}))
-    cfg = gate.config_from_params({"gate": {**p["gate"], "baseline": base["baseline"], "spread": str(tmp_path / "s.json"),
+    cfg = gate.config_from_params({"gate": {**p["gate"], "baseline": base["baseline"],
+                                            "spread": str(tmp_path / "s.json"),
                                             "per_image_baseline": base["per_image_baseline"]}})
     code, rows = gate.check(cfg, r["same"])
     assert code == 1 and [row["status"] for row in rows] == ["SPREAD > MAX", "SPREAD > MAX"]

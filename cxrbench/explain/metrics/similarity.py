@@ -53,8 +53,9 @@ def _minmax(a: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 def compare(a, b, keep, metrics=("spearman_abs", "ssim")) -> dict:
     """Per image, the similarity of maps ``a`` and ``b`` (N, H, W) over the pixels ``keep`` (N, H, W bool):
-    ``spearman_abs`` (scipy's Spearman of |a| and |b| over kept pixels), ``spearman`` (of the signed maps) and ``ssim`` (scikit-image SSIM of the
-    maps min-max normalised over the kept pixels and 0 elsewhere, ``data_range=1``, 7 px window or the largest odd one that fits, averaged over
+    ``spearman_abs`` (scipy's Spearman of |a| and |b| over kept pixels), ``spearman`` (of the signed maps)
+    and ``ssim`` (scikit-image SSIM of the maps min-max normalised over the kept pixels and 0 elsewhere,
+    ``data_range=1``, 7 px window or the largest odd one that fits, averaged over
     the kept pixels). Returns ``status`` (:data:`STATUSES`, per image and metric: ``{metric}_status``) and
     one float array per metric (NaN unless compared)."""
     from scipy.stats import spearmanr
