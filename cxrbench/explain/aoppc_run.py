@@ -25,6 +25,7 @@ from cxrbench.data.cache import Cache
 from cxrbench.explain import plots as AP
 from cxrbench.explain import runner as A
 from cxrbench.explain.metrics import scoring as AS
+from cxrbench.explain.metrics import robustness as RB
 from cxrbench.explain.metrics import tables as AT
 from cxrbench.explain.metrics import tables_text as ATT
 
@@ -53,7 +54,9 @@ def run_stage(params: dict) -> None:
             x = A.classifier_input(cache.images[z["rows"]], meta, device, z["masks"])
             side = int(x.shape[-1])
             groups = cache.index["group"].to_numpy()[z["rows"]]
-            curves += AS.score_model(scores, backbone, fold, methods, s, x, z, model, groups)
+            scores.setdefault("paths", {})[(backbone, f"f{fold}")] = z["paths"].astype(str)
+            curves += AS.score_model(scores, backbone, fold, methods, s, x, z, model, groups,
+                                     controls={AT.EDGE: RB.edge_map(x.detach().cpu().numpy())})
             status.setdefault(backbone, {})[f"f{fold}"] = AT.fold_status(att["methods"], scores, backbone, fold)
             bad = {m: st for m, st in status[backbone][f"f{fold}"].items() if st != "ok"}
             print(f"aoppc {backbone} fold {fold}: {len(x)} images, {len(methods)} methods"
@@ -73,6 +76,7 @@ def run_stage(params: dict) -> None:
                        "aoppc_region_{fill}_morf": region or "region perturbation (no map scored)",
                        "*_lerf": "same levels, least important first (control)",
                        "random": "uniform random map (control)",
+                       "edge": "Sobel edge magnitude of the input (control: image contrast)",
                        "lung_mass": "share of |attribution| inside the lung mask; lung_area: mask share of image",
                        "sanity_spearman": "Spearman of |map| vs. |map| of a weight-randomised model (low = passes)",
                        "importance": s.importance},
@@ -91,4 +95,6 @@ def run_stage(params: dict) -> None:
 
     table = ATT.markdown(result, methods, s.reference, region)
     write_text(paths.AOPPC_MD, table)
+    write_csv(paths.AOPPC_PER_IMAGE, pd.DataFrame(AT.per_image_rows(scores, scores.get("paths")),
+                                                  columns=AT.PER_IMAGE_COLUMNS))
     print(table, end="")

@@ -297,9 +297,32 @@ def similarities(reference, other, metrics: Sequence[str] = METRICS) -> dict:
 
 # --- one classifier --------------------------------------------------------------------------------------
 
+def masked_compare(a: np.ndarray, b: np.ndarray, keep: np.ndarray, cam_side: int | None,
+                   metrics: Sequence[str] = METRICS) -> dict:
+    """:meth:`Reference.compare`'s result with the similarities over the pixels ``keep`` (N, H, W: where the
+    input is not 0) and, when ``cam_side`` is given (a CAM), at the feature map's resolution
+    (:mod:`cxrbench.explain.metrics.similarity`). The status is :func:`pair_status` of the full maps; a value the
+    kept pixels leave undefined (a map constant over them, an SSIM window larger than the feature map) is NaN,
+    counted as ``masked_out`` by :func:`summarise`."""
+    from cxrbench.explain.metrics import similarity as SM
+
+    status = pair_status(a, b)
+    k = np.asarray(keep, bool)[:len(a)]
+    if cam_side is not None and cam_side < a.shape[-1]:
+        a, k2 = SM.to_grid(a, k, cam_side)
+        b, _ = SM.to_grid(b, k, cam_side)
+        k = k2
+    sim = SM.compare(a, b, k, metrics)
+    out = {"status": status}
+    for m in metrics:
+        out[m] = np.where((status == "compared") & (sim[f"{m}_status"] == "compared"), sim[m], np.nan)
+    return out
+
+
 def run_checks(model: nn.Module, x: torch.Tensor, target: torch.Tensor, other: torch.Tensor,
                attribute: Callable[[nn.Module, torch.Tensor, torch.Tensor, str], dict], seed: int,
-               metrics: Sequence[str] = METRICS, log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
+               metrics: Sequence[str] = METRICS, log: Callable[[str], None] = print, keep: np.ndarray | None = None,
+               cam_side: int | None = None) -> tuple[list[dict], dict]:
     """The three checks on one classifier: rows of per-image similarities and the layer groups / map status.
 
     ``attribute(model, x, target, label)`` -> (maps: method -> float32 (N, H, W), status: method ->
@@ -307,8 +330,11 @@ def run_checks(model: nn.Module, x: torch.Tensor, target: torch.Tensor, other: t
     Rows: ``comparison`` (:data:`COMPARISONS`), ``step`` (cascade: 0 .. groups; 0 is the trained model
     against itself), ``layer`` (the group randomised last), ``method``, ``image`` (row in ``x``),
     ``status`` (:data:`PAIR_STATUSES`) and one column per metric. A method that fails on some model
-    (out of memory) is recorded in the returned status and has no rows for that model.
+    (out of memory) is recorded in the returned status and has no rows for that model. With ``keep`` (N, H, W
+    bool: where the input is not 0) the similarities leave the other pixels out, and the CAMs
+    (:data:`cxrbench.explain.metrics.robustness.CAMS`) are compared at ``cam_side`` (:func:`masked_compare`).
     """
+    from cxrbench.explain.metrics.robustness import CAMS
     groups = cascade_groups(model)
     trained, st_trained = attribute(model, x, target, "trained")
     other_maps, st_other = attribute(model, x, other, "trained, other label")
@@ -319,7 +345,8 @@ def run_checks(model: nn.Module, x: torch.Tensor, target: torch.Tensor, other: t
         for m in ref:
             if m not in oth:
                 continue
-            sim = ref[m].compare(oth[m], metrics)
+            sim = ref[m].compare(oth[m], metrics) if keep is None else \
+                masked_compare(ref[m].maps, oth[m], keep, cam_side if m in CAMS else None, metrics)
             for i in range(len(sim["status"])):
                 rows.append({"comparison": comparison, "step": step, "layer": layer, "method": m, "image": i,
                              "status": sim["status"][i], **{k: float(sim[k][i]) for k in metrics}})
@@ -382,16 +409,21 @@ def summarise(frame, metrics: Sequence[str], n_boot: int, seed: int, confidence:
         entries = {}
         for key in keys:
             sub = cell[(cell["comparison"] == key[0]) & (cell["step"] == key[1])]
+            compared = sub[sub["status"] == "compared"]
             entries[key] = {"counts": {s: int((sub["status"] == s).sum()) for s in PAIR_STATUSES},
+                            "masked_out": {m: int(compared[m].isna().sum()) for m in metrics},
                             "n": int((sub["status"] == "compared").sum()),
                             "patients": int(sub.loc[sub["status"] == "compared", "group"].nunique()),
                             "folds": int(sub.loc[sub["status"] == "compared", "fold"].nunique())}
             if key[0] == "cascade":
                 entries[key] = {"step": key[1], "layer": layer[key], **entries[key]}
-        # the >= 2-patient check is per comparison: a comparison whose compared maps come from one patient has
-        # no interval, whatever the other comparisons have
-        enough = {key: entries[key]["patients"] >= 2 for key in keys}
         for metric in metrics:
+            # the >= 2-patient check is per comparison (and per metric: only defined similarities count), in every
+            # fold: a comparison whose compared maps come from one patient has no interval, whatever the others have
+            defined = (cell["status"] == "compared") & cell[metric].notna()
+            enough = {key: all(cell.loc[(cell["fold"] == f) & defined & (cell["comparison"] == key[0])
+                                        & (cell["step"] == key[1]), "group"].nunique() >= 2 for f in folds)
+                      for key in keys}
             cis = {}
             if any(enough.values()):
                 arms_by_fold = []
@@ -399,7 +431,7 @@ def summarise(frame, metrics: Sequence[str], n_boot: int, seed: int, confidence:
                     arms = []
                     for key in keys:
                         sub = cell[(cell["fold"] == f) & (cell["comparison"] == key[0]) & (cell["step"] == key[1])
-                                   & (cell["status"] == "compared")]
+                                   & (cell["status"] == "compared") & cell[metric].notna()]
                         arms.append((sub["group"].astype(str).to_numpy(), _weighted_mean(sub[metric].to_numpy())))
                     arms_by_fold.append(arms)
                 reducers = {j: (lambda t, j=j: _mean_defined(t[:, j])) for j in range(len(keys)) if enough[keys[j]]}
@@ -414,7 +446,7 @@ def summarise(frame, metrics: Sequence[str], n_boot: int, seed: int, confidence:
                 est = _mean_defined(per_fold)
                 entries[key][metric] = {"estimate": est if np.isfinite(est) else None, "low": None, "high": None,
                                         "status": "no_ci",
-                                        "note": f"{entries[key]['patients']} patient group(s) compared: no CI"}
+                                        "note": "fewer than 2 patient groups with a defined similarity in a fold: no CI"}
         out.setdefault(method, {})[backbone] = {
             "folds": [int(f) for f in folds],
             "images": int(cell[(cell["comparison"] == "cascade") & (cell["step"] == 0)].shape[0]),
@@ -473,7 +505,9 @@ def markdown(summary: dict, metrics: Sequence[str], methods: Sequence[str], imag
     backbones = list(dict.fromkeys(b for per in summary.values() for b in per))
     lines = ["### Model-parameter randomisation (Adebayo et al. 2018) and random logit (Sixt et al. 2020)", "",
              f"Up to {images} held-out images per model (the attribute stage's first ones), mean over folds of the "
-             f"mean over images, 95 % CI resampling patient groups. **Full**: trained vs fully randomised model "
+             f"mean over images, 95 % CI resampling patient groups; pixels where the input is 0 (padding, clipping) "
+             f"are left out of every similarity, and CAMs are compared at the feature map's resolution. "
+             f"**Full**: trained vs fully randomised model "
              f"(the cascade's last step); **null**: two independently randomised models (the similarity the input "
              f"alone produces: the level to compare Full with); **logit**: the trained model's map for the target "
              f"vs for another label (seeded choice). Lower = the map depends more on the weights / the class. "

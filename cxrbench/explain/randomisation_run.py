@@ -28,6 +28,8 @@ from cxrbench.data import confounder
 from cxrbench.data.cache import Cache
 from cxrbench.explain import plots as AP
 from cxrbench.explain import randomisation as R
+from cxrbench.explain import reliability as RL
+from cxrbench.explain.metrics.robustness import CAMS
 from cxrbench.explain import runner as A
 
 
@@ -79,8 +81,11 @@ def run_stage(params: dict) -> None:
                 return maps, st
 
             print(f"randomisation {name}: {n} images, methods {cfg.methods}")
+            keep = RL.support(x.detach().cpu().numpy(), int(x.shape[-1]))       # pixels where the input is not 0
+            cam_side = (RL.feature_side(model, A.target_layer(model, bb, s.target_layers)[1], x)
+                        if set(cfg.methods) & set(CAMS) else None)
             rows, status = R.run_checks(model, x, target, torch.as_tensor(other, device=device), attribute,
-                                        cfg.seed, cfg.metrics, log=lambda msg: None)
+                                        cfg.seed, cfg.metrics, log=lambda msg: None, keep=keep, cam_side=cam_side)
             frame = pd.DataFrame(rows)
             frame["backbone"], frame["fold"] = bb, int(k)
             frame["path"] = image_paths[frame["image"].to_numpy()]
@@ -88,7 +93,8 @@ def run_stage(params: dict) -> None:
             frames.append(frame)
             models[name] = {"images": int(n), "groups_top_down": status["groups"],
                             "other_labels": {labels[i]: int((other == i).sum()) for i in sorted(set(other.tolist()))},
-                            "failed": failed, "max_batch": int(max_batch),
+                            "failed": failed, "max_batch": int(max_batch), "cam_side": cam_side,
+                            "input_zero_share": round(float(1 - keep.mean()), 4),
                             "seconds": round(time.perf_counter() - t0, 1)}
             print(f"randomisation {name}: {len(status['groups'])} layer groups, {models[name]['seconds']}s")
 
@@ -109,7 +115,10 @@ def run_stage(params: dict) -> None:
                     "(replicates 0 and 1): what the input alone produces",
             "random_logit": "the trained model's map for the target vs for another label (seeded choice)",
             "spearman": "rank correlation of the signed maps", "spearman_abs": "rank correlation of |map|",
-            "ssim": "scikit-image SSIM of min-max normalised maps, data_range 1",
+            "ssim": "scikit-image SSIM of min-max normalised maps, data_range 1, averaged over the kept pixels",
+            "pixels": "pixels where the input is 0 (padding, clipping) are left out of every similarity; CAMs "
+                      "are compared at the target layer's feature-map resolution (cam_side per model); masked_out: "
+                      "compared pairs whose similarity is undefined there (e.g. SSIM of a 2 x 2 map)",
             "estimate": "mean over folds of the mean over compared images; CI: percentile bootstrap resampling "
                         "patient groups within each fold's images",
             "counts": "compared | changed_constant (the second map constant: passes, no similarity) | "

@@ -41,6 +41,8 @@ class Check:
     tolerance: float | str       # a number, or "spread" (from the measured spread)
     direction: str
     reason: str = ""
+    paired: bool = False         # a per-image metric compared image by image (cxrbench.ops.paired)
+    spread_runs: tuple | None = None   # the spread runs its tolerance is measured over (None: all)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ class GateConfig:
     spread: Path | None
     spread_factor: float
     checks: list[Check]
+    per_image_baseline: Path | None = None
+    paired_min_share: float = 0.9
+    paired_max_tolerance: float | None = None
 
 
 def config_from_params(params: dict) -> GateConfig:
@@ -65,28 +70,53 @@ def config_from_params(params: dict) -> GateConfig:
         key = f"gate.checks[{i}]"
         if not isinstance(c, dict) or ":" not in str(c.get("metric", "")):
             raise ParamError(key, f"`metric` must read FILE:dotted.key, got {c!r}")
-        terms(str(c["metric"]))
+        is_paired = c.get("paired", False)
+        if not isinstance(is_paired, bool):
+            raise ParamError(f"{key}.paired", f"expected true or false, got {is_paired!r}")
+        if is_paired:
+            from cxrbench.ops import paired
+            paired.parse(str(c["metric"]))
+        else:
+            terms(str(c["metric"]))
         tol = c.get("tolerance")
         if tol != SPREAD:
             tol = check_float(f"{key}.tolerance", tol, minimum=0, what=f"{SPREAD!r} or a number")
+        runs = c.get("spread_runs")
+        if runs is not None and (not isinstance(runs, list) or len(runs) < 2
+                                 or not all(isinstance(r, str) for r in runs)):
+            raise ParamError(f"{key}.spread_runs", f"expected a list of at least 2 run names of gate.perturbations, "
+                                                   f"got {runs!r}")
         out.append(Check(c["metric"], tol,
                          check_choice(f"{key}.direction", c.get("direction", "higher"), DIRECTIONS),
-                         str(c.get("reason", ""))))
+                         str(c.get("reason", "")), is_paired, None if runs is None else tuple(runs)))
     spread = g.get("spread")
     needs_spread = any(c.tolerance == SPREAD for c in out)
     if needs_spread and (not isinstance(spread, str) or not spread):
         raise ParamError("gate.spread", f"checks with tolerance: {SPREAD} need the path of the spread JSON")
     factor = check_float("gate.spread_factor", g.get("spread_factor", 1.0), minimum=1,
                          what="the margin over the measured spread, a number")
-    return GateConfig(Path(baseline), Path(spread) if spread else None, factor, out)
+    per_image, share, cap = g.get("per_image_baseline"), g.get("paired_min_share", 0.9), g.get("paired_max_tolerance")
+    if any(c.paired for c in out):
+        if not isinstance(per_image, str) or not per_image:
+            raise ParamError("gate.per_image_baseline", "paired checks need the path of the per-image baseline CSV")
+        share = check_float("gate.paired_min_share", share, minimum=0, what="a share of the baseline's images")
+        if cap is not None:
+            cap = check_float("gate.paired_max_tolerance", cap, minimum=0, what="the largest tolerance allowed")
+            for i, c in enumerate(out):
+                if c.paired and c.tolerance != SPREAD and c.tolerance > cap:
+                    raise ParamError(f"gate.checks[{i}].tolerance", f"{c.tolerance} exceeds gate.paired_max_tolerance "
+                                                                    f"{cap}")
+    return GateConfig(Path(baseline), Path(spread) if spread else None, factor, out,
+                      Path(per_image) if isinstance(per_image, str) and per_image else None, float(share),
+                      None if cap is None else float(cap))
 
 
-def spread_range(spread: dict, metric: str, exclude: str | None = None) -> float | None:
+def spread_range(spread: dict, metric: str, exclude: str | None = None, runs: tuple | None = None) -> float | None:
     """max - min of ``metric`` over the runs of a spread JSON (``exclude``: leave one run out); None when fewer
     than two runs have it. NaN when a run's value is not a finite number: a NaN or infinite measurement gives no
     tolerance, so the check fails (:func:`evaluate`) instead of passing everything."""
     values = [v for run, v in (spread.get("metrics", {}).get(metric, {}).get("values") or {}).items()
-              if run != exclude and v is not None]
+              if run != exclude and v is not None and (runs is None or run in runs)]
     if not all(_finite(v) for v in values):
         return math.nan
     if len(values) < 2:
@@ -106,7 +136,7 @@ def tolerances(checks: list[Check], spread: dict | None, factor: float,
         if c.tolerance != SPREAD:
             out[c.metric] = float(c.tolerance)
         else:
-            r = spread_range(spread or {}, c.metric, exclude)
+            r = spread_range(spread or {}, c.metric, exclude, c.spread_runs)
             out[c.metric] = None if r is None else factor * r
     return out
 
@@ -143,6 +173,10 @@ def current_values(checks: list[Check], root: Path = Path(".")) -> dict[str, flo
 
     out = {}
     for c in checks:
+        if c.paired:
+            from cxrbench.ops import paired
+            out[c.metric] = paired.value(c.metric, root)
+            continue
         values = [one(t) for t in terms(c.metric)]
         out[c.metric] = None if any(v is None for v in values) else (
             values[0] if len(values) == 1 else values[0] - values[1])
@@ -159,6 +193,9 @@ def terms(metric: str) -> list[str]:
 
 def label(metric: str) -> tuple[str, str]:
     """(files, keys) of a metric for tables: ``a.json``, ``x.y``; a difference joins each side with `` - ``."""
+    if metric.split(":", 1)[0].endswith(".csv"):                        # a paired per-image metric
+        file, _, key = metric.partition(":")
+        return file, key + " (paired)"
     parts = terms(metric)
     return (" - ".join(dict.fromkeys(t.split(":", 1)[0] for t in parts)),
             " - ".join(t.split(":", 1)[1] for t in parts))
@@ -206,10 +243,17 @@ def format_table(rows: list[dict]) -> str:
     head = ["Path", "Metric", "Baseline", "Current", "Change", "Tolerance", "Rule", "Better", "Status"]
     body = [[*label(r["metric"]), f(r["baseline"]), f(r["current"]),
              "-" if r["change"] is None else f"{r['change']:+.4f}", f(r["tolerance"]), r.get("rule", "fixed"),
-             r["direction"], r["status"]] for r in rows]
+             r["direction"], r["status"] + _paired_note(r.get("paired"))] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(head)] + [line(b) for b in body])
+
+
+def _paired_note(p: dict | None) -> str:
+    if not p or p.get("change") is None:
+        return ""
+    ci = f", CI [{p['low']:+.4f}, {p['high']:+.4f}]" if p.get("low") is not None and math.isfinite(p["low"]) else ""
+    return f" ({p['paired']} images paired{ci})"
 
 
 def failed(rows: list[dict]) -> list[dict]:
@@ -236,7 +280,60 @@ def check(cfg: GateConfig, root: Path = Path("."), baseline_path: Path | None = 
                   file=sys.stderr)
     rows = evaluate(cfg.checks, baseline, current_values(cfg.checks, root),
                     tolerances(cfg.checks, spread, cfg.spread_factor))
+    if any(c.paired for c in cfg.checks):
+        rows = paired_rows(cfg, rows, root)
     return (1 if failed(rows) else 0), rows
+
+
+def paired_rows(cfg: GateConfig, rows: list[dict], root: Path) -> list[dict]:
+    """The paired checks' rows recomputed image by image against ``cfg.per_image_baseline``
+    (:func:`cxrbench.ops.paired.compare`): ``change`` is the mean per-image change (with its CI over patients),
+    ``current`` the baseline plus it. A tolerance above ``gate.paired_max_tolerance`` fails (``SPREAD > MAX``):
+    the measured spread is then too wide for the check to see a regression."""
+    import pandas as pd
+
+    from cxrbench.ops import paired
+    by_metric = {c.metric: c for c in cfg.checks}
+    path = cfg.per_image_baseline
+    base = pd.read_csv(path, keep_default_na=False, dtype={"path": str, "backbone": str, "group": str}) \
+        if path is not None and path.is_file() else None
+    out = []
+    for r in rows:
+        c = by_metric[r["metric"]]
+        if not c.paired or r["status"].startswith("NOT FINITE"):
+            out.append(r)
+            continue
+        if base is None:
+            out.append({**r, "status": f"no per-image baseline ({path})"})
+            continue
+        p = paired.compare(c.metric, base, root, cfg.paired_min_share)
+        r = {**r, "paired": p}
+        if p["status"] != "paired":
+            out.append({**r, "status": p["status"]})
+            continue
+        r["change"] = p["change"]
+        r["current"] = None if r["baseline"] is None else r["baseline"] + p["change"]
+        t = r["tolerance"]
+        if t is None or r["baseline"] is None:
+            out.append(r)
+            continue
+        worse = {"higher": -p["change"], "lower": p["change"], "equal": abs(p["change"])}[c.direction]
+        cap = cfg.paired_max_tolerance
+        r["status"] = ("SPREAD > MAX" if cap is not None and t > cap + 1e-12 else
+                       "REGRESSION" if worse > t + 1e-12 else "ok")
+        out.append(r)
+    return out
+
+
+def write_per_image_baseline(cfg: GateConfig, root: Path) -> None:
+    """The per-image values of every paired check under ``root``, written to ``cfg.per_image_baseline``."""
+    import pandas as pd
+
+    from cxrbench.core.io import write_csv
+    from cxrbench.ops import paired
+    frame = pd.concat([paired.baseline_rows(c.metric, root) for c in cfg.checks if c.paired], ignore_index=True)
+    write_csv(cfg.per_image_baseline, frame)
+    print(f"wrote {cfg.per_image_baseline} ({len(frame)} per-image values)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,6 +367,8 @@ def _run(args) -> int:
             return 1
         try:
             write_json(baseline_path, current)       # never over a folder (cxrbench.core.io.atomic_path)
+            if any(c.paired for c in cfg.checks):
+                write_per_image_baseline(cfg, Path(args.root))
         except OSError as err:
             print(f"cannot snapshot: --baseline {baseline_path}: {err}", file=sys.stderr)
             return 2

@@ -172,6 +172,12 @@ def section_explain(r: Report) -> None:
                 "trained model's as layers are re-initialised from the head down (null reference as a band)")
 
 
+def section_reliability(r: Report) -> None:
+    """How far the explanation metrics can be trusted: robustness, agreement across metrics, repeatability."""
+    r.text("## Reliability of the explanation metrics")
+    r.include(paths.RELIABILITY_MD, f"{paths.RELIABILITY_MD} not found: run `dvc repro reliability`.")
+
+
 def section_ground_truth(r: Report) -> None:
     """The planted shortcut (when confounder.enabled) and the severity plausibility check."""
     r.text("## Ground truth for explanations")
@@ -195,7 +201,8 @@ def section_cohort(r: Report) -> None:
 
 
 SECTIONS: tuple[Callable[[Report], None], ...] = (section_data, section_unet, section_classification,
-                                                  section_external, section_explain, section_ground_truth,
+                                                  section_external, section_explain, section_reliability,
+                                                  section_ground_truth,
                                                   section_cohort)
 
 

@@ -406,7 +406,7 @@ DEVICE_TESTED = {
 # AS.score_model, classified above.
 HOST_ONLY = {"A.validate", "AS.validate", "AS.load_fold", "AS.perturbation_settings", "AS.region_sentence",
              "AT.new_scores", "AT.fold_status", "AT.summary", "ATT.markdown", "AP.attribution_panels",
-             "AP.curves_figure"}
+             "AP.curves_figure", "AT.per_image_rows", "RB.edge_map"}
 
 
 class _NoTorch(TorchFunctionMode):
@@ -428,7 +428,7 @@ def _stage_calls() -> set[str]:
     tree = ast.parse(inspect.getsource(aoppc_run))
     return {f"{n.func.value.id}.{n.func.attr}" for n in ast.walk(tree)
             if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-            and isinstance(n.func.value, ast.Name) and n.func.value.id in ("EM", "A", "AT", "ATT", "AS", "AP")}
+            and isinstance(n.func.value, ast.Name) and n.func.value.id in ("EM", "A", "AT", "ATT", "AS", "AP", "RB")}
 
 
 def test_score_model_runs_on_the_models_device(params, tmp_path):
@@ -458,6 +458,7 @@ def test_every_function_the_aoppc_stage_calls_is_device_tested(params, tmp_path,
 
     from cxrbench.explain import plots as AP
     from cxrbench.explain.metrics import scoring as AS
+    from cxrbench.explain.metrics import robustness as RB
     from cxrbench.explain.metrics import tables as AT
     from cxrbench.explain.metrics import tables_text as ATT
 
@@ -476,6 +477,8 @@ def test_every_function_the_aoppc_stage_calls_is_device_tested(params, tmp_path,
         n = 6 if spec["scheme"] == "region" else EM.N_LEVELS
         return {"aoppc": m.mean((1, 2)), "drop": np.zeros((len(rows), n)), "removed": np.zeros((len(rows), n))}
 
+    import quantus  # noqa: F401  (imported by the properties metrics: its import builds a torch.device)
+
     with _NoTorch():
         s = AS.validate(params)
         z, att = AS.load_fold("b", 0)
@@ -485,12 +488,18 @@ def test_every_function_the_aoppc_stage_calls_is_device_tested(params, tmp_path,
                              perturbations=s.perturbations(), groups=np.array(["p1", "p2"]))
         result = AT.summary(scores, ["m"], rows=rows, stats=s.stats, fills=s.fills)
         text = ATT.markdown(result, ["m"], {}, AS.region_sentence(s, 64))
-        out = [EM.levels("threshold"), maps, rows, result, AT.fold_status(att["methods"], scores, "b", 0),
+        per_image = AT.per_image_rows(scores, {("b", "f0"): np.array(["x.png", "y.png"])})
+        edge = RB.edge_map(maps[:, None])
+        out = [EM.levels("threshold"), maps, rows, result, AT.fold_status(att["methods"], scores, "b", 0), per_image,
+               edge,
                text, A.validate(params).methods, AS.perturbation_settings(s, 64)]
         AP.attribution_panels("b", 0, maps[:, None], z, ["m"], tmp_path / "panels.png")
         AP.curves_figure(pd.DataFrame(rows), tmp_path / "curves.png")
     assert not any(torch.is_tensor(v) for v in out)
     assert result["sanity"]["by_method"]["m"]["randomised_constant_passed"] == 2
+    assert {r["path"] for r in per_image} == {"x.png", "y.png"} and len(per_image) == sum(
+        len(b[4]) for b in scores["blocks"])
+    assert edge.shape == maps.shape and edge.dtype == np.float32
     assert (tmp_path / "panels.png").is_file() and (tmp_path / "curves.png").is_file()
 
 

@@ -355,6 +355,9 @@ def test_randomisation_stage_on_the_sample(tmp_path, monkeypatch, sample_data, p
     groups = R.cascade_groups(model)
     assert out["models"]["test_resnet-f0"]["groups_top_down"] == [g.name for g in groups]
     assert out["models"]["test_resnet-f0"]["images"] == 3
+    m0 = out["models"]["test_resnet-f0"]
+    assert isinstance(m0["cam_side"], int) and 1 <= m0["cam_side"] < 32 and 0 <= m0["input_zero_share"] < 1
+    assert "masked_out" in out["summary"]["gradcam"]["test_resnet"]["cascade"][0]
     assert "covid19" not in out["models"]["test_resnet-f0"]["other_labels"]
     for m in ("saliency", "gradcam"):
         s = out["summary"][m]["test_resnet"]
@@ -401,3 +404,23 @@ def test_the_two_patient_check_is_per_comparison_not_pooled():
     assert out["null"]["spearman"]["low"] is None and out["null"]["spearman"]["status"] == "no_ci"
     assert out["null"]["spearman"]["estimate"] == pytest.approx(0.287)
     assert out["cascade"][1]["spearman"]["low"] is not None
+
+
+def test_masked_comparison_removes_the_zero_input_floor_and_compares_cams_on_their_grid():
+    """Two independent white-noise gradients times an image with 30 % zero padding: over every pixel their |map|
+    Spearman is far above 0 (the shared zeros); over the kept pixels it is that of independent noise. A CAM
+    (2 x 2 upsampled to 32 px) against a copy differing only in bilinear detail is compared on its grid: SSIM is
+    undefined there (masked out: NaN), Spearman of the 4 cells is 1."""
+    rng = np.random.default_rng(0)
+    img = np.ones((4, 32, 32))
+    img[:, :, :10] = 0
+    a, b = rng.standard_normal((4, 32, 32)) * img, rng.standard_normal((4, 32, 32)) * img
+    keep = img != 0
+    plain = R.similarities(a.astype(np.float32), b.astype(np.float32), ["spearman_abs"])["spearman_abs"]
+    masked = R.masked_compare(a, b, keep, None, ["spearman_abs", "ssim"])
+    assert plain.mean() > 0.3 and abs(masked["spearman_abs"].mean()) < 0.1
+    assert list(masked["status"]) == ["compared"] * 4
+    cam = np.kron(rng.random((4, 2, 2)), np.ones((16, 16)))
+    other = cam + 0.01 * np.sin(np.arange(32) / 3)[None, None, :]
+    out = R.masked_compare(cam, other, np.ones((4, 32, 32), bool), 2, ["spearman_abs", "ssim"])
+    assert np.allclose(out["spearman_abs"], 1.0) and np.isnan(out["ssim"]).all()

@@ -88,12 +88,15 @@ def region_sentence(s: Settings, side: int) -> str:
 
 
 def score_model(scores: dict, backbone: str, fold: int, methods: list, s: Settings, x: torch.Tensor, z,
-                model: torch.nn.Module, groups=None) -> list[dict]:
+                model: torch.nn.Module, groups=None, controls: dict | None = None) -> list[dict]:
     """Score one classifier's stored maps (``z``: its data/attributions npz) under every perturbation of
-    ``s`` into ``scores``; ``x``: its model input (on the model's device). Returns the curve rows."""
+    ``s`` into ``scores``; ``x``: its model input (on the model's device); ``controls``: further control maps
+    (name -> float32 (N, H, W) host array, e.g. the Sobel edge map) scored like the random map. Returns the
+    curve rows."""
     target = torch.as_tensor(z["target"], device=x.device)
     named = {m: EM.stored_maps(z, m) for m in methods if m in z.files}
     named[AT.RANDOM] = EM.random_maps((len(x),) + tuple(x.shape[-2:]), s.seed + fold)
+    named.update(controls or {})
     randomised = {m: EM.stored_maps(z, f"rand__{m}") for m in named if f"rand__{m}" in z.files}
     kw = perturbation_settings(s, int(x.shape[-1]))
 

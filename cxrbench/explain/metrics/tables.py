@@ -34,6 +34,7 @@ from cxrbench.explain.metrics import perturbation as EM
 from cxrbench.explain.metrics import properties as MP
 
 RANDOM = "random"
+EDGE = "edge"                                    # the Sobel edge map of the input: a control of image contrast
 LUNG_AREA = "lung_area"
 SANITY = "sanity_spearman"
 PIXEL_SCHEMES = ("threshold", "pixels")          # zero pixels (the paper's black), 10 levels
@@ -186,6 +187,24 @@ def score_fold(scores: dict, backbone: str, fold: int, maps: dict, masks: np.nda
     if has_mask.any():
         sel = np.flatnonzero(has_mask)
         add_values(scores, LUNG_AREA, backbone, fold, "lung_mass", EM.area_fraction(masks[sel]), sel)
+    return rows
+
+
+PER_IMAGE_COLUMNS = ["method", "backbone", "fold", "image", "path", "group", "metric", "value"]
+
+
+def per_image_rows(scores: dict, paths: dict | None = None) -> list[dict]:
+    """Every per-image value of ``scores`` as long rows: method, backbone, fold, image (row in the fold's npz),
+    path (``paths``: (backbone, fold key) -> image paths; else empty), group (patient), metric, value:
+    metrics/aoppc_per_image.csv, what the agreement tables and the gate's paired comparison read."""
+    rows = []
+    for m, bb, fk, metric, values, images in scores["blocks"]:
+        grp = scores["groups"].get((bb, fk))
+        pth = (paths or {}).get((bb, fk))
+        for v, i in zip(values.tolist(), images.tolist()):
+            rows.append({"method": m, "backbone": bb, "fold": int(fk[1:]), "image": int(i),
+                         "path": "" if pth is None else str(pth[i]), "group": "" if grp is None else str(grp[i]),
+                         "metric": metric, "value": float(v)})
     return rows
 
 

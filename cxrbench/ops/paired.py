@@ -1,0 +1,98 @@
+"""Paired per-image checks of the CI gate: an explanation metric compared image by image with the baseline run.
+
+A paired check reads a per-image table (``metrics/aoppc_per_image.csv``: method, backbone, fold, image, path,
+group, metric, value) and names one method's metric, optionally minus a control's on the same image::
+
+    metrics/aoppc_per_image.csv:occlusion|aoppc_pixels_morf - random
+
+Its value in a run is the mean over images of the per-image value (:func:`per_image`, :func:`value`). The
+snapshot keeps each image's value in the per-image baseline (``gate.per_image_baseline``, keyed by backbone,
+fold and image path); the check pairs this run's images with the baseline's and reports the mean per-image
+change with a percentile bootstrap CI over patients (:func:`compare`). Pairing removes the spread of which
+images were drawn, so the tolerance only has to cover what the images' scores themselves move. Fewer paired
+images than ``min_share`` of the baseline's is its own failure (``UNPAIRED``): the sample changed, so the
+baseline must be renewed deliberately.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrbench.core.params import ParamError
+
+__all__ = ["KEY", "parse", "per_image", "value", "baseline_rows", "compare"]
+
+KEY = ["backbone", "fold", "path"]
+
+
+def parse(metric: str) -> tuple[str, str, str, str | None]:
+    """``FILE:METHOD|METRIC[ - CONTROL]`` -> (file, method, metric, control or None)."""
+    file, _, rest = metric.partition(":")
+    head, _, control = rest.partition(" - ")
+    method, _, name = head.partition("|")
+    if not file.endswith(".csv") or not method or not name or (" - " in rest and not control.strip()):
+        raise ParamError("gate.checks", f"paired metric {metric!r}: expected FILE.csv:METHOD|METRIC or "
+                                        f"FILE.csv:METHOD|METRIC - CONTROL")
+    return file, method.strip(), name.strip(), control.strip() or None
+
+
+def per_image(metric: str, root: Path = Path(".")) -> pd.DataFrame | None:
+    """Per image (``KEY`` + group): the method's value, minus the control's on the same image when named; None
+    when the file is missing. An image where either value is missing or not finite is left out."""
+    file, method, name, control = parse(metric)
+    path = Path(root) / file
+    if not path.is_file():
+        return None
+    f = pd.read_csv(path, keep_default_na=False, dtype={"path": str, "backbone": str, "group": str})
+    f = f[f["metric"] == name]
+    cols = KEY + ["group", "value"]
+    a = f[f["method"] == method][cols]
+    if control is not None:
+        b = f[f["method"] == control][KEY + ["value"]]
+        a = a.merge(b, on=KEY, suffixes=("", "_control"))
+        a = a.assign(value=a["value"].astype(float) - a["value_control"].astype(float))[cols]
+    a = a.assign(value=pd.to_numeric(a["value"], errors="coerce"))
+    return a[np.isfinite(a["value"].to_numpy(float))].reset_index(drop=True)
+
+
+def value(metric: str, root: Path = Path(".")) -> float | None:
+    """The run's value of a paired check: the mean over its images (None without images)."""
+    f = per_image(metric, root)
+    return None if f is None or not len(f) else float(f["value"].mean())
+
+
+def baseline_rows(metric: str, root: Path = Path(".")) -> pd.DataFrame:
+    """The per-image baseline rows of one paired check (``metric`` column first)."""
+    f = per_image(metric, root)
+    if f is None or not len(f):
+        raise FileNotFoundError(f"{metric}: no per-image values under {root}")
+    return f.assign(metric=metric)[["metric"] + KEY + ["group", "value"]]
+
+
+def compare(metric: str, baseline: pd.DataFrame, root: Path = Path("."), min_share: float = 0.9,
+            n_boot: int = 1000, seed: int = 0) -> dict:
+    """This run's per-image values of ``metric`` paired with ``baseline``'s (the per-image baseline file's rows):
+    ``change`` (mean over paired images of current - baseline), its 95 % CI over patients, ``paired`` and
+    ``baseline_images``; ``status`` ``UNPAIRED`` when fewer than ``min_share`` of the baseline's images pair,
+    ``MISSING`` when this run has no per-image values."""
+    from cxrbench.core.bootstrap import group_ci
+
+    base = baseline[baseline["metric"] == metric].astype({"fold": str, "path": str, "backbone": str})
+    cur = per_image(metric, root)
+    out = {"baseline_images": int(len(base)), "paired": 0, "change": None, "low": None, "high": None}
+    if cur is None or not len(cur):
+        return {**out, "status": "MISSING"}
+    both = base.merge(cur.astype({"fold": str}), on=KEY, suffixes=("_base", ""))
+    out["paired"] = int(len(both))
+    if not len(base) or len(both) < min_share * len(base):
+        return {**out, "status": f"UNPAIRED ({len(both)} of {len(base)} baseline images)"}
+    d = both["value"].to_numpy(float) - both["value_base"].to_numpy(float)
+    out["change"] = float(d.mean())
+    groups = both["group"].astype(str).to_numpy()
+    if len(set(groups.tolist())) >= 2:
+        ci = group_ci(lambda idx: float(d[idx].mean()), groups, n_boot=n_boot, seed=seed)
+        out.update(low=ci["low"], high=ci["high"], patients=ci["groups"])
+    return {**out, "status": "paired"}

@@ -1,0 +1,91 @@
+"""Agreement across metrics and masked similarity: cases derivable by hand."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+
+from cxrbench.explain.metrics import agreement as AG
+from cxrbench.explain.metrics import similarity as SM
+
+STATS = {"resamples": 200, "seed": 0, "confidence": 0.95}
+
+
+def _frame(values: dict, n_images=6, patients=3):
+    """values: (method, metric) -> per-image array (or a scalar for every image)."""
+    rows = []
+    for (m, me), v in values.items():
+        v = np.broadcast_to(np.asarray(v, float), (n_images,))
+        for i in range(n_images):
+            rows.append({"method": m, "backbone": "b", "fold": 0, "image": i, "group": f"p{i % patients}",
+                         "metric": me, "value": v[i]})
+    return pd.DataFrame(rows)
+
+
+def test_ranks_tau_and_aggregate_by_hand():
+    """Three methods: AOPPC (higher better) a > b > c; max-sensitivity (lower better) a < b < c, so both rank
+    a, b, c and agree (tau +1); infidelity (lower better) ranks c, b, a (tau -1 with the others). Aggregate:
+    oriented means per metric aoppc (3, 2, 1), sens (-1, -2, -3), infid (-3, -2, -1): median-MAD standardised
+    (+1, 0, -1), (+1, 0, -1), (-1, 0, +1); mean over metrics (1/3, 0, -1/3)."""
+    methods, metrics = ["a", "b", "c"], ["aoppc_pixels_morf", "sensitivity_max", "infidelity"]
+    vals = {}
+    for k, m in enumerate(methods):
+        vals[(m, metrics[0])] = 3 - k + np.linspace(0, 0.01, 6)
+        vals[(m, metrics[1])] = 1 + k + np.linspace(0, 0.01, 6)
+        vals[(m, metrics[2])] = 3 - k + np.linspace(0, 0.01, 6)
+    r = AG.agreement(_frame(vals), methods, metrics, STATS)
+    assert r["items"] == 6 and r["patients"] == 3
+    assert np.array_equal(np.array(r["ranks"]), [[1, 1, 3], [2, 2, 2], [3, 3, 1]])
+    assert r["tau"]["aoppc_pixels_morf vs sensitivity_max"]["tau"] == pytest.approx(1.0)
+    assert r["tau"]["aoppc_pixels_morf vs infidelity"]["tau"] == pytest.approx(-1.0)
+    agg = r["aggregate"]["methods"]
+    assert [agg[m]["score"] for m in methods] == pytest.approx([1 / 3, 0, -1 / 3])
+    assert [agg[m]["rank"] for m in methods] == [1, 2, 3]
+    text = AG.markdown(r)
+    assert "| a | 1 | 1 | 3 |" in text and "aggregate" in text
+
+
+def test_common_set_drops_items_where_a_method_lacks_a_metric():
+    vals = {("a", "lung_mass"): np.arange(6.0), ("b", "lung_mass"): np.arange(6.0) * 2}
+    f = _frame(vals)
+    f = f[~((f["method"] == "b") & (f["image"] == 0))]
+    v, groups, scored = AG.matrix(f, ["a", "b"], ["lung_mass"])
+    assert v.shape == (5, 2, 1) and scored == 6
+
+
+def test_a_metric_without_spread_is_left_out_of_the_aggregate():
+    vals = {(m, "lung_mass"): 0.5 for m in "abc"} | {(m, "infidelity"): k + np.zeros(6) for k, m in enumerate("abc")}
+    r = AG.agreement(_frame(vals), list("abc"), ["lung_mass", "infidelity"], STATS)
+    assert r["aggregate"]["metrics_left_out"] == ["lung_mass"]
+    with pytest.raises(ValueError, match="direction"):
+        AG.direction("unknown_metric")
+
+
+def test_zero_input_pixels_are_excluded_from_the_similarity():
+    """Two independent noise maps times an image with a padded border: over all pixels the shared zeros make
+    them correlate; over the kept pixels the correlation is that of independent noise (near 0)."""
+    rng = np.random.default_rng(0)
+    img = np.ones((1, 32, 32))
+    img[:, :, :12] = 0                                     # 37.5 % padding
+    a, b = rng.random((1, 32, 32)) * img, rng.random((1, 32, 32)) * img
+    keep = SM.input_support(img)
+    assert spearmanr(a.ravel(), b.ravel()).statistic > 0.3
+    s = SM.compare(a, b, keep)
+    assert abs(s["spearman_abs"][0]) < 0.1 and s["spearman_abs_status"][0] == "compared"
+    same = SM.compare(a, a + (1 - img) * rng.random((1, 32, 32)), keep)     # differ only in the padding
+    assert same["spearman_abs"][0] == pytest.approx(1.0) and same["ssim"][0] == pytest.approx(1.0)
+
+
+def test_cams_at_feature_map_resolution():
+    """Block means of a 2 x 2 map upsampled by 16: the map itself back; cells kept by majority; a 2 x 2 map is too
+    small for SSIM and Spearman of 4 cells is defined."""
+    small = np.array([[[1.0, 2.0], [3.0, 4.0]]])
+    up = np.kron(small, np.ones((16, 16)))
+    keep = np.ones((1, 32, 32), bool)
+    keep[:, :, :10] = False                                 # 10 of 16 columns of the left cells: dropped
+    grid, cells = SM.to_grid(up, keep, 2)
+    assert np.array_equal(grid, small) and np.array_equal(cells, [[[False, True], [False, True]]])
+    s = SM.compare(grid, grid[:, ::-1], np.ones((1, 2, 2), bool))
+    assert s["ssim_status"][0] == "too_small" and s["spearman_abs_status"][0] == "compared"
+    with pytest.raises(ValueError, match="divide"):
+        SM.to_grid(up, keep, 3)
