@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -169,3 +170,57 @@ def test_lung_intensity_and_image_controls_inputs():
     assert li[0] == pytest.approx(img[0, :2].mean()) and np.isnan(li[1])
     with pytest.raises(ValueError, match="non-negative"):
         S.image_controls(-img, masks)
+
+
+def test_severity_stage_end_to_end_on_the_sample(sample_data, params, tmp_path, monkeypatch):
+    """The stage on the shipped sample (its scored test images), a tiny untrained resnet18: every method's
+    correlation beside the brightness controls, the partial correlations with Holm across the methods."""
+    import copy
+    import shutil
+
+    import torch
+
+    from cxrbench.classify import models as M
+    from cxrbench.core import paths
+    from cxrbench.data.cache import Cache
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    for f in ("index.csv", "splits.csv"):
+        shutil.copy(sample_data / f, tmp_path / "data" / f)
+    shutil.copytree(sample_data / "cache", tmp_path / "data" / "cache")
+    cache = Cache(paths.CACHE, paths.INDEX)
+    # scores for the sample's covid-chestxray test images (the shipped file scores none of them): made-up
+    # values, in the file's format; this tests the stage's plumbing, not a finding
+    splits = pd.read_csv(paths.SPLITS, keep_default_na=False)
+    test = [q for q in splits.loc[splits["split"] == "test", "path"] if q.startswith(S.PREFIX)]
+    rng = np.random.default_rng(0)
+    scores = tmp_path / "scores.csv"
+    scores.write_text("## made-up scores for a test\n## License: CC0\n## Citation: none\n"
+                      "filename,geographic_mean,opacity_mean\n"
+                      + "".join(f"{q[len(S.PREFIX):]},{rng.uniform(0, 8):.2f},{rng.uniform(0, 6):.2f}\n" for q in test))
+    masks = np.zeros((len(cache.index), 64, 64), np.uint8)
+    masks[:, 12:52, 8:56] = 1
+    Path(paths.LUNG_MASKS).parent.mkdir(parents=True, exist_ok=True)
+    np.save(paths.LUNG_MASKS, masks)
+    p = copy.deepcopy(params)
+    p["train"].update(backbones=["resnet18"], folds=[0])
+    p["severity"].update(methods=["saliency", "gradcam"], scores_file=str(scores))
+    p["stats"]["resamples"] = 100
+    labels = list(p["labels"]["names"])
+    torch.manual_seed(0)
+    net = M.create_model("resnet18", len(labels), 1, "none", 32).eval()
+    meta = M.classifier_meta("resnet18", labels, 1, 32, 64, "full", 0, fold=0, epoch=0)
+    monkeypatch.setattr(S.A, "load_classifier", lambda params, bb, k, device: (net, meta))
+    monkeypatch.setattr(S.training, "checkpoint_file", lambda params: None)
+    S.run(p)
+    out = json.loads(Path(paths.SEVERITY).read_text())
+    assert out["status"] == "ok" and out["scored_test_images"] == len(test) >= 5
+    res, part = out["results"]["resnet18"], out["partial"]["resnet18"]
+    assert set(res) >= {"saliency", "gradcam", S.AREA, S.IMAGE, S.IMAGE_SQ, S.INTENSITY}
+    assert set(part) == {"saliency", "gradcam", S.IMAGE, S.IMAGE_SQ}                # covariates not correlated on themselves
+    assert part[S.IMAGE]["family"].startswith("control") and part[S.IMAGE]["p_holm"] is None
+    tested = {m: r["p"] for m, r in part.items() if m in ("saliency", "gradcam")}
+    assert {m: part[m]["p_holm"] for m in tested} == pytest.approx(S.holm(tested))
+    md = Path(paths.SEVERITY_MD).read_text()
+    assert "partial Spearman rho" in md and "Brightness controls" in md
