@@ -1,7 +1,8 @@
 """Stage attribute BACKBONE FOLD: attribution maps of one classifier on held-out test images.
 
-For each target class of ``explain.targets`` the first ``explain.max_images`` test-split images positive
-for it (index order), every method of ``explain.methods`` on the trained model and, for the first
+For each target class of ``explain.targets`` a seeded sample of the test-split images positive for it
+(``explain.max_images`` patients, one image each, drawn at random within each source: ``explain.sample_seed``),
+every method of ``explain.methods`` on the trained model and, for the first
 ``explain.sanity_images``, on a weight-randomised copy. Writes data/attributions/{backbone}-f{fold}.npz (the
 maps, scaled per image; cxrbench/explain/store.py) and metrics/attribute/{backbone}-f{fold}.json (per
 method: ran or the recorded reason, degenerate maps, DeepLIFT's completeness, LRP's conservation; see

@@ -1,7 +1,7 @@
 """Stage train BACKBONE FOLD: one classifier of the matrix train.backbones x train.folds.
 
 With ``--variant audit --control C``: the shortcut audit's model of control C
-(audit.backbones x train.folds x audit.controls), under models/audit/C.
+(audit.backbones x audit.folds x audit.controls), under models/audit/C.
 
 Writes models/classifier/BACKBONE/foldK/{best,last}.pt, metrics/train/BACKBONE-fK.json
 and dvclive/train/BACKBONE-fK. Reruns resume from last.pt when its configuration matches.

@@ -97,6 +97,7 @@ class TrainConfig:
     schedule: dict = field(default_factory=lambda: dict(schedules.DEFAULT_SCHEDULE))
     snapshots: bool = False        # a snapshot of the weights at the end of every schedule cycle
     head: dict = field(default_factory=lambda: dict(M.DEFAULT_HEAD))
+    patience: int | None = None    # early stopping: epochs without a lower validation loss; None: all epochs
 
     def record(self) -> dict:
         """The configuration as ``last.pt`` records it: every field, less the later knobs at their defaults."""
@@ -118,7 +119,8 @@ class TrainConfig:
 
 
 LATER_DEFAULTS = {"task": "multilabel", "classes": {}, "optimizer": "adam", "momentum": 0.9,
-                  "schedule": dict(schedules.DEFAULT_SCHEDULE), "snapshots": False, "head": dict(M.DEFAULT_HEAD)}
+                  "schedule": dict(schedules.DEFAULT_SCHEDULE), "snapshots": False, "head": dict(M.DEFAULT_HEAD),
+                  "patience": None}
 
 
 def validate(params: dict, cache_meta: dict | None = None) -> dict:
@@ -142,6 +144,8 @@ def validate(params: dict, cache_meta: dict | None = None) -> dict:
         check_int("train.folds", k, minimum=0, maximum=n_folds - 1)
     if len(set(folds)) != len(folds):
         raise ParamError("train.folds", f"lists a fold twice: {folds}; each fold is trained once")
+    if p.get("patience") is not None:
+        check_int("train.patience", p["patience"], minimum=1)
     sizes = p.get("input_size")
     if not isinstance(sizes, dict) or "default" not in sizes:
         raise ParamError("train.input_size", "expected a mapping with a `default` entry and optional per-backbone ones")
@@ -276,7 +280,7 @@ def config_for(params: dict, backbone: str, fold: int, cache_meta: dict) -> Trai
         batch_size=p["batch_size"], lr=float(p["lr"]), weight_decay=float(p["weight_decay"]),
         pos_weight=p["pos_weight"], label_smoothing=float(p["label_smoothing"]), aux_weight=aux,
         augment={k: v for k, v in p["augment"].items() if not (k == "brightness" and v == 0)},  # 0: as before it
-        seed=p["seed"], amp=p["amp"])
+        seed=p["seed"], amp=p["amp"], patience=p.get("patience"))
 
 
 def apply_input_mode(images: np.ndarray, mode: str, dilation: int, masks_path: str | Path = seg.LUNG_MASKS,
@@ -389,6 +393,11 @@ def _rng_states() -> dict:
 
 # --- the loop -----------------------------------------------------------------
 
+def stop_early(history: list[dict], best: dict, patience: int | None) -> bool:
+    """Early stopping: ``patience`` epochs have passed since the lowest validation loss (``best``)."""
+    return bool(patience) and bool(history) and history[-1]["epoch"] - best["epoch"] >= int(patience)
+
+
 def train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows: np.ndarray,
           val_rows: np.ndarray, out_dir: str | Path, live_dir: str | Path | None = None,
           device: str | torch.device | None = None, progress: bool = True,
@@ -458,7 +467,8 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
         print(f"train: {why}; starting afresh")
         for stale in (last_path, checkpoints.sidecar(last_path), best_path, final_path, *snap_paths):
             stale.unlink(missing_ok=True)
-    if start < cfg.epochs:                                 # models about to change: unfinished until the end
+    stopped = stop_early(history, best, cfg.patience)     # a resumed run that had already stopped early
+    if start < cfg.epochs and not stopped:                 # models about to change: unfinished until the end
         checkpoints.clear_finished((best_path, final_path, *snap_paths))
 
     live = None
@@ -480,6 +490,9 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
     seen = 0
     for epoch in range(start, cfg.epochs):
         if stop_after_epochs is not None and epoch >= stop_after_epochs:
+            break
+        if stop_early(history, best, cfg.patience):
+            stopped = True
             break
         t_epoch = time.perf_counter()
         model.train()
@@ -526,7 +539,8 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
         if val_loss < best["val_loss"]:
             best = {"val_loss": val_loss, "epoch": epoch}
             M.save_classifier(best_path, model, meta)
-        if epoch == cfg.epochs - 1:                        # before last.pt: a complete last.pt implies final.pt
+        if epoch == cfg.epochs - 1 or stop_early(history, best, cfg.patience):   # before last.pt: a complete
+            # last.pt implies final.pt
             M.save_classifier(final_path, model, meta)
         if epoch in snap_epochs:                           # a cycle's end: its snapshot, before last.pt
             M.save_classifier(snap_paths[snap_epochs.index(epoch)], model, {**meta, "snapshot": snap_epochs.index(epoch)})
@@ -543,16 +557,21 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
             live.next_step()
         print(f"train: {cfg.backbone} f{cfg.fold} epoch {epoch + 1}/{cfg.epochs} train_loss {rec['train_loss']:.4f} "
               f"val_loss {val_loss:.4f}{' *' if best['epoch'] == epoch else ''}", flush=True)
-        if epoch + 1 < cfg.epochs:                         # a time-boxed step stops here, checkpoint complete
+        if stop_early(history, best, cfg.patience):
+            print(f"train: {cfg.backbone} f{cfg.fold}: early stop after epoch {epoch + 1}, {cfg.patience} epoch(s) "
+                  f"without a lower val_loss (best: epoch {best['epoch'] + 1})", flush=True)
+        elif epoch + 1 < cfg.epochs:                       # a time-boxed step stops here, checkpoint complete
             check_deadline(time.perf_counter() - t_epoch, f"train {cfg.backbone} f{cfg.fold} after epoch {epoch + 1}")
     seconds = time.perf_counter() - t_start
     if live is not None:
         live.end()
-    done = bool(history) and history[-1]["epoch"] == cfg.epochs - 1
+    stopped = stop_early(history, best, cfg.patience)
+    done = bool(history) and (history[-1]["epoch"] == cfg.epochs - 1 or stopped)
     if done:
         checkpoints.mark_finished((best_path, final_path, *snap_paths), {**identity, **({"cache": cache_id} if cache_id else {}),
                                                             "epochs": cfg.epochs})
     return {"backbone": cfg.backbone, "fold": cfg.fold, "epochs_done": len(history), "complete": done,
+            "stopped_early": stopped, "patience": cfg.patience,
             "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
             "final_train_loss": history[-1]["train_loss"] if history else None,
             "train_images": int(len(train_rows)), "val_images": int(len(val_rows)),

@@ -42,10 +42,11 @@ def run_stage(params: dict) -> None:
     cache = Cache(paths.CACHE, paths.INDEX)
     confounder.apply(cache)                                 # the planted shortcut (confounder.enabled; else a no-op)
 
-    scores, curves, status, side, drawn = AT.new_scores(), [], {}, None, set()
+    scores, curves, status, side, drawn, samples = AT.new_scores(), [], {}, None, set(), {}
     for backbone in backbones:
         for fold in folds:
             z, att = AS.load_fold(backbone, fold)
+            samples.setdefault(backbone, {})[f"f{fold}"] = att.get("sample")
             if "skipped" in z.files:
                 status.setdefault(backbone, {})[f"f{fold}"] = {"skipped": str(z["skipped"])}
                 print(f"aoppc {backbone} fold {fold}: skipped ({z['skipped']})")
@@ -81,6 +82,7 @@ def run_stage(params: dict) -> None:
                        "sanity_spearman": "Spearman of |map| vs. |map| of a weight-randomised model (low = passes)",
                        "importance": s.importance},
         "region": AS.perturbation_settings(s, side) if side else None,
+        "sample": sample_summary(samples),
         "runtime": rt, "pooled": result["pooled"], "by_method": result["by_method"], "status": status,
         **{k: result[k] for k in ("maps", "sanity", "common", "gain", "agreement", "winners", "removed_share")}})
 
@@ -93,8 +95,38 @@ def run_stage(params: dict) -> None:
         write_csv(paths.AOPPC_CURVES_ALL, frame)
     AP.curves_figure(frame, paths.AOPPC_CURVES_PLOT)
 
-    table = ATT.markdown(result, methods, s.reference, region)
+    table = sample_sentence(sample_summary(samples)) + ATT.markdown(result, methods, s.reference, region)
     write_text(paths.AOPPC_MD, table)
     write_csv(paths.AOPPC_PER_IMAGE, pd.DataFrame(AT.per_image_rows(scores, scores.get("paths")),
                                                   columns=AT.PER_IMAGE_COLUMNS))
     print(table, end="")
+
+
+def sample_summary(samples: dict) -> dict:
+    """The explained images of every model (``sample`` of each attribute metrics file) and, over all
+    models, the distinct images, patients and sources (``all``): the n behind the stage's numbers."""
+    per = {b: {f: v for f, v in folds.items()} for b, folds in samples.items()}
+    images, patients, sources = set(), set(), {}
+    for folds in per.values():
+        for v in folds.values():
+            for p in (v or {}).get("paths", []):
+                images.add(p)
+            patients.update((v or {}).get("patient_ids", []))
+            for src, n in ((v or {}).get("sources") or {}).items():
+                sources[src] = max(sources.get(src, 0), n)
+    return {"models": per, "all": {"images": len(images), "patients": len(patients), "sources": sources}}
+
+
+def sample_sentence(summary: dict) -> str:
+    """One line for the top of metrics/aoppc.md: the n of images, patients and sources per model."""
+    parts = []
+    for b, folds in summary["models"].items():
+        for f, v in folds.items():
+            if v:
+                src = ", ".join(f"{k} {n}" for k, n in v["sources"].items())
+                parts.append(f"{b} {f}: {v['images']} images of {v['patients']} patients ({src})")
+    if not parts:
+        return ""
+    a = summary["all"]
+    return (f"Explained images ({(next(v for fs in summary['models'].values() for v in fs.values() if v) or {}).get('rule', '')}): "
+            + "; ".join(parts) + f". All models together: {a['images']} distinct images of {a['patients']} patients.\n\n")

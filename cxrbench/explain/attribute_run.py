@@ -1,7 +1,8 @@
 """The attribute stage's run for one classifier (BACKBONE, FOLD): attribution maps on held-out test images.
 
-For each target class of ``explain.targets`` (default covid19) the first ``explain.max_images`` test-split
-images positive for it (index order; :mod:`cxrbench.explain.selection`), every method of
+For each target class of ``explain.targets`` (default covid19) a seeded sample of the test-split images
+positive for it: ``explain.max_images`` patients, one image each, drawn at random within each source
+(``explain.sample_seed``; :mod:`cxrbench.explain.selection`), every method of
 ``explain.methods`` on the trained model and on a weight-randomised copy (the first
 ``explain.sanity_images`` images). Writes the maps (:mod:`cxrbench.explain.store`) and
 ``metrics/attribute/{backbone}-f{fold}.json``: per method ok (it ran) + seconds, or the recorded reason it
@@ -10,7 +11,7 @@ value everywhere, e.g. an all-zero Grad-CAM) or nonfinite, and ``degenerate``: t
 constant or non-finite ones (empty list when none); the same under ``sanity`` for the randomised model's
 maps; for deeplift its completeness per image (``convergence``) and for lrp its relevance conservation per
 image (``conservation``: sum(map), the target logit and their relative gap); the model preparation report;
-max_batch. Degenerate maps are a status, not a score: the aoppc stage leaves them out of every metric and
+max_batch; ``sample``: the n of images, patients and sources explained, and of those it was drawn from. Degenerate maps are a status, not a score: the aoppc stage leaves them out of every metric and
 counts them.
 
 No matching test image: the fold is recorded as skipped (reason in both files).
@@ -34,7 +35,7 @@ from cxrbench.explain import runner as A
 from cxrbench.explain import store
 from cxrbench.explain.methods.gradients import convergence_summary
 from cxrbench.explain.metrics import perturbation as EM
-from cxrbench.explain.selection import lung_masks, select
+from cxrbench.explain.selection import describe, lung_masks, select, test_images
 
 
 def run_stage(params: dict, backbone: str, fold: int) -> None:
@@ -46,6 +47,7 @@ def run_stage(params: dict, backbone: str, fold: int) -> None:
     max_images = P.check_int("explain.max_images", P.section(params, "explain.max_images"), minimum=1)
     n_sanity = P.check_int("explain.sanity_images", P.section(params, "explain.sanity_images"), minimum=0)
     seed = P.check_int("explain.seed", P.section(params, "explain.seed"))
+    sample_seed = P.check_int("explain.sample_seed", P.section(params, "explain.sample_seed"))
     tolerance = P.check_fraction("explain.deeplift_tolerance", P.section(params, "explain.deeplift_tolerance"),
                                  open_high=False)
     npz_path = Path(paths.attributions(backbone, fold))
@@ -55,12 +57,14 @@ def run_stage(params: dict, backbone: str, fold: int) -> None:
 
     cache = Cache(paths.CACHE, paths.INDEX)
     confounder.apply(cache)                                 # the planted shortcut (confounder.enabled; else a no-op)
-    sel = select(cache, targets, max_images, fold)
+    sel = select(cache, targets, max_images, fold, sample_seed)
+    sample = describe(sel, test_images(cache, fold), sample_seed)
     if len(sel) == 0:
         reason = f"no held-out test image is positive for {targets}"
         print(f"attribute {backbone} fold {fold}: SKIPPED: {reason}")
         store.save_skipped(npz_path, reason)
-        write_json(metrics_path, {"backbone": backbone, "fold": fold, "skipped": reason, "methods": {}})
+        write_json(metrics_path, {"backbone": backbone, "fold": fold, "skipped": reason, "sample": sample,
+                                  "methods": {}})
         return
 
     model, meta = A.load_classifier(params, backbone, fold, device)
@@ -75,7 +79,8 @@ def run_stage(params: dict, backbone: str, fold: int) -> None:
     x = A.classifier_input(cache.images[rows], meta, device, masks)
     masks = A.resize_masks(masks, tuple(x.shape[-2:]))
 
-    print(f"attribute {backbone} fold {fold}: {len(x)} images at {tuple(x.shape[1:])}")
+    print(f"attribute {backbone} fold {fold}: {len(x)} images of {sample['patients']} patients "
+          f"({', '.join(f'{k} {v}' for k, v in sample['sources'].items())}) at {tuple(x.shape[1:])}")
     t0 = time.perf_counter()
     run = A.attribute_all(s.methods, model, x, target, s, backbone)
     maps, status, built, max_batch, rep = run.maps, run.status, run.built, run.max_batch, run.prepare
@@ -101,7 +106,7 @@ def run_stage(params: dict, backbone: str, fold: int) -> None:
     store.save(npz_path, arrays)
     write_json(metrics_path, {
         "backbone": backbone, "fold": fold, "images": int(len(x)), "input": list(x.shape[1:]),
-        "targets": targets, "mask_source": mask_source, "max_batch": int(max_batch),
+        "targets": targets, "sample": sample, "mask_source": mask_source, "max_batch": int(max_batch),
         "max_batch_from": "params" if s.max_batch else "estimate", "device": str(device),
         "prepare": rep.as_dict(), "runtime": rt, "seconds": round(time.perf_counter() - t0, 2), "methods": status})
     bad = [m for m, st in status.items() if not st["ok"]]

@@ -237,7 +237,31 @@ def section_external(params: dict, root: Path) -> str:
                 _table(["model", "label", *[f"AUROC {titles[c]}" for c in cols],
                         *[f"{titles[c]} − {titles[comp]}" for c in cols[cols.index("external"):]],
                         "external prevalence"], rows), ""]
+        out += cut_shift_lines(src)
     return "\n".join(out)
+
+
+def cut_shift_lines(src: dict) -> list[str]:
+    """How far the decision cuts moved on an external source: per model and label, the validation cut, the
+    external set's own (Youden) cut and the specificity / sensitivity at each (metrics/external.json)."""
+    rows = []
+    for model, res in (src.get("models") or {}).items():
+        for label, r in res.get("labels", {}).items():
+            ext = (r.get("sets") or {}).get("external") or {}
+            own = ext.get("own_cut") or {}
+            if own.get("status") != "ok":
+                continue
+            rows.append([f"`{model}`", label, f"{own['validation_cut']:.3f}", f"{own['cut']:.3f}",
+                         f"{own['shift']:+.3f}", f"{_ci(ext.get('sensitivity'))} → {_ci(own.get('sensitivity'))}",
+                         f"{_ci(ext.get('specificity'))} → {_ci(own.get('specificity'))}"])
+    if not rows:
+        return []
+    biggest = max(rows, key=lambda r: abs(float(r[4])))
+    return [f"Decisions under shift: the validation cuts moved by up to {biggest[4]} ({biggest[1]}, {biggest[0]}) "
+            "to the external set's own Youden cut. A site should not use the validation cuts as they are: "
+            "`cxrbench predict --calibrate LABELS.csv` refits them on a labelled sample of its own images.", "",
+            _table(["model", "label", "validation cut", "external cut", "shift",
+                    "sensitivity: validation → own cut", "specificity: validation → own cut"], rows), ""]
 
 
 def section_audit(root: Path) -> str:

@@ -2,7 +2,7 @@
 
 COVID-CXNet (seed 004) warns that the two sources differ in age
 (pediatric Kermany vs adult covid-chestxray), resolution and acquisition. The
-audit trains ``audit.backbones`` on every fold of ``train.folds`` exactly as the
+audit trains ``audit.backbones`` on every fold of ``audit.folds`` (of ``train.folds``) exactly as the
 main classifiers, once per control of ``audit.controls``
 (:mod:`cxrbench.lungs.controls`: the lungs' region hidden, everything else hidden,
 the region's silhouette alone, the lung mask's silhouette alone, the
@@ -48,6 +48,12 @@ def validate(params: dict) -> dict:
     if not isinstance(bbs, list) or not bbs or any(b not in known for b in bbs):
         raise ParamError("audit.backbones", f"expected a non-empty list drawn from train.known_backbones {known}, "
                                             f"got {bbs!r}")
+    folds, trained = p.get("folds"), section(params, "train.folds")
+    if (not isinstance(folds, list) or not folds or len(set(map(str, folds))) != len(folds)
+            or any(isinstance(k, bool) or not isinstance(k, int) or k not in trained for k in folds)):
+        raise ParamError("audit.folds", f"expected a non-empty list without repeats drawn from train.folds "
+                                        f"{trained} (the audit compares each control with the main model of the "
+                                        f"same fold), got {folds!r}")
     controls = p.get("controls")
     if (not isinstance(controls, list) or not controls or not all(isinstance(c, str) for c in controls)
             or len(set(controls)) != len(controls)
@@ -321,7 +327,7 @@ def run(params: dict) -> None:
     a = validate(params)
     stats = bootstrap.validate(params)
     max_area = P.section(params, "segment.implausible_max_area")
-    folds = P.section(params, "train.folds")
+    folds = a["folds"]
     cache = Cache(paths.CACHE, paths.INDEX, in_memory=False)
     masks = seg.load_lung_masks(len(cache.index), mmap=True)
     index = cache.index.set_index("path")

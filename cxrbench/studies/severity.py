@@ -11,6 +11,12 @@ so a report can credit the source.
 * :func:`read_scores`: the scores by pipeline path (``covid_chestxray/images/<filename>``).
 * :func:`lung_share`: per map, the share of its positive relevance inside the lung mask.
 * :func:`correlate`: Spearman's rho between that share and a score, with a CI over patient groups.
+* Controls beside each method: the lung mask's area share (a uniform random map), the image itself and the
+  squared image as maps (:func:`image_controls`: zero-baseline maps scale with the input, and opacities are
+  bright), and the mean lung intensity (:func:`lung_intensity`).
+* :func:`partial_correlate`: the partial Spearman correlation of a method's share with the score given lung
+  area and mean lung intensity, its CI over patient groups, its p-value, Holm-corrected across the methods
+  of a backbone (:func:`holm`).
 * :func:`run`: the severity stage, every classifier's maps of the scored held-out test images.
 
 Degenerate inputs give a status, never a number: a map that is constant,
@@ -47,6 +53,10 @@ RANGES = {"extent": (0.0, 8.0), "opacity": (0.0, 6.0)}
 SHARE_STATUSES = ("ok", "constant", "nonfinite", "no_positive", "empty_mask")
 MODES = ("positive", "absolute")
 MIN_N, MIN_GROUPS = 5, 2
+AREA, IMAGE, IMAGE_SQ = "lung area (random map)", "image as map", "image squared as map"
+CONTROLS = (AREA, IMAGE, IMAGE_SQ)
+INTENSITY = "mean lung intensity"
+COVARIATES = (AREA, INTENSITY)          # what partial_correlate holds fixed
 OUT_JSON, OUT_MD = paths.SEVERITY, paths.SEVERITY_MD
 
 
@@ -211,6 +221,101 @@ def correlate(values: Any, scores: Any, groups: Any, *, n_boot: int, seed: int, 
     return {**out, "status": "ok", "rho": ci, "p": float(stats.spearmanr(v, s).pvalue)}
 
 
+def image_controls(images: Any, lung_masks: Any) -> dict[str, np.ndarray]:
+    """The image (N, H, W, values >= 0) and the squared image used as maps: their :func:`lung_share`. What a
+    map that only scales with brightness would score."""
+    img = np.asarray(images, dtype=np.float64)
+    if img.ndim != 3 or (img < 0).any():
+        raise ValueError(f"images: expected non-negative (N, H, W) intensities, got shape {img.shape}")
+    return {IMAGE: lung_share(img, lung_masks)[0], IMAGE_SQ: lung_share(img ** 2, lung_masks)[0]}
+
+
+def lung_intensity(images: Any, lung_masks: Any) -> np.ndarray:
+    """Mean intensity of each image inside its lung mask (NaN where the mask is empty)."""
+    img = np.asarray(images, dtype=np.float64)
+    m = np.asarray(lung_masks).astype(bool)
+    if img.shape != m.shape:
+        raise ValueError(f"lung_masks: expected the images' shape {img.shape}, got {m.shape}")
+    n = m.reshape(len(m), -1).sum(1)
+    total = (img * m).reshape(len(m), -1).sum(1)
+    return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+
+
+def _partial_spearman(v: np.ndarray, s: np.ndarray, z: np.ndarray) -> float | None:
+    """Spearman's partial correlation: Pearson's r of the ranks of ``v`` and ``s`` after each is regressed
+    (least squares, with an intercept) on the ranks of the columns of ``z``."""
+    if np.ptp(v) == 0 or np.ptp(s) == 0:
+        return None
+    design = np.column_stack([np.ones(len(v))] + [stats.rankdata(c) for c in z.T])
+    rv = stats.rankdata(v) - design @ np.linalg.lstsq(design, stats.rankdata(v), rcond=None)[0]
+    rs = stats.rankdata(s) - design @ np.linalg.lstsq(design, stats.rankdata(s), rcond=None)[0]
+    scale = np.sqrt((rv ** 2).sum() * (rs ** 2).sum())
+    if not scale > 1e-9 * len(v) ** 2:         # a residual that is (up to float error) zero: undefined
+        return None
+    return float((rv * rs).sum() / scale)
+
+
+def partial_correlate(values: Any, scores: Any, covariates: Mapping[str, Any], groups: Any, *, n_boot: int,
+                      seed: int, confidence: float = 0.95) -> dict:
+    """Spearman's partial correlation of ``values`` with ``scores`` given ``covariates`` (name -> (N,) array,
+    e.g. lung area and mean lung intensity), with a percentile CI over resampled patient groups.
+
+    Rows with any NaN are dropped and counted. ``p``: two-sided t-test of the partial correlation with
+    ``groups - 2 - k`` degrees of freedom (patients, not images, count as observations; ``k`` covariates),
+    for :func:`holm`. Status ``too_few`` (fewer than 5 + k rows or 3 + k groups) or ``constant``: no number.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)
+    g = np.asarray(groups, dtype=object)
+    names = list(covariates)
+    z = np.column_stack([np.asarray(covariates[c], dtype=np.float64) for c in names]) if names else \
+        np.zeros((len(v), 0))
+    if v.ndim != 1 or s.shape != v.shape or g.shape != v.shape or z.shape[0] != len(v):
+        raise ValueError(f"values, scores, covariates, groups: expected arrays of one length, got {v.shape}, "
+                         f"{s.shape}, {z.shape}, {g.shape}")
+    keep = np.isfinite(v) & np.isfinite(s) & np.isfinite(z).all(1)
+    v, s, g, z = v[keep], s[keep], g[keep], z[keep]
+    k, n, n_groups = len(names), int(len(v)), int(len(set(g.tolist())))
+    out: dict[str, Any] = {"n": n, "groups": n_groups, "dropped": int((~keep).sum()), "covariates": names,
+                           "rho": None, "p": None, "confidence": confidence, "n_boot": n_boot}
+    if n < MIN_N + k or n_groups < 3 + k:
+        return {**out, "status": "too_few"}
+    r = _partial_spearman(v, s, z)
+    if r is None:
+        return {**out, "status": "constant"}
+    ci = group_ci(lambda idx: _partial_spearman(v[idx], s[idx], z[idx]), g, n_boot=n_boot, seed=seed,
+                  confidence=confidence)
+    ci = {key: (None if isinstance(x, float) and not math.isfinite(x) else x) for key, x in ci.items()}
+    df = n_groups - 2 - k
+    t = r * math.sqrt(df / max(1e-300, 1 - r * r))
+    return {**out, "status": "ok", "rho": ci, "p": float(2 * stats.t.sf(abs(t), df)), "df": df}
+
+
+def holm(pvalues: Mapping[str, float | None]) -> dict[str, float | None]:
+    """Holm's step-down adjustment of the p-values of one family (None: not tested, stays None)."""
+    tested = sorted(((p, k) for k, p in pvalues.items() if p is not None), key=lambda t: t[0])
+    m, out, running = len(tested), {k: None for k in pvalues}, 0.0
+    for i, (p, k) in enumerate(tested):
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
+    return out
+
+
+def partial_table(partial: Mapping[str, Mapping[str, Mapping[str, Any]]], alpha: float = 0.05) -> str:
+    """Markdown: per backbone and method, the partial correlation [CI], p, Holm-adjusted p, n."""
+    lines = ["| backbone | method | partial Spearman rho [CI] | p | p (Holm) | n | groups | status |",
+             "|---|---|---|---|---|---|---|---|"]
+    for bb, per in partial.items():
+        for m, r in per.items():
+            rho = format_ci(r["rho"]) if r["status"] == "ok" else "–"
+            p = "–" if r["p"] is None else f"{r['p']:.3g}"
+            ph = r.get("p_holm")
+            mark = "" if ph is None else (" *" if ph < alpha else "")
+            lines.append(f"| {bb} | {m} | {rho} | {p} | {'–' if ph is None else f'{ph:.3g}'}{mark} | {r['n']} | "
+                         f"{r['groups']} | {r['status']} |")
+    return "\n".join(lines)
+
+
 def severity_table(rows: Sequence[Mapping[str, Any]] | Mapping[str, Mapping[str, Mapping[str, Any]]],
                    columns: Sequence[str] | None = None, meta: Mapping[str, str] | None = None) -> str:
     """Markdown: one row per :func:`correlate` result.
@@ -311,22 +416,41 @@ def run(params: dict) -> None:
                 shares.setdefault(bb, {}).setdefault(m, []).append(v)
                 status[f"{bb}-f{k}"][m]["maps"] = share_counts(map_status)
             area = masks.reshape(len(masks), -1).mean(1)
-            shares.setdefault(bb, {}).setdefault("lung area (random map)", []).append(area)
+            image = x.mean(1).cpu().numpy().astype(np.float64)            # the classifier's input, 0..1
+            controls = {AREA: area, **image_controls(image, masks), INTENSITY: lung_intensity(image, masks)}
+            for name, v in controls.items():
+                shares.setdefault(bb, {}).setdefault(name, []).append(v)
             print(f"severity: {bb}-f{k} {len(maps)}/{len(methods)} methods on {len(x)} scored test images")
     y = scored[score_col].to_numpy(float)
     groups = scored["group"].to_numpy()
-    results = {}
+    results, partial = {}, {}
+    kw = {"n_boot": stats["resamples"], "seed": stats["seed"], "confidence": stats["confidence"]}
     for bb, per in shares.items():
-        for m, folds in per.items():
-            v = np.stack(folds).mean(0)          # NaN where any fold's map is degenerate: correlate() drops and counts
-            results.setdefault(bb, {})[m] = correlate(v, y, groups, n_boot=stats["resamples"],
-                                                      seed=stats["seed"], confidence=stats["confidence"])
-    write_json(OUT_JSON, {**base, "status": "ok", "results": results, "methods_status": status, "runtime": rt})
+        mean = {m: np.stack(folds).mean(0) for m, folds in per.items()}   # NaN where any fold's map is degenerate
+        for m, v in mean.items():
+            results.setdefault(bb, {})[m] = correlate(v, y, groups, **kw)
+        cov = {c: mean[c] for c in COVARIATES}
+        partial[bb] = {m: partial_correlate(v, y, cov, groups, **kw) for m, v in mean.items()
+                       if m not in COVARIATES}
+        adjusted = holm({m: r["p"] for m, r in partial[bb].items() if m not in CONTROLS})
+        for m, r in partial[bb].items():
+            r["p_holm"] = adjusted.get(m)
+            r["family"] = "the methods of this backbone (Holm)" if m in adjusted else "control: not in the family"
+    write_json(OUT_JSON, {**base, "status": "ok", "results": results, "partial": partial,
+                          "controls": {"brightness": [IMAGE, IMAGE_SQ, INTENSITY], "area": AREA,
+                                       "partial_given": list(COVARIATES)},
+                          "methods_status": status, "runtime": rt})
     write_text(OUT_MD, "\n".join([
         "### Severity plausibility", "",
         f"Spearman correlation between the share of positive relevance inside the lungs and the radiologists' "
         f"{score_col} score, {len(scored)} held-out test images of {scored['group'].nunique()} patients "
         f"(mean over folds per backbone; CI over patients; dropped: images whose map was degenerate in some fold). Control: the lung mask's area share (what a "
         f"uniform random map gives). Scores: {scores_file.name} (CC BY-SA, Cohen et al. 2020).", "",
-        severity_table(results), ""]))
+        severity_table(results), "",
+        f"Brightness controls: the classifier's input used as a map ({IMAGE!r}) and squared ({IMAGE_SQ!r}), and "
+        f"the {INTENSITY} itself: a map that scales with the input scores like them without finding anything. "
+        f"Below, each method's partial correlation given {' and '.join(COVARIATES)} (ranks regressed out); "
+        f"p: t-test with patients as observations; Holm across the methods of a backbone (* p < 0.05); the "
+        f"image controls are shown, not counted in the family.", "",
+        partial_table(partial), ""]))
     print(f"severity: {OUT_MD}")

@@ -126,3 +126,33 @@ def test_bench_gpu_runs_at_tiny_sizes(tmp_path):
     assert [r["method"] for r in out["attribution"]] == ["saliency", "gradcam"]
     assert all(r["seconds_per_image"] > 0 for r in out["attribution"]) and out["device"].startswith("CPU")
     assert (tmp_path / "b.json").is_file()
+
+
+def test_early_stopping_stops_after_patience_epochs_and_a_rerun_keeps_the_stop(tmp_path, monkeypatch):
+    """train.patience: with validation losses 1.0, 0.9, 0.95, 0.97, ... and patience 2, training stops after
+    the 4th of 10 epochs, is complete (best.pt from epoch 2, final.pt from epoch 4), and a rerun neither
+    trains again nor reopens the finished models."""
+    images, _ = _data(24, 32)
+    targets = np.zeros((24, 2), np.float32)
+    targets[::2, 0] = 1
+    losses = iter([1.0, 0.9, 0.95, 0.97, 0.99, 1.0, 1.1, 1.2, 1.3, 1.4])
+    monkeypatch.setattr(training, "mean_loss", lambda *a, **k: next(losses))
+    cfg = training.TrainConfig(backbone="test_resnet", fold=0, labels=["a", "b"], in_chans=1, cache_size=32,
+                               input_size=32, epochs=10, batch_size=8, seed=0, patience=2)
+    out = training.train(cfg, images, targets, np.arange(16), np.arange(16, 24), tmp_path, device="cpu",
+                         progress=False)
+    assert out["complete"] and out["stopped_early"] and out["epochs_done"] == 4 and out["best_epoch"] == 1
+    assert (tmp_path / training.FINAL).is_file()
+    again = training.train(cfg, images, targets, np.arange(16), np.arange(16, 24), tmp_path, device="cpu",
+                           progress=False)
+    assert again["resumed"] and again["complete"] and again["epochs_done"] == 4
+    assert training.stop_early([{"epoch": 3}], {"epoch": 1}, 2) and not training.stop_early([{"epoch": 3}],
+                                                                                            {"epoch": 1}, None)
+    # without patience the digest is the one of a config without the key: older checkpoints stay resumable
+    plain = training.TrainConfig(backbone="test_resnet", fold=0, labels=["a", "b"], in_chans=1, cache_size=32,
+                                 input_size=32, epochs=10, batch_size=8, seed=0)
+    import hashlib
+    import json
+    before = {k: v for k, v in training.asdict(plain).items() if k not in ("input_options", "weights_id", "patience")}
+    assert plain.digest() == hashlib.sha1(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert plain.digest() != cfg.digest()

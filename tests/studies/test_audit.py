@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 import tempfile
 
 import numpy as np
@@ -228,6 +229,9 @@ def test_markdown_shows_every_control_with_its_ci_and_the_exclusions():
     ("scores", {"x": {"score": "covid19", "truth": "source=elsewhere", "within": None}}, "unknown source"),
     ("scores", {"x": {"score": "covid19", "truth": "covid19", "within": "mars"}}, "unknown source"),
     ("scores", {"x": {"score": "covid", "truth": "covid19", "within": None}}, "unknown label"),
+    ("folds", [0, 7], "audit.folds.*drawn from train.folds"),
+    ("folds", [], "audit.folds"),
+    ("folds", [1, 1], "audit.folds"),
 ])
 def test_audit_params_that_would_mislead_are_refused(params, key, value, msg):
     p = copy.deepcopy(params)
@@ -262,3 +266,15 @@ def test_a_constant_model_is_flagged_not_read_as_a_finding():
               "options": {"region": "template", "dilation": 0.0, "fill": "mean", "blur_sigma": 0.05}, "scores": out,
               "excluded": {"count": 0, "of": 240, "by_reason": {}, "images": []}}
     assert "0.500 [0.500, 0.500] constant output" in audit.markdown(result)
+
+
+def test_the_audit_trains_on_its_own_folds(params):
+    """audit.folds: the audit on fewer folds than the main models (the study-cpu profile audits 2 of 5)."""
+    p = copy.deepcopy(params)
+    p["train"]["folds"] = [0, 1, 2, 3, 4]
+    p["audit"]["folds"] = [0, 1]
+    assert audit.validate(p)["folds"] == [0, 1]
+    import yaml
+    dvc = yaml.safe_load((Path(__file__).resolve().parents[2] / "dvc.yaml").read_text())
+    for stage in ("audit_train", "audit_evaluate"):
+        assert dvc["stages"][stage]["matrix"]["fold"] == "${audit.folds}"

@@ -290,3 +290,67 @@ def test_a_reencoded_or_mirrored_copy_of_a_study_image_is_not_external(params, t
     assert [Path(f).name for f in kept["file"]] == ["IM-9003-0001.jpeg"]
     assert found["copies"] == found["images"] == found["patients"] == 2
     assert {Path(c["path"]).name: c["study_path"] for c in found["pairs"]} == originals
+
+
+def shifted(n: int, seed: int, offset: float):
+    """A label whose probabilities separate the classes around 0.5 + ``offset`` (a site whose images all
+    score ``offset`` higher: the validation cut 0.5 then calls nearly everyone positive)."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.5).astype(int)
+    prob = np.clip(0.5 + offset + 0.15 * (2 * y - 1) + rng.normal(0, 0.07, n), 0, 1)
+    return y, prob, np.array([f"p{i // 2}" for i in range(n)])
+
+
+def test_youden_cut_is_the_best_cut_by_brute_force():
+    y, prob, _ = shifted(80, 4, 0.0)
+    cut = XT.youden_cut(y, prob)
+    j = lambda c: (prob[y == 1] >= c).mean() + (prob[y == 0] < c).mean() - 1     # noqa: E731
+    assert j(cut) == pytest.approx(max(j(c) for c in np.unique(prob)), abs=1e-12)
+    assert XT.youden_cut(np.ones(5), np.linspace(0, 1, 5)) is None
+
+
+def test_own_cut_recovers_the_decisions_a_shift_broke():
+    y, prob, groups = shifted(200, 5, 0.25)            # known shift: +0.25 on every image
+    at_validation = (prob >= 0.5)
+    spec_validation = 1 - at_validation[y == 0].mean()
+    assert spec_validation < 0.3                        # the validation cut calls most negatives positive
+    out = XT.own_cut(y, prob, (0.5, "the model's validation cut"), groups, STATS)
+    assert out["status"] == "ok"
+    assert out["shift"] == pytest.approx(out["cut"] - 0.5) and 0.15 < out["shift"] < 0.35   # moved by ~ +0.25
+    assert out["specificity"]["estimate"] > 0.85 and out["sensitivity"]["estimate"] > 0.85
+    for m in ("sensitivity", "specificity"):
+        assert out[m]["low"] <= out[m]["estimate"] <= out[m]["high"]
+    assert XT.validation_cut([np.array([0.4, 0.2]), np.array([0.6, 0.3])], 0)[0] == pytest.approx(0.5)
+    assert XT.validation_cut([np.array([0.4, 0.2])], 1) == (0.2, "the model's validation cut")
+
+
+def test_markdown_reports_decisions_at_both_cuts():
+    internal, external = _synthetic(120, 0), _synthetic(90, 1, shift=0.5)
+    labels = {n: XT.score_label({XT.INTERNAL: internal, XT.EXTERNAL: external}, j, STATS, 10,
+                                [(XT.EXTERNAL, XT.INTERNAL)]) for j, n in enumerate(["covid19", "healthy"])}
+    labels["covid19"]["sets"][XT.EXTERNAL]["own_cut"] = XT.own_cut(
+        external.y[:, 0], external.prob[:, 0], (0.5, "the model's validation cut"), external.groups, STATS)
+    source = {"note": "", "compare_with": None, "max_images_per_class": None,
+              "excluded": {"patients": 0, "images": 0}, "unparsed": [], "unreadable": [],
+              "images": {"listed": 90, "scored": 90, "patients": 45, "capped": 0, "by_finding": "a 90"},
+              "disjoint": {"shared_patients": 0, "shared_files": 0, "pixel_identical": 0},
+              "compare_mix": None, "mix_weights": None, "models": {"resnet18:0": {"labels": labels}}}
+    result = {"status": "on", "models": {"resnet18:0": ["resnet18-f0"]}, "confidence": 0.95, "resamples": 200,
+              "calibration_bins": 10, "sources": {"toy": source}, "seconds": 1.0, "runtime": {"cpu": "x"}}
+    text = XM.markdown(result)
+    own = labels["covid19"]["sets"][XT.EXTERNAL]["own_cut"]
+    assert "external Youden cut" in text and f"{own['cut']:.3f}" in text and f"{own['shift']:+.3f}" in text
+    assert B.format_ci(own["specificity"]) in text
+
+
+def test_model_card_says_how_far_the_cuts_moved():
+    y, prob, groups = shifted(120, 6, 0.25)
+    own = XT.own_cut(y, prob, (0.5, "the model's validation cut"), groups, STATS)
+    ext = {"sensitivity": {"estimate": 1.0, "low": 1.0, "high": 1.0},
+           "specificity": {"estimate": 0.1, "low": 0.05, "high": 0.2}, "own_cut": own}
+    src = {"models": {"resnet18:0": {"labels": {"healthy": {"sets": {"external": ext}},
+                                                "covid19": {"sets": {}}}}}}
+    lines = "\n".join(model_card.cut_shift_lines(src))
+    assert f"moved by up to {own['shift']:+.3f} (healthy, `resnet18:0`)" in lines
+    assert "0.100 [0.050, 0.200] → " + B.format_ci(own["specificity"]) in lines
+    assert model_card.cut_shift_lines({"models": {}}) == []

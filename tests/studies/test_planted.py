@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -233,3 +234,143 @@ def test_aoppc_gain_weighted_means():
         PLK.aoppc_gain(j, key="aoppc_pixels_lerf")
 
 
+
+
+# --- controls: a strong cue, AOPPC on the same images, a randomised control per ranked model -------------
+
+from cxrbench.studies.planted import controls as PLC  # noqa: E402
+
+
+def test_decision_change_tells_a_strong_cue_from_a_weak_one():
+    rng = np.random.default_rng(0)
+    n = 120
+    groups = np.repeat(np.arange(60), 2)
+    target = np.arange(n) % 3 != 0
+    tagged = target.copy()
+    as_is = np.clip(0.8 + rng.normal(0, 0.05, n), 0, 1)
+    weak = np.clip(as_is - 0.011, 0, 1)                   # the drop reported on main: no decision changes
+    strong = np.clip(as_is - 0.5, 0, 1)                   # the tag carries the decision
+    w = PLC.decision_change(as_is, weak, 0.5, target=target, tagged=tagged, groups=groups, margin=0.2,
+                            n_boot=200, seed=0)
+    s = PLC.decision_change(as_is, strong, 0.5, target=target, tagged=tagged, groups=groups, margin=0.2,
+                            n_boot=200, seed=0)
+    assert w["estimate"] == 0 and not w["strong_cue"]
+    assert s["estimate"] == 1 and s["strong_cue"] and s["positive_as_is"] == 1 and s["positive_removed"] == 0
+    assert s["n"] == int((target & tagged).sum()) and s["groups"] > 1
+    none = PLC.decision_change(as_is, strong, 0.5, target=target, tagged=np.zeros(n, bool), groups=groups,
+                               margin=0.2, n_boot=200, seed=0)
+    assert none["status"] == "no_tagged_targets" and not none["strong_cue"]
+    json.dumps([w, s, none], allow_nan=False)
+
+
+def test_aoppc_gain_on_the_same_images_patient_weighted():
+    # two images of patient a, one of b; method m beats random by 0.3 on a's images and 0.0 on b's
+    rows = []
+    for method, vals in {"m": [0.5, 0.5, 0.2], "random": [0.2, 0.2, 0.2], "bad": [np.nan, 0.1, 0.1]}.items():
+        for (path, group), v in zip([("p1", "a"), ("p2", "a"), ("p3", "b")], vals):
+            rows.append({"method": method, "backbone": "r18", "fold": 0, "path": path, "group": group, "aoppc": v})
+    frame = pd.DataFrame(rows)
+    g = PLC.aoppc_gain_same(frame, ["m"])
+    assert g["r18"]["m"] == pytest.approx((0.3 + 0.0) / 2)        # per patient, not per image (0.2)
+    assert g["pooled"]["_n"] == {"images": 3, "groups": 2, "unscored": []}
+    both = PLC.aoppc_gain_same(frame, ["m", "bad"])               # p1 dropped: bad's map is degenerate there
+    assert both["pooled"]["_n"] == {"images": 2, "groups": 2, "unscored": []}
+    dead = frame.assign(aoppc=np.where(frame["method"] == "bad", np.nan, frame["aoppc"]))
+    assert PLC.aoppc_gain_same(dead, ["m", "bad"])["pooled"]["_n"]["unscored"] == ["bad"]   # not the whole set
+    assert both["pooled"]["m"] == pytest.approx((0.3 + 0.0) / 2) and both["pooled"]["bad"] == pytest.approx(-0.1)
+    # aoppc_per_image: degenerate maps are NaN, never scored
+    maps = {"m": np.zeros((3, 4, 4)), "random": np.ones((3, 4, 4))}
+    status = {"m": np.array(["ok", "constant", "ok"]), "random": np.array(["ok"] * 3)}
+    calls = []
+    per = PLC.aoppc_per_image(lambda rows, a: calls.append(list(rows)) or {"aoppc": np.full(len(a), 0.4)}, maps, status,
+                              {"backbone": "r18", "fold": 0, "paths": ["p1", "p2", "p3"], "groups": ["a", "a", "b"]})
+    assert calls == [[0, 2], [0, 1, 2]] and np.isnan(per.loc[(per["method"] == "m") & (per["path"] == "p2"), "aoppc"]).all()
+
+
+def test_a_model_without_a_randomised_control_leaves_the_ranking():
+    rows = []
+    for bb, status in (("resnet18", "ok"), ("efficientnet_lite0", "constant")):
+        for m in ("saliency", "gradcam"):
+            for i in range(3):
+                rows.append({"method": m, "backbone": bb, "fold": 0, "status": status if m == "gradcam" or bb ==
+                             "efficientnet_lite0" else "ok"})
+        rows.append({"method": "random", "backbone": bb, "fold": 0, "status": "ok"})
+    kept, left = PLC.ranked_models(pd.DataFrame(rows), [("resnet18", 0), ("efficientnet_lite0", 0), ("resnet18", 1)])
+    assert kept == [("resnet18", 0)]
+    assert "every map of its weight-randomised copy is degenerate for gradcam (3 maps), saliency (3 maps)" in \
+        left["efficientnet_lite0-f0"]
+    assert "no randomised-model map" in left["resnet18-f1"]
+
+
+def test_planted_stage_end_to_end_on_the_sample(sample_data, params, tmp_path, monkeypatch):
+    """The stage on the shipped sample's 64 px cache, a tiny untrained resnet18 per fold and its stored maps:
+    the decision change per model, AOPPC on the same tagged images, and a model whose randomised copy gives
+    only constant maps left out of the ranking with the reason."""
+    import copy
+    import shutil
+
+    import torch
+
+    from cxrbench.classify import models as M
+    from cxrbench.core import paths
+    from cxrbench.core.io import write_csv
+    from cxrbench.data import confounder as C
+    from cxrbench.data.cache import Cache
+    from cxrbench.explain import store
+    from cxrbench.studies.planted import run as PR
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    for f in ("index.csv", "splits.csv"):
+        shutil.copy(sample_data / f, tmp_path / "data" / f)
+    shutil.copytree(sample_data / "cache", tmp_path / "data" / "cache")
+    p = copy.deepcopy(params)
+    p["confounder"].update(enabled=True, size=0.125)
+    p["train"].update(backbones=["resnet18", "efficientnet_lite0"], folds=[0])
+    p["explain"]["methods"] = ["saliency", "gradcam"]
+    p["stats"]["resamples"] = 100
+    p["aoppc"]["region"].update(patch=0.125, steps=4)
+    cache = Cache(paths.CACHE, paths.INDEX)
+    splits = pd.read_csv(paths.SPLITS, keep_default_na=False)
+    write_csv(f"{C.PLAN_DIR}/{C.PLAN_FILE}", C.plan_for_cache(splits, cache.index, cache.images, p))
+    labels = list(p["labels"]["names"])
+    torch.manual_seed(0)
+    nets = {}
+    for bb in ("resnet18", "efficientnet_lite0"):
+        net = M.create_model(bb, len(labels), 1, "none", 32).eval()
+        nets[bb] = (net, M.classifier_meta(bb, labels, 1, 32, 64, "full", 0, fold=0, epoch=0))
+        ev = Path(paths.run("main", bb, 0).eval_metrics)
+        ev.parent.mkdir(parents=True, exist_ok=True)
+        ev.write_text(json.dumps({"cut": "ge", "thresholds": {n: {"cut": 0.5} for n in labels}}))
+        test = splits[splits["split"] == "test"]
+        covid = cache.index.set_index("path").loc[test["path"], "y_covid19"].to_numpy() == 1
+        sel = test["path"].to_numpy()[covid][:12]
+        rows = cache.rows(sel)
+        rng = np.random.default_rng(1)
+        maps = {m: rng.random((len(rows), 64, 64)).astype(np.float32) for m in ("saliency", "gradcam")}
+        out = Path(paths.attributions(bb, 0))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        store.save(out, store.arrays(rows, list(sel), np.full(len(rows), labels.index("covid19")),
+                                     ["covid19"] * len(rows), np.ones((len(rows), 64, 64), np.uint8), maps, {}))
+    monkeypatch.setattr(PR.identity, "load", lambda params, bb, k, device: nets[bb])
+    monkeypatch.setattr(PR.training, "checkpoint_file", lambda params: None)
+    real = PR.randomised_maps
+
+    def randomised(params, model, meta, name, *a, **k):        # efficientnet's randomised copy: constant maps
+        maps = real(params, model, meta, name, *a, **k)
+        return {m: np.zeros_like(v) for m, v in maps.items()} if name.startswith("efficientnet") else maps
+
+    monkeypatch.setattr(PR, "randomised_maps", randomised)
+    PR.run(p)
+    out = json.loads(Path(paths.PLANTED).read_text())
+    d = out["decision_change"]
+    assert set(d) == {"resnet18-f0", "efficientnet_lite0-f0", "resnet18", "efficientnet_lite0"}
+    assert d["resnet18-f0"]["cut"] == 0.5 and d["resnet18-f0"]["margin"] == p["confounder"]["strong_cue"]
+    r = out["ranking"]
+    assert r["models"] == ["resnet18-f0"]
+    assert "every map of its weight-randomised copy is degenerate" in r["left_out"]["efficientnet_lite0-f0"]
+    assert set(r["scopes"]) == {"resnet18", "pooled"}
+    assert 0 < r["aoppc_n"]["pooled"]["images"] <= 12          # the tagged ones of the 12 attributed images
+    assert r["aoppc_n"]["pooled"]["groups"] <= r["aoppc_n"]["pooled"]["images"]
+    md = Path(paths.PLANTED_MD).read_text()
+    assert "decision change [CI]" in md and "Left out: efficientnet_lite0-f0" in md

@@ -465,3 +465,94 @@ def test_dicom_rows_and_columns_are_checked_before_the_pixels(tmp_path, monkeypa
     assert arr is None and why.startswith("NonFiniteImageError")
     arr, why = PI.prepare_file((str(fine), recipe, 50_000_000))
     assert why == PI.OK and arr.shape == (1, 32, 32)
+
+
+# --- predict --calibrate: decisions refitted on a labelled sample of a site with a known shift ---------------
+
+from cxrbench.studies.predict import calibrate as PCal  # noqa: E402
+
+
+def _site(n, seed, offset=0.25):
+    """A site whose probabilities of 'healthy' are all ``offset`` higher than at the study's: the classes
+    separate around 0.5 + offset, so the validation cut 0.5 calls healthy on nearly every image."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.5).astype(float)
+    prob = np.clip(0.5 + offset + 0.12 * (2 * y - 1) + rng.normal(0, 0.05, n), 0, 1)
+    return y, prob
+
+
+@pytest.mark.parametrize("method", ["cut", "platt"])
+def test_calibration_on_a_shifted_site_restores_its_decisions(method):
+    y_fit, p_fit = _site(80, 0)
+    fitted = PCal.fit(y_fit[:, None], p_fit[:, None], ["healthy"], method, np.array([0.5]))
+    e = fitted["healthy"]
+    assert e["status"] == "fitted" and e["n"] == 80
+    assert 0.15 < e["shift"] < 0.35                                  # the known shift, +0.25, recovered
+    y_new, p_new = _site(200, 1)                                     # other images of the same site
+    frame = pd.DataFrame({"path": [f"x{i}" for i in range(200)], "status": "ok", "prob_healthy": p_new,
+                          "pred_healthy": (p_new >= 0.5).astype(int)})
+    before = (frame["pred_healthy"] == y_new).mean()
+    out = PCal.apply(frame, fitted)
+    after = (out["pred_healthy"] == y_new).mean()
+    assert before < 0.65 and after > 0.9
+    assert (out["decided_by"] == "site calibration: healthy").all()
+    assert (f"cal_prob_healthy" in out.columns) == (method == "platt")
+
+
+def test_calibration_keeps_the_validation_decision_without_enough_labels():
+    y = np.array([[1.0, np.nan]] * 6 + [[0.0, np.nan]] * 3)
+    prob = np.full((9, 2), 0.6)
+    fitted = PCal.fit(y, prob, ["healthy", "covid19"])
+    assert fitted["healthy"]["status"] == "kept the validation decision" and "3 negative" in fitted["healthy"]["reason"]
+    assert fitted["covid19"]["n"] == 0
+    frame = pd.DataFrame({"path": ["a", "b"], "status": ["ok", "unreadable"], "prob_healthy": [0.7, np.nan],
+                          "prob_covid19": [0.1, np.nan], "pred_healthy": [0, np.nan], "pred_covid19": [1, np.nan]})
+    out = PCal.apply(frame, fitted)
+    assert out["pred_healthy"].tolist()[:1] == [0] and out["decided_by"].tolist() == ["validation cuts", ""]
+
+
+def test_calibration_labels_csv_errors_name_file_line_and_column(tmp_path):
+    f = tmp_path / "labels.csv"
+    f.write_text("path,y_healthy\na.png,1\nb.png,yes\n")
+    with pytest.raises(PL.PredictError, match=r"labels.csv, line 3: y_healthy is 'yes'"):
+        PCal.read_labels(f, ["healthy", "covid19"])
+    f.write_text("path,y_flu\na.png,1\n")
+    with pytest.raises(PL.PredictError, match=r"\['y_flu'\] name no label"):
+        PCal.read_labels(f, ["healthy"])
+    f.write_text("path,y_healthy\nsub/a.png,1\nb.png,\n")
+    frame = PCal.read_labels(f, ["healthy", "covid19"])
+    assert frame["path"].tolist() == [str(tmp_path / "sub" / "a.png"), str(tmp_path / "b.png")]
+    assert frame["y_healthy"].tolist()[0] == 1.0 and np.isnan(frame["y_healthy"].tolist()[1])
+    assert np.isnan(frame["y_covid19"]).all()
+
+
+def test_predict_calibrate_end_to_end_on_a_shifted_site(tmp_path, monkeypatch, capsys):
+    """The command: the labelled site images are scored, the cut refitted, the predicted images decided by
+    it, and the fit written beside --out (the models stubbed: their probabilities carry the known shift)."""
+    y_site, p_site = _site(60, 2)
+    y_new, p_new = _site(40, 3)
+    probs = {**{f"/site/s{i}.png": p for i, p in enumerate(p_site)}, **{f"/new/n{i}.png": p for i, p in enumerate(p_new)}}
+
+    def load_run(*a, **k):
+        return SimpleNamespace(members=[SimpleNamespace(name=f"{TINY}-f0", cuts=np.array([0.5]))], device="cpu",
+                               rule="own cut", labels=["healthy"], recipe=SimpleNamespace(size=64, channels=("raw",)))
+
+    def predict_files(run, paths, *a, **k):
+        p = np.array([probs[str(x)] for x in paths])
+        return pd.DataFrame({"path": [str(x) for x in paths], "status": "ok", "prob_healthy": p,
+                             "pred_healthy": (p >= 0.5).astype(int), "models": f"{TINY}-f0"})
+
+    monkeypatch.setattr(PC, "load_run", load_run)
+    monkeypatch.setattr(PC, "predict_files", predict_files)
+    monkeypatch.setattr(PC, "find_images", lambda items: [Path(f"/new/n{i}.png") for i in range(40)])
+    labels = tmp_path / "site.csv"
+    pd.DataFrame({"path": [f"/site/s{i}.png" for i in range(60)], "y_healthy": y_site.astype(int)}).to_csv(labels, index=False)
+    out = tmp_path / "p.csv"
+    argv = ["/new", "--out", str(out), "--calibrate", str(labels), "--params",
+            str(Path(__file__).resolve().parents[2] / "params.yaml"), "--device", "cpu"]
+    assert PC.main(argv) == 0
+    got = pd.read_csv(out)
+    assert (got["pred_healthy"] == y_new).mean() > 0.9 and ((p_new >= 0.5) == y_new).mean() < 0.65
+    fit = json.loads((tmp_path / "p.calibration.json").read_text())
+    assert fit["labels"]["healthy"]["status"] == "fitted" and 0.15 < fit["labels"]["healthy"]["shift"] < 0.35
+    assert "calibrate healthy" in capsys.readouterr().out

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -104,3 +105,122 @@ def test_correlate_monotone_and_degenerate():
     assert "| gradcam | opacity | – | 4 |" in md and "too_few" in md and "License: L" in md
     nested = S.severity_table({"resnet18": {"saliency": up, "gradcam": few}})
     assert "| backbone | method |" in nested and "| resnet18 | gradcam | – | 4 |" in nested
+
+
+def brightness_world(n: int = 60, seed: int = 0):
+    """Images whose lung brightness rises with the severity score (opacities are bright), a 'brightness' map
+    (the image itself, as a zero-baseline map is) and a map whose lung share follows the score beyond it."""
+    rng = np.random.default_rng(seed)
+    score = rng.uniform(0, 8, n)
+    masks = np.zeros((n, 16, 16), bool)
+    masks[:, 4:12, 2:14] = True
+    bright = 0.2 + 0.08 * score + rng.normal(0, 0.05, n)          # mean lung intensity
+    images = np.full((n, 16, 16), 0.5)
+    images[masks] = np.repeat(bright, masks[0].sum())
+    images = np.clip(images + rng.normal(0, 0.01, images.shape), 0, 1)
+    return score, masks, images
+
+
+def test_brightness_controls_explain_a_map_that_scales_with_the_image():
+    score, masks, images = brightness_world()
+    ctrl = S.image_controls(images, masks)
+    intensity = S.lung_intensity(images, masks)
+    area = masks.reshape(len(masks), -1).mean(1)
+    groups = np.arange(len(score))
+    raw = S.correlate(ctrl[S.IMAGE], score, groups, n_boot=N_BOOT, seed=0)
+    assert raw["rho"]["estimate"] > 0.8                   # the image alone 'localises' severity
+    cov = {S.AREA: area, S.INTENSITY: intensity}
+    part = S.partial_correlate(ctrl[S.IMAGE], score, cov, groups, n_boot=N_BOOT, seed=0)
+    assert part["status"] == "ok" and abs(part["rho"]["estimate"]) < 0.3   # gone once brightness is held fixed
+    assert part["rho"]["low"] < 0 < part["rho"]["high"]
+    # a map whose lung share follows the score beyond brightness keeps its partial correlation
+    rng = np.random.default_rng(1)
+    informative = 0.1 + 0.1 * score + rng.normal(0, 0.05, len(score))
+    kept = S.partial_correlate(informative, score, cov, groups, n_boot=N_BOOT, seed=0)
+    assert kept["rho"]["estimate"] > 0.5 and kept["rho"]["low"] > 0 and kept["p"] < 1e-3
+    assert kept["df"] == len(score) - 2 - 2 and kept["covariates"] == [S.AREA, S.INTENSITY]
+    json.dumps([part, kept], allow_nan=False)
+
+
+def test_partial_spearman_without_covariates_is_spearman_and_degenerate_cases():
+    rng = np.random.default_rng(2)
+    a, b = rng.random(25), rng.random(25)
+    r = S.partial_correlate(a, b, {}, np.arange(25), n_boot=N_BOOT, seed=0)
+    assert r["rho"]["estimate"] == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+    assert r["p"] == pytest.approx(stats.spearmanr(a, b).pvalue, rel=1e-9)   # same t-test when k = 0
+    # a covariate equal to the values leaves nothing: undefined, not a number
+    same = S.partial_correlate(a, b, {"a": a}, np.arange(25), n_boot=N_BOOT, seed=0)
+    assert same["status"] == "constant" and same["rho"] is None
+    few = S.partial_correlate(a[:5], b[:5], {"c": b[:5]}, np.arange(5), n_boot=N_BOOT, seed=0)
+    assert few["status"] == "too_few"
+
+
+def test_holm_step_down():
+    # hand-computed: sorted 0.01, 0.02, 0.04 -> 0.03, 0.04, 0.04 (monotone); None stays untested
+    adj = S.holm({"a": 0.04, "b": 0.01, "c": 0.02, "d": None})
+    assert adj == pytest.approx({"a": 0.04, "b": 0.03, "c": 0.04, "d": None})
+    assert S.holm({"a": 0.6, "b": 0.5}) == {"a": 1.0, "b": 1.0}
+
+
+def test_lung_intensity_and_image_controls_inputs():
+    masks = np.zeros((2, 4, 4), bool)
+    masks[0, :2] = True
+    img = np.arange(32, dtype=float).reshape(2, 4, 4) / 32
+    li = S.lung_intensity(img, masks)
+    assert li[0] == pytest.approx(img[0, :2].mean()) and np.isnan(li[1])
+    with pytest.raises(ValueError, match="non-negative"):
+        S.image_controls(-img, masks)
+
+
+def test_severity_stage_end_to_end_on_the_sample(sample_data, params, tmp_path, monkeypatch):
+    """The stage on the shipped sample (its scored test images), a tiny untrained resnet18: every method's
+    correlation beside the brightness controls, the partial correlations with Holm across the methods."""
+    import copy
+    import shutil
+
+    import torch
+
+    from cxrbench.classify import models as M
+    from cxrbench.core import paths
+    from cxrbench.data.cache import Cache
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    for f in ("index.csv", "splits.csv"):
+        shutil.copy(sample_data / f, tmp_path / "data" / f)
+    shutil.copytree(sample_data / "cache", tmp_path / "data" / "cache")
+    cache = Cache(paths.CACHE, paths.INDEX)
+    # scores for the sample's covid-chestxray test images (the shipped file scores none of them): made-up
+    # values, in the file's format; this tests the stage's plumbing, not a finding
+    splits = pd.read_csv(paths.SPLITS, keep_default_na=False)
+    test = [q for q in splits.loc[splits["split"] == "test", "path"] if q.startswith(S.PREFIX)]
+    rng = np.random.default_rng(0)
+    scores = tmp_path / "scores.csv"
+    scores.write_text("## made-up scores for a test\n## License: CC0\n## Citation: none\n"
+                      "filename,geographic_mean,opacity_mean\n"
+                      + "".join(f"{q[len(S.PREFIX):]},{rng.uniform(0, 8):.2f},{rng.uniform(0, 6):.2f}\n" for q in test))
+    masks = np.zeros((len(cache.index), 64, 64), np.uint8)
+    masks[:, 12:52, 8:56] = 1
+    Path(paths.LUNG_MASKS).parent.mkdir(parents=True, exist_ok=True)
+    np.save(paths.LUNG_MASKS, masks)
+    p = copy.deepcopy(params)
+    p["train"].update(backbones=["resnet18"], folds=[0])
+    p["severity"].update(methods=["saliency", "gradcam"], scores_file=str(scores))
+    p["stats"]["resamples"] = 100
+    labels = list(p["labels"]["names"])
+    torch.manual_seed(0)
+    net = M.create_model("resnet18", len(labels), 1, "none", 32).eval()
+    meta = M.classifier_meta("resnet18", labels, 1, 32, 64, "full", 0, fold=0, epoch=0)
+    monkeypatch.setattr(S.A, "load_classifier", lambda params, bb, k, device: (net, meta))
+    monkeypatch.setattr(S.training, "checkpoint_file", lambda params: None)
+    S.run(p)
+    out = json.loads(Path(paths.SEVERITY).read_text())
+    assert out["status"] == "ok" and out["scored_test_images"] == len(test) >= 5
+    res, part = out["results"]["resnet18"], out["partial"]["resnet18"]
+    assert set(res) >= {"saliency", "gradcam", S.AREA, S.IMAGE, S.IMAGE_SQ, S.INTENSITY}
+    assert set(part) == {"saliency", "gradcam", S.IMAGE, S.IMAGE_SQ}                # covariates not correlated on themselves
+    assert part[S.IMAGE]["family"].startswith("control") and part[S.IMAGE]["p_holm"] is None
+    tested = {m: r["p"] for m, r in part.items() if m in ("saliency", "gradcam")}
+    assert {m: part[m]["p_holm"] for m in tested} == pytest.approx(S.holm(tested))
+    md = Path(paths.SEVERITY_MD).read_text()
+    assert "partial Spearman rho" in md and "Brightness controls" in md

@@ -41,7 +41,8 @@ from cxrbench.studies.external.images import prepare_images
 from cxrbench.studies.external.overlap import (_listed, cap_per_class, refuse_identical, separate_copies,
                                                separate_from_study)
 from cxrbench.studies.external.sources import OUT_DIR, ExternalError, fetch_source, list_images, source_root, validate
-from cxrbench.studies.external.stats import EXTERNAL, INTERNAL, MIX, SAME, Scored, mix_weights, score_label
+from cxrbench.studies.external.stats import (EXTERNAL, INTERNAL, MIX, SAME, Scored, mix_weights, own_cut, score_label,
+                                             validation_cut)
 from cxrbench.studies.external.tables import markdown, plot_calibration, set_titles
 
 INDEX = Path(paths.INDEX)
@@ -192,6 +193,11 @@ def run_stage(params: dict, device=None, workers: int = 1, show: bool = True) ->
                 sets[MIX] = Scored(y_ext, prob, pred, scored["patient"].to_numpy(), mix)
                 diffs.append((MIX, SAME))
             labels = {n: score_label(sets, j, stats, cfg.calibration_bins, diffs) for j, n in enumerate(run.labels)}
+            member_cuts = [run.members[i].cuts for i in idx]
+            for j, n in enumerate(run.labels):            # the decisions at the external set's own cut
+                if EXTERNAL in labels[n]["sets"]:
+                    labels[n]["sets"][EXTERNAL]["own_cut"] = own_cut(
+                        y_ext[:, j], prob[:, j], validation_cut(member_cuts, j), scored["patient"].to_numpy(), stats)
             src_result["models"][spec] = {"labels": labels}
             out = scored[["path", "patient", "finding"]].copy()
             out[[f"prob_{n}" for n in run.labels]] = prob

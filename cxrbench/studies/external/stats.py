@@ -128,3 +128,58 @@ def score_label(sets: dict[str, Scored], j: int, stats: dict, bins: int,
         out["sets"][name] = entry
     out["auroc_differences"] = {f"{a}-{b}": {k: ci[f"{a}-{b}"][k] for k in keep} for a, b in diffs}
     return out
+
+
+def youden_cut(y, prob) -> float | None:
+    """The cut of ``prob`` with the largest Youden's J (sensitivity + specificity - 1) on ``y``, decided
+    ``prob >= cut`` (sklearn's ROC curve; ties: the highest such cut). None without both classes."""
+    from sklearn.metrics import roc_curve
+
+    y = np.asarray(y).astype(int).ravel()
+    prob = np.asarray(prob, dtype=float).ravel()
+    if y.min(initial=1) == y.max(initial=0):
+        return None
+    fpr, tpr, thr = roc_curve(y, prob, drop_intermediate=False)
+    j = tpr - fpr
+    best = np.flatnonzero(j == j.max())
+    return float(min(1.0, thr[best[0]]))           # roc_curve's first threshold is inf: capped at 1
+
+
+def own_cut(y, prob, validation_cut: tuple[float, str] | None, groups, stats: dict) -> dict:
+    """Sensitivity and specificity at this set's own Youden cut, beside the validation cut it replaces.
+
+    The cut is re-chosen in every resample of the patient bootstrap, so that the CIs include the choice
+    (a cut chosen and scored on the same images is optimistic). ``validation_cut``: (cut, what it is) from
+    :func:`validation_cut`; ``shift``: own cut - validation cut."""
+    y = np.asarray(y).astype(int).ravel()
+    prob = np.asarray(prob, dtype=float).ravel()
+    cut = youden_cut(y, prob)
+    if cut is None:
+        return {"status": "one class only", "cut": None}
+
+    def rate(positive: bool):
+        def statistic(idx):
+            c = youden_cut(y[idx], prob[idx])
+            want = y[idx] == int(positive)
+            if c is None or not want.any():
+                return None
+            return float(((prob[idx] >= c) == positive)[want].mean())
+        return statistic
+
+    out = {"status": "ok", "cut": cut, "validation_cut": None if validation_cut is None else validation_cut[0],
+           "validation_cut_is": None if validation_cut is None else validation_cut[1],
+           "shift": None if validation_cut is None else cut - float(validation_cut[0]),
+           "how": "Youden's J on this set, re-chosen in each bootstrap resample"}
+    for name, positive in (("sensitivity", True), ("specificity", False)):
+        ci = B.group_ci(rate(positive), groups, n_boot=stats["resamples"], seed=stats["seed"],
+                        confidence=stats["confidence"])
+        out[name] = {k: ci[k] for k in ("estimate", "low", "high", "undefined")}
+    return out
+
+
+def validation_cut(cuts: list[np.ndarray], j: int) -> tuple[float, str]:
+    """The validation cut of label ``j`` of a model and what it is: its own cut (one member), or the mean of
+    its members' cuts (an ensemble decides by the vote of its members' cuts, so the mean is a summary)."""
+    if len(cuts) == 1:
+        return float(cuts[0][j]), "the model's validation cut"
+    return float(np.mean([c[j] for c in cuts])), f"mean of {len(cuts)} members' validation cuts (they vote)"

@@ -66,7 +66,7 @@ def markdown(result: dict) -> str:
             + ["AUROC external"] + ([f"AUROC {t[MIX]}"] if same else []) \
             + [f"external − {t[comp]}"] + ([f"{t[MIX]} − {t[comp]}"] if same else []) \
             + [f"AP {t[comp]} [chance]", "AP external [chance]", "external positives / images"]
-        rows, rows2, skipped = [], [], {}
+        rows, rows2, rows3, skipped = [], [], [], {}
         first = next(iter(src["models"]))
         for label, r in src["models"][first]["labels"].items():     # the truth is the same for every model
             if EXTERNAL not in r["sets"]:
@@ -94,12 +94,28 @@ def markdown(result: dict) -> str:
                 ece = [f"{sets[x]['calibration']['ece']:.3f}" if x in sets else "–" for x in (comp, EXTERNAL)]
                 rows2.append([f"`{model}`", label, cell(comp, "sensitivity"), cell(EXTERNAL, "sensitivity"),
                               cell(comp, "specificity"), cell(EXTERNAL, "specificity"), *ece])
+                own = sets[EXTERNAL].get("own_cut")
+                if own and own.get("status") == "ok":
+                    rows3.append([f"`{model}`", label, f"{own['validation_cut']:.3f}", f"{own['cut']:.3f}",
+                                  f"{own['shift']:+.3f}", cell(EXTERNAL, "sensitivity"),
+                                  B.format_ci(own["sensitivity"]), cell(EXTERNAL, "specificity"),
+                                  B.format_ci(own["specificity"])])
         lines += _table(head, rows)
         lines += ["", f"At each model's validation thresholds (the vote of its members' cuts, as `python -m "
                       f"cxrbench.studies.predict` decides), and calibration (expected calibration error over "
                       f"{result['calibration_bins']} equal-width bins; reliability diagrams in {PLOT}):", ""]
         lines += _table(["model", "label", f"sensitivity {t[comp]}", "sensitivity external",
                          f"specificity {t[comp]}", "specificity external", f"ECE {t[comp]}", "ECE external"], rows2)
+        if rows3:
+            lines += ["", "The decisions under shift: sensitivity and specificity on the external set at the "
+                          "validation cut and at the external set's own cut (Youden's J, re-chosen in each "
+                          "bootstrap resample so that its CI includes the choice; it is what a site that "
+                          "recalibrates on its own labelled images would reach: `cxrbench predict --calibrate`). "
+                          "The cut moved by the shift column (for an ensemble, from the mean of its members' cuts, "
+                          "which vote):", ""]
+            lines += _table(["model", "label", "validation cut", "external Youden cut", "shift",
+                             "sensitivity at validation cut", "sensitivity at own cut",
+                             "specificity at validation cut", "specificity at own cut"], rows3)
         if skipped:
             lines += ["", "Not scorable on this external set (listed, not dropped): " + "; ".join(
                 f"{', '.join(v)}: {k}" for k, v in skipped.items()) + "."]

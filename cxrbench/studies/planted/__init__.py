@@ -1,3 +1,3 @@
 """The planted-shortcut study (docs/ground-truth.md): reliance on the tag, localisation, ranking vs AOPPC."""
 
-__all__ = ['common', 'localisation', 'ranking', 'reliance', 'run']
+__all__ = ['common', 'controls', 'localisation', 'ranking', 'reliance', 'run']

@@ -1,3 +1,3 @@
 """Apply a trained run's classifiers to new radiographs: the ``cxrbench predict`` command."""
 
-__all__ = ['apply', 'cli', 'inputs', 'load', 'overlays', 'readable']
+__all__ = ['apply', 'calibrate', 'cli', 'inputs', 'load', 'overlays', 'readable']

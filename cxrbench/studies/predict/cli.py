@@ -5,6 +5,7 @@
     cxrbench predict scans/ --models resnet18 --device cuda            # every fold of resnet18
     cxrbench predict scans/ --models ensemble:0 --overlays overlays/    # fold 0's backbones, with maps
     cxrbench predict scans/ --run ../exp-folder --set predict.overlay_method=saliency --overlays maps/
+    cxrbench predict scans/ --calibrate site_labels.csv --out p.csv    # cuts refitted on the site's own labels
 
 IMAGES are files or folders (searched recursively for *.png, *.jpg, *.jpeg, *.dcm, any case, linked folders
 followed). A FIFO or device, an image whose header declares more than ``predict.max_pixels`` pixels (it is not
@@ -52,6 +53,10 @@ The CSV has one row per image, in input order (``--help`` lists the same columns
 A model whose validation micro F1 (metrics/eval, as in the model card) is below ``predict.min_val_f1`` gets a
 printed warning: its decisions are weak. A path given on the command line that does not exist is an error
 (exit status 2) before any model is loaded.
+
+``--calibrate LABELS.csv`` (columns ``path``, ``y_<label>``: a labelled sample of the user's own site) refits
+the decision of each label on those images before predicting (``--calibrate-method cut``: Youden's cut of the
+mean probability; ``platt``: Platt scaling, adding ``cal_prob_<label>``): :mod:`cxrbench.studies.predict.calibrate`.
 """
 
 from __future__ import annotations
@@ -63,8 +68,9 @@ from pathlib import Path
 
 from cxrbench.core import params as P
 from cxrbench.core import runtime
-from cxrbench.core.io import OutputPathError, check_writable, write_csv
+from cxrbench.core.io import OutputPathError, check_writable, write_csv, write_json
 from cxrbench.core.params import ParamError
+from cxrbench.studies.predict import calibrate as C
 from cxrbench.studies.predict.apply import predict_files
 from cxrbench.studies.predict.inputs import OK, find_images, max_pixels
 from cxrbench.studies.predict.load import ENSEMBLE, PredictError, load_run
@@ -118,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default=None, help="the run's params file (default: RUN/params.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a params key, e.g. --set predict.overlay_method=saliency (repeatable)")
+    ap.add_argument("--calibrate", default=None, metavar="LABELS.csv",
+                    help="refit each label's decision on a labelled sample of your site (columns path, y_<label>; "
+                         "0, 1 or empty); the fit is written beside --out as <stem>.calibration.json")
+    ap.add_argument("--calibrate-method", default="cut", choices=C.METHODS,
+                    help="cut: Youden's cut of the probability (default) | platt: Platt scaling, cut at 0.5")
     args = ap.parse_args(argv)
     try:
         overrides = P.parse_overrides(args.set)
@@ -150,7 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"predict: {len(paths)} image(s), {len(run.members)} model(s) "
               f"[{', '.join(m.name for m in run.members)}] on {run.device}, "
               f"{run.recipe.size} px {list(run.recipe.channels)}; pred_*: {run.rule}", flush=True)
+        fitted = calibrate(run, args.calibrate, args.calibrate_method) if args.calibrate else None
         frame = predict_files(run, paths, args.overlays, runtime.workers(), check_copies=not args.no_copy_check)
+        if fitted is not None:
+            frame = C.apply(frame, fitted)
+            write_json(C.report_path(args.out), {"labels_csv": str(args.calibrate), "method": args.calibrate_method,
+                                                 "models": [m.name for m in run.members], "labels": fitted})
     except (PredictError, ParamError, FileNotFoundError, OutputPathError) as err:
         print(f"predict: error: {err}", file=sys.stderr)
         return 2
@@ -167,6 +183,27 @@ def main(argv: list[str] | None = None) -> int:
     if len(bad) > 20:
         print(f"  ... and {len(bad) - 20} more (status column of {args.out})")
     return 0
+
+
+def calibrate(run, labels_csv: str, method: str) -> dict:
+    """The site's decision rule per label, fitted on the labelled images of ``labels_csv`` (:mod:`calibrate`)."""
+    import numpy as np
+
+    labelled = C.read_labels(labels_csv, list(run.labels))
+    scored = predict_files(run, labelled["path"].tolist(), None, runtime.workers())
+    ok = (scored["status"] == OK).to_numpy()
+    if not ok.any():
+        raise PredictError(f"--calibrate {labels_csv}: none of its {len(labelled)} images could be read")
+    prob = scored[[f"prob_{n}" for n in run.labels]].to_numpy(np.float64)[ok]
+    y = labelled[[f"y_{n}" for n in run.labels]].to_numpy(np.float64)[ok]
+    cuts = np.mean([m.cuts for m in run.members], axis=0)
+    fitted = C.fit(y, prob, list(run.labels), method, cuts)
+    for name, e in fitted.items():
+        if e["n"]:
+            how = (f"cut {e['cut']:.3f} (moved {e['shift']:+.3f})" if e.get("cut") is not None and "shift" in e
+                   else e.get("reason", e["status"]))
+            print(f"  calibrate {name}: {e['positives']}+/{e['negatives']}- labelled images: {how}")
+    return fitted
 
 
 if __name__ == "__main__":
