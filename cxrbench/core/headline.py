@@ -129,7 +129,8 @@ def _number(v: Any) -> float | None:
 
 
 def value_of(obj: Any) -> float | dict | None:
-    """A headline value: a number, or ``{"value", "low", "high"[, "n"]}`` for a CI; None when not a finite
+    """A headline value: a number, or ``{"value", "low", "high"[, "n"]}`` for a CI (``{"value", "ci": STATUS}``
+    where the interval has a status such as ``no_ci`` instead of bounds); None when not a finite
     number (NaN, a degenerate method's missing estimate, a status string)."""
     if isinstance(obj, dict):
         v = _number(obj.get("mean", obj.get("estimate")))
@@ -139,6 +140,8 @@ def value_of(obj: Any) -> float | dict | None:
         low, high = _number(obj.get("low")), _number(obj.get("high"))
         if low is not None and high is not None:
             out.update(low=low, high=high)
+        elif isinstance(obj.get("status"), str) and obj["status"] != "ok":
+            out["ci"] = obj["status"]          # e.g. no_ci: the interval's own status is shown, never dropped
         if _number(obj.get("n")) is not None:
             out["n"] = _number(obj["n"])
         return out if len(out) > 1 else v

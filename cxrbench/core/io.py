@@ -207,6 +207,8 @@ def write_csv(path: str | os.PathLike, frame) -> None:
 def _json_default(o: Any) -> Any:
     import numpy as np
 
+    if isinstance(o, np.bool_):
+        return bool(o)
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):

@@ -169,7 +169,7 @@ def test_later_knobs_at_their_defaults_keep_the_old_digest():
     resumable checkpoints); setting any knob changes it."""
     cfg = _cfg()
     d = dataclasses.asdict(cfg)
-    for key in ("task", "classes", "optimizer", "momentum", "schedule", "snapshots", "head"):
+    for key in ("task", "classes", "optimizer", "momentum", "schedule", "snapshots", "head", "patience"):
         del d[key]
     for key in ("input_options", "weights_id"):
         if not d[key]:

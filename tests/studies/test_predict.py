@@ -545,10 +545,11 @@ def test_predict_calibrate_end_to_end_on_a_shifted_site(tmp_path, monkeypatch, c
     monkeypatch.setattr(PC, "load_run", load_run)
     monkeypatch.setattr(PC, "predict_files", predict_files)
     monkeypatch.setattr(PC, "find_images", lambda items: [Path(f"/new/n{i}.png") for i in range(40)])
+    monkeypatch.setattr(PC, "quality_warning", lambda run: None)   # the stub run has no model card to read
     labels = tmp_path / "site.csv"
     pd.DataFrame({"path": [f"/site/s{i}.png" for i in range(60)], "y_healthy": y_site.astype(int)}).to_csv(labels, index=False)
     out = tmp_path / "p.csv"
-    argv = ["/new", "--out", str(out), "--calibrate", str(labels), "--params",
+    argv = [str(tmp_path), "--out", str(out), "--calibrate", str(labels), "--params",
             str(Path(__file__).resolve().parents[2] / "params.yaml"), "--device", "cpu"]
     assert PC.main(argv) == 0
     got = pd.read_csv(out)

@@ -132,7 +132,11 @@ def test_brightness_controls_explain_a_map_that_scales_with_the_image():
     cov = {S.AREA: area, S.INTENSITY: intensity}
     part = S.partial_correlate(ctrl[S.IMAGE], score, cov, groups, n_boot=N_BOOT, seed=0)
     assert part["status"] == "ok" and abs(part["rho"]["estimate"]) < 0.3   # gone once brightness is held fixed
-    assert part["rho"]["low"] < 0 < part["rho"]["high"]
+    # here the image map is (up to noise) a function of lung brightness, so its residual is undefined in many
+    # resamples: either the CI straddles 0 or there is honestly no CI (fewer valid resamples than
+    # stats.min_valid_share), never an interval away from 0
+    rho = part["rho"]
+    assert (rho["status"] == "no_ci" and rho["low"] is None) or rho["low"] < 0 < rho["high"]
     # a map whose lung share follows the score beyond brightness keeps its partial correlation
     rng = np.random.default_rng(1)
     informative = 0.1 + 0.1 * score + rng.normal(0, 0.05, len(score))
