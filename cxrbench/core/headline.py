@@ -27,6 +27,7 @@ __all__ = [
     "MAX_ENTRIES",
     "NOT_SCORED",
     "SPEC",
+    "cell",
     "count",
     "entries",
     "extract",
@@ -201,3 +202,20 @@ def flatten(headlines: dict[str, dict]) -> dict[str, Any]:
 def count(params: dict) -> int:
     """How many values the whole headline set holds under ``params`` (each with its CI where one exists)."""
     return sum(len(entries(stage, params)) for stage in SPEC)
+
+
+def cell(v: Any, n_format: str = " n={}") -> str:
+    """A headline value as text: ``0.812 [0.70, 0.90] n=40``; an interval's status (``no CI``) or "not scored"
+    is written out, never left blank."""
+    if v is None:
+        return NOT_SCORED
+    if isinstance(v, str):
+        return v
+    if isinstance(v, dict):
+        s = f"{v['value']:.3f}"
+        if "low" in v:
+            s += f" [{v['low']:.3f}, {v['high']:.3f}]"
+        elif "ci" in v:
+            s += f" ({str(v['ci']).replace('_', ' ')})"
+        return s + (n_format.format(v["n"]) if "n" in v else "")
+    return f"{v:.3f}" if isinstance(v, float) else str(v)

@@ -68,16 +68,7 @@ def load(rev: str = WORKSPACE, root: Path = Path(".")) -> dict[str, dict]:
 
 
 def cell(v: Any) -> str:
-    if v is None:
-        return "not scored"
-    if isinstance(v, str):
-        return v
-    if isinstance(v, dict):
-        s = f"{v['value']:.3f}"
-        if "low" in v:
-            s += f" [{v['low']:.3f}, {v['high']:.3f}]"
-        return s + (f" n={v['n']}" if "n" in v else "")
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+    return H.cell(v)
 
 
 def _number(v: Any) -> float | None:

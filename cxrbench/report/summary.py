@@ -22,6 +22,7 @@ import yaml
 from cxrbench.core import headline as H
 from cxrbench.core import paths
 from cxrbench.core.io import read_json
+from cxrbench.core.params import flatten
 
 PROFILE_DIR = "profiles"
 HTML = "index.html"
@@ -53,24 +54,13 @@ def hardware() -> str:
     return out
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def profile_of(params: dict, root: Path) -> str:
     """The profile whose every override (sources aside: their mirror paths are made absolute for a run) has
     the value of ``params``; "none (params.yaml)" when no profile matches."""
-    flat = _flat(params)
+    flat = flatten(params)
     matches = []
     for f in sorted((root / PROFILE_DIR).glob("*.yaml")):
-        over = _flat(yaml.safe_load(f.read_text()) or {})
+        over = flatten(yaml.safe_load(f.read_text()) or {})
         keys = [k for k in over if not k.startswith("sources.")]
         if keys and all(k in flat and flat[k] == over[k] for k in keys):
             matches.append((len(keys), f.stem))
@@ -86,16 +76,7 @@ def facts(params: dict, root: Path) -> list[tuple[str, str]]:
 
 
 def _cell(v: Any) -> str:
-    if v is None:
-        return "not scored"
-    if isinstance(v, str):
-        return v
-    if isinstance(v, dict):
-        s = f"{v['value']:.3f}"
-        if "low" in v:
-            s += f" [{v['low']:.3f}, {v['high']:.3f}]"
-        return s + (f" (n={v['n']})" if "n" in v else "")
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+    return H.cell(v, " (n={})")
 
 
 def headline_rows(root: Path) -> list[tuple[str, str]]:

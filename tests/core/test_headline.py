@@ -95,3 +95,13 @@ def test_the_gate_still_reads_detailed_files_that_the_stages_write():
     for c in checks:
         for term in c["metric"].split(" - "):
             assert term.split(":", 1)[0] in outs
+
+
+def test_a_headline_cell_writes_out_every_status():
+    """A value with bounds, with an interval status instead of bounds, and an unscored one: each is written,
+    none is left blank (show, diff and the report share this formatter)."""
+    assert H.cell({"value": 0.5, "low": 0.4, "high": 0.6, "n": 9}) == "0.500 [0.400, 0.600] n=9"
+    assert H.cell({"value": 0.04, "ci": "no_ci", "n": 3}) == "0.040 (no ci) n=3"
+    assert H.cell(None) == H.NOT_SCORED and H.cell(0.25) == "0.250"
+    assert H.value_of({"mean": 0.04, "low": None, "high": None, "status": "no_ci", "n": 3}) == \
+        {"value": 0.04, "ci": "no_ci", "n": 3}
