@@ -89,3 +89,18 @@ def test_cams_at_feature_map_resolution():
     assert s["ssim_status"][0] == "too_small" and s["spearman_abs_status"][0] == "compared"
     with pytest.raises(ValueError, match="divide"):
         SM.to_grid(up, keep, 3)
+
+
+def test_a_tau_without_an_interval_is_a_status_not_a_crash(monkeypatch):
+    """When the bootstrap has too few defined resamples it gives ``no_ci`` with None bounds (not NaN): the
+    pairwise tau keeps its estimate, has None bounds and says why (the ci run crashed on np.isfinite(None))."""
+    from cxrbench.core import bootstrap
+    from cxrbench.explain.metrics import agreement as AG
+    monkeypatch.setattr(bootstrap, "group_ci", lambda *a, **k: {"estimate": 0.5, "low": None, "high": None,
+                                                                 "status": "no_ci", "undefined": 70})
+    v = np.random.default_rng(0).random((6, 3, 2))          # images x methods x metrics
+    metrics = ["aoppc_pixels_morf", "infidelity"]
+    out = AG.pairwise_tau(v, np.array(["a", "a", "b", "b", "c", "c"]), metrics,
+                          {"resamples": 50, "seed": 0, "confidence": 0.95})
+    e = out["aoppc_pixels_morf vs infidelity"]
+    assert e["tau"] is not None and e["low"] is None and e["high"] is None and e["ci_status"] == "no_ci"

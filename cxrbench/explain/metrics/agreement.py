@@ -29,6 +29,11 @@ DIRECTION = {"aoppc_threshold_morf": 1, "aoppc_pixels_morf": 1, "aoppc_region_*_
              "lung_mass": 1, "sensitivity_max": -1, "infidelity": -1}
 
 
+def _finite(x) -> float | None:
+    """An interval bound, or None where the bootstrap gave none (``no_ci``: None; an undefined bound: NaN)."""
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
 def direction(metric: str) -> int:
     if metric in DIRECTION:
         return DIRECTION[metric]
@@ -94,8 +99,8 @@ def pairwise_tau(v: np.ndarray, groups, metrics: list, stats: dict) -> dict:
                 ci = group_ci(lambda idx, i=i, j=j: _tau(_oriented_means(v[idx], metrics), i, j), groups,
                               n_boot=int(stats["resamples"]), seed=int(stats["seed"]),
                               confidence=float(stats["confidence"]))
-                entry.update(low=ci["low"] if np.isfinite(ci["low"]) else None,
-                             high=ci["high"] if np.isfinite(ci["high"]) else None, undefined=ci["undefined"])
+                entry.update(low=_finite(ci["low"]), high=_finite(ci["high"]), undefined=ci["undefined"],
+                             ci_status=ci.get("status", "ok"))
             out[f"{a} vs {b}"] = entry
     return out
 
@@ -129,8 +134,7 @@ def aggregate(v: np.ndarray, groups, methods: list, metrics: list, stats: dict) 
             ci = group_ci(lambda idx, k=k: float(_aggregate_scores(v[idx], metrics)[0][k]), groups,
                           n_boot=int(stats["resamples"]), seed=int(stats["seed"]),
                           confidence=float(stats["confidence"]))
-            e.update(low=ci["low"] if np.isfinite(ci["low"]) else None,
-                     high=ci["high"] if np.isfinite(ci["high"]) else None, undefined=ci["undefined"])
+            e.update(low=_finite(ci["low"]), high=_finite(ci["high"]), undefined=ci["undefined"])
         out[m] = e
     return {"methods": out, "metrics_used": [metrics[k] for k in used],
             "metrics_left_out": [m for k, m in enumerate(metrics) if k not in used]}
