@@ -99,6 +99,12 @@ def subset_and_truth(spec: dict, fold: dict) -> tuple[np.ndarray, np.ndarray]:
     return sel, y
 
 
+def auroc_margin(stats: dict) -> float:
+    """The equivalence margin around chance for an AUROC (``stats.equivalence.auroc``; the library's default
+    where a caller's stats lack it)."""
+    return float(stats.get("equivalence", {}).get("auroc", bootstrap.DEFAULT_EQUIVALENCE["auroc"]))
+
+
 def analyse(folds: list[dict], scores: dict, controls: list[str], stats: dict) -> dict:
     """Every score x arm (full + controls): AUROC, paired difference from full and retained share, with CIs.
 
@@ -134,10 +140,11 @@ def analyse(folds: list[dict], scores: dict, controls: list[str], stats: dict) -
         for j, c in enumerate(controls, start=1):
             reducers[f"difference:{c}"] = lambda v, j=j: (v[:, j] - v[:, 0]).mean()
             reducers[f"retained:{c}"] = lambda v, j=j: _retained(v[:, j].mean(), v[:, 0].mean())
-        margin = float(stats.get("equivalence", {}).get("auroc", 0.05))
+        margin = auroc_margin(stats)
         tests = {f"auroc:{arm}": {"equivalence": (CHANCE - margin, CHANCE + margin)} for arm in arms}
         cis = fold_bootstrap(fold_arms, reducers, stats["resamples"], stats["seed"], stats["confidence"],
-                             stats.get("method", "expanded_percentile"), stats.get("min_valid_share", 0.9), tests=tests)
+                             stats.get("method", bootstrap.DEFAULT_METHOD),
+                             stats.get("min_valid_share", bootstrap.DEFAULT_MIN_VALID), tests=tests)
         entry["auroc"] = {arm: _ci(cis[f"auroc:{arm}"]) for arm in arms}
         # a model whose output is the same for every image (e.g. a silhouette that is the same template
         # everywhere) scores exactly 0.5: a status to show, not a finding
@@ -373,7 +380,7 @@ def run(params: dict) -> None:
     segment = read_json(paths.SEGMENT_METRICS)
     result = {"backbones": a["backbones"], "folds": folds, "controls": a["controls"], "options": options,
               "confidence": stats["confidence"], "chance": CHANCE,
-              "equivalence_margin": float(stats.get("equivalence", {}).get("auroc", 0.05)),
+              "equivalence_margin": auroc_margin(stats),
               "scores": {**analyse(records, {n: v for n, v in a["scores"].items() if n not in unscored},
                                    a["controls"], stats), **unscored},
               "excluded": {"count": len(excluded), "of": n_test, "by_reason": by_reason,
