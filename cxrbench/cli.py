@@ -4,6 +4,7 @@
     cxrbench profiles show ci            # the command a profile runs, ready to copy
     cxrbench show                        # the headline metrics of this workspace (or: cxrbench show EXPERIMENT)
     cxrbench diff HEAD clahe             # two runs' headline metrics side by side
+    cxrbench times                       # where the last run's time went, stage by stage
     cxrbench report                      # write report/ from this workspace's outputs
     cxrbench predict my_xrays --out predictions.csv
     cxrbench gate check                  # CI's metric gate
@@ -24,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profiles": ("cxrbench.ops.profiles", "show a profile's command, or run it"),
     "show": ("cxrbench.ops.show", "the headline metrics of the workspace, an experiment or a git revision"),
     "diff": ("cxrbench.ops.show:diff_main", "two runs' headline metrics side by side, with the change"),
+    "times": ("cxrbench.ops.times", "where the last run's time went: seconds and share per stage, hottest steps"),
     "report": ("cxrbench.report.document", "write report/ (README.md, the offline index.html, the model card) from this workspace's outputs"),
     "predict": ("cxrbench.studies.predict.cli", "predict the labels of your own radiographs with a trained run"),
     "gate": ("cxrbench.ops.gate", "compare the CI run's metrics with the committed baseline (check, snapshot)"),

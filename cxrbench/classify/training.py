@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrbench.lungs import controls as audit_inputs
-from cxrbench.core import checkpoints
+from cxrbench.core import checkpoints, timing
 from cxrbench.classify import gpu
 from cxrbench.classify import models as M
 from cxrbench.classify import schedules
@@ -524,8 +524,9 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
             n += len(x)
             bar.set_postfix(loss=f"{total / n:.4f}")
         seen += n
-        val_loss = mean_loss(model, images, va_targets, val_rows, device, val_batch, use_amp, loader=val_loader,
-                             task=cfg.task)
+        with timing.step("validation", unit="epoch"):
+            val_loss = mean_loss(model, images, va_targets, val_rows, device, val_batch, use_amp, loader=val_loader,
+                                 task=cfg.task)
         rec = {"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val_loss}
         if sched is not None:
             rec["lr"] = opt.param_groups[0]["lr"]          # the rate this epoch trained at
@@ -555,6 +556,7 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
             live.log_metric("val_loss", val_loss)
             live.log_metric("best_val_loss", best["val_loss"])
             live.next_step()
+        timing.add("epoch (train, validation, checkpoint)", time.perf_counter() - t_epoch, unit="epoch")
         print(f"train: {cfg.backbone} f{cfg.fold} epoch {epoch + 1}/{cfg.epochs} train_loss {rec['train_loss']:.4f} "
               f"val_loss {val_loss:.4f}{' *' if best['epoch'] == epoch else ''}", flush=True)
         if stop_early(history, best, cfg.patience):

@@ -117,14 +117,18 @@ def from_arguments(args) -> dict:
 def run_stage(main, argv: list[str] | None = None) -> None:
     """Run a stage script's ``main`` (its ``__main__`` line calls this): an invalid param (:class:`ParamError`)
     or an input JSON that does not parse ends the stage with that one message, naming the key or the file,
-    and exit status 2, as argparse does for a bad argument, instead of a traceback. Other errors propagate."""
+    and exit status 2, as argparse does for a bad argument, instead of a traceback. Other errors propagate.
+    A stage that DVC runs and that ends well writes its timing record (:mod:`cxrbench.core.timing`)."""
+    from cxrbench.core import timing
     from cxrbench.core.io import BadJSONError
 
+    timing.main_started()
     try:
         main(argv)
     except (ParamError, BadJSONError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    timing.write()          # run by DVC: timing/STAGE.json (wall time, start-up, hottest steps)
 
 
 def stage_params(description: str | None, argv: list[str] | None = None) -> dict:

@@ -60,6 +60,7 @@ SEVERITY_MD = "metrics/severity.md"
 EXTERNAL_METRICS = "metrics/external.json"
 EXTERNAL_MD = "metrics/external.md"
 HEADLINE = "metrics/headline"         # one small JSON per stage: the only files dvc.yaml declares as metrics
+TIMING = "timing"                     # one JSON per DVC stage: its wall time and hottest steps (never a metric)
 
 PLOTS = "plots"
 LABEL_DISTRIBUTION_PLOT = "plots/label_distribution.png"
@@ -129,6 +130,11 @@ def attribute_metrics(backbone: str, fold: int) -> str:
 
 def headline(stage: str) -> str:
     return f"{HEADLINE}/{stage}.json"
+
+
+def timing_file(stage: str) -> str:
+    """The timing record of DVC stage ``stage`` (``train@resnet18-0``, as DVC names a matrix cell)."""
+    return f"{TIMING}/{stage}.json"
 
 
 def attribution_plot(backbone: str) -> str:

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from cxrbench.classify import training
-from cxrbench.core import bootstrap, paths, runtime
+from cxrbench.core import bootstrap, paths, runtime, timing
 from cxrbench.core import params as P
 from cxrbench.core.io import write_csv, write_json, write_text
 from cxrbench.data import confounder
@@ -100,8 +100,9 @@ def run_stage(params: dict) -> None:
 
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     t1 = time.perf_counter()
-    summary = (R.summarise(frame, cfg.metrics, stats["resamples"], stats["seed"], stats["confidence"])
-               if len(frame) else {})
+    with timing.step("summary (patient bootstrap)"):
+        summary = (R.summarise(frame, cfg.metrics, stats["resamples"], stats["seed"], stats["confidence"])
+                   if len(frame) else {})
     print(f"randomisation: {len(frame)} per-image similarities summarised ({stats['resamples']} resamples) in "
           f"{time.perf_counter() - t1:.1f}s")
     curves = pd.DataFrame(R.curve_rows(summary, cfg.metrics),

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from cxrbench.classify import training
-from cxrbench.core import bootstrap, paths, runtime
+from cxrbench.core import bootstrap, paths, runtime, timing
 from cxrbench.core import params as P
 from cxrbench.core.io import read_json, write_csv, write_json, write_text
 from cxrbench.data import confounder
@@ -153,10 +153,12 @@ def run_stage(params: dict) -> None:
                 skipped[f"{bb}-f{k}"] = str(z["skipped"])
                 continue
             t1 = time.perf_counter()
-            rob += _robustness(params, cfg, s, bb, k, z, cache, device, group_of)
+            with timing.step("robustness", unit="model"):
+                rob += _robustness(params, cfg, s, bb, k, z, cache, device, group_of)
             print(f"reliability {bb}-f{k}: robustness in {time.perf_counter() - t1:.1f}s", flush=True)
         for ka, kb in zip(folds[:-1], folds[1:]):
-            rows = _repeatability(params, cfg, s, bb, ka, kb, cache, device, group_of)
+            with timing.step("repeatability", unit="pair of models"):
+                rows = _repeatability(params, cfg, s, bb, ka, kb, cache, device, group_of)
             rep += rows
             if rows:
                 label = str(np.load(paths.attributions(bb, ka), allow_pickle=False)["target_name"][0])

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cxrbench.core import timing
 from cxrbench.core.params import ParamError, check_choice, check_float, check_fraction, check_int, section
 from cxrbench.explain.memory import estimate_max_batch
 from cxrbench.explain.methods.lrp import LRP_COMPOSITES
@@ -202,6 +203,7 @@ def run_methods(methods: list[str], build: Callable[[str], Method], x: torch.Ten
             continue
         maps[name] = a.cpu().numpy().astype(np.float32)
         status[name] = {"ok": True, "seconds": round(time.perf_counter() - t, 3)}
+        timing.add(f"method {name}", time.perf_counter() - t, n=len(x), unit="image")
         log(f"  {name}: {status[name]['seconds']:.1f}s")
     return maps, status
 

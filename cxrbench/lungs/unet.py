@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cxrbench.core import checkpoints
+from cxrbench.core import checkpoints, timing
 from cxrbench.core.params import ParamError, check_choice, check_float, check_fraction, check_int, section
 from cxrbench.core.runtime import check_deadline, deterministic
 from cxrbench.core.runtime import device as runtime_device
@@ -388,16 +388,20 @@ def _train(cfg: UNetConfig, images: np.ndarray, masks: np.ndarray, parts: dict[s
             if max_steps is not None and steps >= max_steps:
                 break
         train_s = time.perf_counter() - te
-        val_loss, val_iou = evaluate(model, loss_fn, xv, mv, cfg, dev)
+        timing.add("epoch training", train_s, unit="epoch")
+        with timing.step("validation", unit="epoch"):
+            val_loss, val_iou = evaluate(model, loss_fn, xv, mv, cfg, dev)
         h = {"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val_loss, "val_iou": val_iou,
              "train_images_per_s": n / train_s if train_s > 0 else float("nan")}
         history.append(h)
         if val_loss < best["val_loss"]:
             best = {"epoch": epoch, "val_loss": val_loss, "val_iou": val_iou}
             best_state = _cpu_state(model)
-        checkpoints.save(ckpt_path, {"config": cfg.to_dict(), "fingerprint": fingerprint, "state_dict": best_state, "best": best,
-                          "last": {"epoch": epoch, "state_dict": _cpu_state(model),
-                                   "optimizer": opt.state_dict(), "history": history}}, identity)
+        with timing.step("checkpoint", unit="epoch"):
+            checkpoints.save(ckpt_path, {"config": cfg.to_dict(), "fingerprint": fingerprint, "state_dict": best_state,
+                                         "best": best, "last": {"epoch": epoch, "state_dict": _cpu_state(model),
+                                                                "optimizer": opt.state_dict(), "history": history}},
+                             identity)
         if live is not None:
             _log(live, h)
         bar.set_postfix(train=f"{h['train_loss']:.3f}", val=f"{val_loss:.3f}", iou=f"{val_iou:.3f}")

@@ -208,9 +208,14 @@ def copyable(cmd: list[str]) -> str:
 
 def run_with_progress(cmd: list[str], params: dict) -> int:
     """Run ``cmd`` (dvc exp run), passing its output through, with a "stage k of N" line and the time left
-    as DVC reaches each stage; the stage times are kept for the next run's estimate."""
-    from cxrbench.ops import progress as PR
+    as DVC reaches each stage; the stage times are kept for the next run's estimate, and printed at the end
+    as a table (:mod:`cxrbench.ops.times`; hottest steps from the timing records this run wrote here)."""
+    import time
 
+    from cxrbench.ops import progress as PR
+    from cxrbench.ops import times as T
+
+    started = time.time()
     prog = PR.Progress(PR.expected_stages(params), PR.previous_times())
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     assert proc.stdout is not None
@@ -222,6 +227,9 @@ def run_with_progress(cmd: list[str], params: dict) -> int:
             print(note, flush=True)
     rc = proc.wait()
     prog.finish()
+    if prog.times:
+        print("\n[cxrbench] where the time went (cxrbench times; skipped stages take ~0 s):", flush=True)
+        print(T.render(T.rows(T.load(newer_than=started), seen=prog.times)), flush=True)
     return rc
 
 
