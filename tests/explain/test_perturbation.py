@@ -60,20 +60,37 @@ def _road_reference(img: np.ndarray, removed: np.ndarray) -> np.ndarray:
     return out.reshape(c, h, w)
 
 
-def test_road_imputation_matches_the_sparse_solve_of_road():
+@pytest.mark.parametrize("solver", EM.ROAD_SOLVERS)
+def test_road_imputation_matches_the_sparse_solve_of_road(solver):
     rng = np.random.default_rng(0)
     img = rng.random((3, 2, 24, 24))
     removed = rng.random((3, 24, 24)) < 0.3
     removed[1, 4:20, 2:22] = True                     # one large hole: CG needs many iterations
     removed[2, :, :12] = True                         # a hole touching three borders
     out, residual = EM.noisy_linear_imputation(torch.tensor(img, dtype=torch.float32), torch.tensor(removed),
-                                               noise=0.0, tol=1e-5)
+                                               noise=0.0, solver=solver, tol=1e-5)
     assert (residual.numpy() <= 1e-5).all()
     for i in range(3):
         ref = _road_reference(img[i], removed[i])
         np.testing.assert_allclose(out[i].numpy(), ref, atol=1e-4)
         kept = ~removed[i]
         np.testing.assert_array_equal(out[i].numpy()[:, kept], img[i].astype(np.float32)[:, kept])
+
+
+def test_road_direct_solve_is_exact_in_float64():
+    """The direct solve is the reference's own system: in float64 they agree to rounding (a wrong weight,
+    neighbour or border rule is off by far more than 1e-9), image by image in one block-diagonal solve."""
+    rng = np.random.default_rng(1)
+    img = rng.random((4, 3, 20, 17))
+    removed = rng.random((4, 20, 17)) < 0.4
+    removed[0] = False                                # an image with nothing removed
+    removed[3, 2:18, 1:16] = True
+    out, residual = EM.noisy_linear_imputation(torch.tensor(img), torch.tensor(removed), noise=0.0)
+    assert out.dtype == torch.float64 and (residual.numpy() <= 1e-12).all()
+    for i in range(4):
+        np.testing.assert_allclose(out[i].numpy(), _road_reference(img[i], removed[i]), rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="solver must be one of"):
+        EM.noisy_linear_imputation(torch.tensor(img), torch.tensor(removed), noise=0.0, solver="lu")
 
 
 def test_road_noise_is_seeded_per_image_and_only_on_removed_pixels():

@@ -65,9 +65,11 @@ import contextlib
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from cxrbench.core import timing
 from cxrbench.explain.metrics import localisation
+from cxrbench.explain.metrics.fills import (  # noqa: F401 (re-exported: the fills are part of this module's API)
+    ROAD_SOLVERS, ROAD_WEIGHTS, gaussian_blur, noisy_linear_imputation)
 
 N_LEVELS = 10
 SCHEMES = ("threshold", "pixels", "region")
@@ -240,103 +242,6 @@ def removal_masks(norm_map: torch.Tensor, scheme: str, order: str = "morf", seed
     raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(B, C, H, W) -> the image blurred by a separable Gaussian of ``sigma`` pixels (reflected borders),
-    on ``x``'s device."""
-    if sigma <= 0:
-        raise ValueError(f"blur sigma must be > 0 pixels, got {sigma}")
-    r = max(1, int(np.ceil(3 * sigma)))
-    r = min(r, min(x.shape[-2:]) - 1)
-    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    b, c, h, w = x.shape
-    y = x.reshape(b * c, 1, h, w)
-    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
-    return y.view(b, c, h, w)
-
-
-# ROAD's neighbour weights (Rong et al. 2022, NoisyLinearImputer): 1/6 for the 4 direct neighbours,
-# 1/12 for the diagonal ones.
-ROAD_WEIGHTS = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
-
-
-def _neighbour_sum(v: torch.Tensor) -> torch.Tensor:
-    """(N, 1, H, W) -> sum over the 8 neighbours weighted by :data:`ROAD_WEIGHTS`, zero outside the image
-    (shifted slices of a zero-padded copy: a 3x3 one-channel conv2d was 40x slower on the CPU)."""
-    h, w = v.shape[-2:]
-    pad = F.pad(v, (1, 1, 1, 1))
-    out = torch.zeros_like(v)
-    for dy in range(3):
-        for dx in range(3):
-            wt = ROAD_WEIGHTS[dy][dx]
-            if wt:
-                out = out + wt * pad[..., dy:dy + h, dx:dx + w]
-    return out
-
-
-def noisy_linear_imputation(x: torch.Tensor, removed: torch.Tensor, noise: float, seeds=0,
-                            tol: float = 1e-4, max_iter: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """ROAD's noisy linear imputation (Rong et al. 2022) of the removed pixels, batched on ``x``'s device.
-
-    ``x``: (N, C, H, W); ``removed``: bool (N, H, W). Each removed pixel becomes the weighted mean of its 8
-    neighbours (:data:`ROAD_WEIGHTS`; neighbours outside the image are left out), removed neighbours
-    included, which is the sparse linear system ROAD solves with ``scipy.sparse.linalg.spsolve``; here it
-    is solved by conjugate gradients on every image and channel at once (the system is symmetric positive
-    definite when each hole touches a kept pixel). Then Gaussian noise of std ``noise`` is added to the
-    imputed pixels, drawn per image from a generator seeded with ``seeds`` (one int for all images, or
-    one per image: the noise of an image then does not depend on the batch it is in).
-
-    CG starts from a smooth guess made of kept pixels only (a normalised Gaussian convolution), which
-    halves the iterations. ``tol``: relative residual; the default 1e-4 leaves errors of about 1e-4 in
-    image units, far below ROAD's noise. Returns the imputed images and the largest relative residual
-    per image (``<= tol`` when converged; at most ``max_iter`` iterations, default 4 x the image side).
-    """
-    n, c, h, w = x.shape
-    if removed.shape != (n, h, w):
-        raise ValueError(f"removed mask {tuple(removed.shape)} does not match images {tuple(x.shape)}")
-    u = removed.to(x.dtype).unsqueeze(1).expand(n, c, h, w).reshape(n * c, 1, h, w)
-    known = x.reshape(n * c, 1, h, w) * (1 - u)
-    deg = _neighbour_sum(torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device))
-
-    def op(v):
-        return u * (deg * v - _neighbour_sum(u * v))
-
-    b = u * _neighbour_sum(known)
-    # start from a smooth guess made of kept pixels only (normalised Gaussian convolution): CG then has the
-    # fine detail left to find, in far fewer iterations than from zero
-    sigma = max(1.0, min(h, w) / 16)
-    weight = gaussian_blur(1 - u, sigma)
-    v = u * gaussian_blur(known, sigma) / weight.clamp_min(1e-6)
-    r = b - op(v)
-    p = r.clone()
-    rr = (r * r).sum((1, 2, 3), keepdim=True)
-    bnorm = b.pow(2).sum((1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
-    max_iter = 4 * max(h, w) if max_iter is None else max_iter
-    for it in range(max_iter):
-        ap = op(p)
-        pap = (p * ap).sum((1, 2, 3), keepdim=True)
-        alpha = torch.where(pap > 0, rr / torch.where(pap > 0, pap, torch.ones_like(pap)), torch.zeros_like(pap))
-        v = v + alpha * p
-        r = r - alpha * ap
-        rr_new = (r * r).sum((1, 2, 3), keepdim=True)
-        if x.device.type != "meta" and it % 8 == 7 and bool((rr_new.sqrt() / bnorm <= tol).all()):
-            rr = rr_new
-            break
-        beta = torch.where(rr > 0, rr_new / torch.where(rr > 0, rr, torch.ones_like(rr)), torch.zeros_like(rr))
-        p = r + beta * p
-        rr = rr_new
-    residual = (op(v) - b).pow(2).sum((1, 2, 3)).sqrt() / bnorm.view(-1)
-    seeds = [int(seeds)] * n if np.ndim(seeds) == 0 else [int(s) for s in seeds]
-    if len(seeds) != n:
-        raise ValueError(f"{len(seeds)} noise seeds for {n} images")
-    eps = torch.stack([torch.randn((c, 1, h, w), generator=torch.Generator().manual_seed(sd), dtype=x.dtype)
-                       for sd in seeds]).reshape(n * c, 1, h, w).to(x.device) * noise
-    out = (known + u * (v + eps)).view(n, c, h, w)
-    return out, residual.view(n, c).amax(1)
-
-
 def target_indices(target, b: int, device) -> torch.Tensor:
     """``target`` (an int, a 0-d tensor or B class indices, on any device) -> (B,) long on ``device``."""
     if not torch.is_tensor(target) or target.dim() == 0:
@@ -358,7 +263,10 @@ def _filled(xs: torch.Tensor, rm: torch.Tensor, fill: str, blur_sigma: float, ro
     if fill == "road":
         rep = xs.unsqueeze(1).expand(b, L, *xs.shape[1:]).reshape(b * L, *xs.shape[1:])
         step_seeds = [sd * 1000 + k for sd in seeds for k in range(L)]     # one draw per image and step
-        out, res = noisy_linear_imputation(rep, rm.reshape(b * L, h, w), road_noise, step_seeds)
+        # the exact direct solve on the host; a meta tensor (the shape-only stand-in for a GPU in the tests)
+        # has no values to copy there, so it takes the on-device CG path
+        solver = "cg" if xs.device.type == "meta" else "direct"
+        out, res = noisy_linear_imputation(rep, rm.reshape(b * L, h, w), road_noise, step_seeds, solver=solver)
         return out.view(b, L, *xs.shape[1:]), res.view(b, L).amax(1)
     raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
 
@@ -391,15 +299,17 @@ def perturbation_tensors(model: torch.nn.Module, x: torch.Tensor, maps, target, 
         sl = slice(s, min(b, s + images_per_batch))
         xs = x[sl]
         seeds = [seed * 100_003 + i for i in range(sl.start, sl.stop)]         # per image: batching-invariant
-        pert, res = _filled(xs, rm[sl], fill, blur_sigma, road_noise, seeds)
+        with timing.step(f"{scheme} {fill} fill", n=len(xs), unit="image"):
+            pert, res = _filled(xs, rm[sl], fill, blur_sigma, road_noise, seeds)
         if res is not None:
             residual[sl] = res.to(residual.dtype)
         batch = torch.cat([xs.unsqueeze(1), pert], 1)                          # (b, 1 + L, C, H, W)
         flat = batch.reshape(-1, *x.shape[1:])
-        if sequential:
-            logits = torch.cat([model(flat[i:i + 1]) for i in range(len(flat))])
-        else:
-            logits = model(flat)
+        with timing.step(f"{scheme} forward", n=len(xs), unit="image"):
+            if sequential:
+                logits = torch.cat([model(flat[i:i + 1]) for i in range(len(flat))])
+            else:
+                logits = model(flat)
         tg = target[sl].repeat_interleave(1 + n_levels)
         if getattr(model, "task", "multilabel") == "multiclass":     # softmax over the classes (classify.task)
             logits = torch.log_softmax(logits.float(), dim=1)
@@ -527,4 +437,4 @@ def mean_std(v) -> dict:
     if len(v) == 0:
         return {"mean": None, "std": None, "n": 0}
     return {"mean": round(float(v.mean()), 4), "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4),
-            "n": int(len(v))}
+            "n": len(v)}
