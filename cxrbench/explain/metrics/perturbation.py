@@ -68,8 +68,7 @@ import torch
 
 from cxrbench.core import timing
 from cxrbench.explain.metrics import localisation
-from cxrbench.explain.metrics.fills import (  # noqa: F401 (re-exported: the fills are part of this module's API)
-    ROAD_SOLVERS, ROAD_WEIGHTS, gaussian_blur, noisy_linear_imputation)
+from cxrbench.explain.metrics.fills import ROAD_SOLVERS, ROAD_WEIGHTS, gaussian_blur, noisy_linear_imputation  # noqa: F401 (re-exported: the fills are part of this module's API)
 
 N_LEVELS = 10
 SCHEMES = ("threshold", "pixels", "region")
