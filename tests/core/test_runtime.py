@@ -92,3 +92,32 @@ def test_the_package_has_no_import_cycle():
     for n in graph:
         if n not in state:
             visit(n, [n])
+
+
+_POLICY_AT_TORCH = r"""
+import os, sys
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            print("at torch:", os.environ.get("OMP_WAIT_POLICY"))
+            sys.meta_path.remove(self)
+        return None
+sys.meta_path.insert(0, Watch())
+import stages.train
+"""
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_sleep_when_waiting_before_a_stage_loads_torch(given, expected):
+    """A stage run as ``python -m stages.NAME`` has OMP_WAIT_POLICY set when torch loads (OpenMP reads it
+    only then); a value the user sets is kept."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    out = subprocess.run([sys.executable, "-c", _POLICY_AT_TORCH], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert f"at torch: {expected}" in out.splitlines()
