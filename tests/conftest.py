@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +17,15 @@ from cxrbench.data.labels import LabelTable
 from cxrbench.data.sources import SourceSpec, fetch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# pytest -n auto (pytest-xdist, the README's test command): each worker process gets its share of the cores
+# for torch (CXRBENCH_THREADS, read by cxrbench.core.runtime.configure), so N workers do not run N x cores threads
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("CXRBENCH_THREADS", str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+    import torch
+
+    torch.set_num_threads(int(os.environ["CXRBENCH_THREADS"]))
 # fixtures that train a model: every test that uses one is marked slow (pytest -m "not slow" skips them)
 TRAINING_FIXTURES = {"trained", "uninterrupted"}
 
