@@ -16,6 +16,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score, roc_curve
 
 from cxrbench.data.labels import LabelTable
+from cxrbench.core import timing
 from cxrbench.core.params import check_choice, check_fraction, check_int, section
 
 THRESHOLD_METHODS = ("val_f1", "fixed")
@@ -278,7 +279,8 @@ def predict_fold(model, meta: dict, cache, splits: pd.DataFrame, fold: int, devi
         rows = cache.rows(parts[part]["path"])
         keep = np.ones(len(rows), bool) if targets is None else member[rows]
         rows, sub = rows[keep], parts[part][keep]
-        prob = training.predict(model, images, rows, device, batch_size, task=task)
+        with timing.step("inference", n=len(rows), unit="image"):
+            prob = training.predict(model, images, rows, device, batch_size, task=task)
         f = pd.DataFrame({"path": sub["path"].to_numpy(), "patient": sub["patient"].to_numpy(), "split": part})
         f[prob_columns(labels)] = prob
         f[true_columns(labels)] = (cache.index.iloc[rows][true_columns(labels)].to_numpy(int) if targets is None

@@ -292,10 +292,11 @@ def apply_input_mode(images: np.ndarray, mode: str, dilation: int, masks_path: s
     """
     if mode == "full":
         return images
-    masks = seg.load_lung_masks(len(images), masks_path)
-    if mode in audit_inputs.CONTROLS:
-        return audit_inputs.apply_control(np.asarray(images), masks, mode, dilation, **(options or {}))
-    return seg.apply_input_mode(np.asarray(images), masks, mode, dilation)
+    with timing.step(f"input mode {mode}", n=len(images), unit="image"):
+        masks = seg.load_lung_masks(len(images), masks_path)
+        if mode in audit_inputs.CONTROLS:
+            return audit_inputs.apply_control(np.asarray(images), masks, mode, dilation, **(options or {}))
+        return seg.apply_input_mode(np.asarray(images), masks, mode, dilation)
 
 
 # --- pieces -------------------------------------------------------------------
