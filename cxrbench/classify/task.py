@@ -199,7 +199,13 @@ def metrics_markdown(name: str, m: dict) -> str:
     ci = m.get("ci") or {}
 
     def cell(v, c):
-        return "–" if v is None else (f"{v:.3f}" + (f" [{c['low']:.3f}, {c['high']:.3f}]" if c else ""))
+        if v is None:
+            return "–"
+        if not c:
+            return f"{v:.3f}"
+        if c.get("low") is None or c.get("high") is None:      # an interval with a status instead of bounds
+            return f"{v:.3f} ({c.get('status') or 'no CI'})"
+        return f"{v:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
 
     pc = ci.get("per_class", {})
     lines = [f"**{name}** (n = {m['n']} images): accuracy {cell(m['accuracy'], ci.get('accuracy'))} "

@@ -31,6 +31,7 @@ from torch import nn
 
 from cxrbench.lungs import controls as audit_inputs
 from cxrbench.core import checkpoints, timing
+from cxrbench.classify import cxrnet as CX
 from cxrbench.classify import gpu
 from cxrbench.classify import models as M
 from cxrbench.classify import schedules
@@ -231,6 +232,7 @@ def _check_pretrained(key: str, value) -> None:
 def _check_packaged(backbone: str) -> None:
     from cxrbench.classify.weights import PACKAGED, packaged_checkpoint
 
+    backbone = CX.encoder_of(backbone)
     if backbone not in PACKAGED:
         raise ParamError("train.pretrained", f"{backbone}: no ImageNet weights are packaged for it (packaged: "
                                              f"{sorted(PACKAGED)}); use imagenet (needs internet), none or a file")
@@ -252,7 +254,7 @@ def weights_identity(backbone: str, pretrained: str) -> str:
     if pretrained == M.PACKAGED:
         from cxrbench.classify.weights import packaged_identity
 
-        return packaged_identity(backbone)
+        return packaged_identity(CX.encoder_of(backbone))
     if pretrained in PRETRAINED_CHOICES:
         return ""
     return "sha256:" + hashlib.sha256(Path(pretrained).read_bytes()).hexdigest()[:16]
@@ -264,7 +266,8 @@ def config_for(params: dict, backbone: str, fold: int, cache_meta: dict) -> Trai
     if fold not in p["folds"]:
         raise ParamError("train.folds", f"fold {fold} is not in train.folds {p['folds']}")
     policy = p["input_size"].get(backbone, p["input_size"]["default"])
-    aux = float(p["aux_weight"]) if backbone == "inception_v3" else 0.0
+    # inception_v3: its auxiliary head's weight; CXR-Net: the second encoder's loss, added with weight 1 (eq. 5)
+    aux = 1.0 if CX.is_cxrnet(backbone) else float(p["aux_weight"]) if backbone == "inception_v3" else 0.0
     pretrained = pretrained_of(p, backbone)
     t, sch = TK.validate(params), schedules.validate(p)
     return TrainConfig(
@@ -439,7 +442,8 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
 
     torch.manual_seed(cfg.seed)
     model = M.create_model(cfg.backbone, len(cfg.labels), cfg.in_chans, cfg.pretrained, cfg.input_size,
-                           aux=cfg.aux_weight > 0, weights=cfg.weights, normalize=cfg.normalize,
+                           aux=cfg.aux_weight > 0 and not CX.is_cxrnet(cfg.backbone), weights=cfg.weights,
+                           normalize=cfg.normalize,
                            head=cfg.head).to(device)
     model = gpu.prepare_model(model, device)               # channels_last on CUDA; unchanged on the CPU
     opt = schedules.make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.momentum)

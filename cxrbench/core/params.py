@@ -7,6 +7,7 @@ do, in the spirit of scikit-learn's argument validation.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -28,6 +29,18 @@ COHORTS = ("rebuilt", "paper")
 PROTOCOLS = ("paper", "corrected")
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads ``1e-06`` as a float (YAML 1.2). PyYAML follows YAML 1.1, where a
+    float needs a dot, so ``1e-06`` stays a string; DVC writes a profile's small floats that way into
+    params.yaml (``dvc exp run -S train.schedule.min_lr=...``), and a stage then refused the string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)[eE][-+]?[0-9]+$"),      # digits and an exponent, no dot
+    list("-+0123456789"))
+
+
 def load(path: str | Path = PARAMS_FILE, overrides: Mapping[str, Any] | None = None) -> dict:
     """params.yaml, then ``overrides`` (dotted keys, see :func:`with_overrides`), then the authors'
     protocol when ``cohort: paper`` (see :func:`apply_protocol`)."""
@@ -35,7 +48,7 @@ def load(path: str | Path = PARAMS_FILE, overrides: Mapping[str, Any] | None = N
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the stage from the repository root")
     with open(path, encoding="utf-8") as f:
-        params = yaml.safe_load(f)
+        params = yaml.load(f, Loader=_Loader)      # noqa: S506 (a SafeLoader)
     if not isinstance(params, dict):
         raise ParamError("<root>", f"{path} must hold a mapping of sections")
     params = apply_protocol(with_overrides(params, overrides or {}))

@@ -3,7 +3,8 @@
 Every name is re-exported from the module that holds it:
 
 * :mod:`cxrbench.explain.methods`: the registry (``registry``: ``METHODS``, ``register``, ``Method``) and one
-  module per method family (``perturbation``, ``gradients``, ``cams``, ``lrp``, ``guided_gradcam``);
+  module per method family (``perturbation``, ``gradients``, ``cams``, ``lrp``, ``guided_gradcam``, ``lime``,
+  ``ablation``, ``layer``, ``cxrnet``);
 * :mod:`cxrbench.explain.prepare`: the model copy that DeepLIFT and guided backprop can hook;
 * :mod:`cxrbench.explain.memory`: rows per forward that fit in memory;
 * :mod:`cxrbench.explain.runner`: the settings from params, building and running the methods, the
@@ -17,8 +18,11 @@ from cxrbench.explain.methods.gradients import (DeepLiftMethod, GuidedBackpropMe
                                                 IntegratedGradientsMethod, SaliencyMethod, convergence_summary)
 from cxrbench.explain.methods.guided_gradcam import GuidedGradCamMethod
 from cxrbench.explain.methods.lrp import LRP_BACKBONES, LRP_COMPOSITES, LRPMethod, lrp_canonizers, lrp_composite
-from cxrbench.explain.methods.perturbation import OcclusionMethod
-from cxrbench.explain.methods.registry import METHODS, Method, register
+from cxrbench.explain.methods.cxrnet import CXRNetDecoderMethod
+from cxrbench.explain.methods.layer import InternalInfluenceMethod, LayerConductanceMethod
+from cxrbench.explain.methods.ablation import FeatureAblationMethod, ShapleySamplingMethod
+from cxrbench.explain.methods.perturbation import BASELINES, OcclusionMethod, patch_mask
+from cxrbench.explain.methods.registry import METHODS, Method, NotApplicable, register
 from cxrbench.explain.prepare import (GuidedReLU6, PrepareReport, ReLUMaxPool2d, prepare_for_attribution,
                                       rewrite_max_pools)
 from cxrbench.explain.runner import (EXPECTED_ERRORS, HARMLESS_CAPTUM_NOTES, Attribution, Settings,
@@ -27,7 +31,9 @@ from cxrbench.explain.runner import (EXPECTED_ERRORS, HARMLESS_CAPTUM_NOTES, Att
 
 __all__ = [
     # registry and methods
-    "METHODS", "Method", "register", "OcclusionMethod", "SaliencyMethod", "InputXGradientMethod",
+    "METHODS", "Method", "register", "OcclusionMethod", "BASELINES", "FeatureAblationMethod", "ShapleySamplingMethod",
+    "patch_mask", "LayerConductanceMethod", "InternalInfluenceMethod", "CXRNetDecoderMethod", "NotApplicable",
+    "SaliencyMethod", "InputXGradientMethod",
     "GuidedBackpropMethod", "IntegratedGradientsMethod", "DeepLiftMethod", "convergence_summary", "GradCamMethod",
     "LibraryCamMethod", "GradCamPPMethod", "ScoreCamMethod", "LayerCamMethod", "XGradCamMethod", "EigenCamMethod",
     "LRP_COMPOSITES", "LRP_BACKBONES", "lrp_canonizers", "lrp_composite", "LRPMethod", "GuidedGradCamMethod",

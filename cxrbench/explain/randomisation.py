@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from cxrbench.classify.cxrnet import CXRNet
 from cxrbench.explain.metrics import perturbation as EM
 from cxrbench.core.params import ParamError, check_int, check_subset, section
 
@@ -111,13 +112,21 @@ def cascade_groups(model: nn.Module) -> list[LayerGroup]:
     features.conv0+features.norm0;
     inception_v3: fc, Mixed_7c, ..., Conv2d_1a_3x3 (AuxLogits is a group of its own; it does not act
     at evaluation, so its step changes nothing).
+    CXR-Net (:class:`cxrbench.classify.cxrnet.CXRNet`): its decoder's stages first (decoder.out, decoder.last,
+    decoder.stages.3 ... 0), then its encoder's groups as above (encoder.fc, encoder.layer4, ...).
 
     Every parameter of ``model`` belongs to exactly one group (else ValueError).
     """
     inner = getattr(model, "backbone", None)
     root, prefix = (inner, "backbone.") if isinstance(inner, nn.Module) else (model, "")
+    units = _units(root, prefix)
+    if isinstance(root, CXRNet):       # CXR-Net: its encoder's groups, then each decoder stage (forward order)
+        dec = root.decoder
+        units = (_units(root.encoder, f"{prefix}encoder.")
+                 + [(f"{prefix}decoder.stages.{i}", st) for i, st in enumerate(dec.stages)]
+                 + [(f"{prefix}decoder.last", dec.last), (f"{prefix}decoder.out", dec.out)])
     groups: list[list[str]] = []
-    for name, mod in _units(root, prefix):
+    for name, mod in units:
         if isinstance(mod, _NORMS) and groups:
             groups[-1].append(name)
         else:

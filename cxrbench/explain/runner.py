@@ -19,6 +19,7 @@ from cxrbench.core import timing
 from cxrbench.core.params import ParamError, check_choice, check_float, check_fraction, check_int, section
 from cxrbench.explain.memory import estimate_max_batch
 from cxrbench.explain.methods.lrp import LRP_COMPOSITES
+from cxrbench.explain.methods.perturbation import BASELINES
 from cxrbench.explain.methods.registry import METHODS, Method
 from cxrbench.explain.prepare import PrepareReport, prepare_for_attribution
 
@@ -38,12 +39,18 @@ class Settings:
     lime_samples: int = 200       # LIME: perturbed samples per image
     lime_segments: int = 50       # LIME: SLIC superpixels per image (about)
     lime_compactness: float = 0.1  # LIME: SLIC compactness on the [0, 1] image
+    occlusion_baseline: str = "black"   # the fill of occlusion, feature ablation, Shapley sampling: BASELINES
+    ablation_patch: float = 0.0625      # feature ablation's patch side: fraction of the input side or pixels
+    shapley_patch: float = 0.125        # Shapley sampling's patch side
+    shapley_samples: int = 10           # Shapley sampling: random orders of the patches
 
     def method_settings(self) -> dict:
         return {"steps": self.steps, "window": self.window, "stride": self.stride,
                 "interpolate": self.interpolate, "scorecam_batch": self.scorecam_batch,
                 "lrp_composite": self.lrp_composite, "lime_samples": self.lime_samples,
-                "lime_segments": self.lime_segments, "lime_compactness": self.lime_compactness}
+                "lime_segments": self.lime_segments, "lime_compactness": self.lime_compactness,
+                "occlusion_baseline": self.occlusion_baseline, "ablation_patch": self.ablation_patch,
+                "shapley_patch": self.shapley_patch, "shapley_samples": self.shapley_samples}
 
 
 def validate(params: dict) -> Settings:
@@ -58,6 +65,7 @@ def validate(params: dict) -> Settings:
     scorecam_batch = section(params, "explain.scorecam_batch")
     if scorecam_batch is not None:
         check_int("explain.scorecam_batch", scorecam_batch, minimum=1)
+    ex = section(params, "explain")
     layers = section(params, "explain.target_layers")
     if not isinstance(layers, dict) or not layers:
         raise ParamError("explain.target_layers", "expected a mapping backbone family -> module path")
@@ -76,10 +84,15 @@ def validate(params: dict) -> Settings:
         scorecam_batch=scorecam_batch,
         lrp_composite=check_choice("explain.lrp_composite", section(params, "explain.lrp_composite"),
                                    LRP_COMPOSITES),
-        lime_samples=check_int("explain.lime_samples", section(params, "explain").get("lime_samples", 200), minimum=10),
-        lime_segments=check_int("explain.lime_segments", section(params, "explain").get("lime_segments", 50), minimum=2),
-        lime_compactness=check_float("explain.lime_compactness", section(params, "explain").get("lime_compactness", 0.1),
-                                     minimum=0, open_low=True, what="a positive SLIC compactness"))
+        lime_samples=check_int("explain.lime_samples", ex.get("lime_samples", 200), minimum=10),
+        lime_segments=check_int("explain.lime_segments", ex.get("lime_segments", 50), minimum=2),
+        lime_compactness=check_float("explain.lime_compactness", ex.get("lime_compactness", 0.1),
+                                     minimum=0, open_low=True, what="a positive SLIC compactness"),
+        occlusion_baseline=check_choice("explain.occlusion_baseline", ex.get("occlusion_baseline", "black"),
+                                        sorted(BASELINES)),
+        ablation_patch=check_fraction("explain.ablation_patch", ex.get("ablation_patch", 0.0625), open_high=False),
+        shapley_patch=check_fraction("explain.shapley_patch", ex.get("shapley_patch", 0.125), open_high=False),
+        shapley_samples=check_int("explain.shapley_samples", ex.get("shapley_samples", 10), minimum=1))
 
 
 def check_method(name: str, key: str = "explain.methods") -> str:

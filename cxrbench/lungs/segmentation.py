@@ -27,7 +27,7 @@ from skimage import measure
 from cxrbench.core import paths
 from cxrbench.core.params import ParamError
 
-INPUT_MODES = ("full", "lung_crop", "lungs_removed")
+INPUT_MODES = ("full", "lung_crop", "lungs_removed", "lungs_segmented")
 
 
 # --- overlap ----------------------------------------------------------------
@@ -158,6 +158,8 @@ def apply_input_mode(images: np.ndarray, masks: np.ndarray, mode: str, dilation:
       ``dilation`` px, resize back to S x S (bilinear; the aspect ratio is not
       kept). An empty mask leaves the image unchanged.
     * ``lungs_removed``: pixels inside the dilated mask set to 0.
+    * ``lungs_segmented``: pixels outside the dilated mask set to 0 (CXR-Net's lung-segmented input, seed 003).
+      An empty mask leaves a black image (the segment stage counts empty masks as implausible: :func:`implausible`).
 
     ``key`` names the params key in the error raised for an unknown mode.
     """
@@ -182,6 +184,9 @@ def apply_input_mode(images: np.ndarray, masks: np.ndarray, mode: str, dilation:
         m = dilate(masks[i], int(dilation))
         if mode == "lungs_removed":
             out[i][:, m] = 0
+            continue
+        if mode == "lungs_segmented":
+            out[i][:, ~m] = 0
             continue
         if not m.any():
             continue

@@ -128,6 +128,9 @@ def test_a_class_never_predicted_has_no_precision_not_a_zero():
     m = TK.multiclass_metrics(np.array([[1, 0], [0, 1], [0, 1]]), prob, ["a", "b"], np.arange(3), None)
     assert m["per_class"]["b"]["precision"] is None and m["per_class"]["b"]["recall"] == 0.0
     assert "n = 3" in TK.metrics_markdown("x", m) and "| b | 2 | – |" in TK.metrics_markdown("x", m)
+    # an interval with a status and no bounds (the bootstrap's no_ci) is written as its status, not a crash
+    m["ci"] = {"accuracy": {"estimate": m["accuracy"], "low": None, "high": None, "status": "no_ci"}}
+    assert f"accuracy {m['accuracy']:.3f} (no_ci)" in TK.metrics_markdown("x", m)
 
 
 def test_scpa_is_the_mean_and_pm_the_renormalised_max():

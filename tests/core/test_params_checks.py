@@ -130,3 +130,15 @@ def test_run_stage_passes_other_errors_through():
         raise RuntimeError("a bug")
     with pytest.raises(RuntimeError):
         P.run_stage(main, [])
+
+
+def test_params_yaml_reads_an_exponent_without_a_dot_as_a_float(tmp_path):
+    """DVC writes a profile's 0.000001 back into params.yaml as ``1e-06``, which YAML 1.1 (PyYAML) reads as a
+    string; the stages then refused train.schedule.min_lr. The loader reads it as YAML 1.2 does."""
+    from cxrbench.core import params as P
+
+    f = tmp_path / "params.yaml"
+    f.write_text("train: {schedule: {name: cosine, min_lr: 1e-06}, lr: 1.0e-4, n: 12, tag: 1e, v: '1e-06'}\n")
+    t = P.load(f)["train"]
+    assert t["schedule"]["min_lr"] == 1e-06 and isinstance(t["schedule"]["min_lr"], float)
+    assert t["lr"] == 1e-4 and t["n"] == 12 and t["tag"] == "1e" and t["v"] == "1e-06"   # quoted stays a string

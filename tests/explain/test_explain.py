@@ -203,7 +203,10 @@ def test_every_method_maps_at_input_resolution():
     s = _settings(steps=4)
     maps, status = A.run_methods(s.methods, lambda n: A.make(n, model, prepared, s, 64, "resnet18"),
                                  x, torch.tensor([5, 7]), log=lambda m: None)
-    assert all(v["ok"] for v in status.values()), status
+    # every method maps a resnet18 but CXR-Net's decoder map, which exists only for CXR-Net models
+    assert all(v["ok"] for k, v in status.items() if k != "cxrnet_decoder"), status
+    assert status["cxrnet_decoder"]["reason"].startswith("NotApplicable: not applicable")
+    assert len(maps) == len(A.METHODS) - 1
     for name, m in maps.items():
         assert m.shape == (2, 32, 32) and m.dtype == np.float32, name
         assert np.isfinite(m).all(), name

@@ -21,7 +21,7 @@ from cxrbench.ops import profiles
 from cxrbench.studies import audit
 
 ROOT = Path(__file__).resolve().parents[2]
-SEED_PROFILES = ["deepcovidexplainer", "deepcovidexplainer-cpu", "covidcxnet", "covidcxnet-cpu"]
+SEED_PROFILES = ["deepcovidexplainer", "deepcovidexplainer-cpu", "covidcxnet", "covidcxnet-cpu", "cxrnet", "cxrnet-cpu"]
 
 
 @pytest.mark.parametrize("name", SEED_PROFILES)
@@ -50,22 +50,33 @@ def test_seed_profiles_pass_every_stage_check(name, monkeypatch):
     if name.startswith("deepcovidexplainer"):
         assert p["preprocess"]["channels"] == [["histeq", "unsharp"]] and tp["snapshots"]
         assert tp["schedule"]["name"] == "cosine_restarts"
+    elif name.startswith("cxrnet"):
+        # seed 003: CLAHE, lungs only, the 4 classes of Table I, Adam 1e-4 -> 1e-6, 80/20 by patient, its own map
+        assert p["preprocess"]["channels"] == ["clahe"] and tp["input_mode"] == "lungs_segmented"
+        assert list(t["classes"]) == ["covid19", "viral", "bacterial", "healthy"]
+        assert (tp["lr"], S.validate(tp)["schedule"]) == (0.0001, {"name": "cosine", "min_lr": 1e-6})
+        assert p["split"]["test_fraction"] == 0.2 and all(b.startswith("cxrnet_") for b in tp["backbones"])
+        assert {"saliency", "gradcam", "cxrnet_decoder"} <= set(p["explain"]["methods"])
     else:
         assert p["preprocess"]["channels"] == ["raw", "beasf", "clahe"] and tp["head"]["kind"] == "fc"
         assert "lime" in p["explain"]["methods"]
 
 
 def test_the_cpu_variants_keep_the_recipe_of_their_full_profile():
-    for name in ("deepcovidexplainer", "covidcxnet"):
+    for name in ("deepcovidexplainer", "covidcxnet", "cxrnet"):
         full, cpu = profiles.read_profile(name, ROOT), profiles.read_profile(f"{name}-cpu", ROOT)
         for key in ("preprocess.channels", "train.task", "train.classes", "train.optimizer", "train.snapshots",
                     "train.head.kind", "train.head.width", "train.head.dropout", "train.label_smoothing",
                     "train.input_mode", "ensemble.combine", "ensemble.snapshots", "preprocess.beasf_gamma"):
             assert full.get(key) == cpu.get(key), (name, key)
+    full, cpu = profiles.read_profile("cxrnet", ROOT), profiles.read_profile("cxrnet-cpu", ROOT)
+    for key in ("train.lr", "train.optimizer", "train.schedule", "split.test_fraction", "explain.occlusion_baseline",
+                "train.pretrained"):
+        assert full.get(key) == cpu.get(key), key
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["deepcovidexplainer-cpu", "covidcxnet-cpu"])
+@pytest.mark.parametrize("name", ["deepcovidexplainer-cpu", "covidcxnet-cpu", "cxrnet-cpu"])
 def test_seed_cpu_profiles_train_on_real_images(name, raw, index_frame, tmp_path):
     """Each CPU profile's recipe, unchanged but for size: its preprocessing on real X-rays of the embedded
     sample, its task, classes, optimiser, schedule, snapshots and head, each backbone for one epoch of a few

@@ -1,6 +1,9 @@
 """Attribution methods, one module per family; importing this package registers every method in ``registry.METHODS``."""
 
-# the registration order (that of METHODS): occlusion, the gradient methods, the CAMs, LRP, Guided Grad-CAM, LIME
-from cxrbench.explain.methods import registry, perturbation, gradients, cams, lrp, guided_gradcam, lime  # noqa: F401
+# the registration order (that of METHODS, and of the plots' styles): occlusion, the gradient methods, the CAMs,
+# LRP, Guided Grad-CAM, LIME, feature ablation and Shapley sampling, the layer methods, CXR-Net's decoder
+from cxrbench.explain.methods import (registry, perturbation, gradients, cams, lrp, guided_gradcam, lime,  # noqa: F401
+                                      ablation, layer, cxrnet)
 
-__all__ = ['cams', 'gradients', 'guided_gradcam', 'lime', 'lrp', 'perturbation', 'registry']
+__all__ = ['ablation', 'cams', 'cxrnet', 'gradients', 'guided_gradcam', 'layer', 'lime', 'lrp', 'perturbation',
+           'registry']

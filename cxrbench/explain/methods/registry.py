@@ -6,7 +6,8 @@ class-activation maps of seeds 001 and 003 and more through pytorch-grad-cam;
 LRP of seed 001 through zennit):
 
 ==================  ===========================================================
-occlusion           captum.attr.Occlusion, zero baseline, window/stride in params
+occlusion           captum.attr.Occlusion, baseline explain.occlusion_baseline (black 0 | grey 0.5),
+                    window/stride in params
 saliency            captum.attr.Saliency (absolute gradient)
 input_x_gradient    captum.attr.InputXGradient
 guided_backprop     captum.attr.GuidedBackprop
@@ -28,12 +29,22 @@ lrp                 LRP (Bach et al. 2015): zennit Gradient attributor, composit
                     explain.lrp_composite, canonizers per timm backbone family
 lime                LIME (Ribeiro et al. 2016): captum.attr.Lime on scikit-image SLIC
                     superpixels, explain.lime_samples draws (methods/lime.py)
+feature_ablation    captum.attr.FeatureAblation on a grid of explain.ablation_patch patches,
+                    occlusion's baseline (methods/ablation.py)
+shapley_sampling    captum.attr.ShapleyValueSampling on a grid of explain.shapley_patch patches,
+                    explain.shapley_samples orders, occlusion's baseline
+layer_conductance   captum.attr.LayerConductance on the target layer, zero baseline, explain.ig_steps,
+                    summed over channels and upsampled (methods/layer.py)
+internal_influence  captum.attr.InternalInfluence, the same way
+cxrnet_decoder      CXR-Net's decoder image (seed 003), CXR-Net classifiers only, "not applicable"
+                    for the others (methods/cxrnet.py)
 ==================  ===========================================================
 
 Families, one module each: ``perturbation`` (occlusion), ``gradients`` (saliency, input x gradient, guided
 backprop, integrated gradients, DeepLIFT), ``cams`` (Grad-CAM and the pytorch-grad-cam maps), ``lrp``
-(zennit), ``guided_gradcam`` and ``lime``. Importing :mod:`cxrbench.explain.methods` registers them all, in the
-order above.
+(zennit), ``guided_gradcam``, ``lime``, ``ablation`` (feature ablation, Shapley sampling), ``layer``
+(conductance, internal influence) and ``cxrnet`` (CXR-Net's decoder). Importing :mod:`cxrbench.explain.methods`
+registers them all, in the order above.
 
 Every map is returned as a float32 (B, H, W) tensor at input resolution: the
 attribution summed over input channels (Captum's own heat-map convention).
@@ -51,6 +62,11 @@ def _chunks(n: int, size: int):
 
 
 METHODS: dict[str, type["Method"]] = {}
+
+
+class NotApplicable(NotImplementedError):
+    """A method that does not exist for this model (CXR-Net's decoder map on another classifier): recorded as a
+    failure whose reason says so (an expected error of the runner), never as a map."""
 
 
 def register(name: str):
