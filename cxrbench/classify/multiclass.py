@@ -3,7 +3,8 @@
 evaluate (:func:`evaluate_run`): the fold's val rows and the test rows inside the task
 (:mod:`cxrbench.classify.task`), predicted by the classifier that ``evaluate.checkpoint`` names and by each
 snapshot of its schedule's cycles (``train.snapshots``; columns ``prob_s{K}_{class}``), and scored with
-:func:`cxrbench.classify.task.multiclass_metrics` (CIs over test patient groups).
+:func:`cxrbench.classify.task.multiclass_metrics` (CIs over test patient groups); a two-stage classifier
+(``train.hierarchy``) also by the paper's hard rule (``test_sequential``, :mod:`cxrbench.classify.hierarchy`).
 
 ensemble (:func:`ensemble_run`): per fold, the members (each backbone's classifier, and its snapshots with
 ``ensemble.snapshots``) combined by ``ensemble.combine``: ``mean`` (seed 001's SCPA, softmax class-posterior
@@ -71,6 +72,13 @@ def evaluate_run(model, meta: dict, cache, splits: pd.DataFrame, fold: int, devi
         if len(sub):
             out[part] = TK.multiclass_metrics(sub[true_columns(classes)].to_numpy(), sub[prob_columns(classes)].to_numpy(),
                                               classes, sub["patient"].to_numpy(), stats if part == "test" else None)
+    test = pred[pred["split"] == "test"]
+    if meta.get("hierarchy") and len(test):     # a two-stage classifier: also the paper's hard rule (classify.hierarchy)
+        from cxrbench.classify import hierarchy
+
+        out["test_sequential"] = hierarchy.sequential_metrics(
+            test[true_columns(classes)].to_numpy(), test[prob_columns(classes)].to_numpy(), classes,
+            meta["hierarchy"], test["patient"].to_numpy(), stats)
     return pred, out
 
 
