@@ -135,6 +135,26 @@ def ensemble_run(frames_by_fold: dict[int, dict[str, pd.DataFrame]], classes, ho
     return out
 
 
+def headline_block(res: dict) -> dict:
+    """The numbers the ensemble stage's headline reads (cxrbench.core.headline.MULTICLASS): the ensemble of all
+    folds (the first fold's ensemble when there is one fold), its accuracy beside the majority-class chance,
+    macro F1 and the covid19 class's recall, F1 and AUROC, each with its CI and n."""
+    which = "all_folds" if "all_folds" in res else f"fold {next(iter(res['folds']))}"
+    m = res["all_folds"] if "all_folds" in res else next(iter(res["folds"].values()))["ensemble"]
+    ci, n = m.get("ci") or {}, m["n"]
+
+    def value(v, c):
+        return {**(c or {}), "estimate": v, "n": n}
+
+    out = {"model": f"ensemble ({which})", "accuracy": value(m["accuracy"], ci.get("accuracy")),
+           "accuracy_chance": m["accuracy_chance"], "macro_f1": value(m["macro_f1"], ci.get("macro_f1"))}
+    if "covid19" in m["per_class"]:
+        pc, pci = m["per_class"]["covid19"], (ci.get("per_class") or {}).get("covid19") or {}
+        for key in ("recall", "f1", "auroc"):
+            out[f"{key}_covid19"] = value(pc.get(key), pci.get(key))
+    return out
+
+
 def ensemble_markdown(res: dict, classes) -> str:
     how = {"mean": "mean of softmax probabilities (SCPA)", "max": "per-class maximum (PM)"}[res["combine"]]
     parts = [f"# Multiclass ensemble\n\nMembers combined by the {how}"

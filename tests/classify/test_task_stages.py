@@ -63,6 +63,15 @@ def test_multiclass_stages_score_argmax_with_patient_cis_and_snapshots(mc_run):
     assert ens["combine"] == "max" and ens["folds"]["0"]["members"] == [TINY, f"{TINY}/s0", f"{TINY}/s1"]
     assert "Multiclass ensemble" in (mc_run / "metrics/summary.md").read_text()
     assert "not applicable" in (mc_run / "metrics/table2.md").read_text()
+    # the headline DVC declares as the stage's metrics: the ensemble's accuracy and covid19 rates, not Table 2's
+    h = json.loads((mc_run / "metrics/headline/ensemble.json").read_text())
+    e = ens["folds"]["0"]["ensemble"]
+    assert h["accuracy"]["value"] == e["accuracy"] and h["accuracy"]["n"] == e["n"]
+    assert h["accuracy"]["low"] == e["ci"]["accuracy"]["low"] and h["accuracy_chance"] == e["accuracy_chance"]
+    for key in ("recall", "f1", "auroc"):
+        v = e["per_class"]["covid19"][key]
+        assert (h[f"{key}_covid19"] == "not scored") if v is None else (h[f"{key}_covid19"]["value"] == v)
+    assert "f1_paper_scoring" not in h
 
 
 def test_pm_ensemble_is_recomputed_from_the_members(mc_run):
