@@ -112,6 +112,9 @@ def cascade_groups(model: nn.Module) -> list[LayerGroup]:
     inception_v3: fc, Mixed_7c, ..., Conv2d_1a_3x3 (AuxLogits is a group of its own; it does not act
     at evaluation, so its step changes nothing).
 
+    A Classifier with ``train.head: fc`` (COVID-CXNet's head on the pooled features) has ``head`` as its
+    top group, above the network's own (then parameter-free) classifier.
+
     Every parameter of ``model`` belongs to exactly one group (else ValueError).
     """
     inner = getattr(model, "backbone", None)
@@ -124,12 +127,16 @@ def cascade_groups(model: nn.Module) -> list[LayerGroup]:
             groups.append([name])
     if not groups:
         raise ValueError(f"{type(root).__name__} has no child module with parameters to randomise")
+    head = getattr(model, "head", None) if root is inner else None     # train.head: fc sits on the pooled features
+    if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
+        groups.append(["head"])                                         # the top of the cascade
     covered = {f"{m}.{p}" for g in groups for m in g for p, _ in model.get_submodule(m).named_parameters()}
     missing = [n for n, _ in model.named_parameters() if n not in covered]
     if missing:
         raise ValueError(f"cascade_groups: parameters outside every layer group: {missing[:8]}"
                          + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
-    return [LayerGroup("+".join(n[len(prefix):] for n in g), tuple(g)) for g in reversed(groups)]
+    return [LayerGroup("+".join(n[len(prefix):] if n.startswith(prefix) else n for n in g), tuple(g))
+            for g in reversed(groups)]
 
 
 # --- randomisation ---------------------------------------------------------------------------------------
