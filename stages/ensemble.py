@@ -62,13 +62,14 @@ def multiclass_main(params: dict, backbones: list, folds: list, stats: dict) -> 
     t = tables[folds[0]][tables[folds[0]]["split"] == "test"]          # the first fold's ensemble
     write_csv(paths.ROC_ENSEMBLE, E.micro_roc(t[E.true_columns(classes)].to_numpy(), t[E.prob_columns(classes)].to_numpy()))
     write_json(paths.ENSEMBLE_METRICS, res)
-    write_json(paths.SUMMARY, {"task": "multiclass", "folds": folds, **{k: v for k, v in res.items() if k != "folds"}})
+    write_json(paths.SUMMARY, {"task": "multiclass", "folds": folds, **{k: v for k, v in res.items() if k != "folds"},
+                               "headline": multiclass.headline_block(res)})
     write_text(paths.SUMMARY_MD, multiclass.ensemble_markdown(res, classes))
     na = "not applicable: Table 2 of seed 000 scores multi-label predictions; this run is train.task: multiclass"
     write_json(paths.TABLE2, {"status": na})
     write_text(paths.TABLE2_MD, na + "\n")
     print(multiclass.ensemble_markdown(res, classes))
-    headline.write("ensemble", params)      # dvc.yaml's metrics file: its multi-label entries read as not scored
+    headline.write("ensemble", params)                      # core.headline.MULTICLASS: accuracy, covid19's rates
 
 
 if __name__ == "__main__":

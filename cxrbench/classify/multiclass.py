@@ -3,7 +3,8 @@
 evaluate (:func:`evaluate_run`): the fold's val rows and the test rows inside the task
 (:mod:`cxrbench.classify.task`), predicted by the classifier that ``evaluate.checkpoint`` names and by each
 snapshot of its schedule's cycles (``train.snapshots``; columns ``prob_s{K}_{class}``), and scored with
-:func:`cxrbench.classify.task.multiclass_metrics` (CIs over test patient groups).
+:func:`cxrbench.classify.task.multiclass_metrics` (CIs over test patient groups); a two-stage classifier
+(``train.hierarchy``) also by the paper's hard rule (``test_sequential``, :mod:`cxrbench.classify.hierarchy`).
 
 ensemble (:func:`ensemble_run`): per fold, the members (each backbone's classifier, and its snapshots with
 ``ensemble.snapshots``) combined by ``ensemble.combine``: ``mean`` (seed 001's SCPA, softmax class-posterior
@@ -71,6 +72,13 @@ def evaluate_run(model, meta: dict, cache, splits: pd.DataFrame, fold: int, devi
         if len(sub):
             out[part] = TK.multiclass_metrics(sub[true_columns(classes)].to_numpy(), sub[prob_columns(classes)].to_numpy(),
                                               classes, sub["patient"].to_numpy(), stats if part == "test" else None)
+    test = pred[pred["split"] == "test"]
+    if meta.get("hierarchy") and len(test):     # a two-stage classifier: also the paper's hard rule (classify.hierarchy)
+        from cxrbench.classify import hierarchy
+
+        out["test_sequential"] = hierarchy.sequential_metrics(
+            test[true_columns(classes)].to_numpy(), test[prob_columns(classes)].to_numpy(), classes,
+            meta["hierarchy"], test["patient"].to_numpy(), stats)
     return pred, out
 
 
@@ -124,6 +132,26 @@ def ensemble_run(frames_by_fold: dict[int, dict[str, pd.DataFrame]], classes, ho
         t = first[first["split"] == "test"]
         out["all_folds"] = TK.multiclass_metrics(t[true_columns(classes)].to_numpy(), combine(test_probs, how),
                                                  classes, t["patient"].to_numpy(), stats)
+    return out
+
+
+def headline_block(res: dict) -> dict:
+    """The numbers the ensemble stage's headline reads (cxrbench.core.headline.MULTICLASS): the ensemble of all
+    folds (the first fold's ensemble when there is one fold), its accuracy beside the majority-class chance,
+    macro F1 and the covid19 class's recall, F1 and AUROC, each with its CI and n."""
+    which = "all_folds" if "all_folds" in res else f"fold {next(iter(res['folds']))}"
+    m = res["all_folds"] if "all_folds" in res else next(iter(res["folds"].values()))["ensemble"]
+    ci, n = m.get("ci") or {}, m["n"]
+
+    def value(v, c):
+        return {**(c or {}), "estimate": v, "n": n}
+
+    out = {"model": f"ensemble ({which})", "accuracy": value(m["accuracy"], ci.get("accuracy")),
+           "accuracy_chance": m["accuracy_chance"], "macro_f1": value(m["macro_f1"], ci.get("macro_f1"))}
+    if "covid19" in m["per_class"]:
+        pc, pci = m["per_class"]["covid19"], (ci.get("per_class") or {}).get("covid19") or {}
+        for key in ("recall", "f1", "auroc"):
+            out[f"{key}_covid19"] = value(pc.get(key), pci.get(key))
     return out
 
 

@@ -145,10 +145,21 @@ def rates(m: np.ndarray) -> dict:
             "recall": recall, "f1": f1, "specificity": specificity}
 
 
-def multiclass_metrics(y_onehot: np.ndarray, prob: np.ndarray, classes, groups, stats: dict | None = None) -> dict:
+def one_vs_rest_auroc(is_class: np.ndarray, score: np.ndarray) -> float | None:
+    """AUROC of one class's probability against the other classes' images; None when one side is empty."""
+    from sklearn.metrics import roc_auc_score
+
+    is_class = np.asarray(is_class, bool)
+    return None if is_class.all() or not is_class.any() else float(roc_auc_score(is_class, score))
+
+
+def multiclass_metrics(y_onehot: np.ndarray, prob: np.ndarray, classes, groups, stats: dict | None = None,
+                       auroc: bool = True) -> dict:
     """Argmax decisions scored: accuracy, macro F1, per-class P / R / F1 / specificity and support, the
     confusion matrix, each rate with a CI over patient ``groups`` (``stats``: resamples, seed, confidence;
-    None: point estimates only). Chance levels: the majority class's share (accuracy), 1 / C (balanced)."""
+    None: point estimates only). Chance levels: the majority class's share (accuracy), 1 / C (balanced).
+    ``auroc``: also each class's one-vs-rest AUROC of its probability (chance 0.5), with its CI (``prob`` must
+    then be probabilities, not decisions)."""
     classes = list(classes)
     y_onehot, prob = np.asarray(y_onehot), np.asarray(prob, dtype=np.float64)
     if not np.isfinite(prob).all():
@@ -170,6 +181,8 @@ def multiclass_metrics(y_onehot: np.ndarray, prob: np.ndarray, classes, groups, 
                                   for k in ("precision", "recall", "f1", "specificity")}
         out["per_class"][name]["support"] = int(support[j])
         out["per_class"][name]["predicted"] = int(m[:, j].sum())
+        if auroc:
+            out["per_class"][name]["auroc"] = one_vs_rest_auroc(true == j, prob[:, j])
     if stats is None or len(np.unique(groups)) < 2:
         return out
 
@@ -190,6 +203,9 @@ def multiclass_metrics(y_onehot: np.ndarray, prob: np.ndarray, classes, groups, 
     for j, name in enumerate(classes):
         ci["per_class"][name] = {k: bootstrap.group_ci(stat(k, j), groups, **kw)
                                  for k in ("precision", "recall", "f1", "specificity")}
+        if auroc:
+            ci["per_class"][name]["auroc"] = bootstrap.group_ci(
+                lambda idx, j=j: one_vs_rest_auroc(true[idx] == j, prob[idx, j]), groups, **kw)
     out["ci"] = ci
     return out
 
@@ -204,16 +220,21 @@ def metrics_markdown(name: str, m: dict) -> str:
         if not c:
             return f"{v:.3f}"
         if c.get("low") is None or c.get("high") is None:      # an interval with a status instead of bounds
-            return f"{v:.3f} ({c.get('status') or 'no CI'})"
+            status = c.get("status")
+            return f"{v:.3f} ({'no CI' if status in (None, 'no_ci') else status})"
         return f"{v:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
 
     pc = ci.get("per_class", {})
     lines = [f"**{name}** (n = {m['n']} images): accuracy {cell(m['accuracy'], ci.get('accuracy'))} "
              f"(chance: majority class {m['accuracy_chance']:.3f}), macro F1 {cell(m['macro_f1'], ci.get('macro_f1'))}",
-             "", "| class | support | precision | recall | F1 | specificity |", "|---|---|---|---|---|---|"]
+             ""]
+    keys = ["precision", "recall", "f1", "specificity"] + (["auroc"] if "auroc" in next(iter(m["per_class"].values()))
+                                                           else [])
+    names = {"precision": "precision", "recall": "recall", "f1": "F1", "specificity": "specificity",
+             "auroc": "AUROC one-vs-rest (chance 0.5)"}
+    lines += ["| class | support | " + " | ".join(names[k] for k in keys) + " |", "|---" * (len(keys) + 2) + "|"]
     for cls, v in m["per_class"].items():
-        lines.append(f"| {cls} | {v['support']} | " + " | ".join(cell(v[k], pc.get(cls, {}).get(k))
-                                                           for k in ("precision", "recall", "f1", "specificity")) + " |")
+        lines.append(f"| {cls} | {v['support']} | " + " | ".join(cell(v[k], pc.get(cls, {}).get(k)) for k in keys) + " |")
     classes = m["confusion"]["rows_true_columns_predicted"]
     lines += ["", "| true \\ predicted | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
     for cls, row in zip(classes, m["confusion"]["matrix"]):

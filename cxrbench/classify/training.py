@@ -33,6 +33,7 @@ from cxrbench.lungs import controls as audit_inputs
 from cxrbench.core import checkpoints, timing
 from cxrbench.classify import cxrnet as CX
 from cxrbench.classify import gpu
+from cxrbench.classify import hierarchy
 from cxrbench.classify import models as M
 from cxrbench.classify import schedules
 from cxrbench.classify import task as TK
@@ -99,6 +100,7 @@ class TrainConfig:
     snapshots: bool = False        # a snapshot of the weights at the end of every schedule cycle
     head: dict = field(default_factory=lambda: dict(M.DEFAULT_HEAD))
     patience: int | None = None    # early stopping: epochs without a lower validation loss; None: all epochs
+    hierarchy: list = field(default_factory=list)    # two-stage classifier's group (classify.hierarchy); []: one
 
     def record(self) -> dict:
         """The configuration as ``last.pt`` records it: every field, less the later knobs at their defaults."""
@@ -121,7 +123,7 @@ class TrainConfig:
 
 LATER_DEFAULTS = {"task": "multilabel", "classes": {}, "optimizer": "adam", "momentum": 0.9,
                   "schedule": dict(schedules.DEFAULT_SCHEDULE), "snapshots": False, "head": dict(M.DEFAULT_HEAD),
-                  "patience": None}
+                  "patience": None, "hierarchy": []}
 
 
 def validate(params: dict, cache_meta: dict | None = None) -> dict:
@@ -212,6 +214,7 @@ def validate(params: dict, cache_meta: dict | None = None) -> dict:
                                              "set it to false")
     schedules.validate(p)
     M.check_head(p.get("head", M.DEFAULT_HEAD))
+    hierarchy.validate(params, TK.validate(params)["classes"])
     return p
 
 
@@ -283,7 +286,7 @@ def config_for(params: dict, backbone: str, fold: int, cache_meta: dict) -> Trai
         batch_size=p["batch_size"], lr=float(p["lr"]), weight_decay=float(p["weight_decay"]),
         pos_weight=p["pos_weight"], label_smoothing=float(p["label_smoothing"]), aux_weight=aux,
         augment={k: v for k, v in p["augment"].items() if not (k == "brightness" and v == 0)},  # 0: as before it
-        seed=p["seed"], amp=p["amp"], patience=p.get("patience"))
+        seed=p["seed"], amp=p["amp"], patience=p.get("patience"), hierarchy=hierarchy.validate(params, t["classes"]))
 
 
 def apply_input_mode(images: np.ndarray, mode: str, dilation: int, masks_path: str | Path = seg.LUNG_MASKS,
@@ -384,6 +387,8 @@ def _later_meta(cfg: TrainConfig) -> dict:
         out["head"] = cfg.head
     if cfg.snapshots:
         out["schedule"] = cfg.schedule
+    if cfg.hierarchy:
+        out["hierarchy"] = cfg.hierarchy
     return out
 
 
@@ -443,8 +448,8 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
     torch.manual_seed(cfg.seed)
     model = M.create_model(cfg.backbone, len(cfg.labels), cfg.in_chans, cfg.pretrained, cfg.input_size,
                            aux=cfg.aux_weight > 0 and not CX.is_cxrnet(cfg.backbone), weights=cfg.weights,
-                           normalize=cfg.normalize,
-                           head=cfg.head).to(device)
+                           normalize=cfg.normalize, head=cfg.head,
+                           hierarchy={"classes": cfg.labels, "group": cfg.hierarchy} if cfg.hierarchy else None).to(device)
     model = gpu.prepare_model(model, device)               # channels_last on CUDA; unchanged on the CPU
     opt = schedules.make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.momentum)
     sched = schedules.make_scheduler(opt, cfg.schedule, cfg.epochs)     # None: a constant rate

@@ -115,6 +115,9 @@ def cascade_groups(model: nn.Module) -> list[LayerGroup]:
     CXR-Net (:class:`cxrbench.classify.cxrnet.CXRNet`): its decoder's stages first (decoder.out, decoder.last,
     decoder.stages.3 ... 0), then its encoder's groups as above (encoder.fc, encoder.layer4, ...).
 
+    A Classifier with ``train.head: fc`` (COVID-CXNet's head on the pooled features) has ``head`` as its
+    top group, above the network's own (then parameter-free) classifier.
+
     Every parameter of ``model`` belongs to exactly one group (else ValueError).
     """
     inner = getattr(model, "backbone", None)
@@ -133,12 +136,16 @@ def cascade_groups(model: nn.Module) -> list[LayerGroup]:
             groups.append([name])
     if not groups:
         raise ValueError(f"{type(root).__name__} has no child module with parameters to randomise")
+    head = getattr(model, "head", None) if root is inner else None     # train.head: fc sits on the pooled features
+    if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
+        groups.append(["head"])                                         # the top of the cascade
     covered = {f"{m}.{p}" for g in groups for m in g for p, _ in model.get_submodule(m).named_parameters()}
     missing = [n for n, _ in model.named_parameters() if n not in covered]
     if missing:
         raise ValueError(f"cascade_groups: parameters outside every layer group: {missing[:8]}"
                          + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
-    return [LayerGroup("+".join(n[len(prefix):] for n in g), tuple(g)) for g in reversed(groups)]
+    return [LayerGroup("+".join(n[len(prefix):] if n.startswith(prefix) else n for n in g), tuple(g))
+            for g in reversed(groups)]
 
 
 # --- randomisation ---------------------------------------------------------------------------------------

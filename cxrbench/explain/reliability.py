@@ -161,8 +161,12 @@ def perturbed_model(model: torch.nn.Module, sigma: float, seed: int) -> torch.nn
 
 
 def _prob(net, x, target) -> np.ndarray:
+    """The target's probability: sigmoid of its logit, or its softmax over the classes of a multiclass model."""
+    from cxrbench.classify.task import probabilities
+
     with torch.no_grad():
-        return torch.sigmoid(net(x).gather(1, target.view(-1, 1))[:, 0]).double().cpu().numpy()
+        prob = probabilities(net(x), getattr(net, "task", "multilabel"))
+        return prob.gather(1, target.view(-1, 1))[:, 0].double().cpu().numpy()
 
 
 def resilience_rows(s: Settings, model, x: torch.Tensor, target: torch.Tensor, explainer, metric_fns: dict

@@ -108,8 +108,10 @@ def target_layer(model: nn.Module, backbone: str, layers: dict) -> tuple[str, nn
         raise ParamError("explain.target_layers", f"no target layer for backbone {backbone!r}; "
                          f"keys (matched as name prefixes) are {sorted(layers)}")
     path = layers[keys[0]]
-    # cxrbench.classify.models.Classifier wraps the timm network as ``backbone``
-    for candidate in (path, f"backbone.{path}"):
+    # cxrbench.classify.models.Classifier wraps the timm network as ``backbone``; a two-stage classifier
+    # (cxrbench.classify.hierarchy) is explained at its second stage's layer: the stage that separates the group
+    # (COVID-19 from other pneumonia), whose target classes the seed profiles explain
+    for candidate in (path, f"backbone.{path}", f"second.backbone.{path}"):
         try:
             return candidate, model.get_submodule(candidate)
         except AttributeError:

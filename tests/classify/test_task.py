@@ -123,6 +123,29 @@ def test_multiclass_metrics_match_scikit_learn_and_carry_patient_cis():
     assert m["accuracy_chance"] == pytest.approx(np.bincount(true).max() / n)
 
 
+def test_each_class_has_its_one_vs_rest_auroc_with_a_patient_ci_and_a_missing_ci_is_written_as_such():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    n, c = 60, 3
+    true = rng.integers(0, c, n)
+    prob = rng.dirichlet(np.ones(c), n)
+    prob[np.arange(n), true] += 0.3
+    prob /= prob.sum(1, keepdims=True)
+    m = TK.multiclass_metrics(np.eye(c)[true], prob, ["a", "b", "c"], np.arange(n) // 2,
+                              {"resamples": 200, "seed": 0, "confidence": 0.95})
+    for j, name in enumerate("abc"):
+        assert m["per_class"][name]["auroc"] == pytest.approx(roc_auc_score(true == j, prob[:, j]), rel=1e-12)
+        ci = m["ci"]["per_class"][name]["auroc"]
+        assert ci["status"] == "ok" and ci["low"] < ci["high"]
+    text = TK.metrics_markdown("x", m)
+    assert "AUROC one-vs-rest (chance 0.5)" in text and f"{m['per_class']['a']['auroc']:.3f} [" in text
+    m["ci"]["accuracy"] = {"low": None, "high": None, "status": "no_ci", "reason": "too few resamples"}
+    assert f"accuracy {m['accuracy']:.3f} (no CI)" in TK.metrics_markdown("x", m)      # a status, not a crash
+    one = TK.multiclass_metrics(np.eye(2)[[0, 0]], np.array([[0.6, 0.4], [0.7, 0.3]]), ["a", "b"], np.arange(2))
+    assert one["per_class"]["a"]["auroc"] is None                  # one class only: undefined, not a number
+
+
 def test_a_class_never_predicted_has_no_precision_not_a_zero():
     prob = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4]])
     m = TK.multiclass_metrics(np.array([[1, 0], [0, 1], [0, 1]]), prob, ["a", "b"], np.arange(3), None)
@@ -130,7 +153,7 @@ def test_a_class_never_predicted_has_no_precision_not_a_zero():
     assert "n = 3" in TK.metrics_markdown("x", m) and "| b | 2 | – |" in TK.metrics_markdown("x", m)
     # an interval with a status and no bounds (the bootstrap's no_ci) is written as its status, not a crash
     m["ci"] = {"accuracy": {"estimate": m["accuracy"], "low": None, "high": None, "status": "no_ci"}}
-    assert f"accuracy {m['accuracy']:.3f} (no_ci)" in TK.metrics_markdown("x", m)
+    assert f"accuracy {m['accuracy']:.3f} (no CI)" in TK.metrics_markdown("x", m)
 
 
 def test_scpa_is_the_mean_and_pm_the_renormalised_max():
@@ -172,7 +195,7 @@ def test_later_knobs_at_their_defaults_keep_the_old_digest():
     resumable checkpoints); setting any knob changes it."""
     cfg = _cfg()
     d = dataclasses.asdict(cfg)
-    for key in ("task", "classes", "optimizer", "momentum", "schedule", "snapshots", "head", "patience"):
+    for key in ("task", "classes", "optimizer", "momentum", "schedule", "snapshots", "head", "patience", "hierarchy"):
         del d[key]
     for key in ("input_options", "weights_id"):
         if not d[key]:
@@ -180,7 +203,8 @@ def test_later_knobs_at_their_defaults_keep_the_old_digest():
     old = hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert cfg.digest() == old
     for change in ({"optimizer": "sgd"}, {"task": "multiclass"}, {"snapshots": True},
-                   {"schedule": {"name": "cosine", "min_lr": 0.0}}, {"head": {"kind": "fc", "width": 10, "dropout": 0.2}}):
+                   {"schedule": {"name": "cosine", "min_lr": 0.0}}, {"head": {"kind": "fc", "width": 10, "dropout": 0.2}},
+                   {"hierarchy": ["a", "b"]}):
         assert dataclasses.replace(cfg, **change).digest() != old, change
     assert dataclasses.replace(cfg, momentum=0.5).digest() == old        # momentum is read by sgd only
 

@@ -63,6 +63,15 @@ def test_multiclass_stages_score_argmax_with_patient_cis_and_snapshots(mc_run):
     assert ens["combine"] == "max" and ens["folds"]["0"]["members"] == [TINY, f"{TINY}/s0", f"{TINY}/s1"]
     assert "Multiclass ensemble" in (mc_run / "metrics/summary.md").read_text()
     assert "not applicable" in (mc_run / "metrics/table2.md").read_text()
+    # the headline DVC declares as the stage's metrics: the ensemble's accuracy and covid19 rates, not Table 2's
+    h = json.loads((mc_run / "metrics/headline/ensemble.json").read_text())
+    e = ens["folds"]["0"]["ensemble"]
+    assert h["accuracy"]["value"] == e["accuracy"] and h["accuracy"]["n"] == e["n"]
+    assert h["accuracy"]["low"] == e["ci"]["accuracy"]["low"] and h["accuracy_chance"] == e["accuracy_chance"]
+    for key in ("recall", "f1", "auroc"):
+        v = e["per_class"]["covid19"][key]
+        assert (h[f"{key}_covid19"] == "not scored") if v is None else (h[f"{key}_covid19"]["value"] == v)
+    assert "f1_paper_scoring" not in h
 
 
 def test_pm_ensemble_is_recomputed_from_the_members(mc_run):
@@ -114,3 +123,44 @@ def test_predict_refuses_a_multiclass_run_saying_why(mc_run):
 
     with pytest.raises(PL.PredictError, match="multiclass.*argmax"):
         PL.load_run(mc_run, f"{TINY}:0", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def hier_run(template, tmp_path_factory):  # noqa: F811
+    """COVID-CXNet's two-stage classifier (train.hierarchy) through the train, evaluate and attribute stages."""
+    import shutil
+
+    from stages import attribute, evaluate, train
+
+    run = tmp_path_factory.mktemp("hierarchy") / "run"
+    shutil.copytree(template, run)
+    p = yaml.safe_load((run / "params.yaml").read_text())
+    p["train"].update(task="multiclass", classes=CLASSES, pos_weight=False, epochs=2, hierarchy=["covid19", "pneumonia"])
+    p["stats"]["resamples"] = 100
+    p["explain"].update(methods=["saliency", "gradcam", "lrp"], max_images=2, sanity_images=1)
+    p["explain"]["target_layers"]["test_resnet"] = "layer4"
+    (run / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    with _cwd(run):
+        train.main([TINY, "0", "--device", "cpu", "--no-progress"])
+        evaluate.main([TINY, "0", "--device", "cpu"])
+        attribute.main([TINY, "0"])
+    return run
+
+
+def test_a_two_stage_run_is_scored_as_one_model_and_by_the_papers_rule(hier_run):
+    from cxrbench.classify import hierarchy as H
+    from cxrbench.classify import task as TK
+
+    ev = json.loads((hier_run / "metrics/eval" / f"{TINY}-f0.json").read_text())
+    pred = pd.read_csv(hier_run / "data/predictions" / f"{TINY}-f0.csv", keep_default_na=False)
+    t = pred[pred["split"] == "test"]
+    prob, y = t[[f"prob_{c}" for c in CLASSES]].to_numpy(), t[[f"y_{c}" for c in CLASSES]].to_numpy()
+    np.testing.assert_allclose(prob.sum(1), 1.0, atol=1e-5)         # chained probabilities (float32)
+    assert ev["test"]["confusion"]["matrix"] == TK.confusion(y.argmax(1), prob.argmax(1), 3).astype(int).tolist()
+    seq = ev["test_sequential"]
+    assert seq["n"] == ev["test"]["n"] == len(t) and "ci" in seq
+    want = TK.confusion(y.argmax(1), H.sequential(prob, list(CLASSES), ["covid19", "pneumonia"]), 3)
+    assert seq["confusion"]["matrix"] == want.astype(int).tolist()
+    status = json.loads((hier_run / "metrics/attribute" / f"{TINY}-f0.json").read_text())["methods"]
+    assert "lrp" in status and "two-stage" in json.dumps(status["lrp"])        # recorded, not a crash
+    assert status["saliency"]["ok"] is True and status["gradcam"]["ok"] is True and status["lrp"]["ok"] is False

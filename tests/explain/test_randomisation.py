@@ -424,3 +424,17 @@ def test_masked_comparison_removes_the_zero_input_floor_and_compares_cams_on_the
     other = cam + 0.01 * np.sin(np.arange(32) / 3)[None, None, :]
     out = R.masked_compare(cam, other, np.ones((4, 32, 32), bool), 2, ["spearman_abs", "ssim"])
     assert np.allclose(out["spearman_abs"], 1.0) and np.isnan(out["ssim"]).all()
+
+
+def test_the_fc_head_is_the_top_of_the_cascade():
+    """train.head: fc (COVID-CXNet) puts the head beside the timm network, whose own classifier is then empty:
+    the head is randomised first and every parameter still belongs to one group."""
+    from cxrbench.classify.models import create_model
+
+    model = create_model("resnet18", num_classes=2, in_chans=1, pretrained="none", input_size=32,
+                         head={"kind": "fc", "width": 10, "dropout": 0.2}).eval()
+    groups = R.cascade_groups(model)
+    assert [g.name for g in groups] == ["head", "layer4", "layer3", "layer2", "layer1", "conv1+bn1"]
+    _, g1, rnd = next(R.cascade(model, seed=0))
+    assert g1.modules == ("head",) and not torch.equal(rnd.head.fc.weight, model.head.fc.weight)
+    assert torch.equal(rnd.backbone.layer4[1].conv2.weight, model.backbone.layer4[1].conv2.weight)

@@ -100,6 +100,36 @@ def test_infidelity_against_its_definition_by_hand():
     assert got[0] == pytest.approx(want, rel=1e-9)
 
 
+def test_infidelity_and_resilience_read_the_softmax_of_a_multiclass_model():
+    """A multiclass model's (classify.task) probability of the target is its softmax over the classes, not the
+    sigmoid of its logit: infidelity's f and the reliability stage's probabilities follow ``model.task``."""
+    from cxrbench.explain import reliability as REL
+
+    model = _model(3).double()
+    x = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    target = torch.tensor([1, 2])
+    maps = np.random.default_rng(0).random((2, 12, 12))
+    sig = RB.infidelity(model, x, maps, target, 0.1, 20, seed=5)
+    with torch.no_grad():
+        logits = model(x)
+    np.testing.assert_allclose(REL._prob(model, x, target), torch.sigmoid(logits)[[0, 1], [1, 2]].numpy(), rtol=1e-12)
+    model.task = "multiclass"                                  # as load_classifier sets it from the meta
+    soft = RB.infidelity(model, x, maps, target, 0.1, 20, seed=5)
+    np.testing.assert_allclose(REL._prob(model, x, target), torch.softmax(logits, 1)[[0, 1], [1, 2]].numpy(),
+                               rtol=1e-12)
+    draw = RB.perturbation("gaussian", 0.1, 5)
+    noise_t, _ = draw(x[:1].repeat(20, 1, 1, 1))               # image 0 alone by hand, as in the test above
+    with torch.no_grad():
+        fx = torch.softmax(model(x[:1]), 1)[0, 1]
+        fp = torch.softmax(model(x[:1] - noise_t), 1)[:, 1]
+    ie = (noise_t[:, 0] * torch.as_tensor(maps[0])).sum((1, 2))
+    d = fx - fp
+    beta = (ie * d).sum() / (ie * ie).sum()
+    one = RB.infidelity(model, x[:1], maps[:1], target[:1], 0.1, 20, seed=5)
+    assert one[0] == pytest.approx(float(((beta * ie - d) ** 2).mean()), rel=1e-9)
+    assert not np.allclose(soft, sig)
+
+
 def test_edge_map_is_the_sobel_magnitude_and_the_perturbation_is_seeded():
     x = torch.zeros(1, 3, 16, 16)
     x[..., 8:] = 1.0                                        # a vertical step: edges only at the step

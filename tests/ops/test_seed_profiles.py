@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from cxrbench.classify import ensemble as EN
+from cxrbench.classify import hierarchy as H
 from cxrbench.classify import evaluation as E
 from cxrbench.classify import multiclass as MC
 from cxrbench.classify import schedules as S
@@ -21,7 +22,8 @@ from cxrbench.ops import profiles
 from cxrbench.studies import audit
 
 ROOT = Path(__file__).resolve().parents[2]
-SEED_PROFILES = ["deepcovidexplainer", "deepcovidexplainer-cpu", "covidcxnet", "covidcxnet-cpu", "cxrnet", "cxrnet-cpu"]
+SEED_PROFILES = ["deepcovidexplainer", "deepcovidexplainer-cpu", "covidcxnet", "covidcxnet-cpu",
+                 "covidcxnet-hierarchy", "covidcxnet-hierarchy-cpu", "cxrnet", "cxrnet-cpu"]
 
 
 @pytest.mark.parametrize("name", SEED_PROFILES)
@@ -60,14 +62,20 @@ def test_seed_profiles_pass_every_stage_check(name, monkeypatch):
     else:
         assert p["preprocess"]["channels"] == ["raw", "beasf", "clahe"] and tp["head"]["kind"] == "fc"
         assert "lime" in p["explain"]["methods"]
+        # the explain stages read whole images: a lung-cropped model's maps would live in cropped coordinates
+        assert p["train"]["input_mode"] == "full"
+    if "hierarchy" in name:                                  # Table 5: normal vs pneumonia, then CP vs CAP
+        assert H.validate(p, t["classes"]) == ["covid19", "pneumonia"] and list(t["classes"])[2] == "healthy"
+        assert "lrp" not in p["explain"]["methods"]          # LRP needs one network
 
 
 def test_the_cpu_variants_keep_the_recipe_of_their_full_profile():
-    for name in ("deepcovidexplainer", "covidcxnet", "cxrnet"):
+    for name in ("deepcovidexplainer", "covidcxnet", "covidcxnet-hierarchy", "cxrnet"):
         full, cpu = profiles.read_profile(name, ROOT), profiles.read_profile(f"{name}-cpu", ROOT)
         for key in ("preprocess.channels", "train.task", "train.classes", "train.optimizer", "train.snapshots",
                     "train.head.kind", "train.head.width", "train.head.dropout", "train.label_smoothing",
-                    "train.input_mode", "ensemble.combine", "ensemble.snapshots", "preprocess.beasf_gamma"):
+                    "train.input_mode", "ensemble.combine", "ensemble.snapshots", "preprocess.beasf_gamma",
+                    "train.hierarchy"):
             assert full.get(key) == cpu.get(key), (name, key)
     full, cpu = profiles.read_profile("cxrnet", ROOT), profiles.read_profile("cxrnet-cpu", ROOT)
     for key in ("train.lr", "train.optimizer", "train.schedule", "split.test_fraction", "explain.occlusion_baseline",
@@ -76,7 +84,7 @@ def test_the_cpu_variants_keep_the_recipe_of_their_full_profile():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["deepcovidexplainer-cpu", "covidcxnet-cpu", "cxrnet-cpu"])
+@pytest.mark.parametrize("name", ["deepcovidexplainer-cpu", "covidcxnet-cpu", "covidcxnet-hierarchy-cpu", "cxrnet-cpu"])
 def test_seed_cpu_profiles_train_on_real_images(name, raw, index_frame, tmp_path):
     """Each CPU profile's recipe, unchanged but for size: its preprocessing on real X-rays of the embedded
     sample, its task, classes, optimiser, schedule, snapshots and head, each backbone for one epoch of a few

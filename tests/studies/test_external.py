@@ -354,3 +354,15 @@ def test_model_card_says_how_far_the_cuts_moved():
     assert f"moved by up to {own['shift']:+.3f} (healthy, `resnet18:0`)" in lines
     assert "0.100 [0.050, 0.200] → " + B.format_ci(own["specificity"]) in lines
     assert model_card.cut_shift_lines({"models": {}}) == []
+
+
+def test_a_multiclass_run_is_refused_naming_the_params_before_any_source_is_read(params, tmp_path, monkeypatch):
+    """External validation scores labels at validation cuts; a multiclass run has neither: an error naming
+    external.sources and train.task, raised before the index, a source or a model is read."""
+    monkeypatch.chdir(tmp_path)                                 # no data/index.csv, no models here
+    p = _params(params)
+    p["train"].update(task="multiclass", classes="three_class", pos_weight=False)
+    with pytest.raises(XS.ExternalError, match=r"external.sources.*train.task is multiclass.*external.sources: \[\]"):
+        XR.run_stage(p, device="cpu", show=False)
+    p["external"]["sources"] = []
+    assert XR.run_stage(p, show=False)["status"] == "off"        # off stays off

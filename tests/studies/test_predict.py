@@ -557,3 +557,12 @@ def test_predict_calibrate_end_to_end_on_a_shifted_site(tmp_path, monkeypatch, c
     fit = json.loads((tmp_path / "p.calibration.json").read_text())
     assert fit["labels"]["healthy"]["status"] == "fitted" and 0.15 < fit["labels"]["healthy"]["shift"] < 0.35
     assert "calibrate healthy" in capsys.readouterr().out
+
+
+def test_a_multiclass_run_is_refused_naming_train_task_before_any_model_loads(params, tmp_path):
+    """No thresholds and argmax classes: predict says so at once (no model file exists here to load)."""
+    p = copy.deepcopy(params)
+    p["train"].update(task="multiclass", classes="covid_vs_normal", pos_weight=False)
+    with pytest.raises(PL.PredictError, match=r"params.yaml: train.task is multiclass \(classes \['covid19', "
+                                              r"'healthy'\], argmax"):
+        PL.load_run(tmp_path, params=p, device="cpu")

@@ -185,8 +185,12 @@ class LRPMethod(Method):
 
     def _one(self, x, target):
         from zennit.attribution import Gradient
+        from cxrbench.classify.hierarchy import HierarchicalClassifier
         from cxrbench.classify.models import Classifier
         model = self.model
+        if isinstance(model, HierarchicalClassifier):      # recorded as the method's status, not a crash
+            raise NotImplementedError("lrp: a two-stage classifier (train.hierarchy) is two networks chained by "
+                                      "a log-softmax; LRP's rules are defined for one network")
         canonizers = lrp_canonizers(self.backbone)
         if isinstance(model, Classifier):
             net, c = model.backbone, x.shape[1]

@@ -114,9 +114,11 @@ def infidelity(model: torch.nn.Module, x: torch.Tensor, maps, target: torch.Tens
         raise ValueError(f"infidelity: maps of shape {tuple(m.shape)} for inputs of shape {tuple(x.shape)}")
     attr = m[:, None].expand_as(x).contiguous()
 
-    def forward(inputs):
+    from cxrbench.classify.task import probabilities
+
+    def forward(inputs):                             # P(label) (sigmoid), or P(class) of a multiclass model (softmax)
         with torch.no_grad():
-            return torch.sigmoid(model(inputs))      # the classifier is multi-label: P(label)
+            return probabilities(model(inputs), getattr(model, "task", "multilabel"))
 
     v = captum_infidelity(forward, perturbation("gaussian", noise, seed), x, attr, target=target,
                           n_perturb_samples=int(samples), max_examples_per_batch=max_batch, normalize=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrbench.classify import task as TK
 from cxrbench.core import bootstrap as B
 from cxrbench.core import paths
 from cxrbench.core.io import write_csv, write_json, write_text
@@ -109,6 +110,11 @@ def run_stage(params: dict, device=None, workers: int = 1, show: bool = True) ->
     if not cfg.sources:
         return write_off("external.sources is empty; list entries of external.catalog there to score them "
                          "(profiles ci and mirror score kermany_unused)")
+    if TK.task_of(params) == "multiclass":         # refused before any source is read, not scored wrongly
+        raise ExternalError(f"external.sources {cfg.sources} is set, but train.task is multiclass: external "
+                            f"validation scores multi-label runs (per-label AUROC, sensitivity and specificity at "
+                            f"validation cuts), and a multiclass run has classes decided by argmax and no cuts. "
+                            f"Set external.sources: [] for this run; its test-set class metrics are in metrics/eval")
     stats = B.validate(params)
     copy_params = {**dedupe.validate(params), **copies.validate(params)}
     table = LabelTable.from_params(params)

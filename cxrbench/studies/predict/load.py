@@ -11,6 +11,7 @@ import numpy as np
 
 from cxrbench.core import paths
 from cxrbench.classify import evaluation as E
+from cxrbench.classify import task as TK
 from cxrbench.core import params as P
 from cxrbench.core import runtime
 from cxrbench.classify.ensemble import VOTE_TIES, vote_rule_name
@@ -188,6 +189,11 @@ def load_run(run: str | Path = ".", models: str = ENSEMBLE, params: dict | None 
     run = Path(run)
     params_file = Path(params_file) if params_file else run / P.PARAMS_FILE
     params = P.load(params_file) if params is None else params
+    if TK.task_of(params) == "multiclass":          # refused before any model loads (load_thresholds: per model)
+        classes = TK.validate(params)["classes"]
+        raise PredictError(f"{params_file}: train.task is multiclass (classes {list(classes)}, argmax decisions, no "
+                           f"thresholds): predict applies multi-label runs only so far; the run's test-set class "
+                           f"metrics are in metrics/eval and metrics/summary.md")
     ev = E.validate(params)
     checkpoint_name = training.checkpoint_file(params)
     vote_tie = check_choice("ensemble.vote_tie", section(params, "ensemble.vote_tie"), VOTE_TIES)
