@@ -311,3 +311,98 @@ def test_source_archive_holds_the_package_tree(tmp_path):
                  "cxrbench/__init__.py", "cxrbench/core/paths.py", "cxrbench/explain/metrics/__init__.py",
                  "cxrbench/ops/bundle/host.py", "cxrbench/ops/bundle/pack.py"):
         assert name in names
+
+
+def test_budget_measures_runs_the_data_stages_plans_then_runs_the_rest_once(tmp_path, monkeypatch):
+    """``run --budget``: measure, the data stages, the plan (with the seconds left before the hard deadline),
+    then the rest, all before the budget's deadline; a second run in the same WORK keeps the plan."""
+    bundle = _tiny_bundle(tmp_path, monkeypatch)
+    calls, repro = [], []
+
+    def call(cmd, cwd=None, env=None, timeout=None):
+        action = cmd[cmd.index("cxrbench.ops.bundle.sizing") + 1]
+        calls.append((action, cmd, timeout))
+        if action == "plan":
+            (Path(cwd) / B.SIZING).write_text(json.dumps({"chosen": {}, "seconds_left": float(
+                cmd[cmd.index("--seconds-left") + 1])}))
+        return 0
+
+    def step(work, deadlines, extra):
+        repro.append((list(extra), deadlines))
+        return "complete", {f"stage{len(repro)}": 1.0}
+
+    monkeypatch.setattr(B.subprocess, "call", call)
+    monkeypatch.setattr(B, "run_step", step)
+    work = tmp_path / "work"
+    t0 = time.time()
+    assert B.main(["run", "--bundle", str(bundle), "--work", str(work), "--budget", "300"]) == 0
+    assert [c[0] for c in calls] == ["measure", "plan"] and "--apply" in calls[1][1]
+    assert 0 < calls[0][2] <= 300 - B.BUDGET_RESERVE_SECONDS
+    assert [r[0] for r in repro] == [list(B.DATA_STAGES), []]
+    hard = repro[0][1]["hard"]
+    assert t0 + 300 - B.BUDGET_RESERVE_SECONDS <= hard + 1 and hard <= time.time() + 300 - B.BUDGET_RESERVE_SECONDS
+    sizing = json.loads((work / B.SIZING).read_text())
+    assert 0 < sizing["seconds_left"] <= 300 - B.BUDGET_RESERVE_SECONDS and "measure_s" in sizing
+    state = json.loads((work / B.RUN_STATE).read_text())
+    assert state["steps"][0]["budget"] == 300 and set(state["steps"][0]["stages"]) == {"stage1", "stage2"}
+    # the next call resumes with the same sizes: no measuring, no new plan
+    assert B.main(["run", "--bundle", str(bundle), "--work", str(work), "--budget", "300"]) == 0
+    assert len(calls) == 2 and repro[-1][0] == []
+    out = tmp_path / "out"
+    (work / B.BENCH).write_text("{}")
+    assert {B.BENCH, B.SIZING, "timings.json"} <= set(B.collect(work, out))
+
+
+def test_budget_run_goes_on_at_the_profiles_sizes_when_measuring_fails(tmp_path, monkeypatch, capsys):
+    bundle = _tiny_bundle(tmp_path, monkeypatch)
+    monkeypatch.setattr(B.subprocess, "call", lambda cmd, **k: 1)
+    repro = []
+    monkeypatch.setattr(B, "run_step", lambda work, d, extra: repro.append(list(extra)) or ("complete", {}))
+    work = tmp_path / "work"
+    assert B.main(["run", "--bundle", str(bundle), "--work", str(work), "--budget", "300"]) == 0
+    assert "measuring failed" in json.loads((work / B.SIZING).read_text())["error"]
+    assert repro == [list(B.DATA_STAGES), []] and "measuring failed" in capsys.readouterr().out
+
+
+def test_host_has_leaves_the_hosts_own_wheels_out(tmp_path):
+    (tmp_path / "host.txt").write_text("# the host's image\nAiohttp\nrequests  # comment\n\n")
+    assert K.read_host_has(f"@{tmp_path / 'host.txt'}") == {"aiohttp", "requests"}
+    assert K.read_host_has("Rich,PyYAML") == {"rich", "pyyaml"} and K.read_host_has(None) == set()
+    with pytest.raises(B.BundleError, match="not found"):
+        K.read_host_has(f"@{tmp_path / 'none.txt'}")
+    full = K.wheel_plan()
+    assert {"grad-cam", "zennit", "dvc", "captum"} <= set(full)       # the attribution libraries travel too
+    dropped = {n for n in full if n not in {"dvc", "captum", "grad-cam", "zennit"}}
+    assert set(K.wheel_plan(host_has=dropped)) == set(full) - dropped
+
+
+def test_report_page_of_a_collected_run(tmp_path):
+    from cxrbench.ops.bundle import summary
+
+    res = tmp_path / "res"
+    res.mkdir()
+    bench = {"device": "NVIDIA X", "torch": "2.11.0", "cuda": "13.0", "runtime": {"cpu": "c"}, "size": 512, "batch": 32,
+             "amp": "torch.bfloat16", "stage_start_s": 6.0, "seconds": 50.0, "skipped": ["lrp on resnet34: time"],
+             "throughput": [{"backbone": "resnet18", "train_images_per_s": 2000.0, "synthetic_train_images_per_s": 2100.0,
+                             "loader_vs_synthetic": 0.95, "infer_images_per_s": 9000.0, "first_step_s": 3.0,
+                             "params_M": 11.2}],
+             "attribution": [{"backbone": "resnet18", "method": "saliency", "images": 4, "max_batch": 64,
+                              "seconds_per_image": 0.01, "peak_memory_GiB": 1.5}]}
+    sizing = {"fits": True, "seconds_left": 300.0, "estimate_s": 200.0, "safety": 1.25, "measure_s": 50.0,
+              "chosen": {"folds": 1, "epochs": 4, "controls": 2, "methods": ["saliency"], "images": 8},
+              "of": {"folds": 2, "epochs": 20, "controls": 5, "methods": ["saliency", "gradcam"], "images": 16},
+              "cohort": {"train": [730]}, "estimate_per_stage_s": {"train": 100.0, "aoppc": 50.0}}
+    timings = {"profile": "gpu", "source": {"commit": "abc", "dirty": False}, "complete": False, "total_seconds": 400.0,
+               "steps": [{"outcome": "deadline"}], "stages": {"index": 20.0, "train@resnet18-0": 60.0,
+                                                              "train@resnet18-1": 30.0, "aoppc": 10.0}}
+    for name, obj in (("bench.json", bench), ("sizing.json", sizing), ("timings.json", timings)):
+        (res / name).write_text(json.dumps(obj))
+    with tarfile.open(res / "metrics.tar.gz", "w:gz") as tar:
+        (tmp_path / "table2.md").write_text("| table |")
+        tar.add(tmp_path / "table2.md", arcname="metrics/table2.md")
+    text = summary.report(res, tmp_path / "page").read_text()
+    assert "`gpu` profile" in text and "commit abc" in text and "NVIDIA X" in text and "| resnet18 | 2000 | 2100 | 0.95 |" in text
+    assert "| train | 100 | 90 |" in text and "| data (before the plan; measuring took 50 s) | - | 20 |" in text
+    assert "stopped: deadline" in text and "[table2.md](table2.md)" in text
+    assert (tmp_path / "page" / "table2.md").read_text() == "| table |"
+    assert summary.group("audit_train@resnet18-0-outside_only") == "audit_train" and summary.group("report") == "other"

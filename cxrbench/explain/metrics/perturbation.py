@@ -262,9 +262,10 @@ def _filled(xs: torch.Tensor, rm: torch.Tensor, fill: str, blur_sigma: float, ro
     if fill == "road":
         rep = xs.unsqueeze(1).expand(b, L, *xs.shape[1:]).reshape(b * L, *xs.shape[1:])
         step_seeds = [sd * 1000 + k for sd in seeds for k in range(L)]     # one draw per image and step
-        # the exact direct solve on the host; a meta tensor (the shape-only stand-in for a GPU in the tests)
-        # has no values to copy there, so it takes the on-device CG path
-        solver = "cg" if xs.device.type == "meta" else "direct"
+        # on the CPU the exact direct solve; on a GPU conjugate gradients on the device, all images and steps
+        # at once (the direct solve would copy each system to the host and factor it there, one at a time; the
+        # residual is recorded either way); a meta tensor (the tests' shape-only GPU) takes the GPU's path
+        solver = "cg" if xs.device.type in ("meta", "cuda") else "direct"
         out, res = noisy_linear_imputation(rep, rm.reshape(b * L, h, w), road_noise, step_seeds, solver=solver)
         return out.view(b, L, *xs.shape[1:]), res.view(b, L).amax(1)
     raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")

@@ -1,14 +1,19 @@
 """Run a profile on a GPU host without internet: pack here, run there in time-boxed steps, collect.
 
     # here (the source mirror and PyPI reachable): one folder of at most --max-mib (64 MiB)
-    cxrbench bundle pack gpu --out .bundle [--set KEY=VALUE ...] [--wheels .whl]
+    cxrbench bundle pack gpu --out .bundle [--set KEY=VALUE ...] [--wheels .whl] [--host-has @FILE]
 
     # on the GPU host: unpack (first call), run until the step's time is up, keep the state in WORK;
     # exit 0 = the profile is complete, 75 = the step ended at its time limit (run it again), else a failure
     python .bundle/bundle.py run --bundle .bundle --work /tmp/cxr [--step-seconds 600] [--state-out $OUT]
+    # or one call sized to the time it has: measure the device, size the profile, run until the budget is up
+    python .bundle/bundle.py run --bundle .bundle --work /tmp/cxr --budget 420
 
     # metrics, report and plots (never models) as at most 8 files
     python .bundle/bundle.py collect --work /tmp/cxr --out $OUT
+
+    # here again: a page of the device's figures, the plan, the wall times and the run's tables
+    cxrbench bundle report OUT --out results/gpu
 
 What a bundle holds (``manifest.json`` lists each file with its size and SHA-256):
 
@@ -71,16 +76,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python", default=HOST_PYTHON, help=f"the host's Python (default {HOST_PYTHON})")
     p.add_argument("--jpeg-quality", type=int, default=95, help="re-encoding of resized JPEG images (default 95)")
     p.add_argument("--max-mib", type=float, default=BUNDLE_MAX_MIB)
+    p.add_argument("--host-has", default=None, metavar="NAMES|@FILE",
+                   help="distributions the GPU host already has (comma-separated, or @FILE one per line, e.g. "
+                        "@profiles/gpu-host-packages.txt): their wheels stay out of the bundle; the runner still "
+                        "checks on the host that everything imports")
     host.add_parsers(sub)
+    r = sub.add_parser("report", help="here: README.md and the tables of a collected run (cxrbench.ops.bundle.summary)")
+    r.add_argument("results", type=Path, help="the folder bundle.py collect wrote")
+    r.add_argument("--out", type=Path, required=True, help="e.g. results/gpu")
     args = ap.parse_args(argv)
     try:
         if args.action == "pack":
             if not 1 <= args.jpeg_quality <= 100:
                 raise BundleError(f"--jpeg-quality {args.jpeg_quality}: expected 1..100")
             try:
-                pack(args.profile, args.out, args.set, args.wheels, args.python, args.jpeg_quality, args.max_mib)
+                pack(args.profile, args.out, args.set, args.wheels, args.python, args.jpeg_quality, args.max_mib,
+                     args.host_has)
             except (ParamError, FileNotFoundError) as err:
                 raise BundleError(str(err)) from err
+            return 0
+        if args.action == "report":
+            from cxrbench.ops.bundle import summary
+
+            print(summary.report(args.results, args.out))
             return 0
         return host.dispatch(args)
     except BundleError as err:

