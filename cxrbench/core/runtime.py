@@ -137,7 +137,11 @@ def deterministic(device="cpu", seed: int | None = None):
 
     CPU: ``torch.use_deterministic_algorithms`` (warn-only, so an op without a
     deterministic kernel warns instead of failing). CUDA: cuDNN autotuning
-    (``cudnn.benchmark``) for speed; GPU runs are not claimed to be bit-exact.
+    (``cudnn.benchmark``) only with ``CXRBENCH_CUDNN_BENCHMARK=1`` (a machine
+    knob): autotuning is paid again in every stage's process, and on an H200 it
+    cost densenet161 a 35.9 s first epoch against 4.9 s without it, with no
+    faster epoch after (4.1 s against 3.7 s; ``benchmarks/bench_first_epoch.py``,
+    results/gpu/). GPU runs are not claimed to be bit-exact.
     Restoring matters: attribution methods in the same process (Captum's
     DeepLIFT uses max-unpooling) have no deterministic kernel.
     """
@@ -151,7 +155,7 @@ def deterministic(device="cpu", seed: int | None = None):
         torch.manual_seed(seed)
     try:
         if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark = os.environ.get("CXRBENCH_CUDNN_BENCHMARK", "0") == "1"
         else:
             torch.use_deterministic_algorithms(True, warn_only=True)
         yield
