@@ -48,7 +48,8 @@ def adjust(entries: list[dict], method: str = "holm", alpha: float = 0.05) -> in
     return len(family)
 
 
-def two_level_ci(values, seeds, groups, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict:
+def two_level_ci(values, seeds, groups, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95,
+                 unit: str = "training seeds") -> dict:
     """The mean of ``values`` over training seeds and patients with a two-level bootstrap interval.
 
     ``values``: one number per (training seed, item), ``seeds``: its training seed, ``groups``: its
@@ -58,7 +59,9 @@ def two_level_ci(values, seeds, groups, n_boot: int = 1000, seed: int = 0, confi
     variance between training runs and the test sampling; with one seed it is the patient bootstrap
     alone, and says so (``variance``). Percentile interval, expanded as in
     :func:`cxrbench.core.bootstrap.interval` by the smaller of the two sample sizes (seeds)
-    when there are at least 3 seeds.
+    when there are at least 3 seeds. ``p``: two-sided bootstrap p against 0 (for Holm / BH). ``unit``: what
+    the upper level is, in words (``training seeds``, or ``models`` when the runs also differ in their data,
+    as a pipeline's fold models do).
     """
     from scipy import stats
 
@@ -89,6 +92,8 @@ def two_level_ci(values, seeds, groups, n_boot: int = 1000, seed: int = 0, confi
                           np.bincount(rng.integers(0, n_g, n_g), minlength=n_g).astype(float))
                      for _ in range(n_boot)])
     ok = dist[np.isfinite(dist)]
+    if not len(ok):
+        raise ValueError("two-level bootstrap: no resample gave a finite mean (are the values finite?)")
     alpha = (1 - confidence) / 2
     if n_s >= 3:
         z = np.sqrt(n_s / (n_s - 1)) * stats.t.ppf(1 - alpha, n_s - 1)
@@ -96,14 +101,24 @@ def two_level_ci(values, seeds, groups, n_boot: int = 1000, seed: int = 0, confi
     else:
         q = np.array([alpha, 1 - alpha])
     low, high = (float(v) for v in np.quantile(ok, q))
-    return {"estimate": estimate, "low": low, "high": high, "status": "ok", "confidence": confidence,
+    # two-sided p against 0, the inverse of the interval: the level at which the (expanded) interval's bound
+    # reaches 0; 0 when no resampled mean reaches 0 (below the resolution of n_boot resamples)
+    tail = min(float((ok <= 0).mean()), float((ok >= 0).mean()))
+    if tail == 0:
+        p = 0.0
+    elif n_s >= 3:
+        p = float(2 * stats.t.sf(-stats.norm.ppf(tail) / np.sqrt(n_s / (n_s - 1)), n_s - 1))
+    else:
+        p = 2 * tail
+    p = min(1.0, p)
+    return {"estimate": estimate, "low": low, "high": high, "p": p, "status": "ok", "confidence": confidence,
             "n_boot": n_boot, "undefined": int(n_boot - len(ok)), "seeds": n_s, "groups": n_g,
-            "variance": variance_note(n_s),
-            "method": "two-level bootstrap: training seeds, then patients (one draw shared by the seeds)"}
+            "variance": variance_note(n_s, unit),
+            "method": f"two-level bootstrap: {unit}, then patients (one draw shared by the {unit})"}
 
 
-def variance_note(seeds: int) -> str:
+def variance_note(seeds: int, unit: str = "training seeds") -> str:
     """Which variance an interval includes, for the table that shows it."""
     if seeds >= 2:
-        return f"training seeds ({seeds}) and test patients"
+        return f"{unit} ({seeds}) and test patients"
     return "test patients only (one training seed: training variance is not in the interval)"

@@ -65,3 +65,16 @@ def test_two_level_estimate_is_the_mean_of_the_seeds_patient_weighted_means():
     assert "one training seed" in variance_note(1)
     with pytest.raises(ValueError, match="one of each"):
         two_level_ci(v, s[:-1], g)
+
+
+def test_two_level_p_against_zero_and_the_unit_in_words():
+    rng = np.random.default_rng(2)
+    v, s, g = _seeded(rng, n_seeds=4, n_patients=20)
+    shifted = two_level_ci(v + 5.0, s, g, n_boot=300, unit="models")
+    assert shifted["p"] < 0.01 and shifted["low"] > 0
+    assert "models (4) and test patients" in shifted["variance"] and "models, then patients" in shifted["method"]
+    centred = two_level_ci(v - two_level_ci(v, s, g, n_boot=10)["estimate"], s, g, n_boot=300)
+    assert centred["p"] > 0.5
+    for k in range(20):                            # the p agrees with the interval: p < 0.05 iff 0 is outside
+        out = two_level_ci(v + 0.1 * k, s, g, n_boot=300, seed=k)
+        assert (out["p"] < 0.05) == (not out["low"] <= 0 <= out["high"]), (k, out)

@@ -347,6 +347,80 @@ def test_a_winner_needs_paired_intervals_that_exclude_every_other_method():
     assert not w["aoppc_region_blur_morf"]["clear"] and w["aoppc_region_blur_morf"]["tied_with"]
 
 
+def _fold_scores(values_by_fold: list[dict], patients: np.ndarray, metric: str = "aoppc_region_black_morf"):
+    """values_by_fold[k]: method -> per-image values of fold k's model; every model explains the same images."""
+    from cxrbench.explain.metrics import tables as AT
+    scores = AT.new_scores()
+    n = len(patients)
+    for k, values in enumerate(values_by_fold):
+        for m, v in values.items():
+            AT.add_status(scores, m, "b", k, np.array(["ok"] * n, dtype=object))
+            AT.add_values(scores, m, "b", k, metric, v, np.arange(n))
+        scores["groups"][("b", f"f{k}")] = patients
+    return scores
+
+
+def test_gain_across_models_includes_the_variance_between_trained_models():
+    """Five models whose gains differ by model (+0.30 to -0.10) and barely by patient: the interval over patients
+    alone is narrow and above 0, the two-level interval over models and patients includes 0, and the model whose
+    mean has the other sign is flagged."""
+    from cxrbench.explain.metrics import tables as AT
+    from cxrbench.explain.metrics import tables_text as TT
+    rng = np.random.default_rng(5)
+    patients = np.arange(40).astype(object)
+    shifts = [0.30, 0.25, 0.20, 0.05, -0.10]
+    folds = []
+    for sh in shifts:
+        rnd = rng.normal(0, 0.02, 40)
+        folds.append({"random": rnd, "a": rnd + sh + rng.normal(0, 0.02, 40)})
+    g = AT.gains(_fold_scores(folds, patients), ["a"], ["aoppc_region_black_morf"], STATS)
+    one = g["pooled"]["a|aoppc_region_black_morf"]
+    two = g["across_models"]["pooled"]["a|aoppc_region_black_morf"]
+    assert one["low"] > 0.1                                               # patients only: confidently above 0
+    assert two["models"] == 5 and two["patients"] == 40 and two["status"] == "ok"
+    assert two["low"] < 0 < two["high"] and not two["significant"]
+    assert two["mean"] == pytest.approx(np.mean(shifts), abs=0.01)
+    assert two["per_model"]["b|f4"] < 0 < two["per_model"]["b|f0"] and not two["sign_agrees"]
+    assert "models (5) and test patients" in two["variance"]
+    md = TT.markdown({"pooled": {"random|aoppc_region_black_morf": {}}, "maps": {"by_method": {}}, "sanity": {"by_method": {}},
+                      "common": {"images": {"pooled": 200, "scored": 200, "by_backbone": {}}, "missing": [],
+                                 "pooled": {}, "by_backbone": {}}, "gain": g}, ["a"], {})
+    assert "5 models" in md and " !)" in md
+
+
+def test_gain_across_models_is_no_ci_with_one_model():
+    from cxrbench.explain.metrics import tables as AT
+    patients = np.arange(10).astype(object)
+    rnd = np.linspace(0, 0.1, 10)
+    g = AT.gains(_fold_scores([{"random": rnd, "a": rnd + 0.2}], patients), ["a"], ["aoppc_region_black_morf"],
+                 STATS)
+    assert g["across_models"]["pooled"] == {} and "one model" in g["across_models"]["note"]
+    cell = AT.across_models_ci(rnd, patients, np.array(["m"] * 10, dtype=object), STATS)
+    assert cell["status"] == "no_ci" and cell["low"] is None and "1 model" in cell["reason"]
+
+
+def test_a_winner_that_another_model_overturns_is_not_clear_across_models():
+    """Method a leads b by 0.08 on four models and trails by 0.2 on the fifth: over patients the pooled lead is
+    clear, over models and patients it is not, and the fifth model names b first."""
+    from cxrbench.explain.metrics import tables as AT
+    rng = np.random.default_rng(6)
+    patients = np.arange(40).astype(object)
+    folds = []
+    for lead in [0.08, 0.08, 0.08, 0.08, -0.2]:
+        rnd = rng.normal(0, 0.05, 40)
+        b = rnd + 0.2 + rng.normal(0, 0.005, 40)
+        folds.append({"random": rnd, "a": b + lead + rng.normal(0, 0.005, 40), "b": b})
+    scores = _fold_scores(folds, patients)
+    sets, _, _ = AT.common_images(scores, ["a", "b", "random"])
+    w = AT.winners(scores, ["a", "b"], ["aoppc_region_black_morf"], STATS, sets)["aoppc_region_black_morf"]
+    assert w["leader"] == "a"
+    a = w["across_models"]
+    assert a["models"] == 5 and not a["same_leader"] and a["leader_by_model"]["b|f4"] == "b"
+    assert not a["clear"] and a["tied_with"] == ["b"]
+    from cxrbench.explain.metrics import tables_text as TT
+    assert "first in 4 of the 5 models alone" in TT._winner_text(w)
+
+
 def test_removed_share_weights_folds_by_their_images():
     from cxrbench.explain.metrics import tables as AT
     rows = [{"method": "m", "scheme": "threshold", "order": "morf", "level": 0.1, "removed": 1.0, "images": 3},

@@ -79,6 +79,13 @@ DEFINITIONS = {
                "cluster bootstrap-t over patients) of its lead over every other method, p adjusted across those "
                "comparisons; clear = ahead of every other method after the adjustment, else tied_with lists "
                "the methods it is not shown to beat",
+    "across_models": "the gain and the winners again with the trained models as a source of variance: the "
+                     "models of the table (backbone x fold; each fold's model is another training run on other "
+                     "data) are resampled, then the patients (one draw shared by the models: they explain the "
+                     "same test images), a two-level bootstrap (cxrbench.core.inference.two_level_ci) with a p "
+                     "against 0 adjusted across the table; per_model: each model's patient-weighted mean gain, "
+                     "sign_agrees: every model's mean has the pooled mean's sign; leader_by_model: the method "
+                     "each model alone ranks first. A table with one model has no such interval (no_ci)",
     "removed_share": "threshold scheme (eq. 12), MoRF: mean share of the image removed at each level x, per method",
     "common": "the (backbone, fold, image) set where every method of explain.methods and the random control has "
               "a non-degenerate map; pooled over it and per backbone (common set within the backbone); "
@@ -344,11 +351,13 @@ def common(scores: dict, methods: list) -> dict:
     }
 
 
-def _aligned(scores: dict, method: str, metric: str, sets: dict, backbone: str | None = None):
+def _aligned(scores: dict, method: str, metric: str, sets: dict, backbone: str | None = None,
+             models: bool = False):
     """Per-image values of ``method`` minus the random map's (same image), over the common set ``sets``,
-    with the patient of each image: (gains, patients)."""
+    with the patient of each image: (gains, patients); with ``models``, also the model (``backbone|fold``)
+    of each value: (gains, patients, models)."""
     index = {(m, bb, fk, me): (v, i) for m, bb, fk, me, v, i in scores["blocks"] if me == metric}
-    gains, patients = [], []
+    gains, patients, keys = [], [], []
     for (bb, fk), rows in sets.items():
         if backbone is not None and bb != backbone:
             continue
@@ -360,7 +369,45 @@ def _aligned(scores: dict, method: str, metric: str, sets: dict, backbone: str |
         for i in rows.tolist():
             gains.append(va[i] - vr[i])
             patients.append(str(grp[i]) if grp is not None else f"{bb}|{fk}|{i}")
-    return np.asarray(gains, dtype=np.float64), np.asarray(patients, dtype=object)
+            keys.append(f"{bb}|{fk}")
+    out = np.asarray(gains, dtype=np.float64), np.asarray(patients, dtype=object)
+    return (*out, np.asarray(keys, dtype=object)) if models else out
+
+
+def _per_model(values: np.ndarray, patients: np.ndarray, models: np.ndarray) -> dict:
+    """Each model's patient-weighted mean of ``values``."""
+    out = {}
+    for mk in dict.fromkeys(models.tolist()):
+        sel = models == mk
+        w = _patient_weights(patients[sel])
+        out[mk] = float((values[sel] * w).sum() / w.sum())
+    return out
+
+
+def across_models_ci(values: np.ndarray, patients: np.ndarray, models: np.ndarray, stats: dict) -> dict:
+    """The patient-weighted mean gain over models and patients with a two-level bootstrap interval (models,
+    then patients: :func:`cxrbench.core.inference.two_level_ci`), its p against 0, each model's own mean and
+    whether they all have the pooled mean's sign. ``no_ci`` with fewer than 2 models or 2 patients."""
+    from cxrbench.core import bootstrap as B
+    from cxrbench.core.inference import two_level_ci
+    r = lambda v: None if v is None else round(float(v), 4)  # noqa: E731
+    n_models, n_patients = len(set(models.tolist())), len(set(patients.tolist()))
+    out = {"n": int(len(values)), "patients": n_patients, "models": n_models}
+    if n_models < 2 or n_patients < 2:
+        return {**out, "mean": None, "low": None, "high": None, "status": "no_ci",
+                "reason": f"{n_models} model(s) and {n_patients} patient(s): the two-level interval needs 2 of each"}
+    per = _per_model(values, patients, models)
+    ci = two_level_ci(values, models, patients, n_boot=int(stats["resamples"]), seed=int(stats["seed"]),
+                      confidence=float(stats["confidence"]), unit="models")
+    valid = 1 - ci["undefined"] / ci["n_boot"]
+    entry = {**out, "mean": r(ci["estimate"]), "per_model": {k: r(v) for k, v in per.items()},
+             "sign_agrees": bool(all(np.sign(v) == np.sign(ci["estimate"]) for v in per.values())),
+             "variance": ci["variance"], "undefined": ci["undefined"]}
+    if valid < float(stats.get("min_valid_share", B.DEFAULT_MIN_VALID)):
+        return {**entry, "low": None, "high": None, "status": "no_ci",
+                "reason": f"{ci['undefined']} of {ci['n_boot']} resamples undefined"}
+    return {**entry, "low": r(ci["low"]), "high": r(ci["high"]), "p": round(float(ci["p"]), 4), "status": "ok",
+            "confidence": ci["confidence"]}
 
 
 def gain_ci(gains: np.ndarray, patients: np.ndarray, stats: dict) -> dict:
@@ -401,18 +448,18 @@ def kendall_w(ranks: np.ndarray) -> float | None:
 def _gain_matrix(scores: dict, methods: list, metrics: list, sets: dict, backbone: str | None = None):
     """(metrics, methods, images) gains over the common set (same images in the same order for every
     method and metric) and the patient of each image."""
-    cube, patients = [], None
+    cube, patients, models = [], None, None
     for me in metrics:
         rows = []
         for m in methods:
-            g, pat = _aligned(scores, m, me, sets, backbone)
+            g, pat, models = _aligned(scores, m, me, sets, backbone, models=True)
             if patients is not None and len(pat) != len(patients):
                 raise ValueError(f"{m} {me}: {len(pat)} common-set images, other methods {len(patients)}: the "
                                  f"common set must hold the same images for every method")
             rows.append(g)
             patients = pat
         cube.append(rows)
-    return np.asarray(cube, dtype=np.float64), patients
+    return np.asarray(cube, dtype=np.float64), patients, models
 
 
 def _patient_weights(patients: np.ndarray) -> np.ndarray:
@@ -428,7 +475,8 @@ def rank_agreement(scores: dict, methods: list, metrics: list, stats: dict | Non
     over patients (``stats.method``), and Kendall's tau per pair."""
     from scipy.stats import kendalltau, rankdata
     from cxrbench.core import bootstrap as B
-    cube, patients = _gain_matrix(scores, methods, metrics, sets, backbone) if metrics else (np.zeros((0, 0, 0)), None)
+    cube, patients, _ = (_gain_matrix(scores, methods, metrics, sets, backbone) if metrics
+                         else (np.zeros((0, 0, 0)), None, None))
     if len(methods) < 2 or len(metrics) < 2 or cube.shape[-1] == 0:
         return {"methods": list(methods), "metrics": list(metrics), "kendall_w": None, "pairs": {},
                 "note": "fewer than 2 methods, perturbations or images with values"}
@@ -459,12 +507,15 @@ def winners(scores: dict, methods: list, metrics: list, stats: dict, sets: dict)
     over every other method (differences on the same images, cluster bootstrap-t over patients), Holm /
     BH adjusted across the comparisons of that metric (``stats.multiplicity``). ``clear``: the leader is
     ahead of every other method after the adjustment; otherwise the methods it is not ahead of are
-    ``tied_with``: no "winner" is stated."""
+    ``tied_with``: no "winner" is stated. With 2 or more models, ``across_models`` asks the same of the lead
+    with the models as a source of variance too (:func:`across_models_ci` of the paired differences, adjusted
+    likewise) and names the leader of each model alone: a winner that another model overturns is not clear
+    there."""
     from cxrbench.core import bootstrap as B
     from cxrbench.core.inference import adjust
     out = {}
     for me in metrics:
-        cube, patients = _gain_matrix(scores, methods, [me], sets)
+        cube, patients, models = _gain_matrix(scores, methods, [me], sets)
         if cube.shape[-1] == 0 or len(methods) < 2:
             continue
         w = _patient_weights(patients)
@@ -482,7 +533,28 @@ def winners(scores: dict, methods: list, metrics: list, stats: dict, sets: dict)
         adjust(list(vs.values()), stats.get("multiplicity", "holm"), 1 - float(stats["confidence"]))
         tied = [m for m, v in vs.items() if not v.get("significant")]
         out[me] = {"leader": methods[lead], "vs": vs, "clear": not tied, "tied_with": tied}
+        if len(set(models.tolist())) >= 2:
+            out[me]["across_models"] = _lead_across_models(cube[0], patients, models, methods, lead, stats)
     return out
+
+
+def _lead_across_models(gains: np.ndarray, patients: np.ndarray, models: np.ndarray, methods: list, lead: int,
+                        stats: dict) -> dict:
+    """The pooled leader's lead over every other method with models and patients resampled (two-level,
+    adjusted across the comparisons), and the leader each model gives on its own."""
+    from cxrbench.core.inference import adjust
+    vs = {m: across_models_ci(gains[lead] - gains[k], patients, models, stats)
+          for k, m in enumerate(methods) if k != lead}
+    for v in vs.values():
+        v.pop("per_model", None)
+    adjust(list(vs.values()), stats.get("multiplicity", "holm"), 1 - float(stats["confidence"]))
+    per = {m: _per_model(gains[k], patients, models) for k, m in enumerate(methods)}
+    keys = list(dict.fromkeys(models.tolist()))
+    by_model = {mk: max(methods, key=lambda m: per[m][mk]) for mk in keys}
+    tied = [m for m, v in vs.items() if not v.get("significant")]
+    return {"models": len(keys), "leader_by_model": by_model,
+            "same_leader": all(v == methods[lead] for v in by_model.values()),
+            "vs": vs, "clear": not tied, "tied_with": tied}
 
 
 def gains(scores: dict, methods: list, metrics: list, stats: dict) -> dict:
@@ -506,6 +578,27 @@ def gains(scores: dict, methods: list, metrics: list, stats: dict) -> dict:
     adjust(list(out["pooled"].values()), stats.get("multiplicity", "holm"), alpha)
     for bb in backbones:
         adjust(list(out["by_backbone"][bb].values()), stats.get("multiplicity", "holm"), alpha)
+    out["across_models"] = across_models(scores, methods, metrics, stats, sets, backbones)
+    return out
+
+
+def across_models(scores: dict, methods: list, metrics: list, stats: dict, sets: dict, backbones: list) -> dict:
+    """metrics/aoppc.json ``gain.across_models``: the gain table again with a two-level interval over models and
+    patients (:func:`across_models_ci`), pooled and per backbone, adjusted across each table; tables with one
+    model are left out (``note``)."""
+    from cxrbench.core.inference import adjust
+    alpha = 1 - float(stats["confidence"])
+    out = {"definition": DEFINITIONS["across_models"], "pooled": {}, "by_backbone": {}}
+    n_models = lambda bb=None: len({k for k in sets if bb is None or k[0] == bb})  # noqa: E731
+    tables = ([(None, out["pooled"])] if n_models() >= 2 else []) + \
+             [(bb, out["by_backbone"].setdefault(bb, {})) for bb in backbones if n_models(bb) >= 2]
+    for bb, table in tables:
+        for metric in metrics:
+            for m in methods:
+                table[f"{m}|{metric}"] = across_models_ci(*_aligned(scores, m, metric, sets, bb, models=True), stats)
+        adjust(list(table.values()), stats.get("multiplicity", "holm"), alpha)
+    if not tables:
+        out["note"] = "one model per table: no interval over models"
     return out
 
 

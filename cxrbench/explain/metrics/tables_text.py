@@ -28,14 +28,38 @@ def _gain_cell(table: dict, m: str, metric: str) -> str:
     return f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]{mark}"
 
 
+def _model_gain_cell(table: dict, m: str, metric: str) -> str:
+    """A gain with its two-level interval (models and patients) and the range of the models' own means; ``!``
+    when a model's mean has the other sign."""
+    v = table.get(f"{m}|{metric}")
+    if not v or v.get("mean") is None:
+        return "-"
+    per = list((v.get("per_model") or {}).values())
+    spread = f" (models {min(per):+.3f} to {max(per):+.3f}{'' if v.get('sign_agrees') else ' !'})" if per else ""
+    if v.get("low") is None:
+        return f"{v['mean']:+.3f} [no CI: {v.get('reason', 'undefined')}]{spread}"
+    mark = "*" if v.get("significant") else ""
+    return f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]{mark}{spread}"
+
+
 def _winner_text(w: dict | None) -> str:
-    """What the paired intervals allow to say about the leader of one ranking."""
+    """What the paired intervals allow to say about the leader of one ranking: over patients, and where there
+    are several models, over models and patients with the leader of each model."""
     if not w:
         return ""
     if w["clear"]:
-        return f" ({w['leader']} ahead of each of the {len(w['vs'])} others: paired CIs, adjusted)"
-    return (f" (no winner: {w['leader']} is not shown to be ahead of {len(w['tied_with'])} of the "
-            f"{len(w['vs'])} others after adjustment: {', '.join(w['tied_with'])})")
+        text = f" ({w['leader']} ahead of each of the {len(w['vs'])} others: paired CIs over patients, adjusted"
+    else:
+        text = (f" (no winner: {w['leader']} is not shown to be ahead of {len(w['tied_with'])} of the "
+                f"{len(w['vs'])} others after adjustment: {', '.join(w['tied_with'])}")
+    a = w.get("across_models")
+    if a:
+        leads = sum(v == w["leader"] for v in a["leader_by_model"].values())
+        verdict = ("ahead of each other method" if a["clear"]
+                   else f"not shown ahead of {', '.join(a['tied_with'])}")
+        text += (f"; over the {a['models']} models and patients: {verdict}; first in {leads} of the "
+                 f"{a['models']} models alone")
+    return text + ")"
 
 
 def _region_metrics(result: dict) -> list[str]:
@@ -86,6 +110,17 @@ def markdown(result: dict, methods: list, reference: dict, region: str = "") -> 
                   "| method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
         for m in methods[:-1]:
             lines.append(f"| {m} | " + " | ".join(_gain_cell(g, m, me) for me in metrics) + " |")
+        gm = gain.get("across_models", {}).get("pooled")
+        if gm:
+            first = next(iter(gm.values()))
+            lines += ["", f"The same gains with the trained models as a source of variance: {first['models']} models "
+                      f"(backbone x fold; each fold's model is another training run on other data) and "
+                      f"{first['patients']} patients, two-level bootstrap (models, then patients) [95 % CI]; * = "
+                      f"above 0 after adjustment across the table; in brackets the range of the models' own means, "
+                      f"! = a model's mean has the other sign.", "",
+                      "| method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+            for m in methods[:-1]:
+                lines.append(f"| {m} | " + " | ".join(_model_gain_cell(gm, m, me) for me in metrics) + " |")
         ag = result.get("agreement", {}).get("pooled")
         if ag and ag.get("kendall_w") is not None:
             wci = ag.get("kendall_w_ci") or {}
