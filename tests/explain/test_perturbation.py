@@ -382,7 +382,8 @@ def test_gain_across_models_includes_the_variance_between_trained_models():
     assert two["mean"] == pytest.approx(np.mean(shifts), abs=0.01)
     assert two["per_model"]["b|f4"] < 0 < two["per_model"]["b|f0"] and not two["sign_agrees"]
     assert "models (5) and test patients" in two["variance"]
-    md = TT.markdown({"pooled": {"random|aoppc_region_black_morf": {}}, "maps": {"by_method": {}}, "sanity": {"by_method": {}},
+    md = TT.markdown({"pooled": {"random|aoppc_region_black_morf": {}}, "maps": {"by_method": {}},
+                      "sanity": {"by_method": {}},
                       "common": {"images": {"pooled": 200, "scored": 200, "by_backbone": {}}, "missing": [],
                                  "pooled": {}, "by_backbone": {}}, "gain": g}, ["a"], {})
     assert "5 models" in md and " !)" in md
