@@ -131,7 +131,9 @@ def _micro(metric: str, y: np.ndarray, pred: np.ndarray):
 def table2_intervals(test_rows: list[dict], models: list[str], stats: dict, paper_rule: tuple[float, str]) -> dict:
     """Per model: micro P/R/F1 under our scoring and under the paper's (their 14 labels from each image's
     finding, cut by ``paper_rule``, :func:`cxrbench.classify.paper_scoring.rule`), each the mean over folds with a CI
-    over test patient groups (:func:`cxrbench.core.bootstrap.fold_mean_ci`), and our micro AUROC. ``test_rows``:
+    over test patient groups (:func:`cxrbench.core.bootstrap.fold_mean_ci`) and, with 2 or more folds, a second
+    interval (``models``) that resamples the fold models too (training variance inside it), and our micro
+    AUROC. ``test_rows``:
     per fold ``y``, ``groups``, ``pred`` and ``prob`` by model, ``labels`` and ``meta`` (the test images'
     ``finding`` and ``source``)."""
     from cxrbench.classify import paper_scoring as PS
@@ -140,9 +142,17 @@ def table2_intervals(test_rows: list[dict], models: list[str], stats: dict, pape
     kw = dict(n_boot=stats["resamples"], seed=stats["seed"], confidence=stats["confidence"],
               **{k: stats[k] for k in ("method", "min_valid_share") if k in stats})
 
+    # over models and patients: the fold models resampled too (two-level; BCa has no jackknife there)
+    kw_models = {**kw, "method": kw.get("method", "expanded_percentile").replace("bca", "percentile")}
+
     def interval(folds) -> dict:
         ci = fold_mean_ci(folds, **kw)
-        return {"mean": ci["estimate"], "low": ci["low"], "high": ci["high"]}
+        out = {"mean": ci["estimate"], "low": ci["low"], "high": ci["high"]}
+        if len(folds) >= 2:
+            two = fold_mean_ci(folds, models=True, **kw_models)
+            out["models"] = {"low": two["low"], "high": two["high"], "status": two["status"],
+                             "variance": two["variance"]}
+        return out
 
     truth = [PS.truth(t["meta"]) for t in test_rows]
     out = {}
@@ -172,7 +182,8 @@ def table2(per_fold: dict[str, list[dict]], part: str = "test", intervals: dict 
         for m in METRICS:
             row[m] = dict(zip(("mean", "std"), mean_std(f[part]["micro"][m] for f in folds)))
             if intervals and model in intervals:
-                row[m].update(low=intervals[model]["ours"][m]["low"], high=intervals[model]["ours"][m]["high"])
+                iv = intervals[model]["ours"][m]
+                row[m].update(low=iv["low"], high=iv["high"], **({"models": iv["models"]} if "models" in iv else {}))
             paper = PAPER_TABLE2.get(display, {}).get(m)
             row[f"paper_{m}"] = {"mean": paper[0], "std": paper[1]} if paper else None
         if intervals and model in intervals:
@@ -198,12 +209,36 @@ def table2_markdown(rows: list[dict], note: str = "", confidence: float = 0.95) 
     body = "\n".join(f"| {r['model']} | {r['folds']} | " + " | ".join(cell(r[m]) for m in METRICS) + " | "
                      + (cell(r.get("auroc_micro")) + " | " + cell(r["paper_scoring"]["f1"]) + " | " if scored else "")
                      + " | ".join(cell(r[f"paper_{m}"]) for m in METRICS) + " |" for r in rows)
+    body += _models_lines(rows, confidence)
     return (f"Micro-averaged precision, recall and F1 on the held-out test set: mean over folds "
             f"[{confidence:.0%} CI, bootstrap of test patient groups] ± std (ddof 0) over folds (training variation, "
             f"and test sampling where folds have their own test sets), beside Chatterjee et al. 2020 (Table 2, "
             f"mean ± std over their folds). *F1, paper's scoring*: the same predictions scored their way (their 14 "
             f"labels by their rule from each image's finding, > 0.51), the like-for-like comparison with their "
             f"column. Chance: AUROC 0.5.\n\n" + head + body + "\n" + (f"\n{note}\n" if note else ""))
+
+
+def _models_lines(rows: list[dict], confidence: float) -> str:
+    """The sentence under Table 2 with each model's F1 and AUROC intervals over models and patients."""
+    def ci(v) -> str | None:
+        two = (v or {}).get("models")
+        if not two:
+            return None
+        if two.get("low") is None:
+            return f"{v['mean']:.3f} [no CI]"
+        return f"{v['mean']:.3f} [{two['low']:.3f}, {two['high']:.3f}]"
+    parts = []
+    for r in rows:
+        f1, auc = ci(r.get("f1")), ci(r.get("auroc_micro"))
+        if f1 or auc:
+            parts.append(f"{r['model']}: F1 {f1 or '-'}, micro AUROC {auc or '-'}")
+    if not parts:
+        return ""
+    variance = next((r[m]["models"]["variance"] for r in rows for m in ("f1", "auroc_micro")
+                     if isinstance(r.get(m), dict) and r[m].get("models")), "models and test patients")
+    return (f"\n\nWith the trained models as a source of variance too ({confidence:.0%} CI, two-level bootstrap: "
+            f"the fold models drawn with replacement, then the test patients; variance: {variance}): "
+            + "; ".join(parts) + ".")
 
 
 def combine(table, backbones: list[str], folds: list[int], ev: dict, vote_tie: str, vote_rule: str) -> dict:

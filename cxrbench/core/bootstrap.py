@@ -330,7 +330,8 @@ def weighted_micro_auroc(y: np.ndarray, prob: np.ndarray, w: np.ndarray) -> floa
 
 
 def fold_mean_ci(folds: list[list[tuple]], n_boot: int = 1000, seed: int = 0, confidence: float = 0.95,
-                 method: str = DEFAULT_METHOD, min_valid_share: float = DEFAULT_MIN_VALID) -> dict:
+                 method: str = DEFAULT_METHOD, min_valid_share: float = DEFAULT_MIN_VALID,
+                 models: bool = False) -> dict:
     """CI of a mean over folds, each fold with its own test set, resampling patient groups (see
     :func:`fold_bootstrap`: one draw of the patients per resample, shared by every fold).
 
@@ -339,7 +340,7 @@ def fold_mean_ci(folds: list[list[tuple]], n_boot: int = 1000, seed: int = 0, co
     (how often its group was drawn) and returns a float, or None where undefined.
     Arms on the same images are paired exactly; arms on partly different images
     (leaked images removed, another cohort) share the patients they share. The
-    point estimate uses every item once.
+    point estimate uses every item once. ``models``: also resample the folds (see :func:`fold_bootstrap`).
     """
     for arms in folds:
         if len(arms) not in (1, 2):
@@ -348,14 +349,16 @@ def fold_mean_ci(folds: list[list[tuple]], n_boot: int = 1000, seed: int = 0, co
     if len(n_arms) > 1:
         raise ValueError("every fold needs the same number of arms (1: a value, 2: a difference)")
     reduce = (lambda v: v[:, 0].mean()) if n_arms == {1} else (lambda v: (v[:, 0] - v[:, 1]).mean())
-    out = fold_bootstrap(folds, {"value": reduce}, n_boot, seed, confidence, method, min_valid_share)["value"]
+    out = fold_bootstrap(folds, {"value": reduce}, n_boot, seed, confidence, method, min_valid_share,
+                         models=models)["value"]
     out["folds"] = len(folds)
     return out
 
 
 def fold_bootstrap(folds: list[list[tuple]], reducers: dict[str, Callable[[np.ndarray], float]],
                    n_boot: int = 1000, seed: int = 0, confidence: float = 0.95, method: str = DEFAULT_METHOD,
-                   min_valid_share: float = DEFAULT_MIN_VALID, tests: dict | None = None) -> dict[str, dict]:
+                   min_valid_share: float = DEFAULT_MIN_VALID, tests: dict | None = None,
+                   models: bool = False) -> dict[str, dict]:
     """Several statistics of per-fold arms on the same patient resamples (see :func:`fold_mean_ci`).
 
     ``folds``: per fold, the same number of arms ``(groups, statistic)``.
@@ -372,7 +375,16 @@ def fold_bootstrap(folds: list[list[tuple]], reducers: dict[str, Callable[[np.nd
     fold mean's interval too narrow. ``tests``: name -> {null, equivalence} (see
     :func:`tests_of`) for the reducers that need a p or a TOST. Returns name -> {estimate, low, high,
     status, confidence, n_boot, undefined, valid_share, groups, method}.
+
+    ``models``: each fold's arms come from another trained model (the fold's), and the statistic is meant
+    over training runs too: each resample also draws the folds with replacement (a reducer sees the drawn
+    folds' rows, a fold drawn twice twice), a two-level bootstrap (models, then patients) whose interval is
+    expanded by the number of folds (the smaller sample; :func:`cxrbench.core.inference.two_level_ci`). Its
+    coverage: benchmarks/README.md, "Intervals over models and patients". BCa is refused with it.
     """
+    if models and method.endswith("bca"):
+        raise ValueError(f"method {method!r} with models=True: the two-level bootstrap has no jackknife; use "
+                         "percentile or expanded_percentile")
     if n_boot < 100:
         raise ValueError(f"n_boot={n_boot}: at least 100 resamples are needed for a 95 % interval")
     if not folds or len({len(arms) for arms in folds}) != 1 or not folds[0]:
@@ -407,8 +419,14 @@ def fold_bootstrap(folds: list[list[tuple]], reducers: dict[str, Callable[[np.nd
     n = len(union)
     estimates = reduce_all(values(np.ones(n, dtype=np.int64)))
     rng = np.random.default_rng(seed)
-    dist = np.array([reduce_all(values(np.bincount(rng.integers(0, n, n), minlength=n)))
-                     for _ in range(n_boot)]).reshape(n_boot, len(reducers))
+    n_folds = len(prepared)
+
+    def resample() -> list[float]:
+        table = values(np.bincount(rng.integers(0, n, n), minlength=n))
+        if models:
+            table = table[rng.integers(0, n_folds, n_folds)]
+        return reduce_all(table)
+    dist = np.array([resample() for _ in range(n_boot)]).reshape(n_boot, len(reducers))
     jack = None
     if method.endswith("bca"):
         def left_out(j):
@@ -419,13 +437,18 @@ def fold_bootstrap(folds: list[list[tuple]], reducers: dict[str, Callable[[np.nd
     result = {}
     for j, name in enumerate(reducers):
         est = estimates[j]
-        ci = interval(est, dist[:, j], None if jack is None else jack[:, j], n, confidence, method, min_valid_share)
+        units = min(n, n_folds) if models else n
+        ci = interval(est, dist[:, j], None if jack is None else jack[:, j], units, confidence, method,
+                      min_valid_share)
+        how = (f"{method}, two-level: the {n_folds} fold models drawn with replacement, then one draw of the "
+               "patient groups shared by every fold; mean over the drawn folds" if models else
+               f"{method}, one draw of the patient groups per resample shared by every fold; mean over folds")
         result[name] = {"estimate": est if np.isfinite(est) else None, **ci, "confidence": confidence,
-                        "n_boot": n_boot, "groups": n,
-                        "method": f"{method}, one draw of the patient groups per resample shared by every fold; "
-                                  "mean over folds"}
+                        "n_boot": n_boot, "groups": n, "method": how,
+                        "variance": (f"models ({n_folds}) and test patients" if models else
+                                     "test patients only (the fold models held fixed)")}
         if ci["status"] == "ok" and tests and name in tests:
-            result[name].update(tests_of(est, dist[:, j], None if jack is None else jack[:, j], n, method,
+            result[name].update(tests_of(est, dist[:, j], None if jack is None else jack[:, j], units, method,
                                          alpha=1 - confidence, **tests[name]))
     return result
 

@@ -373,6 +373,18 @@ def test_table2_cells_carry_ci_and_the_papers_scoring():
                      {"m": out})
     md = EN.table2_markdown(rows)
     assert "F1, paper's scoring" in md and f"[{f1['low']:.3f}, {f1['high']:.3f}]" in md
+    # 2 fold models: too few for an expanded interval over models, a status; 3: an interval, wider than the
+    # patients-only one when the models differ (the third model scores worse)
+    assert f1["models"]["status"] == "no_ci" and f1["models"]["low"] is None and "[no CI]" in md
+    worse = dict(test_rows[0], pred={"m": test_rows[0]["prob"]["m"].to_numpy() >= 0.9})
+    out3 = EN.table2_intervals(test_rows + [worse], ["m"], {"resamples": 200, "seed": 0, "confidence": 0.95},
+                               (0.51, "gt"))["m"]
+    three = out3["ours"]["f1"]
+    assert three["models"]["status"] == "ok" and "models (3)" in three["models"]["variance"]
+    assert three["models"]["high"] - three["models"]["low"] > three["high"] - three["low"]
+    folds3 = [{"test": {"micro": {"precision": 0.5, "recall": 0.5, "f1": 0.5}}}] * 3
+    md3 = EN.table2_markdown(EN.table2({"m": folds3}, "test", {"m": out3}))
+    assert f"[{three['models']['low']:.3f}, {three['models']['high']:.3f}]" in md3 and "models (3)" in md3
 
 
 # --- offline ImageNet weights (cxrbench/classify/weights.py) ----------------------------------------------
