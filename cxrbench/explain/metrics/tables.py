@@ -32,6 +32,9 @@ import numpy as np
 
 from cxrbench.explain.metrics import perturbation as EM
 from cxrbench.explain.metrics import properties as MP
+from cxrbench.explain.metrics.across_models import interval as across_models_ci
+from cxrbench.explain.metrics.across_models import lead as _lead_across_models
+from cxrbench.explain.metrics.across_models import patient_weights as _patient_weights
 
 RANDOM = "random"
 EDGE = "edge"                                    # the Sobel edge map of the input: a control of image contrast
@@ -374,40 +377,6 @@ def _aligned(scores: dict, method: str, metric: str, sets: dict, backbone: str |
     return (*out, np.asarray(keys, dtype=object)) if models else out
 
 
-def _per_model(values: np.ndarray, patients: np.ndarray, models: np.ndarray) -> dict:
-    """Each model's patient-weighted mean of ``values``."""
-    out = {}
-    for mk in dict.fromkeys(models.tolist()):
-        sel = models == mk
-        w = _patient_weights(patients[sel])
-        out[mk] = float((values[sel] * w).sum() / w.sum())
-    return out
-
-
-def across_models_ci(values: np.ndarray, patients: np.ndarray, models: np.ndarray, stats: dict) -> dict:
-    """The patient-weighted mean gain over models and patients with a two-level bootstrap interval (models,
-    then patients: :func:`cxrbench.core.inference.two_level_ci`), its p against 0, each model's own mean and
-    whether they all have the pooled mean's sign. ``no_ci`` with fewer than 2 models or 2 patients."""
-    from cxrbench.core import bootstrap as B
-    from cxrbench.core.inference import two_level_ci
-    r = lambda v: None if v is None else round(float(v), 4)  # noqa: E731
-    n_models, n_patients = len(set(models.tolist())), len(set(patients.tolist()))
-    out = {"n": int(len(values)), "patients": n_patients, "models": n_models}
-    if n_models < 2 or n_patients < 2:
-        return {**out, "mean": None, "low": None, "high": None, "status": "no_ci",
-                "reason": f"{n_models} model(s) and {n_patients} patient(s): the two-level interval needs 2 of each"}
-    per = _per_model(values, patients, models)
-    ci = two_level_ci(values, models, patients, n_boot=int(stats["resamples"]), seed=int(stats["seed"]),
-                      confidence=float(stats["confidence"]), unit="models")
-    valid = 1 - ci["undefined"] / ci["n_boot"]
-    entry = {**out, "mean": r(ci["estimate"]), "per_model": {k: r(v) for k, v in per.items()},
-             "sign_agrees": bool(all(np.sign(v) == np.sign(ci["estimate"]) for v in per.values())),
-             "variance": ci["variance"], "undefined": ci["undefined"]}
-    if valid < float(stats.get("min_valid_share", B.DEFAULT_MIN_VALID)):
-        return {**entry, "low": None, "high": None, "status": "no_ci",
-                "reason": f"{ci['undefined']} of {ci['n_boot']} resamples undefined"}
-    return {**entry, "low": r(ci["low"]), "high": r(ci["high"]), "p": round(float(ci["p"]), 4), "status": "ok",
-            "confidence": ci["confidence"]}
 
 
 def gain_ci(gains: np.ndarray, patients: np.ndarray, stats: dict) -> dict:
@@ -460,12 +429,6 @@ def _gain_matrix(scores: dict, methods: list, metrics: list, sets: dict, backbon
             patients = pat
         cube.append(rows)
     return np.asarray(cube, dtype=np.float64), patients, models
-
-
-def _patient_weights(patients: np.ndarray) -> np.ndarray:
-    """1 / (the patient's images): a weighted mean with these weights is the patient-weighted mean."""
-    _, inverse, counts = np.unique(patients.astype(str), return_inverse=True, return_counts=True)
-    return 1.0 / counts[inverse]
 
 
 def rank_agreement(scores: dict, methods: list, metrics: list, stats: dict | None, sets: dict,
@@ -536,25 +499,6 @@ def winners(scores: dict, methods: list, metrics: list, stats: dict, sets: dict)
         if len(set(models.tolist())) >= 2:
             out[me]["across_models"] = _lead_across_models(cube[0], patients, models, methods, lead, stats)
     return out
-
-
-def _lead_across_models(gains: np.ndarray, patients: np.ndarray, models: np.ndarray, methods: list, lead: int,
-                        stats: dict) -> dict:
-    """The pooled leader's lead over every other method with models and patients resampled (two-level,
-    adjusted across the comparisons), and the leader each model gives on its own."""
-    from cxrbench.core.inference import adjust
-    vs = {m: across_models_ci(gains[lead] - gains[k], patients, models, stats)
-          for k, m in enumerate(methods) if k != lead}
-    for v in vs.values():
-        v.pop("per_model", None)
-    adjust(list(vs.values()), stats.get("multiplicity", "holm"), 1 - float(stats["confidence"]))
-    per = {m: _per_model(gains[k], patients, models) for k, m in enumerate(methods)}
-    keys = list(dict.fromkeys(models.tolist()))
-    by_model = {mk: max(methods, key=lambda m: per[m][mk]) for mk in keys}
-    tied = [m for m, v in vs.items() if not v.get("significant")]
-    return {"models": len(keys), "leader_by_model": by_model,
-            "same_leader": all(v == methods[lead] for v in by_model.values()),
-            "vs": vs, "clear": not tied, "tied_with": tied}
 
 
 def gains(scores: dict, methods: list, metrics: list, stats: dict) -> dict:
