@@ -45,9 +45,10 @@ NOT_SCORED = "not scored"
 MAX_ENTRIES = 64
 
 # {x} in a key is repeated over these params; the name gets the item in place of {x}.
-EACH = {"method": "explain.methods", "score": "audit.scores"}
+EACH = {"method": "explain.methods", "score": "audit.scores", "source": "external.sources"}
 
 _AOPPC = "aoppc_pixels_morf"
+_EXT = "sources.{source}.models.ensemble.labels"
 SPEC: dict[str, list[tuple[str, str, str]]] = {
     "split": [
         ("images", paths.DATA_METRICS, "images"),
@@ -80,6 +81,12 @@ SPEC: dict[str, list[tuple[str, str, str]]] = {
         ("random", paths.AOPPC, f"pooled.random|{_AOPPC}.mean"),
         ("gain.{method}", paths.AOPPC, f"gain.pooled.{{method}}|{_AOPPC}"),
     ],
+    # the ensemble's AUROC on each external source, for the labels a Kermany-style set scores (Kermany's
+    # normal / pneumonia / bacterial); beside the same labels on the internal test set
+    "external": [
+        (f"{{source}}.{label}", paths.EXTERNAL_METRICS, f"{_EXT}.{label}.sets.{part}.auroc")
+        for label, part in (("pneumonia", "external"), ("healthy", "external"), ("bacterial", "external"))
+    ] + [("{source}.pneumonia_internal", paths.EXTERNAL_METRICS, f"{_EXT}.pneumonia.sets.internal.auroc")],
     "planted": [
         ("kendall_tau", paths.PLANTED, "ranking.scopes.pooled.kendall_tau"),
         ("spearman_rho", paths.PLANTED, "ranking.scopes.pooled.spearman_rho"),
