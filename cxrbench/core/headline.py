@@ -188,6 +188,10 @@ def extract(stage: str, params: dict, root: Path = Path(".")) -> dict:
         values[name] = NOT_SCORED if v is None else v
         if v is None:
             missing.append(name)
+    for _, file, _ in SPEC.get(stage, []):      # a stage whose entries expand to none (external off) still
+        if file not in cache:                   # shows the status of its detailed file
+            path = root / file
+            cache[file] = read_json(path) if path.is_file() else None
     status = next((d.get("status") for d in cache.values() if isinstance(d, dict)
                    and isinstance(d.get("status"), str)), None)
     out: dict = {}

@@ -34,7 +34,7 @@ def test_dvc_declares_only_the_headline_files_as_metrics():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     declared = {}
     for name, st in stages.items():
-        for m in st.get("metrics", []):
+        for m in st.get("do", st).get("metrics", []):       # a foreach/matrix stage holds its body under do
             declared[name] = [*declared.get(name, []), next(iter(m)) if isinstance(m, dict) else m]
     assert declared == {stage: [paths.headline(stage)] for stage in H.SPEC}
     for stage, entries in H.SPEC.items():
@@ -105,3 +105,17 @@ def test_a_headline_cell_writes_out_every_status():
     assert H.cell(None) == H.NOT_SCORED and H.cell(0.25) == "0.250"
     assert H.value_of({"mean": 0.04, "low": None, "high": None, "status": "no_ci", "n": 3}) == \
         {"value": 0.04, "ci": "no_ci", "n": 3}
+
+
+def test_a_stage_that_is_off_shows_its_status_with_no_values(tmp_path):
+    """external with no sources: its entries expand to none, and the headline still says the stage is off."""
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / paths.EXTERNAL_METRICS).write_text(json.dumps({"status": "off", "reason": "external.sources is empty"}))
+    h = H.extract("external", {"external": {"sources": []}}, tmp_path)
+    assert h == {"status": "off", "not_scored": []}
+    (tmp_path / paths.EXTERNAL_METRICS).write_text(json.dumps({"status": "on", "sources": {"k": {"models": {
+        "ensemble": {"labels": {"pneumonia": {"sets": {"external": {"auroc": {"estimate": 0.9, "low": 0.8,
+                                                                               "high": 0.95}}}}}}}}}}))
+    h = H.extract("external", {"external": {"sources": ["k"]}}, tmp_path)
+    assert h["k.pneumonia"] == {"value": 0.9, "low": 0.8, "high": 0.95}
+    assert h["status"] == "on" and h["not_scored"] == ["k.healthy", "k.bacterial", "k.pneumonia_internal"]
