@@ -7,6 +7,7 @@ Without an argument ``show`` reads the workspace, or the newest experiment when 
     cxrbench show                 # this workspace's headline (one screen)
     cxrbench show clahe           # the experiment named clahe
     cxrbench diff HEAD clahe      # the committed reference run against an experiment
+    cxrbench diff HEAD clahe --changed   # only what moved
 """
 
 from __future__ import annotations
@@ -93,15 +94,23 @@ def show_text(headlines: dict[str, dict], title: str) -> str:
     return f"{title}: [CI] where the stage has one, n behind it\n\n" + table(rows, ["metric", "value"]) + note
 
 
-def diff_text(a: dict[str, dict], b: dict[str, dict], name_a: str, name_b: str) -> str:
+def diff_text(a: dict[str, dict], b: dict[str, dict], name_a: str, name_b: str, changed: bool = False) -> str:
+    """The two runs' headline side by side; ``changed``: only the values that differ (a value or its CI), with
+    a line counting the others."""
     fa, fb = H.flatten(a), H.flatten(b)
-    rows = []
+    rows, same = [], 0
     for k in list(dict.fromkeys([*fa, *fb])):
         va, vb = fa.get(k), fb.get(k)
+        if changed and cell(va) == cell(vb):
+            same += 1
+            continue
         na, nb = _number(va), _number(vb)
         change = f"{nb - na:+.3f}" if na is not None and nb is not None else ("" if cell(va) == cell(vb) else "changed")
         rows.append([k, cell(va), cell(vb), change])
-    return table(rows, ["metric", name_a, name_b, "change"])
+    if changed and not rows:
+        return f"{name_a} and {name_b}: all {same} headline values are equal"
+    text = table(rows, ["metric", name_a, name_b, "change"])
+    return text + (f"\n{same} other value(s) equal (cxrbench diff without --changed shows them)" if changed else "")
 
 
 def main(argv: list[str] | None = None, command: str = "show") -> int:
@@ -112,6 +121,7 @@ def main(argv: list[str] | None = None, command: str = "show") -> int:
     else:
         ap.add_argument("a", help="a run: experiment name, git revision, or . for the workspace")
         ap.add_argument("b", nargs="?", default=WORKSPACE, help="the other run (default: the workspace)")
+        ap.add_argument("--changed", action="store_true", help="only the values that differ between the two runs")
     args = ap.parse_args(argv)
     try:
         if command == "show":
@@ -122,7 +132,7 @@ def main(argv: list[str] | None = None, command: str = "show") -> int:
                 runs = load(rev)
             print(show_text(runs, "workspace" if rev == WORKSPACE else rev))
             return 0
-        print(diff_text(load(args.a), load(args.b), args.a, args.b))
+        print(diff_text(load(args.a), load(args.b), args.a, args.b, changed=args.changed))
         return 0
     except RunNotFound as err:
         print(f"cxrbench {command}: {err}", file=sys.stderr)

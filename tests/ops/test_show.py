@@ -43,6 +43,11 @@ def test_diff_reads_a_committed_revision_against_the_workspace(tmp_path):
     text = S.diff_text(S.load("HEAD", tmp_path), S.load(".", tmp_path), "HEAD", ".")
     row = next(line for line in text.splitlines() if line.startswith("ensemble.vote_f1"))
     assert row.split() == ["ensemble.vote_f1", "0.710", "0.810", "+0.100"]
+    only = S.diff_text(S.load("HEAD", tmp_path), S.load(".", tmp_path), "HEAD", ".", changed=True)
+    assert [line.split()[0] for line in only.splitlines()[2:-1]] == ["ensemble.vote_f1"]
+    assert only.splitlines()[-1].startswith(f"{len(text.splitlines()) - 3} other value(s) equal")
+    same = S.diff_text(S.load("HEAD", tmp_path), S.load("HEAD", tmp_path), "HEAD", "HEAD", changed=True)
+    assert same.startswith("HEAD and HEAD: all") and same.endswith("headline values are equal")
     with pytest.raises(S.RunNotFound, match="no experiment or git revision named 'HAED'"):
         S.load("HAED", tmp_path)
 
