@@ -1,8 +1,11 @@
 """``cxrbench times``: one row per stage with its share of the run and its hottest steps."""
 
 import json
+from pathlib import Path
 
 from cxrbench.ops import times as T
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _record(folder, stage, wall, steps=None, startup=1.5):
@@ -51,3 +54,19 @@ def test_a_corrupt_record_is_named_not_silently_dropped(tmp_path, capsys):
 def test_the_command_says_what_to_do_without_records(tmp_path, capsys):
     assert T.main(["--dir", str(tmp_path / "none")]) == 1
     assert "run the pipeline" in capsys.readouterr().err
+
+
+def test_dvc_reads_the_project_yaml_with_ruamels_c_scanner_and_the_same_values():
+    """DVC parses params.yaml once per stage it checks (50 times in a no-op `dvc repro` of the sample profile):
+    ruamel.yaml.clib (requirements.txt) makes that 7x faster. The C scanner must give the values the pure
+    parser gives, on every YAML file DVC reads here."""
+    import _ruamel_yaml  # noqa: F401  (the C scanner is installed)
+    from ruamel.yaml import YAML
+
+    from dvc.utils.serialize._yaml import parse_yaml
+    files = ["params.yaml", "dvc.yaml", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "profiles").glob("*.yaml"))]
+    for name in files:
+        text = (ROOT / name).read_text()
+        assert parse_yaml(text, name) == YAML(typ="safe", pure=True).load(text), name
+    tricky = "a: 1e-06\nb: on\nc: yes\nd: 010\ne: 1:20\nf: .inf\ng: ~\n"
+    assert parse_yaml(tricky, "x") == YAML(typ="safe", pure=True).load(tricky)
