@@ -393,8 +393,10 @@ def _later_meta(cfg: TrainConfig) -> dict:
 
 
 def _rng_states() -> dict:
-    # tensors only, so that last.pt loads with weights_only=True
-    s = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64))}
+    # tensors only, so that last.pt loads with weights_only=True. No code here draws from NumPy's global
+    # generator (every draw is a seeded torch.Generator or numpy default_rng), so its state is not saved: an
+    # unseeded global state made two identical runs write different last.pt files
+    s = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         s["cuda"] = torch.cuda.get_rng_state_all()
     return s
