@@ -434,6 +434,25 @@ def _stage_calls() -> set[str]:
             and isinstance(n.func.value, ast.Name) and n.func.value.id in ("EM", "A", "AT", "ATT", "AS", "AP", "RB")}
 
 
+def test_score_model_reports_progress_in_a_log(params, tmp_path, monkeypatch, capsys):
+    """A long aoppc stage says how far it is: in a log (not a terminal), plain lines per tenth of one model's
+    maps x perturbations, and a last line with the total."""
+    from cxrbench.explain.metrics import scoring as AS
+    from cxrbench.explain.metrics import tables as AT
+
+    monkeypatch.setenv("CXRBENCH_PROGRESS", "lines")
+    s = AS.validate(params)
+    rng = np.random.default_rng(0)
+    z = {"target": np.array([1, 1, 0]), "masks": np.ones((B, S, S), np.uint8),
+         "m": rng.standard_normal((B, S, S)).astype(np.float32), "m__scale": np.ones(B, np.float32)}
+    np.savez(tmp_path / "z.npz", **z)
+    AS.score_model(AT.new_scores(), "b", 0, ["m"], s, torch.rand(B, 1, S, S), np.load(tmp_path / "z.npz"),
+                   SmallNet().eval())
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("aoppc b fold 0:")]
+    total = 2 * len(s.perturbations())                     # the stored map and the random map
+    assert len(lines) >= 2 and lines[-1].split(":")[1].split()[0] == f"{total}/{total}"
+
+
 def test_score_model_runs_on_the_models_device(params, tmp_path):
     """The stage's per-model scoring (every perturbation and fill) on the meta device gets as far as the
     host copy of the first curve: no tensor met on the wrong device before that."""

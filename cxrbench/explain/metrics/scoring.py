@@ -16,7 +16,7 @@ import torch
 
 from cxrbench.explain.metrics import tables as AT
 from cxrbench.explain.metrics import perturbation as EM
-from cxrbench.core import paths
+from cxrbench.core import paths, runtime
 from cxrbench.core.io import read_json
 from cxrbench.core.params import ParamError, check_choice, check_float, check_fraction, check_int, check_subset, section
 
@@ -99,14 +99,23 @@ def score_model(scores: dict, backbone: str, fold: int, methods: list, s: Settin
     named.update(controls or {})
     randomised = {m: EM.stored_maps(z, f"rand__{m}") for m in named if f"rand__{m}" in z.files}
     kw = perturbation_settings(s, int(x.shape[-1]))
+    specs = s.perturbations()
+    # a bar on a terminal, a line per tenth in a log: one step = one map's images under one perturbation
+    bar = runtime.progress(total=len(named) * len(specs), desc=f"aoppc {backbone} fold {fold}",
+                           unit="map x perturbation", every=0.1)
 
     def curves(rows, maps, spec):
-        return EM.perturbation_curves(model, EM.take(x, rows), maps, EM.take(target, rows), scheme=spec["scheme"],
-                                      order=spec["order"], fill=spec["fill"], mode=s.importance,
-                                      images_per_batch=s.images_per_batch, **kw)
+        out = EM.perturbation_curves(model, EM.take(x, rows), maps, EM.take(target, rows), scheme=spec["scheme"],
+                                     order=spec["order"], fill=spec["fill"], mode=s.importance,
+                                     images_per_batch=s.images_per_batch, **kw)
+        bar.update(1)
+        return out
 
-    return AT.score_fold(scores, backbone, fold, named, z["masks"], randomised, curves,
-                         perturbations=s.perturbations(), groups=groups)
+    try:
+        return AT.score_fold(scores, backbone, fold, named, z["masks"], randomised, curves,
+                             perturbations=specs, groups=groups)
+    finally:
+        bar.close()
 
 
 def load_fold(backbone: str, fold: int):
