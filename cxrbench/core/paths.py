@@ -21,6 +21,7 @@ CONFOUNDER = "data/confounder"
 CONFOUNDER_PLAN = "data/confounder/plan.csv"
 EXTERNAL = "data/external"
 ATTRIBUTIONS = "data/attributions"
+AOPPC_PARTIAL = "data/aoppc_partial"          # each scored model's part of the aoppc stage (resume)
 ENSEMBLE_PREDICTIONS = "data/ensemble"
 
 # models
@@ -122,6 +123,10 @@ def run(variant: str, backbone: str, fold: int, control: str | None = None) -> R
 
 def attributions(backbone: str, fold: int) -> str:
     return f"{ATTRIBUTIONS}/{run_name(backbone, fold)}.npz"
+
+
+def aoppc_partial(backbone: str, fold: int) -> str:
+    return f"{AOPPC_PARTIAL}/{run_name(backbone, fold)}.npz"
 
 
 def attribute_metrics(backbone: str, fold: int) -> str:

@@ -22,12 +22,17 @@ from cxrbench.core import paths, runtime
 from cxrbench.core.io import write_csv, write_json, write_text
 from cxrbench.data import confounder
 from cxrbench.data.cache import Cache
+from cxrbench.explain import aoppc_resume as AR
 from cxrbench.explain import plots as AP
 from cxrbench.explain import runner as A
 from cxrbench.explain.metrics import scoring as AS
 from cxrbench.explain.metrics import robustness as RB
 from cxrbench.explain.metrics import tables as AT
 from cxrbench.explain.metrics import tables_text as ATT
+
+
+# the params sections the stage reads: a saved model part is resumed only when they are unchanged
+RESUME_PARAMS = ("aoppc", "explain", "stats", "confounder", "evaluate", "labels", "train", "preprocess", "segment")
 
 
 def run_stage(params: dict) -> None:
@@ -43,6 +48,7 @@ def run_stage(params: dict) -> None:
     confounder.apply(cache)                                 # the planted shortcut (confounder.enabled; else a no-op)
 
     scores, curves, status, side, drawn, samples = AT.new_scores(), [], {}, None, set(), {}
+    stage_params = {k: params.get(k) for k in RESUME_PARAMS}
     for backbone in backbones:
         for fold in folds:
             z, att = AS.load_fold(backbone, fold)
@@ -54,10 +60,21 @@ def run_stage(params: dict) -> None:
             model, meta = A.load_classifier(params, backbone, fold, device)
             x = A.classifier_input(cache.images[z["rows"]], meta, device, z["masks"])
             side = int(x.shape[-1])
-            groups = cache.index["group"].to_numpy()[z["rows"]]
-            scores.setdefault("paths", {})[(backbone, f"f{fold}")] = z["paths"].astype(str)
-            curves += AS.score_model(scores, backbone, fold, methods, s, x, z, model, groups,
-                                     controls={AT.EDGE: RB.edge_map(x.detach().cpu().numpy())})
+            part_path = paths.aoppc_partial(backbone, fold)
+            ident = AR.identity(stage_params, Path(paths.attributions(backbone, fold)),
+                                Path(paths.run("main", backbone, fold).model_dir) / training.checkpoint_file(params))
+            saved, why = AR.load(part_path, ident)
+            if saved is not None:
+                curves += AR.merge(scores, saved, backbone, fold)
+                print(f"aoppc {backbone} fold {fold}: resumed from {part_path} (scored by an interrupted run of "
+                      f"the same inputs, params and code)", flush=True)
+            else:
+                groups = cache.index["group"].to_numpy()[z["rows"]]
+                scores.setdefault("paths", {})[(backbone, f"f{fold}")] = z["paths"].astype(str)
+                rows = AS.score_model(scores, backbone, fold, methods, s, x, z, model, groups,
+                                      controls={AT.EDGE: RB.edge_map(x.detach().cpu().numpy())})
+                curves += rows
+                AR.save(part_path, ident, AR.part(scores, rows, backbone, fold))
             status.setdefault(backbone, {})[f"f{fold}"] = AT.fold_status(att["methods"], scores, backbone, fold)
             bad = {m: st for m, st in status[backbone][f"f{fold}"].items() if st != "ok"}
             print(f"aoppc {backbone} fold {fold}: {len(x)} images, {len(methods)} methods"

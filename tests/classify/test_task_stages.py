@@ -100,6 +100,29 @@ def test_attribute_and_aoppc_explain_the_covid19_class_with_its_softmax(mc_run):
     assert (arrays["target"] == list(CLASSES).index("covid19")).all()
     res = json.loads((mc_run / "metrics/aoppc.json").read_text())
     assert "saliency" in json.dumps(res)
+    # resumable: each scored model's part is saved; a rerun of the same inputs, params and code takes it back
+    # instead of scoring again, and writes the same results; any other params score it again
+    from cxrbench.core import paths
+    from cxrbench.explain.metrics import scoring as AS
+    assert (mc_run / paths.aoppc_partial(TINY, 0)).is_file()
+    before = (mc_run / "metrics/aoppc.json").read_text()
+
+    def refuse(*a, **k):
+        raise AssertionError("scored again although a saved part of the same identity exists")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(AS, "score_model", refuse)
+    try:
+        with _cwd(mc_run):
+            aoppc.main([])
+        after = json.loads((mc_run / "metrics/aoppc.json").read_text())
+        assert {k: v for k, v in after.items() if k != "runtime"} == \
+            {k: v for k, v in json.loads(before).items() if k != "runtime"}
+        p["aoppc"]["region"]["steps"] = int(p["aoppc"]["region"]["steps"]) + 1
+        (mc_run / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+        with _cwd(mc_run), pytest.raises(AssertionError, match="scored again"):
+            aoppc.main([])
+    finally:
+        mp.undo()
 
 
 def test_randomisation_and_the_report_run_on_a_multiclass_run(mc_run):
