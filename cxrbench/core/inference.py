@@ -1,5 +1,6 @@
 """Inference on top of the patient bootstrap: multiplicity, training seeds as a source of variance.
 
+* :func:`resamples_for`: enough resamples for a bootstrap p to survive the adjustment of its family;
 * :func:`holm` / :func:`adjust`: Holm (family-wise) or Benjamini-Hochberg (false discovery rate,
   :func:`scipy.stats.false_discovery_control`) adjusted p-values over one table's comparisons
   (``stats.multiplicity``), written into each entry as ``p_adjusted`` with the family's size.
@@ -46,6 +47,16 @@ def adjust(entries: list[dict], method: str = "holm", alpha: float = 0.05) -> in
         e["significant"] = bool(a < alpha)
         e["family"] = {"size": len(family), "method": method, "alpha": alpha}
     return len(family)
+
+
+def resamples_for(family: int, stats: dict) -> int:
+    """Bootstrap resamples for p values that are adjusted across ``family`` comparisons. A bootstrap p is at
+    least 1 / (B + 1), and Holm's first step needs p < alpha / m: with B = ``stats.resamples`` (1000) no
+    comparison of a 65-cell table could ever be significant. B >= 10 m / alpha leaves ten resamples beyond
+    that threshold; never fewer than ``stats.resamples``."""
+    import math
+    alpha = 1 - float(stats["confidence"])
+    return max(int(stats["resamples"]), math.ceil(10 * max(int(family), 1) / alpha))
 
 
 def two_level_ci(values, seeds, groups, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95,

@@ -308,6 +308,24 @@ def test_holm_adjusts_across_the_table():
     assert all(c["p_adjusted"] >= c["p"] for c in cells)
 
 
+def test_a_clear_gain_survives_holm_across_a_large_table():
+    """65 comparisons (13 methods x 5 perturbations, as the ci profile's table): a bootstrap p is at least
+    1 / (resamples + 1), so with 1000 resamples Holm could never go below 65 / 1001 = 0.065 and no gain was
+    ever marked. The resamples now grow with the table, and a gain of 10 standard errors is significant."""
+    from cxrbench.explain.metrics import tables as AT
+    rng = np.random.default_rng(8)
+    patients = np.repeat(np.arange(30), 2)
+    rnd = rng.normal(0, 0.1, 60)
+    methods = {f"m{k}": rnd + (0.3 if k == 0 else 0.0) + rng.normal(0.0, 0.05, 60) for k in range(13)}
+    metrics = [f"aoppc_region_{f}_morf" for f in ("black", "blur", "road")] + ["aoppc_pixels_morf",
+                                                                               "aoppc_threshold_morf"]
+    scores = _multi_metric_scores({me: {**methods, "random": rnd} for me in metrics}, patients)
+    g = AT.gains(scores, list(methods), metrics, STATS)
+    cell = g["pooled"]["m0|aoppc_region_black_morf"]
+    assert cell["family"]["size"] == 65 and cell["p"] < 0.05 / 65 and cell["significant"]
+    assert not g["pooled"]["m1|aoppc_region_black_morf"].get("significant")
+
+
 def test_kendall_w_and_rank_agreement_with_a_ci():
     from cxrbench.explain.metrics import tables as AT
     same = np.array([[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4]], float)

@@ -379,18 +379,20 @@ def _aligned(scores: dict, method: str, metric: str, sets: dict, backbone: str |
 
 
 
-def gain_ci(gains: np.ndarray, patients: np.ndarray, stats: dict) -> dict:
+def gain_ci(gains: np.ndarray, patients: np.ndarray, stats: dict, family: int = 1) -> dict:
     """Patient-weighted mean gain over the random map (each patient's mean gain, then their mean) with a
     cluster bootstrap-t CI over patients (:func:`cxrbench.core.bootstrap.patient_mean_ci`), its p against 0
     and an equivalence test (TOST) against the margin ``stats.equivalence.gain``: ``at_chance`` only when
-    the test shows the gain within the margin. ``image_mean``: the mean over images (each image once)."""
+    the test shows the gain within the margin. ``image_mean``: the mean over images (each image once).
+    ``family``: the comparisons its p is adjusted across (:func:`cxrbench.core.inference.resamples_for`)."""
     from cxrbench.core import bootstrap as B
+    from cxrbench.core.inference import resamples_for
     out = {"n": int(len(gains)), "patients": int(len(set(patients.tolist()))),
            "image_mean": round(float(gains.mean()), 4) if len(gains) else None}
     if not len(gains):
         return {"mean": None, **out, "low": None, "high": None, "status": "no_ci", "reason": "no image"}
     margin = float(stats.get("equivalence", B.DEFAULT_EQUIVALENCE)["gain"])
-    ci = B.patient_mean_ci(gains, patients, n_boot=int(stats["resamples"]), seed=int(stats["seed"]),
+    ci = B.patient_mean_ci(gains, patients, n_boot=resamples_for(family, stats), seed=int(stats["seed"]),
                            confidence=float(stats["confidence"]),
                            min_valid_share=float(stats.get("min_valid_share", B.DEFAULT_MIN_VALID)),
                            null=0.0, equivalence=(-margin, margin))
@@ -475,7 +477,7 @@ def winners(scores: dict, methods: list, metrics: list, stats: dict, sets: dict)
     likewise) and names the leader of each model alone: a winner that another model overturns is not clear
     there."""
     from cxrbench.core import bootstrap as B
-    from cxrbench.core.inference import adjust
+    from cxrbench.core.inference import adjust, resamples_for
     out = {}
     for me in metrics:
         cube, patients, models = _gain_matrix(scores, methods, [me], sets)
@@ -487,7 +489,8 @@ def winners(scores: dict, methods: list, metrics: list, stats: dict, sets: dict)
         vs = {}
         for k, m in enumerate(methods):
             if k != lead:
-                ci = B.patient_mean_ci(cube[0, lead] - cube[0, k], patients, n_boot=int(stats["resamples"]),
+                ci = B.patient_mean_ci(cube[0, lead] - cube[0, k], patients,
+                                       n_boot=resamples_for(len(methods) - 1, stats),
                                        seed=int(stats["seed"]), confidence=float(stats["confidence"]),
                                        min_valid_share=float(stats.get("min_valid_share", B.DEFAULT_MIN_VALID)),
                                        null=0.0)
@@ -513,11 +516,13 @@ def gains(scores: dict, methods: list, metrics: list, stats: dict) -> dict:
     out = {"definition": DEFINITIONS["gain"], "chance": 0.0, "pooled": {}, "by_backbone": {bb: {} for bb in backbones},
            "variance": "test patients only (one training seed per model: training variance is not in the "
                        "intervals)"}
+    family = len(metrics) * len(methods)                 # the comparisons each table's p is adjusted across
     for metric in metrics:
         for m in methods:
-            out["pooled"][f"{m}|{metric}"] = gain_ci(*_aligned(scores, m, metric, sets), stats)
+            out["pooled"][f"{m}|{metric}"] = gain_ci(*_aligned(scores, m, metric, sets), stats, family)
             for bb in backbones:
-                out["by_backbone"][bb][f"{m}|{metric}"] = gain_ci(*_aligned(scores, m, metric, sets, bb), stats)
+                out["by_backbone"][bb][f"{m}|{metric}"] = gain_ci(*_aligned(scores, m, metric, sets, bb), stats,
+                                                                  family)
     alpha = 1 - float(stats["confidence"])
     adjust(list(out["pooled"].values()), stats.get("multiplicity", "holm"), alpha)
     for bb in backbones:
