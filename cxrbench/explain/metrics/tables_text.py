@@ -62,6 +62,12 @@ def _winner_text(w: dict | None) -> str:
     return text + ")"
 
 
+def _table(heads: list[str], rows: list[str], cell, metrics: list[str]) -> list[str]:
+    """A Markdown table: one row per method of ``rows``, one column per metric, ``cell(method, metric)``."""
+    return (["| method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+            + [f"| {m} | " + " | ".join(cell(m, me) for me in metrics) + " |" for m in rows])
+
+
 def _region_metrics(result: dict) -> list[str]:
     return [k.split("|", 1)[1] for k in result["pooled"] if k.startswith(f"{RANDOM}|aoppc_region_")
             and k.endswith("_morf")]
@@ -106,10 +112,8 @@ def markdown(result: dict, methods: list, reference: dict, region: str = "") -> 
         lines += ["", f"Gain over the random map (AOPPC minus the random map's on the same image; chance = 0), MoRF, "
                   f"on the common set ({n} images of {patients} patients), patient-weighted mean [95 % CI, cluster "
                   f"bootstrap-t over patients; variance: test patients only, one training seed].{adj}{eq} neither: "
-                  f"not shown to differ from chance, nor shown to be at chance. {region}", "",
-                  "| method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
-        for m in methods[:-1]:
-            lines.append(f"| {m} | " + " | ".join(_gain_cell(g, m, me) for me in metrics) + " |")
+                  f"not shown to differ from chance, nor shown to be at chance. {region}", ""]
+        lines += _table(heads, methods[:-1], lambda m, me: _gain_cell(g, m, me), metrics)
         gm = gain.get("across_models", {}).get("pooled")
         if gm:
             first = next(iter(gm.values()))
@@ -117,10 +121,8 @@ def markdown(result: dict, methods: list, reference: dict, region: str = "") -> 
                       f"(backbone x fold; each fold's model is another training run on other data) and "
                       f"{first['patients']} patients, two-level bootstrap (models, then patients) [95 % CI]; * = "
                       f"above 0 after adjustment across the table; in brackets the range of the models' own means, "
-                      f"! = a model's mean has the other sign.", "",
-                      "| method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
-            for m in methods[:-1]:
-                lines.append(f"| {m} | " + " | ".join(_model_gain_cell(gm, m, me) for me in metrics) + " |")
+                      f"! = a model's mean has the other sign.", ""]
+            lines += _table(heads, methods[:-1], lambda m, me: _model_gain_cell(gm, m, me), metrics)
         ag = result.get("agreement", {}).get("pooled")
         if ag and ag.get("kendall_w") is not None:
             wci = ag.get("kendall_w_ci") or {}
