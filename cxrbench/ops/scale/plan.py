@@ -67,7 +67,8 @@ class Task:
     upstream: list[str]              # shared stages it depends on (checked out from the shared cache)
     cpus: int
     gpus: int
-    persist: bool                    # has a persistent output: DVC's run-cache cannot carry it (see worker.adopt)
+    persist: bool                    # DVC's run-cache cannot carry it (a persistent or a plain cache: false
+                                     # output; see worker.adopt): its result is adopted
     uncached: list[str] = field(default_factory=list)   # outputs with cache: false, shipped with the result
 
 
@@ -105,7 +106,11 @@ def _graph(root: Path):
                 continue                     # a .dvc file (tracked data), not a pipeline stage
             nodes[address(stage)] = {
                 "deps": sorted(address(d) for d in graph.successors(stage) if getattr(d, "cmd", None)),
-                "persist": any(o.persist for o in stage.outs),
+                # DVC keeps no run-cache entry for a stage with a persistent output (``_can_hash``) nor for one
+                # with a ``cache: false`` output that is not a metric or plot (``Stage.run``: no_cache_outs):
+                # such a cell's result is adopted by its dvc.lock entry (worker.adopt), not restored
+                "persist": any(o.persist for o in stage.outs)
+                           or any(not o.use_cache and not (o.is_metric or o.is_plot) for o in stage.outs),
                 "uncached": sorted(str(o.def_path) for o in stage.outs if not o.use_cache),
                 "outs": sorted(str(o.def_path) for o in stage.outs),
             }

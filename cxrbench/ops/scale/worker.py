@@ -4,7 +4,9 @@ Plain functions (no Ray here): the coordinator wraps :func:`run_task` as a Ray t
 
 Why :func:`adopt` exists. DVC's run-cache restores a stage only when none of its outputs is ``persist: true``
 (``dvc/stage/cache.py: _can_hash``), and the training stages keep ``last.pt`` persistent so that a rerun
-resumes. A result of such a stage travels instead as DVC's own record of it, the worker's ``dvc.lock`` entry
+resumes; nor does DVC save a run-cache entry for a stage with a ``cache: false`` output that is neither a
+metric nor a plot (``dvc/stage/__init__.py: Stage.run``), which every stage here has (its timing record,
+its detailed JSONs). A result of such a stage travels instead as DVC's own record of it, the worker's ``dvc.lock`` entry
 (command, deps and params hashes, output hashes), with the bytes of its ``cache: false`` outputs; its cached
 outputs are already in the shared cache. :func:`adopt` writes the entry into the receiving ``dvc.lock``, checks
 the outputs out of the cache, and ``dvc status`` must then call the stage up to date there, which it does only
