@@ -308,6 +308,12 @@ def evaluate(model: nn.Module, loss_fn: nn.Module, x: np.ndarray, m: np.ndarray,
     return total / max(n, 1), float(np.concatenate(ious).mean()) if ious else float("nan")
 
 
+def _no_clock(h: dict) -> dict:
+    """An epoch's record as the checkpoint keeps it: without its wall-clock throughput, so that two identical
+    runs write identical model files (metrics/unet.json reports the throughput)."""
+    return {k: v for k, v in h.items() if k != "train_images_per_s"}
+
+
 def train(cfg: UNetConfig, images: np.ndarray, masks: np.ndarray, parts: dict[str, np.ndarray],
           ckpt_path: str | Path, live=None, progress: bool = True, dev: torch.device | None = None,
           max_steps: int | None = None, fingerprint: str = "") -> dict:
@@ -400,7 +406,8 @@ def _train(cfg: UNetConfig, images: np.ndarray, masks: np.ndarray, parts: dict[s
         with timing.step("checkpoint", unit="epoch"):
             checkpoints.save(ckpt_path, {"config": cfg.to_dict(), "fingerprint": fingerprint, "state_dict": best_state,
                                          "best": best, "last": {"epoch": epoch, "state_dict": _cpu_state(model),
-                                                                "optimizer": opt.state_dict(), "history": history}},
+                                                                "optimizer": opt.state_dict(),
+                                                                "history": [_no_clock(h) for h in history]}},
                              identity)
         if live is not None:
             _log(live, h)
