@@ -49,6 +49,7 @@ def run_stage(params: dict) -> None:
 
     scores, curves, status, side, drawn, samples = AT.new_scores(), [], {}, None, set(), {}
     stage_params = {k: params.get(k) for k in RESUME_PARAMS}
+    Path(paths.AOPPC_PARTIAL).mkdir(parents=True, exist_ok=True)    # a declared output even if no model scores
     for backbone in backbones:
         for fold in folds:
             z, att = AS.load_fold(backbone, fold)
