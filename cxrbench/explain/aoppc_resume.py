@@ -24,6 +24,7 @@ from cxrbench.explain.metrics import tables as AT
 
 # the package folders the aoppc stage runs (its deps in dvc.yaml): a change to their source is a new identity
 CODE = ("core", "data", "lungs", "classify", "explain")
+ABSENT = "no saved part"
 
 
 def _file_digest(path: Path, h) -> None:
@@ -32,19 +33,26 @@ def _file_digest(path: Path, h) -> None:
             h.update(chunk)
 
 
-def identity(params: dict, attributions: Path, checkpoint: Path, package: Path | None = None) -> str:
-    """The digest of what one model's part is computed from: ``params`` (the stage's, as a dict), the bytes of
-    its attribution file and checkpoint, and every ``.py`` of the package folders in :data:`CODE`."""
+def code_digest(package: Path | None = None) -> str:
+    """The digest of every ``.py`` of the package folders in :data:`CODE` (computed once per stage run)."""
     h = hashlib.sha256()
-    h.update(json.dumps(params, sort_keys=True, default=str).encode())
-    for p in (attributions, checkpoint):
-        h.update(str(Path(p).name).encode())
-        _file_digest(Path(p), h)
     root = Path(package) if package is not None else Path(__file__).resolve().parents[1]
     for sub in CODE:
         for f in sorted((root / sub).rglob("*.py")):
             h.update(str(f.relative_to(root)).encode())
             _file_digest(f, h)
+    return h.hexdigest()
+
+
+def identity(params: dict, attributions: Path, checkpoint: Path, code: str) -> str:
+    """The digest of what one model's part is computed from: ``params`` (the stage's, as a dict), the bytes of
+    its attribution file and checkpoint, and ``code`` (:func:`code_digest`)."""
+    h = hashlib.sha256()
+    h.update(json.dumps(params, sort_keys=True, default=str).encode())
+    for p in (attributions, checkpoint):
+        h.update(str(Path(p).name).encode())
+        _file_digest(Path(p), h)
+    h.update(code.encode())
     return h.hexdigest()
 
 
@@ -103,7 +111,7 @@ def load(path: str | os.PathLike, ident: str) -> tuple[dict | None, str]:
     """The saved part when it exists and its identity is ``ident``; else None and why."""
     path = Path(path)
     if not path.is_file():
-        return None, "no saved part"
+        return None, ABSENT
     try:
         with np.load(path, allow_pickle=False) as z:
             if str(z["__identity__"]) != ident:

@@ -48,7 +48,7 @@ def run_stage(params: dict) -> None:
     confounder.apply(cache)                                 # the planted shortcut (confounder.enabled; else a no-op)
 
     scores, curves, status, side, drawn, samples = AT.new_scores(), [], {}, None, set(), {}
-    stage_params = {k: params.get(k) for k in RESUME_PARAMS}
+    stage_params, code = {k: params.get(k) for k in RESUME_PARAMS}, AR.code_digest()
     Path(paths.AOPPC_PARTIAL).mkdir(parents=True, exist_ok=True)    # a declared output even if no model scores
     for backbone in backbones:
         for fold in folds:
@@ -63,13 +63,16 @@ def run_stage(params: dict) -> None:
             side = int(x.shape[-1])
             part_path = paths.aoppc_partial(backbone, fold)
             ident = AR.identity(stage_params, Path(paths.attributions(backbone, fold)),
-                                Path(paths.run("main", backbone, fold).model_dir) / training.checkpoint_file(params))
+                                Path(paths.run("main", backbone, fold).model_dir) / training.checkpoint_file(params),
+                                code)
             saved, why = AR.load(part_path, ident)
             if saved is not None:
                 curves += AR.merge(scores, saved, backbone, fold)
                 print(f"aoppc {backbone} fold {fold}: resumed from {part_path} (scored by an interrupted run of "
                       f"the same inputs, params and code)", flush=True)
             else:
+                if why != AR.ABSENT:
+                    print(f"aoppc {backbone} fold {fold}: {part_path} not taken ({why}); scoring it again", flush=True)
                 groups = cache.index["group"].to_numpy()[z["rows"]]
                 scores.setdefault("paths", {})[(backbone, f"f{fold}")] = z["paths"].astype(str)
                 rows = AS.score_model(scores, backbone, fold, methods, s, x, z, model, groups,

@@ -24,13 +24,10 @@ def patient_weights(patients: np.ndarray) -> np.ndarray:
 
 
 def per_model(values: np.ndarray, patients: np.ndarray, models: np.ndarray) -> dict:
-    """Each model's patient-weighted mean of ``values``."""
-    out = {}
-    for mk in dict.fromkeys(models.tolist()):
-        sel = models == mk
-        w = patient_weights(patients[sel])
-        out[mk] = float((values[sel] * w).sum() / w.sum())
-    return out
+    """Each model's patient-weighted mean of ``values`` (the mean of its patients' means)."""
+    from cxrbench.core.bootstrap import patient_means
+    return {mk: float(patient_means(values[models == mk], patients[models == mk])[1].mean())
+            for mk in dict.fromkeys(models.tolist())}
 
 
 def interval(values: np.ndarray, patients: np.ndarray, models: np.ndarray, stats: dict) -> dict:
@@ -60,7 +57,7 @@ def interval(values: np.ndarray, patients: np.ndarray, models: np.ndarray, stats
 
 
 def lead(gains: np.ndarray, patients: np.ndarray, models: np.ndarray, methods: list, lead: int,
-                        stats: dict) -> dict:
+         stats: dict) -> dict:
     """The pooled leader's lead over every other method with models and patients resampled (two-level,
     adjusted across the comparisons), and the leader each model gives on its own."""
     from cxrbench.core.inference import adjust
