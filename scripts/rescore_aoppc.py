@@ -1,21 +1,31 @@
-"""Recompute a finished run's explanation statistics with this checkout's code, from its per-image scores.
+"""Recompute explanation statistics from per-image scores: one finished run with this checkout's code, or
+several runs that differ only in their training seed, pooled so that the seeds are a source of variance.
 
-The aoppc stage spends hours perturbing images and seconds on statistics. When only the statistics change
-(for example the number of resamples a Holm-adjusted table needs), this brings a run's gains over the random
-map, their intervals over models and patients, the winners and the agreement across fills up to date from
-``metrics/aoppc_per_image.csv``, without perturbing an image again (:mod:`cxrbench.explain.metrics.rescore`).
-Everything else in ``metrics/aoppc.json`` is the run's own; the written JSON records the commit that
-recomputed it under ``rescored``.
+The aoppc stage spends hours perturbing images and seconds on statistics. From ``metrics/aoppc_per_image.csv``
+this recomputes the gains over the random map, their intervals over models and patients, the winners and the
+agreement across fills (:mod:`cxrbench.explain.metrics.rescore`), without perturbing an image again.
+
+One run: when only the statistics changed since it ran. Everything else in ``metrics/aoppc.json`` stays the
+run's own; the written JSON records the commit that recomputed it under ``rescored``.
+
+Several runs: the same profile run with other ``train.seed`` values (their params must be equal in every
+other key, so they explain the same images of the same patients). Their models are pooled as backbone x fold
+x seed (``resnet18@seed43``): the two-level intervals then resample the seeds' models with the folds', and
+``leader_by_model`` shows whether another seed overturns a winner. The JSON holds the pooled tables (no
+randomisation counts: per run, in each run's own files).
 
     python3 scripts/rescore_aoppc.py RUN_DIR --out results/study-cpu/metrics
+    python3 scripts/rescore_aoppc.py RUN_S42 RUN_S43 RUN_S44 --out results/ci-seeds
 
-RUN_DIR: the run's repository root, with the params it ran with in its ``params.yaml`` (a clone that ran
-``cxrbench run PROFILE --workspace``). Writes OUT/aoppc.json and OUT/aoppc_table.md (the stage's table text).
+RUN_DIR: a run's repository root, with the params it ran with in its ``params.yaml`` (a clone that ran
+``cxrbench run PROFILE --workspace``; for seeds, ``--set train.seed=43``). Writes OUT/aoppc.json and
+OUT/aoppc_table.md (the stage's table text).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +38,9 @@ from cxrbench.core.io import read_json, write_json, write_text
 from cxrbench.explain import aoppc_run
 from cxrbench.explain import runner as A
 from cxrbench.explain.metrics import rescore
+from cxrbench.explain.metrics.across_models import seed_model
 from cxrbench.explain.metrics import scoring as AS
+from cxrbench.explain.metrics import tables as AT
 from cxrbench.explain.metrics import tables_text as ATT
 
 MD = Path(paths.AOPPC_MD).name                       # the stage's table text, under the same name
@@ -37,31 +49,83 @@ MD = Path(paths.AOPPC_MD).name                       # the stage's table text, u
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("run_dir", type=Path, help="the run's repository root")
+    ap.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="a run's repository root")
     ap.add_argument("--out", type=Path, required=True, help="folder for aoppc.json and aoppc_table.md")
     args = ap.parse_args(argv)
-    files = {name: args.run_dir / rel for name, rel in
-             (("params", P.PARAMS_FILE), ("per_image", paths.AOPPC_PER_IMAGE), ("aoppc", paths.AOPPC))}
-    for name, f in files.items():
-        if not f.is_file():
-            print(f"{f}: not found; RUN_DIR must be a run's root after its aoppc stage finished", file=sys.stderr)
+    runs = []
+    for run_dir in args.run_dirs:
+        files = {name: run_dir / rel for name, rel in
+                 (("params", P.PARAMS_FILE), ("per_image", paths.AOPPC_PER_IMAGE), ("aoppc", paths.AOPPC))}
+        missing = [str(f) for f in files.values() if not f.is_file()]
+        if missing:
+            print(f"{', '.join(missing)}: not found; each RUN_DIR must be a run's root after its aoppc stage "
+                  f"finished", file=sys.stderr)
             return 2
-    params = P.load(files["params"])
+        runs.append({"dir": run_dir, "params": P.load(files["params"]), "aoppc": read_json(files["aoppc"]),
+                     "rows": pd.read_csv(files["per_image"], keep_default_na=False)})
+    problem = _check_seeds(runs) if len(runs) > 1 else None
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    params = runs[0]["params"]
     methods, s = A.validate(params).methods, AS.validate(params)
-    scores = rescore.scores_from_rows(pd.read_csv(files["per_image"], keep_default_na=False))
-    result = read_json(files["aoppc"])
-    result.update(rescore.statistics(scores, methods, s.stats, s.fills))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1]).stdout.strip()
-    result["rescored"] = {"parts": list(rescore.STATISTICS), "commit": commit,
-                          "from": str(paths.AOPPC_PER_IMAGE), "stats": s.stats}
+    if len(runs) == 1:
+        scores = rescore.scores_from_rows(runs[0]["rows"])
+        result = runs[0]["aoppc"]
+        result.update(rescore.statistics(scores, methods, s.stats, s.fills))
+        source = str(args.run_dirs[0])
+    else:
+        rows = rescore.combine({int(r["params"]["train"]["seed"]): r["rows"] for r in runs})
+        result = AT.summary(rescore.scores_from_rows(rows), methods, stats=s.stats, fills=s.fills)
+        result["sanity"] = {"by_method": {}}            # the randomisation counts stay in each run's files
+        result["maps"]["by_method"] = {m: {k: c[k] for k in ("ok", "excluded_degenerate")}   # not by kind
+                                       for m, c in result["maps"]["by_method"].items()}
+        result["sample"] = _seed_samples(runs)
+        result["region"] = runs[0]["aoppc"].get("region")
+        source = [str(d) for d in args.run_dirs]
+    result["rescored"] = {"parts": list(rescore.STATISTICS), "commit": commit, "from": paths.AOPPC_PER_IMAGE,
+                          "runs": source, "stats": s.stats}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "aoppc.json", result)
-    region = _region(s, result.get("region"))
-    text = aoppc_run.sample_sentence(result["sample"]) + ATT.markdown(result, methods, s.reference, region)
+    text = (aoppc_run.sample_sentence(result["sample"])
+            + ATT.markdown(result, methods, s.reference, _region(s, result.get("region"))))
     write_text(args.out / MD, text)
-    print(f"wrote {args.out / 'aoppc.json'} and {args.out / MD} (statistics of commit {commit})")
+    print(f"wrote {args.out / 'aoppc.json'} and {args.out / MD} (statistics of commit {commit}, "
+          f"{len(runs)} run(s))")
     return 0
+
+
+def _check_seeds(runs: list[dict]) -> str | None:
+    """None when the runs' params differ in ``train.seed`` alone and no two share a seed; else why not."""
+    seeds = [r["params"].get("train", {}).get("seed") for r in runs]
+    if len(set(seeds)) < len(seeds):
+        return (f"train.seed {seeds}: two runs share a seed (a rerun, not another seed); run the profile "
+                f"with --set train.seed=N for each seed")
+
+    def without_seed(p: dict) -> dict:
+        q = copy.deepcopy(p)
+        q.get("train", {}).pop("seed", None)
+        return q
+
+    base = without_seed(runs[0]["params"])
+    for r in runs[1:]:
+        diff = sorted(k for k in set(base) | set(r["params"]) if base.get(k) != without_seed(r["params"]).get(k))
+        if diff:
+            return (f"{r['dir']}: its params differ from {runs[0]['dir']}'s in {diff}, not only in train.seed; "
+                    f"pool only runs of one profile that differ in the training seed")
+    return None
+
+
+def _seed_samples(runs: list[dict]) -> dict:
+    """The runs' explained samples with each backbone named by its seed (the n sentence of the table)."""
+    out = {"models": {}, "all": runs[0]["aoppc"].get("sample", {}).get("all", {})}
+    for r in runs:
+        seed = int(r["params"]["train"]["seed"])
+        for bb, folds in (r["aoppc"].get("sample") or {}).get("models", {}).items():
+            out["models"][seed_model(bb, seed)] = folds
+    return out
 
 
 def _region(s, settings: dict | None) -> str:

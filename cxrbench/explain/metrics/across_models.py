@@ -17,6 +17,14 @@ from __future__ import annotations
 import numpy as np
 
 
+SEED_TAG = "@seed"              # resnet18@seed43: a backbone's models of one training seed, when seeds are pooled
+
+
+def seed_model(backbone: str, seed: int) -> str:
+    """The backbone name of one training seed's models when runs of several seeds are pooled."""
+    return f"{backbone}{SEED_TAG}{seed}"
+
+
 def patient_weights(patients: np.ndarray) -> np.ndarray:
     """1 / (the patient's images): a weighted mean with these weights is the patient-weighted mean."""
     _, inverse, counts = np.unique(patients.astype(str), return_inverse=True, return_counts=True)

@@ -7,6 +7,10 @@ statistics change (more resamples, another interval), a finished run's tables ca
 seconds instead of hours of perturbations: :func:`scores_from_rows` rebuilds the stage's accumulator and
 :func:`statistics` reruns the same functions the stage runs (:mod:`cxrbench.explain.metrics.tables`).
 
+Runs of one profile that differ only in the training seed (``train.seed``) explain the same images of the
+same patients; :func:`combine` makes them one run whose models are backbone x fold x seed, so that the
+intervals over models and patients include the seeds (a ranking another seed overturns shows there).
+
 What the file cannot give back is left out, not guessed: the map statuses beyond "scored or not", the
 sanity counts and the curves. A map the stage did not score (degenerate) has no row, so it is "not ok" here
 exactly as it was there, and the common set is the same.
@@ -18,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.explain.metrics import tables as AT
+from cxrbench.explain.metrics.across_models import seed_model
 
 STATISTICS = ("gain", "agreement", "winners")       # the parts of metrics/aoppc.json recomputed here
 NOT_SCORED = "constant"                              # the status of a map with no row (any status but ok)
@@ -62,3 +67,18 @@ def statistics(scores: dict, methods: list, stats: dict, fills: list) -> dict:
     """``gain``, ``agreement`` and ``winners`` of metrics/aoppc.json, by the stage's own functions."""
     result = AT.summary(scores, methods, stats=stats, fills=fills)
     return {k: result[k] for k in STATISTICS}
+
+
+def combine(frames: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """The per-image rows of runs that differ only in their training seed (``train.seed`` -> rows), as one run
+    whose models are backbone x fold x seed: each backbone is renamed :func:`seed_model`. The images and their
+    patients are the same in every run (the split and the explained sample have seeds of their own), so the
+    intervals over models and patients resample the seeds' models beside the folds', on shared patients."""
+    if len(frames) < 2:
+        raise ValueError(f"{len(frames)} run(s): combining needs the runs of at least 2 training seeds")
+    parts = []
+    for seed, frame in frames.items():
+        f = frame.copy()
+        f["backbone"] = [seed_model(b, seed) for b in f["backbone"].astype(str)]
+        parts.append(f)
+    return pd.concat(parts, ignore_index=True)

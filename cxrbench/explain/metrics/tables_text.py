@@ -8,6 +8,7 @@ the removed share per threshold level, the randomisation check and the common-se
 from __future__ import annotations
 
 from cxrbench.explain.metrics import properties as MP
+from cxrbench.explain.metrics.across_models import SEED_TAG
 from cxrbench.explain.metrics.tables import RANDOM, SANITY, LUNG_AREA
 
 
@@ -117,8 +118,11 @@ def markdown(result: dict, methods: list, reference: dict, region: str = "") -> 
         gm = gain.get("across_models", {}).get("pooled")
         if gm:
             first = next(iter(gm.values()))
+            seeds = any(SEED_TAG in k for k in first.get("per_model", {}))
+            unit = ("backbone x fold x training seed; each is another training run" if seeds else
+                    "backbone x fold; each fold's model is another training run on other data")
             lines += ["", f"The same gains with the trained models as a source of variance: {first['models']} models "
-                      f"(backbone x fold; each fold's model is another training run on other data) and "
+                      f"({unit}) and "
                       f"{first['patients']} patients, two-level bootstrap (models, then patients) [95 % CI]; * = "
                       f"above 0 after adjustment across the table; in brackets the range of the models' own means, "
                       f"! = a model's mean has the other sign.", ""]
