@@ -38,7 +38,8 @@ DISPLAY_NAMES = {"densenet161": "DenseNet161", "inception_resnet_v2": "Inception
                  "densenet121": "DenseNet121", "efficientnet_lite0": "EfficientNet-Lite0", "vgg16": "VGG16",
                  "vgg19": "VGG19", "densenet201": "DenseNet201", "cxrnet_resnet18": "CXR-Net (ResNet18)",
                  "cxrnet_resnet34": "CXR-Net (ResNet34)", "cxrnet_resnet50": "CXR-Net (ResNet50)",
-                 "cxrnet_inception_v3": "CXR-Net (InceptionV3)"}
+                 "cxrnet_inception_v3": "CXR-Net (InceptionV3)",
+                 "cxrnet_efficientnet_lite0": "CXR-Net (EfficientNet-Lite0)"}
 CHECKPOINT_FORMAT = 1
 
 

@@ -138,3 +138,20 @@ def test_lungs_segmented_input_keeps_only_the_lungs():
     assert (out[1] == 0).all()                        # an empty mask: a black image
     removed = apply_input_mode(imgs, masks, "lungs_removed")
     assert (out.astype(int) + removed == 200).all()  # the two modes split the image
+
+
+def test_the_packaged_imagenet_encoder(params):
+    """``cxrnet_efficientnet_lite0`` with ``train.pretrained: packaged``: the encoder starts from the packaged
+    ImageNet weights (the offline backbone), its run identity names them, and Grad-CAM finds its layer."""
+    from cxrbench.classify.weights import timm_state
+    from cxrbench.explain.runner import target_layer
+    name = "cxrnet_efficientnet_lite0"
+    assert name in params["train"]["known_backbones"]
+    model = M.create_model(name, 4, 1, M.PACKAGED, input_size=64)
+    ref = timm_state("efficientnet_lite0")
+    enc = model.backbone.encoder.state_dict()
+    assert torch.equal(enc["conv_head.weight"], ref["conv_head.weight"])
+    assert torch.equal(enc["blocks.3.0.conv_pw.weight"], ref["blocks.3.0.conv_pw.weight"])
+    assert enc["classifier.weight"].shape == (4, ref["classifier.weight"].shape[1])   # a new 4-class head
+    assert ":sha256:" in T.weights_identity(name, M.PACKAGED)       # another checkpoint file is another run
+    assert target_layer(model, name, params["explain"]["target_layers"])[0] == "backbone.encoder.bn2"
