@@ -101,8 +101,8 @@ def run_stage(params: dict) -> None:
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     t1 = time.perf_counter()
     with timing.step("summary (patient bootstrap)"):
-        summary = (R.summarise(frame, cfg.metrics, stats["resamples"], stats["seed"], stats["confidence"])
-                   if len(frame) else {})
+        summary = (R.summarise(frame, cfg.metrics, stats["resamples"], stats["seed"], stats["confidence"],
+                               stats["method"], stats["min_valid_share"]) if len(frame) else {})
     print(f"randomisation: {len(frame)} per-image similarities summarised ({stats['resamples']} resamples) in "
           f"{time.perf_counter() - t1:.1f}s")
     curves = pd.DataFrame(R.curve_rows(summary, cfg.metrics),
