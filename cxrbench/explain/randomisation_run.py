@@ -120,8 +120,9 @@ def run_stage(params: dict) -> None:
             "pixels": "pixels where the input is 0 (padding, clipping) are left out of every similarity; CAMs "
                       "are compared at the target layer's feature-map resolution (cam_side per model); masked_out: "
                       "compared pairs whose similarity is undefined there (e.g. SSIM of a 2 x 2 map)",
-            "estimate": "mean over folds of the mean over compared images; CI: percentile bootstrap resampling "
-                        "patient groups within each fold's images",
+            "estimate": f"mean over folds of the mean over compared images; CI: "
+                        f"{bootstrap.method_name(stats['method'])} bootstrap, one draw of the patient groups "
+                        f"per resample shared by every fold (cxrbench.core.bootstrap.fold_bootstrap)",
             "counts": "compared | changed_constant (the second map constant: passes, no similarity) | "
                       "changed_nonfinite | reference_degenerate (the first map constant or non-finite: excluded)"},
         "params": {"images": cfg.images, "methods": cfg.methods, "seed": cfg.seed, "metrics": cfg.metrics},

@@ -204,6 +204,19 @@ def test_at_the_bootstrap_defaults_the_cis_are_unchanged():
     assert a["ci"]["accuracy"] == b["ci"]["accuracy"] == old and a == b
 
 
+def test_the_ensemble_note_names_the_interval_its_cis_used():
+    y, prob, groups = _rare_class_run()
+    base = {"resamples": 200, "seed": 0, "confidence": 0.95}
+
+    def note(stats):
+        res = {"combine": "mean", "snapshots": False, "folds": {
+            0: {"members": ["a"], "ensemble": TK.multiclass_metrics(y, prob, list("abc"), groups, stats)}}}
+        return MC.ensemble_markdown(res, list("abc")).split("\n\n")[1]
+
+    assert "CIs: expanded percentile bootstrap over test patient groups." in note(base)
+    assert "CIs: percentile bootstrap over test patient groups." in note({**base, "method": "percentile"})
+
+
 def test_scpa_is_the_mean_and_pm_the_renormalised_max():
     a = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]])
     b = np.array([[0.1, 0.8, 0.1], [0.3, 0.3, 0.4]])

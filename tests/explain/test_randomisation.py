@@ -352,6 +352,7 @@ def test_randomisation_stage_on_the_sample(tmp_path, monkeypatch, sample_data, p
     stage.main([])
 
     out = json.loads(Path("metrics/randomisation.json").read_text())
+    assert "CI: expanded percentile bootstrap, one draw" in out["definition"]["estimate"]     # stats.method
     groups = R.cascade_groups(model)
     assert out["models"]["test_resnet-f0"]["groups_top_down"] == [g.name for g in groups]
     assert out["models"]["test_resnet-f0"]["images"] == 3

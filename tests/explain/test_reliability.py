@@ -158,6 +158,7 @@ def test_reliability_stage_on_the_sample(tmp_path, monkeypatch, sample_data, par
     _stage("reliability").main([])
 
     out = json.loads(Path("metrics/reliability.json").read_text())
+    assert out["definition"]["ci"].startswith("expanded percentile bootstrap")     # stats.method, named
     per = pd.read_csv("metrics/reliability_per_image.csv")
     for m in methods + ["random", "edge"]:
         for metric in ("sensitivity_max", "infidelity"):

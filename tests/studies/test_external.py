@@ -356,6 +356,8 @@ def test_markdown_reports_decisions_at_both_cuts():
               "calibration_bins": 10, "sources": {"toy": source}, "seconds": 1.0, "runtime": {"cpu": "x"}}
     text = XM.markdown(result)
     own = labels["covid19"]["sets"][XT.EXTERNAL]["own_cut"]
+    assert "95% CI, expanded percentile bootstrap," in text                 # no method recorded: the default
+    assert "95% CI, BCa bootstrap," in XM.markdown({**result, "method": "bca"})     # the run's stats.method
     assert "external Youden cut" in text and f"{own['cut']:.3f}" in text and f"{own['shift']:+.3f}" in text
     assert B.format_ci(own["specificity"]) in text
 
