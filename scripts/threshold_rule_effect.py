@@ -34,7 +34,7 @@ def main() -> None:
     labels, tp, ev, stats = (list(LabelTable.from_params(params).names), training.validate(params),
                              E.validate(params), B.validate(params))
     group_of = dict(zip(*pd.read_csv(root / "data/index.csv", usecols=["path", "group"], dtype=str).to_numpy().T))
-    kw = dict(n_boot=stats["resamples"], seed=stats["seed"], confidence=stats["confidence"])
+    kw = B.options(stats)                   # the run's whole stats section, as its stages use it
     old, new = args.rules
     for b in tp["backbones"]:
         ys, preds, groups = [], {old: [], new: []}, None

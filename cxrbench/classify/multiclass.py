@@ -156,10 +156,14 @@ def headline_block(res: dict) -> dict:
 
 
 def ensemble_markdown(res: dict, classes) -> str:
+    from cxrbench.core import bootstrap as B
+
     how = {"mean": "mean of softmax probabilities (SCPA)", "max": "per-class maximum (PM)"}[res["combine"]]
+    interval = next((r["ensemble"]["ci"]["accuracy"]["method"] for r in res["folds"].values()
+                     if "ci" in r["ensemble"]), B.DEFAULT_METHOD)          # the one the CIs used (stats.method)
     parts = [f"# Multiclass ensemble\n\nMembers combined by the {how}"
-             f"{', snapshots included' if res['snapshots'] else ''}; decisions by argmax; CIs: percentile bootstrap "
-             f"over test patient groups.\n"]
+             f"{', snapshots included' if res['snapshots'] else ''}; decisions by argmax; CIs: "
+             f"{B.method_name(interval)} bootstrap over test patient groups.\n"]
     if "all_folds" in res:
         parts.append(TK.metrics_markdown(f"ensemble of all {len(res['folds'])} folds (test)", res["all_folds"]))
     for fold, rec in res["folds"].items():

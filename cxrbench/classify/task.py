@@ -156,8 +156,9 @@ def one_vs_rest_auroc(is_class: np.ndarray, score: np.ndarray) -> float | None:
 def multiclass_metrics(y_onehot: np.ndarray, prob: np.ndarray, classes, groups, stats: dict | None = None,
                        auroc: bool = True) -> dict:
     """Argmax decisions scored: accuracy, macro F1, per-class P / R / F1 / specificity and support, the
-    confusion matrix, each rate with a CI over patient ``groups`` (``stats``: resamples, seed, confidence;
-    None: point estimates only). Chance levels: the majority class's share (accuracy), 1 / C (balanced).
+    confusion matrix, each rate with a CI over patient ``groups`` (``stats``: the stats section, every key
+    that sets an interval used, :func:`cxrbench.core.bootstrap.options`; None: point estimates only). Chance
+    levels: the majority class's share (accuracy), 1 / C (balanced).
     ``auroc``: also each class's one-vs-rest AUROC of its probability (chance 0.5), with its CI (``prob`` must
     then be probabilities, not decisions)."""
     classes = list(classes)
@@ -197,7 +198,7 @@ def multiclass_metrics(y_onehot: np.ndarray, prob: np.ndarray, classes, groups, 
         f1 = rates(confusion(true[idx], pred[idx], c))["f1"]
         return float(np.nanmean(f1)) if np.isfinite(f1).any() else None
 
-    kw = dict(n_boot=stats["resamples"], seed=stats["seed"], confidence=stats["confidence"])
+    kw = bootstrap.options(stats)           # the whole stats section: method and min_valid_share too
     ci = {"accuracy": bootstrap.group_ci(stat("accuracy"), groups, **kw),
           "macro_f1": bootstrap.group_ci(macro, groups, **kw), "per_class": {}}
     for j, name in enumerate(classes):

@@ -63,6 +63,13 @@ def options(stats_p: dict) -> dict:
             "min_valid_share": float(stats_p.get("min_valid_share", DEFAULT_MIN_VALID))}
 
 
+def method_name(method: str) -> str:
+    """An interval ``method`` in words for a table's note (``expanded_percentile`` -> ``expanded percentile``,
+    ``bca`` -> ``BCa``); also takes a CI's ``method`` field, which starts with the method's key."""
+    key = str(method).split(",")[0].strip()
+    return key.replace("_", " ").replace("bca", "BCa")
+
+
 def micro_f1(y: np.ndarray, pred: np.ndarray) -> float:
     """Micro F1 of (N, L) 0/1 arrays: 2 TP / (positives + predicted); 0 when both are empty."""
     return weighted_micro_f1(y, pred, np.ones(len(y)))

@@ -49,6 +49,7 @@ import torch.nn as nn
 
 from cxrbench.classify.cxrnet import CXRNet
 from cxrbench.explain.metrics import perturbation as EM
+from cxrbench.core.bootstrap import DEFAULT_METHOD, DEFAULT_MIN_VALID
 from cxrbench.core.params import ParamError, check_int, check_subset, section
 
 METRICS = ("spearman", "spearman_abs", "ssim")
@@ -405,12 +406,13 @@ def _finite_or_none(v):
     return None if isinstance(v, float) and not np.isfinite(v) else v
 
 
-def summarise(frame, metrics: Sequence[str], n_boot: int, seed: int, confidence: float) -> dict:
+def summarise(frame, metrics: Sequence[str], n_boot: int, seed: int, confidence: float,
+              ci_method: str = DEFAULT_METHOD, min_valid_share: float = DEFAULT_MIN_VALID) -> dict:
     """Per method x backbone: for each comparison (the cascade's steps, the null, the random logit) the
     counts of :data:`PAIR_STATUSES`, ``n`` and ``patients`` (compared maps, their patient groups; the same
     image explained by several folds' models counts once per fold in ``n``) and, per metric, the mean over
-    folds of the mean over compared images with a percentile bootstrap CI resampling patient groups within
-    each fold's images (:func:`cxrbench.core.bootstrap.fold_bootstrap`; every comparison and step on the same
+    folds of the mean over compared images with a bootstrap CI (``ci_method``, ``min_valid_share``: stats.*) resampling
+    patient groups (:func:`cxrbench.core.bootstrap.fold_bootstrap`; every comparison and step on the same
     draws). A fold with no compared image for a comparison is left out of its mean (its maps are counted).
     ``frame``: the rows of :func:`run_checks` with ``backbone``, ``fold`` and ``group`` (patient group)
     columns added."""
@@ -451,7 +453,7 @@ def summarise(frame, metrics: Sequence[str], n_boot: int, seed: int, confidence:
                         arms.append((sub["group"].astype(str).to_numpy(), _weighted_mean(sub[metric].to_numpy())))
                     arms_by_fold.append(arms)
                 reducers = {j: (lambda t, j=j: _mean_defined(t[:, j])) for j in range(len(keys)) if enough[keys[j]]}
-                cis = fold_bootstrap(arms_by_fold, reducers, n_boot, seed, confidence)
+                cis = fold_bootstrap(arms_by_fold, reducers, n_boot, seed, confidence, ci_method, min_valid_share)
             for j, key in enumerate(keys):
                 if j in cis:
                     entries[key][metric] = {k: _finite_or_none(cis[j].get(k)) for k in (

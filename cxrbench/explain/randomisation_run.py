@@ -101,8 +101,8 @@ def run_stage(params: dict) -> None:
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     t1 = time.perf_counter()
     with timing.step("summary (patient bootstrap)"):
-        summary = (R.summarise(frame, cfg.metrics, stats["resamples"], stats["seed"], stats["confidence"])
-                   if len(frame) else {})
+        summary = (R.summarise(frame, cfg.metrics, stats["resamples"], stats["seed"], stats["confidence"],
+                               stats["method"], stats["min_valid_share"]) if len(frame) else {})
     print(f"randomisation: {len(frame)} per-image similarities summarised ({stats['resamples']} resamples) in "
           f"{time.perf_counter() - t1:.1f}s")
     curves = pd.DataFrame(R.curve_rows(summary, cfg.metrics),
@@ -120,8 +120,9 @@ def run_stage(params: dict) -> None:
             "pixels": "pixels where the input is 0 (padding, clipping) are left out of every similarity; CAMs "
                       "are compared at the target layer's feature-map resolution (cam_side per model); masked_out: "
                       "compared pairs whose similarity is undefined there (e.g. SSIM of a 2 x 2 map)",
-            "estimate": "mean over folds of the mean over compared images; CI: percentile bootstrap resampling "
-                        "patient groups within each fold's images",
+            "estimate": f"mean over folds of the mean over compared images; CI: "
+                        f"{bootstrap.method_name(stats['method'])} bootstrap, one draw of the patient groups "
+                        f"per resample shared by every fold (cxrbench.core.bootstrap.fold_bootstrap)",
             "counts": "compared | changed_constant (the second map constant: passes, no similarity) | "
                       "changed_nonfinite | reference_degenerate (the first map constant or non-finite: excluded)"},
         "params": {"images": cfg.images, "methods": cfg.methods, "seed": cfg.seed, "metrics": cfg.metrics},

@@ -258,12 +258,11 @@ def repeatability_rows(maps_a: dict, maps_b: dict, rand_a: dict, keep: np.ndarra
 
 
 def _mean_ci(values: np.ndarray, groups: np.ndarray, stats: dict) -> dict:
-    from cxrbench.core.bootstrap import group_ci
+    from cxrbench.core.bootstrap import group_ci, options
     out = {"mean": float(values.mean()) if len(values) else None, "n": int(len(values)),
            "patients": int(len(set(groups.tolist()))), "low": None, "high": None}
     if out["patients"] >= 2:
-        ci = group_ci(lambda idx: float(values[idx].mean()), groups, n_boot=int(stats["resamples"]),
-                      seed=int(stats["seed"]), confidence=float(stats["confidence"]))
+        ci = group_ci(lambda idx: float(values[idx].mean()), groups, **options(stats))
         out.update(low=ci["low"], high=ci["high"])
     else:
         out["note"] = "fewer than 2 patients: no CI"

@@ -202,7 +202,7 @@ def run_stage(params: dict) -> None:
                           f"(sd {cfg.input_noise:g}) where |P(target) change| <= {cfg.prob_tolerance:g} (lower = "
                           f"resilient), and under multiplicative weight noise (sd {cfg.model_noise:g}) where it is "
                           f"larger (higher = reactive)",
-            "ci": "percentile bootstrap resampling patients (stats.*)"},
+            "ci": f"{bootstrap.method_name(stats['method'])} bootstrap resampling patients (stats.*)"},
         "params": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "runtime": rt, "seconds": round(time.perf_counter() - t0, 1), "skipped": skipped,
         "robustness": robustness, "agreement": agreement, "repeatability": repeat, "repeatability_models": pairs,

@@ -8,10 +8,11 @@ group, metric, value) and names one method's metric, optionally minus a control'
 Its value in a run is the mean over images of the per-image value (:func:`per_image`, :func:`value`). The
 snapshot keeps each image's value in the per-image baseline (``gate.per_image_baseline``, keyed by backbone,
 fold and image path); the check pairs this run's images with the baseline's and reports the mean per-image
-change with a percentile bootstrap CI over patients (:func:`compare`). Pairing removes the spread of which
-images were drawn, so the tolerance only has to cover what the images' scores themselves move. Fewer paired
-images than ``min_share`` of the baseline's is its own failure (``UNPAIRED``): the sample changed, so the
-baseline must be renewed deliberately.
+change with a bootstrap CI over patients (:func:`compare`: group_ci's default interval, 1000 resamples, seed
+0, whatever the run's ``stats``: the CI is shown, not judged, and stays one yardstick across profiles). Pairing
+removes the spread of which images were drawn, so the tolerance only has to cover what the images' scores
+themselves move. Fewer paired images than ``min_share`` of the baseline's is its own failure (``UNPAIRED``):
+the sample changed, so the baseline must be renewed deliberately.
 """
 
 from __future__ import annotations

@@ -190,8 +190,10 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def correlate(values: Any, scores: Any, groups: Any, *, n_boot: int, seed: int, confidence: float = 0.95) -> dict:
-    """Spearman's rho between ``values`` (e.g. :func:`lung_share`) and ``scores``, with a CI over patient groups.
+def correlate(values: Any, scores: Any, groups: Any, *, n_boot: int, seed: int, confidence: float = 0.95,
+              method: str = bootstrap.DEFAULT_METHOD, min_valid_share: float = bootstrap.DEFAULT_MIN_VALID) -> dict:
+    """Spearman's rho between ``values`` (e.g. :func:`lung_share`) and ``scores``, with a CI over patient groups
+    (``method``, ``min_valid_share``: :func:`cxrbench.core.bootstrap.group_ci`'s, ``stats.*``).
 
     Pairs where either is NaN (a map that is not ``ok``, an unscored image) are
     dropped and counted (``dropped``). Status ``too_few`` (fewer than 5 pairs or
@@ -216,7 +218,8 @@ def correlate(values: Any, scores: Any, groups: Any, *, n_boot: int, seed: int, 
         return {**out, "status": "too_few"}
     if _spearman(v, s) is None:
         return {**out, "status": "constant"}
-    ci = group_ci(lambda idx: _spearman(v[idx], s[idx]), g, n_boot=n_boot, seed=seed, confidence=confidence)
+    ci = group_ci(lambda idx: _spearman(v[idx], s[idx]), g, n_boot=n_boot, seed=seed, confidence=confidence,
+                  method=method, min_valid_share=min_valid_share)
     ci = {k: (None if isinstance(x, float) and not math.isfinite(x) else x) for k, x in ci.items()}
     return {**out, "status": "ok", "rho": ci, "p": float(stats.spearmanr(v, s).pvalue)}
 
@@ -256,9 +259,10 @@ def _partial_spearman(v: np.ndarray, s: np.ndarray, z: np.ndarray) -> float | No
 
 
 def partial_correlate(values: Any, scores: Any, covariates: Mapping[str, Any], groups: Any, *, n_boot: int,
-                      seed: int, confidence: float = 0.95) -> dict:
+                      seed: int, confidence: float = 0.95, method: str = bootstrap.DEFAULT_METHOD,
+                      min_valid_share: float = bootstrap.DEFAULT_MIN_VALID) -> dict:
     """Spearman's partial correlation of ``values`` with ``scores`` given ``covariates`` (name -> (N,) array,
-    e.g. lung area and mean lung intensity), with a percentile CI over resampled patient groups.
+    e.g. lung area and mean lung intensity), with a CI over resampled patient groups (as :func:`correlate`).
 
     Rows with any NaN are dropped and counted. ``p``: two-sided t-test of the partial correlation with
     ``groups - 2 - k`` degrees of freedom (patients, not images, count as observations; ``k`` covariates),
@@ -284,7 +288,7 @@ def partial_correlate(values: Any, scores: Any, covariates: Mapping[str, Any], g
     if r is None:
         return {**out, "status": "constant"}
     ci = group_ci(lambda idx: _partial_spearman(v[idx], s[idx], z[idx]), g, n_boot=n_boot, seed=seed,
-                  confidence=confidence)
+                  confidence=confidence, method=method, min_valid_share=min_valid_share)
     ci = {key: (None if isinstance(x, float) and not math.isfinite(x) else x) for key, x in ci.items()}
     df = n_groups - 2 - k
     t = r * math.sqrt(df / max(1e-300, 1 - r * r))
@@ -344,9 +348,11 @@ def severity_table(rows: Sequence[Mapping[str, Any]] | Mapping[str, Mapping[str,
         lines.append("| " + " | ".join([*(str(r[c]) for c in columns), rho, str(r["n"]), str(r["groups"]),
                                         str(r.get("dropped", 0)), r["status"]]) + " |")
     conf, n_boot = rows[0].get("confidence"), rows[0].get("n_boot")
+    how = next((r["rho"]["method"] for r in rows if isinstance(r.get("rho"), Mapping) and r["rho"].get("method")),
+               bootstrap.DEFAULT_METHOD)                    # the interval the CIs shown used (stats.method)
     lines += ["", f"Spearman rho between the share of positive relevance inside the lungs and the radiologists' "
-                  f"mean score; CI: {100 * conf:g} % bootstrap over patient groups ({n_boot} resamples; expanded "
-                  f"percentile, benchmarks/README.md). "
+                  f"mean score; CI: {100 * conf:g} % bootstrap over patient groups ({n_boot} resamples; "
+                  f"{bootstrap.method_name(how)}, benchmarks/README.md). "
                   f"No number with fewer than {MIN_N} maps or {MIN_GROUPS} groups."]
     if meta:
         lines.append(f"Scores: {meta.get('citation', '?')} License: {meta.get('license', '?')}.")
@@ -424,7 +430,7 @@ def run(params: dict) -> None:
     y = scored[score_col].to_numpy(float)
     groups = scored["group"].to_numpy()
     results, partial = {}, {}
-    kw = {"n_boot": stats["resamples"], "seed": stats["seed"], "confidence": stats["confidence"]}
+    kw = bootstrap.options(stats)           # the whole stats section: the interval's method too
     for bb, per in shares.items():
         mean = {m: np.stack(folds).mean(0) for m, folds in per.items()}   # NaN where any fold's map is degenerate
         for m, v in mean.items():

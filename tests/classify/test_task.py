@@ -156,6 +156,67 @@ def test_a_class_never_predicted_has_no_precision_not_a_zero():
     assert f"accuracy {m['accuracy']:.3f} (no CI)" in TK.metrics_markdown("x", m)
 
 
+def _rare_class_run():
+    """10 patients of 4 images; class c on 2 images of patient 0 only, so a resample without patient 0 (about
+    35 % of them) has no c: its AUROC and recall are undefined there."""
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(10), 4)
+    true = rng.integers(0, 2, 40)
+    true[[0, 1]] = 2
+    prob = rng.dirichlet(np.ones(3), 40)
+    prob[np.arange(40), true] += 0.5
+    prob /= prob.sum(1, keepdims=True)
+    return np.eye(3)[true], prob, groups
+
+
+def test_the_cis_follow_stats_method_and_min_valid_share():
+    from cxrbench.core import bootstrap as B
+
+    y, prob, groups = _rare_class_run()
+    right = y.argmax(1) == prob.argmax(1)
+    base = {"resamples": 200, "seed": 0, "confidence": 0.95}
+    bounds = {}
+    for method in ("percentile", "expanded_percentile"):
+        ci = TK.multiclass_metrics(y, prob, list("abc"), groups, {**base, "method": method})["ci"]["accuracy"]
+        want = B.group_ci(lambda idx: float(right[idx].mean()), groups, n_boot=200, seed=0, method=method)
+        assert ci == want
+        bounds[method] = (ci["low"], ci["high"])
+    assert bounds["percentile"] != bounds["expanded_percentile"]
+    strict = TK.multiclass_metrics(y, prob, list("abc"), groups, {**base, "min_valid_share": 0.9})
+    loose = TK.multiclass_metrics(y, prob, list("abc"), groups, {**base, "min_valid_share": 0.5})
+    assert 0.5 < strict["ci"]["per_class"]["c"]["auroc"]["valid_share"] < 0.9
+    assert strict["ci"]["per_class"]["c"]["auroc"]["status"] == "no_ci"
+    assert loose["ci"]["per_class"]["c"]["auroc"]["status"] == "ok" and loose["ci"]["per_class"]["c"]["auroc"]["low"]
+
+
+def test_at_the_bootstrap_defaults_the_cis_are_unchanged():
+    """A stats section at the bootstrap's defaults (params.yaml's), or without method / min_valid_share, gives
+    the intervals of group_ci's defaults: what multiclass_metrics wrote before it read the whole section."""
+    from cxrbench.core import bootstrap as B
+
+    y, prob, groups = _rare_class_run()
+    right = y.argmax(1) == prob.argmax(1)
+    old = B.group_ci(lambda idx: float(right[idx].mean()), groups, n_boot=200, seed=0, confidence=0.95)
+    short = {"resamples": 200, "seed": 0, "confidence": 0.95}
+    full = {**short, "method": B.DEFAULT_METHOD, "min_valid_share": B.DEFAULT_MIN_VALID}
+    a = TK.multiclass_metrics(y, prob, list("abc"), groups, short)
+    b = TK.multiclass_metrics(y, prob, list("abc"), groups, full)
+    assert a["ci"]["accuracy"] == b["ci"]["accuracy"] == old and a == b
+
+
+def test_the_ensemble_note_names_the_interval_its_cis_used():
+    y, prob, groups = _rare_class_run()
+    base = {"resamples": 200, "seed": 0, "confidence": 0.95}
+
+    def note(stats):
+        res = {"combine": "mean", "snapshots": False, "folds": {
+            0: {"members": ["a"], "ensemble": TK.multiclass_metrics(y, prob, list("abc"), groups, stats)}}}
+        return MC.ensemble_markdown(res, list("abc")).split("\n\n")[1]
+
+    assert "CIs: expanded percentile bootstrap over test patient groups." in note(base)
+    assert "CIs: percentile bootstrap over test patient groups." in note({**base, "method": "percentile"})
+
+
 def test_scpa_is_the_mean_and_pm_the_renormalised_max():
     a = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]])
     b = np.array([[0.1, 0.8, 0.1], [0.3, 0.3, 0.4]])

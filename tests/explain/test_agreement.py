@@ -104,3 +104,18 @@ def test_a_tau_without_an_interval_is_a_status_not_a_crash(monkeypatch):
                           {"resamples": 50, "seed": 0, "confidence": 0.95})
     e = out["aoppc_pixels_morf vs infidelity"]
     assert e["tau"] is not None and e["low"] is None and e["high"] is None and e["ci_status"] == "no_ci"
+
+
+def test_the_tau_and_aggregate_intervals_follow_stats_method():
+    """stats.method reaches both intervals of the agreement (the reliability stage passes its stats section)."""
+    rng = np.random.default_rng(5)
+    methods, metrics = list("abcdefgh"), ["aoppc_pixels_morf", "infidelity"]
+    vals = {(m, me): 0.1 * k * (1 if me == metrics[0] else -1) + rng.normal(0, 0.5, 24)
+            for k, m in enumerate(methods) for me in metrics}
+    frame = _frame(vals, n_images=24, patients=12)
+    default = AG.agreement(frame, methods, metrics, STATS)
+    pct = AG.agreement(frame, methods, metrics, {**STATS, "method": "percentile"})
+    d, p = (r["tau"]["aoppc_pixels_morf vs infidelity"] for r in (default, pct))
+    assert d["tau"] == p["tau"] and (d["low"], d["high"]) != (p["low"], p["high"])
+    d, p = (r["aggregate"]["methods"]["a"] for r in (default, pct))
+    assert d["score"] == p["score"] and (d["low"], d["high"]) != (p["low"], p["high"])

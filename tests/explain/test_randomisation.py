@@ -352,6 +352,7 @@ def test_randomisation_stage_on_the_sample(tmp_path, monkeypatch, sample_data, p
     stage.main([])
 
     out = json.loads(Path("metrics/randomisation.json").read_text())
+    assert "CI: expanded percentile bootstrap, one draw" in out["definition"]["estimate"]     # stats.method
     groups = R.cascade_groups(model)
     assert out["models"]["test_resnet-f0"]["groups_top_down"] == [g.name for g in groups]
     assert out["models"]["test_resnet-f0"]["images"] == 3
@@ -404,6 +405,24 @@ def test_the_two_patient_check_is_per_comparison_not_pooled():
     assert out["null"]["spearman"]["low"] is None and out["null"]["spearman"]["status"] == "no_ci"
     assert out["null"]["spearman"]["estimate"] == pytest.approx(0.287)
     assert out["cascade"][1]["spearman"]["low"] is not None
+
+
+def test_the_similarity_intervals_follow_stats_method():
+    """summarise passes the interval method (stats.method, from the stage; ``ci_method``: ``method`` names the
+    attribution method there) to the fold bootstrap; the default is the bootstrap's."""
+    import pandas as pd
+    rng = np.random.default_rng(1)
+    rows = pd.DataFrame([{"comparison": "cascade", "step": s, "layer": "" if s == 0 else "fc", "method": "m",
+                          "image": i, "status": "compared", "backbone": "b", "fold": f, "group": f"g{i % 8}",
+                          **{m: float(rng.random()) for m in R.METRICS}}
+                         for f in (0, 1) for s in (0, 1) for i in range(16)])
+    default = R.summarise(rows, R.METRICS, n_boot=200, seed=0, confidence=0.95)["m"]["b"]["cascade"][1]["spearman"]
+    same = R.summarise(rows, R.METRICS, n_boot=200, seed=0, confidence=0.95, ci_method="expanded_percentile",
+                       min_valid_share=0.9)["m"]["b"]["cascade"][1]["spearman"]
+    pct = R.summarise(rows, R.METRICS, n_boot=200, seed=0, confidence=0.95,
+                      ci_method="percentile")["m"]["b"]["cascade"][1]["spearman"]
+    assert same == default and pct["estimate"] == default["estimate"]
+    assert (pct["low"], pct["high"]) != (default["low"], default["high"])
 
 
 def test_masked_comparison_removes_the_zero_input_floor_and_compares_cams_on_their_grid():

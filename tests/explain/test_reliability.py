@@ -36,6 +36,23 @@ def test_repeatability_flags_a_method_that_changes_more_between_models_than_unde
     assert out["a"]["ssim"]["repeat"]["n"] == n and out["a"]["ssim"]["randomised"]["n"] == 4
 
 
+def test_the_robustness_intervals_follow_stats_method():
+    """Each mean's CI over patients is group_ci's with the stats section's method (what the stage passes); at
+    the bootstrap's defaults, what a section without method / min_valid_share gives."""
+    from cxrbench.core import bootstrap as B
+
+    rng = np.random.default_rng(2)
+    values, groups = rng.exponential(1.0, 30), np.array([f"p{i % 10}" for i in range(30)])
+    frame = pd.DataFrame({"method": "a", "metric": "infidelity", "status": "ok", "value": values, "group": groups})
+    for method in ("percentile", "expanded_percentile"):
+        e = RL.summarise(frame, {**STATS, "method": method})["a"]["infidelity"]
+        want = B.group_ci(lambda idx: float(values[idx].mean()), groups, n_boot=200, seed=0, method=method)
+        assert (e["low"], e["high"]) == (want["low"], want["high"]), method
+    assert RL.summarise(frame, {**STATS, "method": "percentile"}) != RL.summarise(frame, STATS)
+    full = {**STATS, "method": B.DEFAULT_METHOD, "min_valid_share": B.DEFAULT_MIN_VALID}
+    assert RL.summarise(frame, full) == RL.summarise(frame, STATS)
+
+
 def test_cams_are_compared_at_the_feature_map_resolution():
     """Two Grad-CAMs that are the same 2 x 2 map upsampled, plus a smooth interpolation difference within each
     cell: at 32 px their Spearman is below 1, at the 2 x 2 grid it is 1."""
@@ -141,6 +158,7 @@ def test_reliability_stage_on_the_sample(tmp_path, monkeypatch, sample_data, par
     _stage("reliability").main([])
 
     out = json.loads(Path("metrics/reliability.json").read_text())
+    assert out["definition"]["ci"].startswith("expanded percentile bootstrap")     # stats.method, named
     per = pd.read_csv("metrics/reliability_per_image.csv")
     for m in methods + ["random", "edge"]:
         for metric in ("sensitivity_max", "infidelity"):

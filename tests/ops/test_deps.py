@@ -55,3 +55,17 @@ def test_the_check_names_the_stage_and_the_module(tmp_path, capsys):
     assert D.main(["--root", str(repo)]) == 1
     out = capsys.readouterr().out
     assert "evaluate: not in its deps: cxrbench/lungs/__init__.py" in out and "cxrbench/lungs/controls.py" in out
+
+
+def test_a_stage_with_intervals_lists_every_stats_key_that_sets_them():
+    """Every interval a stage computes follows the whole stats section (cxrbench.core.bootstrap.options): a stage
+    that lists one of those keys lists them all, so that `dvc repro -S stats.method=bca` reruns it instead of
+    calling it up to date."""
+    keys = {f"stats.{k}" for k in ("resamples", "seed", "confidence", "method", "min_valid_share")}
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    short = {}
+    for name, st in stages.items():
+        listed = {p for p in st.get("do", st).get("params", []) if isinstance(p, str)}
+        if listed & keys and "stats" not in listed and not keys <= listed:
+            short[name] = sorted(keys - listed)
+    assert not short, f"stages that list only part of the interval settings: {short}"

@@ -324,6 +324,23 @@ def test_own_cut_recovers_the_decisions_a_shift_broke():
     assert XT.validation_cut([np.array([0.4, 0.2])], 1) == (0.2, "the model's validation cut")
 
 
+def test_own_cut_intervals_follow_stats_method():
+    """The own cut's sensitivity and specificity CIs use stats.method like every other interval of the stage;
+    at the bootstrap's defaults they are what a section without method / min_valid_share gives."""
+    rng = np.random.default_rng(7)
+    y = rng.random(120) < 0.5
+    prob = np.clip(0.5 + 0.1 * (2 * y - 1) + rng.normal(0, 0.2, 120), 0, 1)      # overlapping: rates near 0.7
+    groups = np.array([f"p{i // 2}" for i in range(120)])
+    cut = (0.5, "the model's validation cut")
+    default = XT.own_cut(y, prob, cut, groups, STATS)
+    assert XT.own_cut(y, prob, cut, groups, {**STATS, "method": B.DEFAULT_METHOD,
+                                             "min_valid_share": B.DEFAULT_MIN_VALID}) == default
+    pct = XT.own_cut(y, prob, cut, groups, {**STATS, "method": "percentile"})
+    for m in ("sensitivity", "specificity"):
+        assert pct[m]["estimate"] == default[m]["estimate"]
+        assert (pct[m]["low"], pct[m]["high"]) != (default[m]["low"], default[m]["high"]), m
+
+
 def test_markdown_reports_decisions_at_both_cuts():
     internal, external = _synthetic(120, 0), _synthetic(90, 1, shift=0.5)
     labels = {n: XT.score_label({XT.INTERNAL: internal, XT.EXTERNAL: external}, j, STATS, 10,
@@ -339,6 +356,8 @@ def test_markdown_reports_decisions_at_both_cuts():
               "calibration_bins": 10, "sources": {"toy": source}, "seconds": 1.0, "runtime": {"cpu": "x"}}
     text = XM.markdown(result)
     own = labels["covid19"]["sets"][XT.EXTERNAL]["own_cut"]
+    assert "95% CI, expanded percentile bootstrap," in text                 # no method recorded: the default
+    assert "95% CI, BCa bootstrap," in XM.markdown({**result, "method": "bca"})     # the run's stats.method
     assert "external Youden cut" in text and f"{own['cut']:.3f}" in text and f"{own['shift']:+.3f}" in text
     assert B.format_ci(own["specificity"]) in text
 

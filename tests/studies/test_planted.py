@@ -82,6 +82,37 @@ def test_reliance_degenerate_inputs_give_status():
     assert "| resnet18 |" in md and "no_tagged_targets" in md and "Chance" in md
 
 
+def test_the_intervals_follow_stats_method_and_min_valid_share_and_the_notes_name_the_method():
+    probs, target, tagged, moved, groups = _study(0.3, 0.2)
+    kw = {"target": target, "tagged": tagged, "moved": moved, "groups": groups, "n_boot": N_BOOT, "seed": 1}
+    default, pct = PLR.reliance(probs, **kw), PLR.reliance(probs, **kw, method="percentile")
+    for part in (("target_drop",), ("auroc", "as_is"), ("auroc_change", "removed")):
+        d, p = default, pct
+        for k in part:
+            d, p = d[k], p[k]
+        assert d["estimate"] == p["estimate"] and (d["low"], d["high"]) != (p["low"], p["high"]), part
+        assert d["method"].startswith("expanded_percentile,") and p["method"].startswith("percentile,")
+    assert "CI: 95 % expanded percentile bootstrap over patient groups (200 resamples)" in PLR.reliance_table(
+        {"m": default})
+    assert "CI: 95 % percentile bootstrap over patient groups" in PLR.reliance_table({"m": pct})
+    dc = PLC.decision_change(probs["as_is"], probs["removed"], 0.5, target=target, tagged=tagged, groups=groups,
+                             margin=0.0, n_boot=N_BOOT, seed=1, method="percentile")
+    assert dc["status"] == "ok" and dc["method"].startswith("percentile,")
+    t = PLL.localisation_table(_frame(), n_boot=N_BOOT, seed=0, method="percentile")
+    assert t["scopes"]["bb"]["metrics"]["rank"]["methods"]["oracle"]["gain"]["method"].startswith("percentile,")
+    assert "CI: 95 % percentile bootstrap" in PLL.localisation_markdown(t, "rank")
+    assert "CI: 95 % expanded percentile bootstrap" in PLL.localisation_markdown(
+        PLL.localisation_table(_frame(), n_boot=N_BOOT, seed=0), "rank")
+    # the label on one patient of 10: its AUROC is undefined in the ~35 % of resamples without that patient
+    g = np.repeat(np.arange(10), 4)
+    one = {**kw, "target": g == 0, "tagged": g == 0, "moved": g != 0, "groups": g}
+    first = {c: v[:40] for c, v in probs.items()}
+    strict = PLR.reliance(first, **one, min_valid_share=0.9)
+    loose = PLR.reliance(first, **one, min_valid_share=0.5)
+    assert 0.5 < strict["auroc"]["as_is"]["valid_share"] < 0.9 and strict["auroc"]["as_is"]["low"] is None
+    assert loose["auroc"]["as_is"]["status"] == "ok" and loose["auroc"]["as_is"]["low"] is not None
+
+
 # --- localisation ----------------------------------------------------------------------------------------------
 
 SIDE = 16

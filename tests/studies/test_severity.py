@@ -159,6 +159,36 @@ def test_partial_spearman_without_covariates_is_spearman_and_degenerate_cases():
     assert few["status"] == "too_few"
 
 
+def test_correlations_take_the_interval_method_and_min_valid_share():
+    """``method`` and ``min_valid_share`` (stats.*) reach both correlations' intervals; the table names the
+    interval its CIs used."""
+    from cxrbench.core import bootstrap as B
+
+    rng = np.random.default_rng(4)
+    groups = np.repeat(np.arange(10), 3)
+    v = rng.normal(size=30)
+    s = v + rng.normal(size=30)
+    z = {"z": rng.normal(size=30)}
+    runs = {}
+    for name, fn in (("correlate", lambda **kw: S.correlate(v, s, groups, n_boot=N_BOOT, seed=0, **kw)),
+                     ("partial", lambda **kw: S.partial_correlate(v, s, z, groups, n_boot=N_BOOT, seed=0, **kw))):
+        default, pct = fn(), fn(method="percentile")
+        assert default["rho"]["method"].startswith(B.DEFAULT_METHOD) and pct["rho"]["method"].startswith("percentile")
+        assert pct["rho"]["estimate"] == default["rho"]["estimate"], name
+        assert (pct["rho"]["low"], pct["rho"]["high"]) != (default["rho"]["low"], default["rho"]["high"]), name
+        runs[name] = default, pct
+    default, pct = runs["correlate"]
+    assert "; expanded percentile, benchmarks" in S.severity_table({"b": {"m": default}})
+    assert "; percentile, benchmarks" in S.severity_table({"b": {"m": pct}})
+    # scores that vary only among patient 0's images: rho is undefined in the ~35 % of resamples without them
+    s0 = np.where(groups == 0, np.arange(30.0), 0.0)
+    strict = S.correlate(v, s0, groups, n_boot=N_BOOT, seed=0, min_valid_share=0.9)
+    loose = S.correlate(v, s0, groups, n_boot=N_BOOT, seed=0, min_valid_share=0.5)
+    assert 0.5 < strict["rho"]["valid_share"] < 0.9
+    assert strict["rho"]["status"] == "no_ci" and strict["rho"]["low"] is None
+    assert loose["rho"]["status"] == "ok" and loose["rho"]["low"] is not None
+
+
 def test_holm_step_down():
     # hand-computed: sorted 0.01, 0.02, 0.04 -> 0.03, 0.04, 0.04 (monotone); None stays untested
     adj = S.holm({"a": 0.04, "b": 0.01, "c": 0.02, "d": None})
@@ -210,7 +240,7 @@ def test_severity_stage_end_to_end_on_the_sample(sample_data, params, tmp_path, 
     p = copy.deepcopy(params)
     p["train"].update(backbones=["resnet18"], folds=[0])
     p["severity"].update(methods=["saliency", "gradcam"], scores_file=str(scores))
-    p["stats"]["resamples"] = 100
+    p["stats"].update(resamples=100, method="percentile")         # the stage's intervals follow stats.method
     labels = list(p["labels"]["names"])
     torch.manual_seed(0)
     net = M.create_model("resnet18", len(labels), 1, "none", 32).eval()
@@ -226,5 +256,7 @@ def test_severity_stage_end_to_end_on_the_sample(sample_data, params, tmp_path, 
     assert part[S.IMAGE]["family"].startswith("control") and part[S.IMAGE]["p_holm"] is None
     tested = {m: r["p"] for m, r in part.items() if m in ("saliency", "gradcam")}
     assert {m: part[m]["p_holm"] for m in tested} == pytest.approx(S.holm(tested))
+    cis = [r["rho"] for per in (res, part) for r in per.values() if r["status"] == "ok"]
+    assert cis and all(ci["method"].startswith("percentile,") for ci in cis)
     md = Path(paths.SEVERITY_MD).read_text()
-    assert "partial Spearman rho" in md and "Brightness controls" in md
+    assert "partial Spearman rho" in md and "Brightness controls" in md and "; percentile, benchmarks" in md

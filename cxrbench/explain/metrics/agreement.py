@@ -9,7 +9,8 @@ value of every metric, so that each metric ranks the methods on the same images 
 * :func:`ranks`: per metric, the methods' mean score oriented by :data:`DIRECTION` (+1: higher is better,
   -1: lower is), ranked 1 = best (ties averaged).
 * :func:`pairwise_tau`: per pair of metrics, Kendall's tau-b between the methods' oriented means, with a
-  percentile bootstrap CI resampling patients (:func:`cxrbench.core.bootstrap.group_ci`); chance is 0.
+  bootstrap CI resampling patients (:func:`cxrbench.core.bootstrap.group_ci`, the interval ``stats.method``);
+  chance is 0.
 * :func:`aggregate`: LATEC's robust aggregate (Klein et al. 2024): per metric, each method's oriented mean
   minus the median over methods, divided by the median absolute deviation over methods (a metric whose
   MAD is 0 does not separate the methods and is left out, counted); the mean over metrics, ranked. The
@@ -86,7 +87,7 @@ def _tau(means: np.ndarray, i: int, j: int) -> float | None:
 def pairwise_tau(v: np.ndarray, groups, metrics: list, stats: dict) -> dict:
     """``"a vs b"`` -> Kendall's tau between the methods' oriented means under the two metrics, with a patient
     bootstrap CI (None bounds with fewer than 2 patients)."""
-    from cxrbench.core.bootstrap import group_ci
+    from cxrbench.core.bootstrap import group_ci, options
     out = {}
     patients = len(set(np.asarray(groups).tolist()))
     for i, a in enumerate(metrics):
@@ -97,8 +98,7 @@ def pairwise_tau(v: np.ndarray, groups, metrics: list, stats: dict) -> dict:
             entry = {"tau": est, "low": None, "high": None, "n": int(len(v)), "patients": patients}
             if patients >= 2 and est is not None:
                 ci = group_ci(lambda idx, i=i, j=j: _tau(_oriented_means(v[idx], metrics), i, j), groups,
-                              n_boot=int(stats["resamples"]), seed=int(stats["seed"]),
-                              confidence=float(stats["confidence"]))
+                              **options(stats))
                 entry.update(low=_finite(ci["low"]), high=_finite(ci["high"]), undefined=ci["undefined"],
                              ci_status=ci.get("status", "ok"))
             out[f"{a} vs {b}"] = entry
@@ -119,7 +119,7 @@ def aggregate(v: np.ndarray, groups, methods: list, metrics: list, stats: dict) 
     """The median-standardised aggregate per method with a patient-bootstrap CI, and its rank (1 = best)."""
     from scipy.stats import rankdata
 
-    from cxrbench.core.bootstrap import group_ci
+    from cxrbench.core.bootstrap import group_ci, options
     if not len(v):
         return {"methods": {}, "metrics_used": [], "note": "no common image"}
     score, used = _aggregate_scores(v, metrics)
@@ -132,8 +132,7 @@ def aggregate(v: np.ndarray, groups, methods: list, metrics: list, stats: dict) 
         e = {"score": float(score[k]), "rank": float(rank[k]), "low": None, "high": None}
         if patients >= 2:
             ci = group_ci(lambda idx, k=k: float(_aggregate_scores(v[idx], metrics)[0][k]), groups,
-                          n_boot=int(stats["resamples"]), seed=int(stats["seed"]),
-                          confidence=float(stats["confidence"]))
+                          **options(stats))
             e.update(low=_finite(ci["low"]), high=_finite(ci["high"]), undefined=ci["undefined"])
         out[m] = e
     return {"methods": out, "metrics_used": [metrics[k] for k in used],

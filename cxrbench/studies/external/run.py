@@ -145,7 +145,7 @@ def run_stage(params: dict, device=None, workers: int = 1, show: bool = True) ->
                             f"retrain (dvc repro train) or use the params of the run")
     groups = {spec: member_names(spec, run, params) for spec in cfg.models}
     result = {"status": "on", "models": {s: [run.members[i].name for i in idx] for s, idx in groups.items()},
-              "confidence": stats["confidence"], "resamples": stats["resamples"],
+              "confidence": stats["confidence"], "resamples": stats["resamples"], "method": stats["method"],
               "calibration_bins": cfg.calibration_bins, "recipe": run.recipe.record(), "sources": {}}
 
     test, test_probs = internal_test(run, index)

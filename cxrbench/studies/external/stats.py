@@ -171,8 +171,7 @@ def own_cut(y, prob, validation_cut: tuple[float, str] | None, groups, stats: di
            "shift": None if validation_cut is None else cut - float(validation_cut[0]),
            "how": "Youden's J on this set, re-chosen in each bootstrap resample"}
     for name, positive in (("sensitivity", True), ("specificity", False)):
-        ci = B.group_ci(rate(positive), groups, n_boot=stats["resamples"], seed=stats["seed"],
-                        confidence=stats["confidence"])
+        ci = B.group_ci(rate(positive), groups, **B.options(stats))
         out[name] = {k: ci[k] for k in ("estimate", "low", "high", "undefined")}
     return out
 

@@ -34,7 +34,8 @@ def markdown(result: dict) -> str:
         return f"## External validation\n\nOff: {result.get('reason', '')}\n"
     conf = f"{result['confidence']:.0%}"
     lines = ["## External validation: the run's classifiers on patients that no model has seen", "",
-             f"Cells: estimate [{conf} CI, expanded percentile bootstrap, {result['resamples']} resamples of patients "
+             f"Cells: estimate [{conf} CI, {B.method_name(result.get('method', B.DEFAULT_METHOD))} bootstrap, "
+             f"{result['resamples']} resamples of patients "
              f"(external) or patient groups (internal test), each set drawn on its own; differences on the same "
              f"draws]. Chance: AUROC {AUROC_CHANCE}; AP = the label's prevalence in that set (in brackets after "
              f"AP). Models: "

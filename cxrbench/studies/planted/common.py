@@ -1,10 +1,10 @@
 """What the planted-shortcut analyses share: names, JSON cleaning, CIs with an explicit status, input checks.
 
-The analysis of the study is three questions, each answered with a percentile bootstrap over patient groups
-(:mod:`cxrbench.core.bootstrap`): does the model use the tag (:mod:`cxrbench.studies.planted.reliance`),
-which attribution method finds it (:mod:`cxrbench.studies.planted.localisation`), and does the
-localisation ranking agree with AOPPC's (:mod:`cxrbench.studies.planted.ranking`); pure functions on
-arrays and frames.
+The analysis of the study is three questions, each answered with a bootstrap over patient groups
+(:mod:`cxrbench.core.bootstrap`, the interval ``stats.method``): does the model use the tag
+(:mod:`cxrbench.studies.planted.reliance`), which attribution method finds it
+(:mod:`cxrbench.studies.planted.localisation`), and does the localisation ranking agree with AOPPC's
+(:mod:`cxrbench.studies.planted.ranking`); pure functions on arrays and frames.
 
 Degenerate inputs (no tagged target, fewer than two patient groups, an empty
 common set, fewer than three methods) give an explicit ``status`` and ``None``,
@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from cxrbench.explain.metrics import localisation as L
-from cxrbench.core.bootstrap import format_ci, group_ci
+from cxrbench.core.bootstrap import DEFAULT_METHOD, DEFAULT_MIN_VALID, format_ci, group_ci, method_name
 
 CONDITIONS = ("as_is", "removed", "moved")
 CONTROL = "random"
@@ -52,14 +52,15 @@ def _n_groups(groups: np.ndarray) -> int:
 
 
 def _ci_or_status(statistic: Callable, groups: np.ndarray, n_boot: int, seed: int, confidence: float,
-                  empty: str) -> dict:
+                  empty: str, method: str = DEFAULT_METHOD, min_valid_share: float = DEFAULT_MIN_VALID) -> dict:
     """group_ci with an explicit status where it cannot be computed (``empty`` when there is no item)."""
     n, g = len(groups), _n_groups(groups)
     if n == 0:
         return {"status": empty, "estimate": None, "low": None, "high": None, "n": 0, "groups": 0}
     if g < 2:
         return {"status": "too_few_groups", "estimate": None, "low": None, "high": None, "n": n, "groups": g}
-    out = group_ci(statistic, groups, n_boot=n_boot, seed=seed, confidence=confidence)
+    out = group_ci(statistic, groups, n_boot=n_boot, seed=seed, confidence=confidence, method=method,
+                   min_valid_share=min_valid_share)
     return _clean({"status": "ok", **out, "n": n})
 
 
@@ -100,6 +101,13 @@ def _ci_text(ci: dict | None, signed: bool = False) -> str:
     return format_ci(ci, signed=signed)
 
 
-def _conf_text(conf: float | None, n_boot: int | None) -> str:
+def _method_of(cis) -> str | None:
+    """The interval method of the first CI dict among ``cis`` that has one (None: no CI was computed)."""
+    return next((c["method"] for c in cis if isinstance(c, dict) and c.get("method")), None)
+
+
+def _conf_text(conf: float | None, n_boot: int | None, method: str | None = None) -> str:
+    """The note under a table: level, interval (``method``: a CI's ``method`` field or a stats.method key;
+    None: no CI in the table, the bootstrap's default is named) and resamples."""
     level = f"{100 * conf:g} %" if conf else "?"
-    return f"{level} percentile bootstrap over patient groups ({n_boot} resamples)"
+    return f"{level} {method_name(method or DEFAULT_METHOD)} bootstrap over patient groups ({n_boot} resamples)"

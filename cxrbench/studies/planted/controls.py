@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from cxrbench.core.bootstrap import DEFAULT_METHOD, DEFAULT_MIN_VALID
 from cxrbench.studies.planted.common import CONTROL, POOLED, _ci_or_status, _clean, _vector
 
 SAME_IMAGES_RULE = ("the tagged test images the localisation scores, restricted to those where every ranked "
@@ -25,11 +26,13 @@ SAME_IMAGES_RULE = ("the tagged test images the localisation scores, restricted 
 
 
 def decision_change(p_as_is: Any, p_removed: Any, cut: float, *, target: Any, tagged: Any, groups: Any,
-                    margin: float, n_boot: int, seed: int, confidence: float = 0.95, cut_rule: str = "ge") -> dict:
+                    margin: float, n_boot: int, seed: int, confidence: float = 0.95, cut_rule: str = "ge",
+                    method: str = DEFAULT_METHOD, min_valid_share: float = DEFAULT_MIN_VALID) -> dict:
     """Share of the tagged target images whose decision flips when the tag is removed: mean of
     ``positive(as_is) - positive(removed)`` at the validation ``cut`` (``ge``: p >= cut; ``gt``: p > cut), with
-    a CI over patient groups. ``strong_cue``: the CI low is above ``margin``. Also the share called positive
-    with the tag and without it (``positive_as_is``, ``positive_removed``)."""
+    a CI over patient groups (``n_boot`` to ``min_valid_share``: its settings, ``stats.*``). ``strong_cue``:
+    the CI low is above ``margin``. Also the share called positive with the tag and without it
+    (``positive_as_is``, ``positive_removed``)."""
     n = len(np.asarray(p_as_is).reshape(-1))
     a = _vector("p_as_is", p_as_is, n, "prob")
     r = _vector("p_removed", p_removed, n, "prob")
@@ -42,7 +45,8 @@ def decision_change(p_as_is: Any, p_removed: Any, cut: float, *, target: Any, ta
     pos = (lambda p: p >= cut) if cut_rule == "ge" else (lambda p: p > cut)
     da, dr = pos(a[sel]).astype(float), pos(r[sel]).astype(float)
     d = da - dr
-    out = _ci_or_status(lambda idx: float(d[idx].mean()), g[sel], n_boot, seed, confidence, "no_tagged_targets")
+    out = _ci_or_status(lambda idx: float(d[idx].mean()), g[sel], n_boot, seed, confidence, "no_tagged_targets",
+                        method, min_valid_share)
     low = out.get("low")
     return _clean({**out, "cut": float(cut), "cut_rule": cut_rule, "margin": float(margin),
                    "positive_as_is": float(da.mean()) if len(da) else None,

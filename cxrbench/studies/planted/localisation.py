@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from cxrbench.explain.metrics import localisation as L
-from cxrbench.core.bootstrap import group_ci, paired_ci
+from cxrbench.core.bootstrap import DEFAULT_METHOD, DEFAULT_MIN_VALID, group_ci, paired_ci
 from cxrbench.studies.planted.common import (CONTROL, FRAME_COLUMNS, KEY_COLUMNS, POOLED, _ci_text, _clean,
-                                             _conf_text, _n_groups)
+                                             _conf_text, _method_of, _n_groups)
 
 
 def _ids(paths: Any, groups: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +141,10 @@ def _check_frame(frame: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
     return frame
 
 
-def _scope_table(sub: pd.DataFrame, metrics: tuple[str, ...], n_boot: int, seed: int, confidence: float) -> dict:
+def _scope_table(sub: pd.DataFrame, metrics: tuple[str, ...], n_boot: int, seed: int, confidence: float,
+                 method: str = DEFAULT_METHOD, min_valid_share: float = DEFAULT_MIN_VALID) -> dict:
+    kw = {"n_boot": n_boot, "seed": seed, "confidence": confidence, "method": method,
+          "min_valid_share": min_valid_share}
     methods = sorted(sub["method"].unique(), key=lambda m: (m == CONTROL, m))
     keys = list(KEY_COLUMNS)
     wide = sub.set_index([*keys, "method"])
@@ -169,11 +172,9 @@ def _scope_table(sub: pd.DataFrame, metrics: tuple[str, ...], n_boot: int, seed:
             if status != "ok":
                 mean = gain = {"status": status, "estimate": None, "low": None, "high": None, "n": n, "groups": g}
             else:
-                mean = _clean({"status": "ok", **group_ci(stat[m], groups, n_boot=n_boot, seed=seed,
-                                                          confidence=confidence), "n": n})
+                mean = _clean({"status": "ok", **group_ci(stat[m], groups, **kw), "n": n})
                 gain = None if m == CONTROL else _clean(
-                    {"status": "ok", **paired_ci(stat[m], stat[CONTROL], groups, n_boot=n_boot, seed=seed,
-                                                 confidence=confidence), "n": n})
+                    {"status": "ok", **paired_ci(stat[m], stat[CONTROL], groups, **kw), "n": n})
             entry["methods"][m] = {"mean": mean, "gain": None if m == CONTROL else gain}
         by_metric[metric] = entry
     out["metrics"] = by_metric
@@ -181,7 +182,8 @@ def _scope_table(sub: pd.DataFrame, metrics: tuple[str, ...], n_boot: int, seed:
 
 
 def localisation_table(frame: pd.DataFrame, *, n_boot: int, seed: int, confidence: float = 0.95,
-                       metrics: tuple[str, ...] = L.METRICS) -> dict:
+                       metrics: tuple[str, ...] = L.METRICS, method: str = DEFAULT_METHOD,
+                       min_valid_share: float = DEFAULT_MIN_VALID) -> dict:
     """Localisation per scope (each backbone and ``pooled`` over backbones) and method, on one common set.
 
     ``frame``: :func:`localisation_frame` and :func:`random_frame` rows
@@ -196,6 +198,7 @@ def localisation_table(frame: pd.DataFrame, *, n_boot: int, seed: int, confidenc
       the same resamples; None for the control itself).
 
     When the common set is empty or has one group, every ``mean`` and ``gain`` has that status and no number.
+    ``n_boot``, ``seed``, ``confidence``, ``method``, ``min_valid_share``: the intervals' settings (``stats.*``).
     """
     metrics = tuple(metrics)
     frame = _check_frame(frame, metrics)
@@ -205,7 +208,8 @@ def localisation_table(frame: pd.DataFrame, *, n_boot: int, seed: int, confidenc
     scopes = {bb: frame[frame["backbone"] == bb] for bb in sorted(frame["backbone"].unique())}
     scopes[POOLED] = frame
     return {"metrics": list(metrics), "confidence": confidence, "n_boot": n_boot, "control": CONTROL,
-            "scopes": {name: _scope_table(sub, metrics, n_boot, seed, confidence) for name, sub in scopes.items()}}
+            "scopes": {name: _scope_table(sub, metrics, n_boot, seed, confidence, method, min_valid_share)
+                       for name, sub in scopes.items()}}
 
 
 def _status_text(counts: Mapping[str, int]) -> str:
@@ -239,6 +243,9 @@ def localisation_markdown(table: dict, metric: str) -> str:
                          f" | {_status_text(s['status'][m])} |")
         ch = entry["chance"]
         lines += [f"| chance | {'–' if ch is None else f'{ch:.3f}'} | | |", ""]
+    how = _method_of([ci for s in table["scopes"].values() for e in s["metrics"][metric]["methods"].values()
+                      for ci in (e["mean"], e["gain"])])
     lines.append(f"Common set: images where every method and the random control have status ok. CI: "
-                 f"{_conf_text(table.get('confidence'), table.get('n_boot'))}; gain paired on the same resamples.")
+                 f"{_conf_text(table.get('confidence'), table.get('n_boot'), how)}; gain paired on the same "
+                 f"resamples.")
     return "\n".join(lines)

@@ -13,19 +13,21 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from cxrbench.core.bootstrap import auroc_statistic, paired_ci
+from cxrbench.core.bootstrap import DEFAULT_METHOD, DEFAULT_MIN_VALID, auroc_statistic, paired_ci
 from cxrbench.studies.planted.common import (CHANCE, CONDITIONS, _ci_low_above_zero, _ci_or_status, _ci_text,
-                                             _clean, _conf_text, _n_groups, _vector, _weights)
+                                             _clean, _conf_text, _method_of, _n_groups, _vector, _weights)
 
 
 def reliance(probs: Mapping[str, Any], *, target: Any, tagged: Any, moved: Any, groups: Any, n_boot: int,
-             seed: int, confidence: float = 0.95) -> dict:
+             seed: int, confidence: float = 0.95, method: str = DEFAULT_METHOD,
+             min_valid_share: float = DEFAULT_MIN_VALID) -> dict:
     """Whether a classifier uses the planted tag: its probability with the tag as planned, removed and moved.
 
     ``probs``: ``{"as_is", "removed", "moved"}`` -> (N,) P(tagged label), one
     per test image in one order; ``target`` (N,) the image has the tagged
     label; ``tagged`` (N,) it carries the tag in the plan; ``moved`` (N,) it
-    carries it in the moved plan; ``groups`` (N,) patient ids.
+    carries it in the moved plan; ``groups`` (N,) patient ids. ``n_boot``, ``seed``, ``confidence``,
+    ``method``, ``min_valid_share``: the intervals' settings (``stats.*``).
 
     Returns a JSON-able dict:
 
@@ -52,7 +54,8 @@ def reliance(probs: Mapping[str, Any], *, target: Any, tagged: Any, moved: Any, 
 
     def shift(mask: np.ndarray, a: str, b: str, empty: str) -> dict:
         d = (p[a] - p[b])[mask]
-        out = _ci_or_status(lambda idx: float(d[idx].mean()), groups[mask], n_boot, seed, confidence, empty)
+        out = _ci_or_status(lambda idx: float(d[idx].mean()), groups[mask], n_boot, seed, confidence, empty,
+                            method, min_valid_share)
         out["definition"] = f"mean(p_{a} - p_{b})"
         return out
 
@@ -69,12 +72,13 @@ def reliance(probs: Mapping[str, Any], *, target: Any, tagged: Any, moved: Any, 
     else:
         stat = {c: (lambda s: (lambda idx: s(_weights(idx, n))))(auroc_statistic(target, p[c])) for c in CONDITIONS}
         for c in CONDITIONS:
-            auc[c] = _ci_or_status(stat[c], groups, n_boot, seed, confidence, "no_images")
+            auc[c] = _ci_or_status(stat[c], groups, n_boot, seed, confidence, "no_images", method, min_valid_share)
         for c in CONDITIONS[1:]:
             if auc[c]["status"] != "ok":
                 change[c] = dict(auc[c])
             else:
-                ci = paired_ci(stat[c], stat["as_is"], groups, n_boot=n_boot, seed=seed, confidence=confidence)
+                ci = paired_ci(stat[c], stat["as_is"], groups, n_boot=n_boot, seed=seed, confidence=confidence,
+                               method=method, min_valid_share=min_valid_share)
                 change[c] = _clean({"status": "ok", **ci, "n": n, "definition": f"AUROC {c} - AUROC as_is"})
 
     problems = []
@@ -98,9 +102,11 @@ def reliance_table(results: Mapping[str, dict]) -> str:
     head = ("| model | target drop [CI] | n / groups | other rise [CI] | n / groups | AUROC as is | "
             "AUROC removed | AUROC moved | Δ removed | Δ moved | reliance shown |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    conf, n_boot = None, None
+    conf, n_boot, how = None, None, None
     for name, r in results.items():
         conf, n_boot = r.get("confidence", conf), r.get("n_boot", n_boot)
+        how = how or _method_of([r["target_drop"], r["other_rise"], *r["auroc"].values(),
+                                 *r["auroc_change"].values()])
         shown = "yes" if r["reliance_shown"] else "no"
         if r.get("status", "ok") != "ok":
             shown += f" ({r['status']})"
@@ -112,5 +118,5 @@ def reliance_table(results: Mapping[str, dict]) -> str:
     lines += ["", f"Target drop: mean P(label) as is minus tag removed, over tagged target images; other rise: "
                   f"tag moved minus as is, over untagged non-target images that get the tag when moved. n / groups: "
                   f"images / patient groups. Chance: shift {CHANCE['shift']:g}, AUROC {CHANCE['auroc']:g}. "
-                  f"Reliance shown: both shifts' CI lows above 0. CI: {_conf_text(conf, n_boot)}."]
+                  f"Reliance shown: both shifts' CI lows above 0. CI: {_conf_text(conf, n_boot, how)}."]
     return "\n".join(lines)

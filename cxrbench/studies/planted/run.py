@@ -69,6 +69,7 @@ def run(params: dict) -> None:
         return
     stats = bootstrap.validate(params)
     n_boot, seed, conf = stats["resamples"], stats["seed"], stats["confidence"]
+    ci_kw = {"method": stats["method"], "min_valid_share": stats["min_valid_share"]}     # the rest of stats.*
     rt = runtime.configure()
     device = runtime.device()
     backbones, folds = P.section(params, "train.backbones"), P.section(params, "train.folds")
@@ -109,13 +110,15 @@ def run(params: dict) -> None:
                      for c, (imgs, _) in conds.items()}
             fold_probs.append(probs)
             per_model[name] = REL.reliance(probs, target=target, tagged=test_plan["tagged"].to_numpy(bool),
-                                           moved=moved, groups=groups, n_boot=n_boot, seed=seed, confidence=conf)
+                                           moved=moved, groups=groups, n_boot=n_boot, seed=seed, confidence=conf,
+                                           **ci_kw)
             ev = read_json(paths.run("main", bb, k).eval_metrics)
             cut, rule = float(ev["thresholds"][cfg["label"]]["cut"]), ev.get("cut") or "ge"
             fold_cuts.append(cut)
             decisions[name] = CTL.decision_change(
                 probs["as_is"], probs["removed"], cut, target=target, tagged=test_plan["tagged"].to_numpy(bool),
-                groups=groups, margin=strong, n_boot=n_boot, seed=seed, confidence=conf, cut_rule=rule)
+                groups=groups, margin=strong, n_boot=n_boot, seed=seed, confidence=conf, cut_rule=rule,
+                **ci_kw)
 
             npz = np.load(paths.attributions(bb, k), allow_pickle=False)
             if "skipped" in npz.files:
@@ -162,19 +165,19 @@ def run(params: dict) -> None:
                                                  sub[on].iloc[:4].reset_index(drop=True)), boxes[:4])
         mean = {c: np.mean([p[c] for p in fold_probs], axis=0) for c in conds}
         reliance[bb] = REL.reliance(mean, target=target, tagged=test_plan["tagged"].to_numpy(bool), moved=moved,
-                                    groups=groups, n_boot=n_boot, seed=seed, confidence=conf)
+                                    groups=groups, n_boot=n_boot, seed=seed, confidence=conf, **ci_kw)
         decisions[bb] = CTL.decision_change(                   # the folds' mean probability at their mean cut
             mean["as_is"], mean["removed"], float(np.mean(fold_cuts)), target=target,
             tagged=test_plan["tagged"].to_numpy(bool), groups=groups, margin=strong, n_boot=n_boot, seed=seed,
-            confidence=conf, cut_rule=rule)
+            confidence=conf, cut_rule=rule, **ci_kw)
         print(f"planted: {bb} reliance shown: {reliance[bb]['reliance_shown']}")
     if not frames:
         raise RuntimeError("no attributed test image carries the tag: raise explain.max_images or "
                            "confounder.fraction_target")
     loc = pd.concat(frames, ignore_index=True)
-    loc_table = LOC.localisation_table(loc, n_boot=n_boot, seed=seed, confidence=conf)
+    loc_table = LOC.localisation_table(loc, n_boot=n_boot, seed=seed, confidence=conf, **ci_kw)
     loc_rand = LOC.localisation_table(pd.concat(rand_frames, ignore_index=True), n_boot=n_boot, seed=seed,
-                                      confidence=conf)
+                                      confidence=conf, **ci_kw)
 
     # --- 3. ranking against AOPPC on the same tagged images, of the models that have a randomised control ----
     rand_all = pd.concat(rand_frames, ignore_index=True)
@@ -187,7 +190,7 @@ def run(params: dict) -> None:
     ranked_loc = keep(loc)
     aoppc_all = pd.concat(aoppc_frames, ignore_index=True)
     if len(ranked_loc):
-        loc_ranked = LOC.localisation_table(ranked_loc, n_boot=n_boot, seed=seed, confidence=conf)
+        loc_ranked = LOC.localisation_table(ranked_loc, n_boot=n_boot, seed=seed, confidence=conf, **ci_kw)
         same = CTL.aoppc_gain_same(keep(aoppc_all), [m for m in P.section(params, "explain.methods")
                                                      if m in set(aoppc_all["method"])])
         ranking = RNK.ranking(loc_ranked, {sc: {m: v for m, v in g.items() if m != "_n"} for sc, g in same.items()},
