@@ -49,6 +49,7 @@ THUMB = 24            # thumbnail side (pixels) for the candidate search
 MARGIN = 0.15         # share of each side cut off before the thumbnail
 ORB_SIDE = 256        # longer side of the image ORB sees
 ORB_KEYPOINTS = 300
+NOT_VERIFIED = -1     # an inlier count not computed: fewer matches than the count asked for (inliers' need)
 
 
 def validate(params: dict) -> dict:
@@ -126,15 +127,23 @@ def match(da: np.ndarray, db: np.ndarray, max_ratio: float = 0.8) -> np.ndarray:
     return np.column_stack((indices1[keep], indices2[keep]))
 
 
-def inliers(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> int:
-    """Matches of two images' ORB features that agree with one similarity transform (RANSAC)."""
+def inliers(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], need: int = 0) -> int:
+    """Matches of two images' ORB features that agree with one similarity transform (RANSAC).
+
+    ``need``: only whether the count reaches ``need`` matters to the caller. The inliers are a subset of the
+    matches, so with fewer matches than ``need`` the count cannot reach it: :data:`NOT_VERIFIED` is returned
+    without RANSAC (500 trials, most of a pair's time). Every other count is exact."""
     from skimage.measure import ransac
     from skimage.transform import SimilarityTransform
 
     (ka, da), (kb, db) = a, b
     if len(ka) < 8 or len(kb) < 8:
         return 0
+    if len(ka) < need or len(kb) < need:
+        return NOT_VERIFIED
     m = match(da, db)
+    if len(m) < need:
+        return NOT_VERIFIED
     if len(m) < 8:
         return 0
     with warnings.catch_warnings():          # "No inliers found": the usual answer for two different films
@@ -147,18 +156,19 @@ def inliers(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) 
 _SHARED: dict = {}
 
 
-def _init(features):
-    _SHARED["f"] = features
+def _init(features, need: int = 0):
+    _SHARED["f"], _SHARED["need"] = features, need
 
 
-def verify_pair(a, b) -> tuple[int, int]:
-    """(inliers of ``a`` with ``b`` as it is, with ``b``'s mirror image); ``a``, ``b``: :func:`_features`."""
-    return inliers(a[1], b[1]), inliers(a[1], b[2])
+def verify_pair(a, b, need: int = 0) -> tuple[int, int]:
+    """(inliers of ``a`` with ``b`` as it is, with ``b``'s mirror image); ``a``, ``b``: :func:`_features`;
+    ``need``: as :func:`inliers`."""
+    return inliers(a[1], b[1], need), inliers(a[1], b[2], need)
 
 
 def _verify(pairs):
-    f = _SHARED["f"]
-    return [verify_pair(f[i], f[j]) for i, j in pairs]
+    f, need = _SHARED["f"], _SHARED["need"]
+    return [verify_pair(f[i], f[j], need) for i, j in pairs]
 
 
 def candidates(thumbs: np.ndarray, groups: np.ndarray, k: int, block: int = 512,
@@ -200,12 +210,14 @@ def features(paths: list[str], workers: int, loader=load_grey, hash_size: int = 
                                           chunksize=8), total=len(paths), desc=f"{desc}: features", unit="img"))
 
 
-def verify(pairs: list[tuple[int, int]], feats: list, workers: int, desc: str = "copies") -> list[tuple[int, int]]:
-    """:func:`verify_pair` of every pair of indices into ``feats``, in worker processes."""
+def verify(pairs: list[tuple[int, int]], feats: list, workers: int, desc: str = "copies",
+           need: int = 0) -> list[tuple[int, int]]:
+    """:func:`verify_pair` of every pair of indices into ``feats``, in worker processes. ``need``: as
+    :func:`inliers` (0: every count exact, as the index's inlier histogram reports them)."""
     if not pairs:
         return []
     chunks = [pairs[s:s + 64] for s in range(0, len(pairs), 64)]
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init, initargs=(feats,)) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init, initargs=(feats, need)) as pool:
         return [c for chunk in progress_bar(pool.map(_verify, chunks), total=len(chunks),
                                             desc=f"{desc}: verify", unit="chunk") for c in chunk]
 
@@ -223,7 +235,8 @@ def link_altered_copies(frame: pd.DataFrame, raw: Path, p: dict, workers: int) -
     groups = frame["group"].to_numpy()
     pairs = all_candidates(thumbs, groups, k)
     report["candidate_pairs"] = len(pairs)
-    both = verify([(i, j) for i, j, _ in pairs], feats, workers)
+    # RANSAC only where the matches could reach copy_min_inliers (the pairs under it cannot be copies)
+    both = verify([(i, j) for i, j, _ in pairs], feats, workers, need=min_inliers)
     counts = [max(n) for n in both]
     uf = UnionFind(set(groups))
     for (i, j, corr), n, (as_is, mirror) in zip(pairs, counts, both):
@@ -234,7 +247,9 @@ def link_altered_copies(frame: pd.DataFrame, raw: Path, p: dict, workers: int) -
                                              "thumbnail_correlation": round(corr, 4)})
             uf.union(groups[i], groups[j])
     report["altered_copies_across_groups"] = len(report["altered_copies"])
-    bins, n_in = np.unique(np.minimum(np.asarray(counts, int) // 10 * 10, 200), return_counts=True)
+    verified = np.asarray([n for n in counts if n != NOT_VERIFIED], int)
+    report["pairs_under_min_matches"] = len(counts) - len(verified)     # fewer matches than copy_min_inliers
+    bins, n_in = np.unique(np.minimum(verified // 10 * 10, 200), return_counts=True)
     report["inlier_histogram"] = {f"{int(a)}-{int(a) + 9}" if a < 200 else "200+": int(b) for a, b in zip(bins, n_in)}
     frame = frame.copy()
     frame["group"] = [uf.find(g) for g in groups]
@@ -275,7 +290,8 @@ def copies_between(query: list[str], ref: list[str], p: dict, workers: int, load
         groups = np.array([0] * nq + [1] * len(ref))          # only query-reference pairs are candidates
         pairs = [(i, j) for i, j, _ in all_candidates(np.stack([f[0] for f in feats]), groups, k)
                  if i not in found]
-        for (i, j), (as_is, mirror) in zip(pairs, verify(pairs, feats, workers, desc)):
+        # only a count reaching copy_min_inliers decides (and is reported): RANSAC is skipped below it
+        for (i, j), (as_is, mirror) in zip(pairs, verify(pairs, feats, workers, desc, p["copy_min_inliers"])):
             if max(as_is, mirror) >= p["copy_min_inliers"] and i not in found:
                 found[i] = {"query": i, "ref": j - nq, "kind": "altered", "inliers": max(as_is, mirror),
                             "mirrored": bool(mirror > as_is), "hash_distance": None}

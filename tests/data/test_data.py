@@ -555,6 +555,8 @@ def test_altered_copy_with_text_and_crop_joins_the_groups(raw, params, tmp_path)
     assert pair["inliers"] >= p["copy_min_inliers"]
     assert out["group"].iat[0] == out["group"].iat[-1] and out["group"].nunique() == len(names) - 1
     assert rep["groups_merged"] == 1
+    # every candidate pair is either verified (its exact count in the histogram) or had too few matches
+    assert rep["pairs_under_min_matches"] + sum(rep["inlier_histogram"].values()) == rep["candidate_pairs"]
 
 
 def _hflip(im):
@@ -817,3 +819,31 @@ def test_the_decoder_refuses_a_fifo_without_blocking(tmp_path):
         assert not fired, "the decoder blocked on the FIFO until the test wrote to it"
     finally:
         timer.cancel()
+
+
+def test_a_count_that_cannot_reach_the_threshold_skips_ransac(raw, params, monkeypatch):
+    """``inliers(..., need)``: RANSAC runs only for pairs with at least ``need`` matches (their count is exact),
+    the others are NOT_VERIFIED: they cannot reach ``need``, so the copy search (which needs no count below
+    copy_min_inliers) finds the copies of the exact search."""
+    import skimage.measure
+
+    from cxrbench.data import copies
+
+    need = copies.validate(params)["copy_min_inliers"]
+    files = sorted((raw / "covid_chestxray/images").glob("*.jp*g"))[:4]
+    im = Image.open(files[0]).convert("L")
+    copy = _jpeg(im.crop((0, 0, im.width, int(im.height * 0.9))))            # a cropped, re-encoded copy
+    feats = [copies._features(str(f)) for f in files]
+    feats.append(copies._features(str(files[0]), loader=lambda _: np.asarray(copy, np.float32) / 255))
+    exact = {(i, j): copies.verify_pair(feats[i], feats[j]) for i in range(5) for j in range(5) if i != j}
+    assert max(max(v) for v in exact.values()) >= need                     # the copy pair reaches it
+    calls = []
+    real = skimage.measure.ransac
+    monkeypatch.setattr(skimage.measure, "ransac", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for (i, j), counts in exact.items():
+        enough = [len(copies.match(feats[i][1][1], feats[j][k][1])) >= need for k in (1, 2)]
+        fast = copies.verify_pair(feats[i], feats[j], need)
+        assert fast == tuple(n if e else copies.NOT_VERIFIED for n, e in zip(counts, enough))
+        assert (max(fast) >= need) == (max(counts) >= need)                # the same decision
+    matched = sum(len(copies.match(feats[i][1][1], feats[j][k][1])) >= need for i, j in exact for k in (1, 2))
+    assert len(calls) == matched < 2 * len(exact)
