@@ -20,12 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxrbench.classify import training
-from cxrbench.core import bootstrap, paths, runtime, timing
-from cxrbench.core import params as P
+from cxrbench.core import bootstrap, paths, timing
 from cxrbench.core.io import write_csv, write_json, write_text
-from cxrbench.data import confounder
-from cxrbench.data.cache import Cache
 from cxrbench.explain import plots as AP
 from cxrbench.explain import randomisation as R
 from cxrbench.explain import reliability as RL
@@ -36,17 +32,7 @@ from cxrbench.explain import runner as A
 def run_stage(params: dict) -> None:
     """Run the checks on every model of ``train.backbones`` x ``train.folds``, write the outputs, print the table."""
     cfg = R.validate(params)
-    s = A.validate(params)
-    stats = bootstrap.validate(params)
-    backbones = P.check_nonempty_list("train.backbones", P.section(params, "train.backbones"))
-    folds = P.check_nonempty_list("train.folds", P.section(params, "train.folds"))
-    training.checkpoint_file(params)                        # evaluate.checkpoint checked before any work
-    rt = runtime.configure()
-    device = runtime.device()
-    cache = Cache(paths.CACHE, paths.INDEX)
-    confounder.apply(cache)                                 # the images as the attribute stage saw them
-    splits = pd.read_csv(paths.SPLITS, keep_default_na=False)
-    group_of = dict(zip(splits["path"], splits["group"].astype(str)))
+    s, stats, backbones, folds, rt, device, cache, group_of = A.model_stage(params)
 
     t_all = time.perf_counter()
     frames, models = [], {}

@@ -16,12 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxrbench.classify import training
-from cxrbench.core import bootstrap, paths, runtime, timing
-from cxrbench.core import params as P
+from cxrbench.core import bootstrap, paths, timing
 from cxrbench.core.io import read_json, write_csv, write_json, write_text
-from cxrbench.data import confounder
-from cxrbench.data.cache import Cache
 from cxrbench.explain import reliability as RL
 from cxrbench.explain import runner as A
 from cxrbench.explain.metrics import agreement as AG
@@ -132,17 +128,7 @@ def model_auroc(backbone: str, fold, label: str) -> float | None:
 def run_stage(params: dict) -> None:
     """Robustness per model, agreement over every metric, repeatability across folds; write and print."""
     cfg = RL.validate(params)
-    s = A.validate(params)
-    stats = bootstrap.validate(params)
-    backbones = P.check_nonempty_list("train.backbones", P.section(params, "train.backbones"))
-    folds = P.check_nonempty_list("train.folds", P.section(params, "train.folds"))
-    training.checkpoint_file(params)
-    rt = runtime.configure()
-    device = runtime.device()
-    cache = Cache(paths.CACHE, paths.INDEX)
-    confounder.apply(cache)
-    splits = pd.read_csv(paths.SPLITS, keep_default_na=False)
-    group_of = dict(zip(splits["path"], splits["group"].astype(str)))
+    s, stats, backbones, folds, rt, device, cache, group_of = A.model_stage(params)
     t0 = time.perf_counter()
 
     rob, rep, skipped, pairs = [], [], {}, {}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -176,6 +176,42 @@ def load_classifier(params: dict, backbone: str, fold: int, device):
 
     model, meta = identity.load(params, backbone, fold, device)
     return model.to(device).eval(), meta
+
+
+class ModelStage(NamedTuple):
+    """What a stage that re-explains every trained model starts from (:func:`model_stage`)."""
+    settings: Settings                 # the explain section, validated
+    stats: dict                        # the stats section, validated (cxrbench.core.bootstrap.validate)
+    backbones: list
+    folds: list
+    runtime: dict                      # the machine knobs in force (cxrbench.core.runtime.configure)
+    device: torch.device
+    cache: object                      # the preprocess cache with the planted tag applied, as attribute saw it
+    group_of: dict                     # image path -> its patient group (the bootstrap's unit)
+
+
+def model_stage(params: dict) -> ModelStage:
+    """The common start of the randomisation and reliability stages: every section they read validated and the
+    checkpoint choice checked before any work, the machine configured, the images as the attribute stage saw
+    them (the planted tag applied) and each image's patient group."""
+    import pandas as pd
+
+    from cxrbench.classify import training
+    from cxrbench.core import bootstrap, paths, runtime
+    from cxrbench.core import params as P
+    from cxrbench.data import confounder
+    from cxrbench.data.cache import Cache
+
+    settings, stats = validate(params), bootstrap.validate(params)
+    backbones = P.check_nonempty_list("train.backbones", section(params, "train.backbones"))
+    folds = P.check_nonempty_list("train.folds", section(params, "train.folds"))
+    training.checkpoint_file(params)                        # evaluate.checkpoint checked before any work
+    rt = runtime.configure()
+    cache = Cache(paths.CACHE, paths.INDEX)
+    confounder.apply(cache)
+    splits = pd.read_csv(paths.SPLITS, keep_default_na=False)
+    return ModelStage(settings, stats, backbones, folds, rt, runtime.device(), cache,
+                      dict(zip(splits["path"], splits["group"].astype(str))))
 
 
 # Errors a method may raise for a (method, backbone) pair that cannot run; they
