@@ -326,7 +326,8 @@ def markdown(robustness: dict, agreement: dict, repeat: dict, s: Settings, resil
              f"Up to {s.images} held-out images per model. Max-sensitivity: {s.sensitivity_samples} uniform "
              f"perturbations of L-inf radius {s.radius:g} (input units); infidelity: {s.infidelity_samples} "
              f"Gaussian perturbations, sd {s.noise:g}, normalised. Controls: `random` (a fresh noise map per call: "
-             f"the least robust map) and `edge` (Sobel magnitude of the input). Mean [95 % CI over patients].", "",
+             f"the least robust map) and `edge` (Sobel magnitude of the input). Mean "
+             f"[{100 * agreement.get('confidence', 0.95):g} % CI over patients].", "",
              "| method | max-sensitivity | infidelity |", "|---|---|---|"]
     order = [m for m in robustness if m not in CONTROLS] + [m for m in CONTROLS if m in robustness]
     for m in order:

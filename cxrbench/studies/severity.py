@@ -208,7 +208,7 @@ def correlate(values: Any, scores: Any, groups: Any, *, n_boot: int, seed: int, 
         raise ValueError(f"values, scores, groups: expected three 1-d arrays of one length, got shapes {v.shape}, "
                          f"{s.shape}, {g.shape}")
     if n_boot < 100:
-        raise ValueError(f"n_boot={n_boot}: at least 100 resamples are needed for a percentile interval")
+        raise ValueError(f"n_boot={n_boot}: at least 100 resamples are needed for a bootstrap interval (stats.resamples)")
     keep = np.isfinite(v) & np.isfinite(s)
     v, s, g = v[keep], s[keep], g[keep]
     n, n_groups = int(len(v)), int(len(set(g.tolist())))

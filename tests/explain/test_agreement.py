@@ -119,3 +119,13 @@ def test_the_tau_and_aggregate_intervals_follow_stats_method():
     assert d["tau"] == p["tau"] and (d["low"], d["high"]) != (p["low"], p["high"])
     d, p = (r["aggregate"]["methods"]["a"] for r in (default, pct))
     assert d["score"] == p["score"] and (d["low"], d["high"]) != (p["low"], p["high"])
+
+
+def test_the_tables_state_the_confidence_level_of_stats():
+    """The agreement tables name stats.confidence, not a fixed 95 %."""
+    methods, metrics = list("abc"), ["aoppc_pixels_morf", "lung_mass"]
+    rng = np.random.default_rng(0)
+    vals = {(m, me): rng.random(6) for m in methods for me in metrics}
+    r = AG.agreement(_frame(vals), methods, metrics, {**STATS, "confidence": 0.9})
+    text = AG.markdown(r)
+    assert "90 % CI" in text and "95 %" not in text

@@ -149,6 +149,7 @@ def _ci(e: dict, key: str) -> str:
 def markdown(result: dict) -> str:
     """The agreement tables: ranks (methods x metrics), the aggregate with its controls, tau between metrics."""
     methods, metrics = result["methods"], result["metrics"]
+    level = f"{100 * result.get('confidence', 0.95):g} %"          # stats.confidence
     if not result["items"]:
         return "#### Agreement across metrics\n\nNo common image: every method needs every metric on one image.\n"
     lines = ["#### Agreement across metrics", "",
@@ -156,7 +157,7 @@ def markdown(result: dict) -> str:
              f"(of {result['scored']} scored), where every method and control has every metric. Rank 1 = best; "
              f"controls: `random` (chance) and `edge` (Sobel magnitude: image contrast). Aggregate: per metric the "
              f"mean minus the median over methods, over the median absolute deviation (LATEC), averaged over "
-             f"metrics; 95 % CI resampling patients.", "",
+             f"metrics; {level} CI resampling patients.", "",
              "| method | " + " | ".join(metrics) + " | aggregate | agg. rank |",
              "|---|" + "---|" * (len(metrics) + 2)]
     agg = result["aggregate"].get("methods", {})
@@ -168,7 +169,7 @@ def markdown(result: dict) -> str:
     if left:
         lines += ["", "Left out of the aggregate (the same score for every method, MAD 0): "
                   + ", ".join(f"`{m}`" for m in left) + "."]
-    lines += ["", "Kendall's tau between metrics (methods' means; 0 = chance), 95 % CI over patients; – where a "
+    lines += ["", f"Kendall's tau between metrics (methods' means; 0 = chance), {level} CI over patients; – where a "
                   "metric gives every method the same mean (tau undefined):", "",
               "| metrics | tau | n items | patients |", "|---|---|---|---|"]
     for pair, e in result["tau"].items():
@@ -185,4 +186,4 @@ def agreement(frame, methods: list, metrics: list, stats: dict) -> dict:
             "means": {m: {me: float(v[:, k, j].mean()) for j, me in enumerate(metrics)} for k, m in enumerate(methods)}
             if len(v) else {},
             "ranks": r.tolist(), "tau": pairwise_tau(v, groups, metrics, stats),
-            "aggregate": aggregate(v, groups, methods, metrics, stats)}
+            "aggregate": aggregate(v, groups, methods, metrics, stats), "confidence": float(stats["confidence"])}

@@ -203,7 +203,7 @@ def localisation_table(frame: pd.DataFrame, *, n_boot: int, seed: int, confidenc
     metrics = tuple(metrics)
     frame = _check_frame(frame, metrics)
     if n_boot < 100:
-        raise ValueError(f"n_boot={n_boot}: at least 100 resamples are needed for a percentile interval")
+        raise ValueError(f"n_boot={n_boot}: at least 100 resamples are needed for a bootstrap interval (stats.resamples)")
     frame = frame.assign(backbone=frame["backbone"].astype(str))
     scopes = {bb: frame[frame["backbone"] == bb] for bb in sorted(frame["backbone"].unique())}
     scopes[POOLED] = frame

@@ -50,7 +50,7 @@ def reliance(probs: Mapping[str, Any], *, target: Any, tagged: Any, moved: Any, 
     moved = _vector("moved", moved, n, "bool")
     groups = _vector("groups", groups, n, "any")
     if n_boot < 100:
-        raise ValueError(f"n_boot={n_boot}: at least 100 resamples are needed for a percentile interval")
+        raise ValueError(f"n_boot={n_boot}: at least 100 resamples are needed for a bootstrap interval (stats.resamples)")
 
     def shift(mask: np.ndarray, a: str, b: str, empty: str) -> dict:
         d = (p[a] - p[b])[mask]
