@@ -334,9 +334,9 @@ def markdown(robustness: dict, agreement: dict, repeat: dict, s: Settings, resil
         lines.append(f"| {m} | {_cell(robustness[m].get('sensitivity_max'))} | "
                      f"{_cell(robustness[m].get('infidelity'))} |")
     lines += ["", AG.markdown(agreement).rstrip()]
-    if agreement.get("left_out"):
-        lines += ["", "Left out of the agreement (no score under every metric): "
-                  + ", ".join(f"`{m}`" for m in agreement["left_out"]) + "."]
+    if agreement.get("metrics_not_scored"):
+        lines += ["", "Metrics left out of the agreement (every method must have a score under each): "
+                  + "; ".join(f"`{m}` ({why})" for m, why in agreement["metrics_not_scored"].items()) + "."]
     lines += ["", "#### Noise resilience and reactivity of each metric (MetaQuantus)", "",
               f"Mean |change of the score| per image, methods {', '.join(s.resilience_methods)} pooled. **Input "
               f"noise** (sd {s.input_noise:g}; images whose P(target) moved by at most {s.prob_tolerance:g}): the "

@@ -163,10 +163,9 @@ def run_stage(params: dict) -> None:
     per_image = pd.read_csv(paths.AOPPC_PER_IMAGE, keep_default_na=False)
     both = pd.concat([per_image, rob_frame[rob_frame["status"] == "ok"].drop(columns="status")], ignore_index=True)
     methods = list(dict.fromkeys([m for m in cfg.methods] + list(RL.CONTROLS)))
-    complete = [m for m in methods if all(((both["method"] == m) & (both["metric"] == me)).any()
-                                          for me in cfg.agreement_metrics)]
-    agreement = AG.agreement(both, complete, cfg.agreement_metrics, stats)
-    agreement["left_out"] = {m: "no score under every agreement metric" for m in methods if m not in complete}
+    kept, metrics_left = AG.select(both, methods, cfg.agreement_metrics)
+    agreement = AG.agreement(both, methods, kept, stats)
+    agreement["metrics_not_scored"] = metrics_left
 
     robustness = RL.summarise(rob_frame, stats) if len(rob_frame) else {}
     repeat = RL.summarise_repeatability(rep_frame, stats) if len(rep_frame) else {}

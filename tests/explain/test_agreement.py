@@ -53,6 +53,21 @@ def test_common_set_drops_items_where_a_method_lacks_a_metric():
     assert v.shape == (5, 2, 1) and scored == 6
 
 
+def test_a_metric_some_method_lacks_is_left_out_not_the_method():
+    """The study-cpu case: no ROAD fill in the run, no max-sensitivity for occlusion. Every method stays in the
+    agreement; the two metrics are dropped, each with its reason."""
+    vals = {(m, me): k + np.zeros(6) for k, m in enumerate(["occlusion", "saliency", "random"])
+            for me in ["aoppc_pixels_morf", "infidelity"]}
+    vals |= {(m, "sensitivity_max"): 1.0 + np.zeros(6) for m in ["saliency", "random"]}
+    f = _frame(vals)
+    metrics = ["aoppc_pixels_morf", "aoppc_region_road_morf", "sensitivity_max", "infidelity"]
+    kept, left = AG.select(f, ["occlusion", "saliency", "random"], metrics)
+    assert kept == ["aoppc_pixels_morf", "infidelity"]
+    assert left == {"aoppc_region_road_morf": "not scored in this run", "sensitivity_max": "no score for occlusion"}
+    r = AG.agreement(f, ["occlusion", "saliency", "random"], kept, STATS)
+    assert r["items"] == 6 and r["methods"] == ["occlusion", "saliency", "random"]
+
+
 def test_a_metric_without_spread_is_left_out_of_the_aggregate():
     vals = {(m, "lung_mass"): 0.5 for m in "abc"} | {(m, "infidelity"): k + np.zeros(6) for k, m in enumerate("abc")}
     r = AG.agreement(_frame(vals), list("abc"), ["lung_mass", "infidelity"], STATS)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DIRECTION", "direction", "matrix", "ranks", "pairwise_tau", "aggregate", "agreement", "markdown"]
+__all__ = ["DIRECTION", "direction", "select", "matrix", "ranks", "pairwise_tau", "aggregate", "agreement", "markdown"]
 
 # +1: higher is better; -1: lower is better. Keys are metric names, or prefixes ending in "*".
 DIRECTION = {"aoppc_threshold_morf": 1, "aoppc_pixels_morf": 1, "aoppc_region_*_morf": 1,
@@ -44,6 +44,23 @@ def direction(metric: str) -> int:
             if metric.startswith(head) and metric.endswith(tail):
                 return d
     raise ValueError(f"metric {metric!r} has no direction: add it to agreement.DIRECTION")
+
+
+def select(frame, methods: list, metrics: list) -> tuple[list, dict]:
+    """(metrics kept, metrics left out -> why): every method is kept and a metric some method has no score
+    under is left out, so that the agreement ranks all the methods (leaving out a method instead would drop
+    e.g. occlusion, the costliest to score for robustness, from every metric's ranking)."""
+    has = set(zip(frame["method"].astype(str), frame["metric"].astype(str)))
+    kept, left = [], {}
+    for me in metrics:
+        missing = [m for m in methods if (m, me) not in has]
+        if not missing:
+            kept.append(me)
+        elif len(missing) == len(methods):
+            left[me] = "not scored in this run"
+        else:
+            left[me] = "no score for " + ", ".join(missing)
+    return kept, left
 
 
 def matrix(frame, methods: list, metrics: list) -> tuple[np.ndarray, np.ndarray, int]:
