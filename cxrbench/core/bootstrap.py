@@ -325,15 +325,19 @@ def weighted_micro_precision_recall(y: np.ndarray, pred: np.ndarray, w: np.ndarr
 
 
 def weighted_micro_auroc(y: np.ndarray, prob: np.ndarray, w: np.ndarray) -> float | None:
-    """Micro AUROC (every (image, label) pair pooled) with image weights; None with one class."""
-    from sklearn.metrics import roc_auc_score
+    """Micro AUROC (every (image, label) pair pooled) with image weights; None with one class.
 
+    Equals ``sklearn.metrics.roc_auc_score(flat y, flat prob, sample_weight=...)`` through
+    :func:`auroc_statistic` (a Mann-Whitney count, ties one half): 4.4 ms a call in scikit-learn (its input
+    checks), which the Table 2 fold bootstrap calls 12,000 times in the ``ci`` profile."""
     keep = np.asarray(w) > 0
     y, prob, w = np.asarray(y)[keep], np.asarray(prob, float)[keep], np.asarray(w, float)[keep]
+    if not np.isfinite(prob).all():
+        raise ValueError("weighted_micro_auroc: a probability is not finite (NaN or inf): check the predictions")
     flat = y.ravel().astype(bool)
     if flat.all() or not flat.any():
         return None
-    return float(roc_auc_score(flat, prob.ravel(), sample_weight=np.repeat(w, y.shape[1])))
+    return auroc_statistic(flat, prob.ravel())(np.repeat(w, y.shape[1]))
 
 
 def fold_mean_ci(folds: list[list[tuple]], n_boot: int = 1000, seed: int = 0, confidence: float = 0.95,

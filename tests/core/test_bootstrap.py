@@ -106,6 +106,21 @@ def test_weighted_scores_equal_the_repeated_images():
     assert weighted_micro_auroc(np.zeros((4, 2)), np.ones((4, 2)), np.ones(4)) is None
 
 
+def test_weighted_micro_auroc_equals_scikit_learn_with_ties_and_weights():
+    """Scores rounded to 0.1 (many ties) and fractional weights: scikit-learn's trapezoid and our Mann-Whitney
+    count sum the same terms in another order, so they agree to float64 rounding (terms <= 1, n <= 300)."""
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        y = rng.random((100, 3)) < 0.3
+        prob = np.round(np.clip(y * 0.2 + rng.random((100, 3)) * 0.8, 0, 1), 1)
+        w = rng.random(100) * (rng.random(100) < 0.8)
+        ref = roc_auc_score(y[w > 0].ravel(), prob[w > 0].ravel(), sample_weight=np.repeat(w[w > 0], 3))
+        assert weighted_micro_auroc(y, prob, w) == pytest.approx(ref, rel=0, abs=300 * np.finfo(float).eps)
+    with pytest.raises(ValueError, match="finite"):
+        weighted_micro_auroc(y, np.where(prob > 0.5, np.nan, prob), np.ones(100))
+
+
 def test_corrected_resampled_t_by_hand():
     d = [0.10, 0.05, 0.12, 0.08, 0.00]
     out = corrected_resampled_t(d, test_train_ratio=0.4 / 0.6)

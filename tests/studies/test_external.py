@@ -309,6 +309,28 @@ def test_youden_cut_is_the_best_cut_by_brute_force():
     assert XT.youden_cut(np.ones(5), np.linspace(0, 1, 5)) is None
 
 
+def test_youden_cut_equals_scikit_learns_roc_curve_to_the_bit():
+    """The cut from scikit-learn's own ROC points (what this function computed before it took them apart),
+    on scores with many ties, a perfect separation and an inverted one."""
+    from sklearn.metrics import roc_curve
+
+    def sklearn_cut(y, prob):
+        fpr, tpr, thr = roc_curve(y, prob, drop_intermediate=False)
+        j = tpr - fpr
+        return float(min(1.0, thr[np.flatnonzero(j == j.max())[0]]))
+    rng = np.random.default_rng(3)
+    cases = [(np.r_[0, 0, 1, 1], np.r_[0.1, 0.2, 0.8, 0.9]), (np.r_[1, 1, 0, 0], np.r_[0.1, 0.2, 0.8, 0.9])]
+    for _ in range(200):
+        n = int(rng.integers(3, 60))
+        y = (rng.random(n) < 0.4).astype(int)
+        y[0], y[1] = 0, 1
+        cases.append((y, np.round(rng.random(n), int(rng.integers(1, 4)))))
+    for y, prob in cases:
+        assert XT.youden_cut(y, prob) == sklearn_cut(y, prob)
+    with pytest.raises(ValueError, match="finite"):
+        XT.youden_cut(np.r_[0, 1], np.r_[0.2, np.nan])
+
+
 def test_own_cut_recovers_the_decisions_a_shift_broke():
     y, prob, groups = shifted(200, 5, 0.25)            # known shift: +0.25 on every image
     at_validation = (prob >= 0.5)
