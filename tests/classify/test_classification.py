@@ -195,8 +195,11 @@ def test_saved_classifier_roundtrip(tmp_path):
     back, meta2 = M.load_classifier(tmp_path / "best.pt")
     assert not back.training and meta2["labels"] == LABELS and meta2["input_size"] == 32
     x = torch.rand(3, 1, 48, 48)                                       # cache size: resized inside
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), back.state_dict().values()))
+    conv = next(m for m in back.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)    # NHWC convolutions on the CPU
     with torch.no_grad():
-        assert torch.equal(model(x), back(x))
+        assert torch.equal(model.to(memory_format=torch.channels_last)(x), back(x))
 
 
 # --- training -----------------------------------------------------------------
