@@ -1,7 +1,8 @@
 """Stage index: one table of the usable frontal X-rays, their labels, hashes and duplicates.
 
-Reads data/raw/{covid_chestxray,kermany,v7_masks}; writes data/index.csv and
-data/index_report.json (missing, corrupt, duplicate files).
+Reads data/raw/{covid_chestxray,kermany,v7_masks}; writes data/index.csv,
+data/index_report.json (missing, corrupt, duplicate files) and data/copy_features.npz
+(the copy search's features of the indexed images, which the external stage reuses).
 """
 
 import warnings
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     frame = indexing.attach_masks(RAW, indexing.to_frame(rows, table))
     frame, dup = dedupe.dedupe(frame, d["phash_max_distance"], "merge" if paper else d["near_action"],
                                drop_exact=not paper)
-    frame, altered = copies.link_altered_copies(frame, RAW, d, workers())
+    frame, altered = copies.link_altered_copies(frame, RAW, d, workers(), keep=paths.COPY_FEATURES)
     dup["altered_copies"] = altered
     dup["groups"] = int(frame["group"].nunique())           # after the copies merged groups
     dup["patients_merged_into_shared_groups"] = int(frame["patient"].nunique() - dup["groups"])

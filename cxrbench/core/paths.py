@@ -12,6 +12,7 @@ RAW = "data/raw"
 DOWNLOADS = "data/downloads"
 INDEX = "data/index.csv"
 INDEX_REPORT = "data/index_report.json"
+COPY_FEATURES = "data/copy_features.npz"      # the copy search's features of the index's images (copy_store)
 SPLITS = "data/splits.csv"
 CACHE = "data/cache"
 CACHE_MASKS = "data/cache/masks.npy"

@@ -41,6 +41,7 @@ from PIL import Image
 
 from cxrbench.core.params import check_int, section
 from cxrbench.core.runtime import progress as progress_bar
+from cxrbench.data import copy_store
 from cxrbench.data.dedupe import UnionFind
 from cxrbench.data.images import load_grey
 from cxrbench.data.indexing import exact_hash
@@ -50,6 +51,12 @@ MARGIN = 0.15         # share of each side cut off before the thumbnail
 ORB_SIDE = 256        # longer side of the image ORB sees
 ORB_KEYPOINTS = 300
 NOT_VERIFIED = -1     # an inlier count not computed: fewer matches than the count asked for (inliers' need)
+FEATURES_VERSION = 1  # raise when what _features computes changes: the index stage's kept features go stale
+
+
+def feature_key(phash_size: int) -> np.ndarray:
+    """What the features of an image depend on besides its bytes (:mod:`cxrbench.data.copy_store`)."""
+    return np.array([FEATURES_VERSION, THUMB, MARGIN, ORB_SIDE, ORB_KEYPOINTS, phash_size], np.float64)
 
 
 def validate(params: dict) -> dict:
@@ -222,15 +229,24 @@ def verify(pairs: list[tuple[int, int]], feats: list, workers: int, desc: str = 
                                             desc=f"{desc}: verify", unit="chunk") for c in chunk]
 
 
-def link_altered_copies(frame: pd.DataFrame, raw: Path, p: dict, workers: int) -> tuple[pd.DataFrame, dict]:
-    """Find altered copies across patient groups and merge their groups; return the frame and a report."""
+def link_altered_copies(frame: pd.DataFrame, raw: Path, p: dict, workers: int,
+                        keep: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
+    """Find altered copies across patient groups and merge their groups; return the frame and a report.
+    ``keep``: write every image's features there (:mod:`cxrbench.data.copy_store`; no image when none was
+    computed), with the frame's ``exact_hash`` and ``phash`` (made with ``phash_size`` as ``_features``)."""
     k, min_inliers = p["copy_candidates"], p["copy_min_inliers"]
     report = {"copy_candidates": k, "copy_min_inliers": min_inliers, "candidate_pairs": 0,
               "altered_copies_across_groups": 0, "altered_copies": [], "groups_merged": 0}
     if k == 0 or len(frame) < 2:
+        if keep is not None:
+            copy_store.save(keep, feature_key(p["phash_size"]), [], [], [], [], [])
         return frame, report
     paths = [str(Path(raw) / x) for x in frame["path"]]
     feats = features(paths, workers)
+    if keep is not None:
+        copy_store.save(keep, feature_key(p["phash_size"]), frame["path"].tolist(),
+                        [copy_store.file_digest(x) for x in paths], feats, frame["exact_hash"].tolist(),
+                        frame["phash"].tolist())
     thumbs = np.stack([f[0] for f in feats])
     groups = frame["group"].to_numpy()
     pairs = all_candidates(thumbs, groups, k)
@@ -258,18 +274,25 @@ def link_altered_copies(frame: pd.DataFrame, raw: Path, p: dict, workers: int) -
 
 
 def copies_between(query: list[str], ref: list[str], p: dict, workers: int, loader=load_grey,
-                   desc: str = "copies") -> list[dict]:
+                   desc: str = "copies", ref_features: list | None = None) -> list[dict]:
     """The images of ``query`` that are copies of images of ``ref`` (file paths): ``exact`` (the same decoded
     pixels), ``near`` (perceptual hashes within ``phash_max_distance``) or ``altered`` (the candidates and
     verification above, every dihedral variant). One entry per query image found, its first match in this
     order: ``{"query": i, "ref": j, "kind", "inliers", "mirrored", "hash_distance"}``. ``p``: the ``dedupe``
-    section."""
+    section. ``ref_features``: known features of the ``ref`` images (``_features`` with ``phash_size``; None
+    for one to compute), e.g. those the index stage kept."""
     from cxrbench.data.dedupe import near_pairs, phash_bits
 
     nq = len(query)
     if nq == 0 or not ref:
         return []
-    feats = features(list(query) + list(ref), workers, loader, p["phash_size"], desc)
+    known = list(ref_features) if ref_features is not None else [None] * len(ref)
+    if len(known) != len(ref):
+        raise ValueError(f"copies_between: {len(known)} ref_features for {len(ref)} reference images")
+    todo = list(query) + [r for r, f in zip(ref, known) if f is None]
+    computed = features(todo, workers, loader, p["phash_size"], desc)
+    rest = iter(computed[nq:])
+    feats = computed[:nq] + [f if f is not None else next(rest) for f in known]
     found: dict[int, dict] = {}
     first_ref = {}
     for j in range(len(ref) - 1, -1, -1):

@@ -132,7 +132,8 @@ def run_stage(params: dict, device=None, workers: int = 1, show: bool = True) ->
         kept = len(frame)
         frame = cap_per_class(frame, cfg.max_images_per_class, cfg.seed)
         capped = kept - len(frame)
-        frame, study_copies = separate_copies(frame, index, Path(paths.RAW), src, copy_params, workers)
+        frame, study_copies = separate_copies(frame, index, Path(paths.RAW), src, copy_params, workers,
+                                              kept=paths.COPY_FEATURES)
         selected[src.name] = (origin, frame, unparsed, listed, excluded, kept, capped, study_copies)
     union = []
     for spec in cfg.models:
