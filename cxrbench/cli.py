@@ -5,6 +5,7 @@
     cxrbench show                        # the headline metrics of this workspace (or: cxrbench show EXPERIMENT)
     cxrbench diff HEAD clahe             # two runs' headline metrics side by side
     cxrbench times                       # where the last run's time went, stage by stage
+    cxrbench repro                       # dvc repro, with faster bookkeeping (cxrbench.ops._dvc)
     cxrbench report                      # write report/ from this workspace's outputs
     cxrbench predict my_xrays --out predictions.csv
     cxrbench gate check                  # CI's metric gate
@@ -35,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scale": ("cxrbench.ops.scale.cli", "run the matrix stages as Ray tasks on a cluster, merged by DVC's run-cache"),
     "weights": ("cxrbench.classify.weights", "convert packaged ImageNet weights into a timm checkpoint"),
     "deps": ("cxrbench.ops.deps", "check that each DVC stage's deps cover all the code it runs"),
+    "repro": ("cxrbench.ops._dvc:repro_main", "dvc repro with faster bookkeeping (same outputs, same dvc.lock)"),
 }
 
 
