@@ -346,8 +346,8 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
     model.task = meta.get("task", "multilabel")     # how its outputs become probabilities (classify.task)
     model.to(map_location).eval()
     if torch.device(map_location).type == "cpu":
-        # NHWC convolutions on the CPU (benchmarks/bench_channels_last.py): forward 1.2x (resnet18) and
-        # 1.5-1.9x (efficientnet_lite0) faster at 64 px; a trained model's outputs move by float rounding only
+        # NHWC convolutions on the CPU (benchmarks/bench_channels_last.py, 64 px, 2 threads): inference 1.03-1.21x
+        # (resnet18) and 1.24-1.58x (efficientnet_lite0) faster; outputs move by float rounding only
         model.to(memory_format=torch.channels_last)
     return model, meta
 

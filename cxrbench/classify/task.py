@@ -152,10 +152,7 @@ def one_vs_rest_auroc(is_class: np.ndarray, score: np.ndarray) -> float | None:
     from cxrbench.core.bootstrap import auroc_statistic
 
     is_class = np.asarray(is_class, bool)
-    score = np.asarray(score, float)
-    if not np.isfinite(score).all():
-        raise ValueError("one_vs_rest_auroc: a probability is not finite (NaN or inf): check the predictions")
-    return None if is_class.all() or not is_class.any() else auroc_statistic(is_class, score)(np.ones(len(score)))
+    return None if is_class.all() or not is_class.any() else auroc_statistic(is_class, score)(np.ones(len(is_class)))
 
 
 def multiclass_metrics(y_onehot: np.ndarray, prob: np.ndarray, classes, groups, stats: dict | None = None,

@@ -332,8 +332,6 @@ def weighted_micro_auroc(y: np.ndarray, prob: np.ndarray, w: np.ndarray) -> floa
     checks), which the Table 2 fold bootstrap calls 12,000 times in the ``ci`` profile."""
     keep = np.asarray(w) > 0
     y, prob, w = np.asarray(y)[keep], np.asarray(prob, float)[keep], np.asarray(w, float)[keep]
-    if not np.isfinite(prob).all():
-        raise ValueError("weighted_micro_auroc: a probability is not finite (NaN or inf): check the predictions")
     flat = y.ravel().astype(bool)
     if flat.all() or not flat.any():
         return None
@@ -471,6 +469,8 @@ def _tied_counts(y, score, descending: bool) -> Callable[[np.ndarray], tuple[np.
     score = np.asarray(score, dtype=float).ravel()
     if len(y) != len(score):
         raise ValueError(f"{len(y)} truths but {len(score)} scores")
+    if not np.isfinite(score).all():
+        raise ValueError("a score (probability) is not finite (NaN or inf): check the predictions")
     key = -score if descending else score
     order = np.argsort(key, kind="stable")
     _, tie_group = np.unique(key[order], return_inverse=True)

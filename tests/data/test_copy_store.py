@@ -63,3 +63,17 @@ def test_a_changed_file_or_other_feature_code_is_not_reused(raw, params, tmp_pat
     empty = tmp_path / "empty.npz"                                # copy_candidates 0: a store with no image
     copies.link_altered_copies(frame, root, {**p, "copy_candidates": 0}, 1, keep=empty)
     assert copy_store.load(empty, copies.feature_key(p["phash_size"])) == ({}, None)
+
+
+def test_the_external_stage_reads_the_kept_features_once_for_the_whole_index(raw, params, tmp_path, capsys):
+    from cxrbench.studies.external.overlap import kept_features
+
+    root, frame, p = _study(raw, params, tmp_path, n=3)
+    keep = tmp_path / "copy_features.npz"
+    copies.link_altered_copies(frame, root, p, 1, keep=keep)
+    with open(root / frame["path"].iat[2], "ab") as f:
+        f.write(b"\0")
+    known = kept_features(frame, root, p, keep)
+    assert [k is not None for k in known] == [True, True, False]
+    assert "2 of 3 study images (the others' files changed since: computed)" in capsys.readouterr().out
+    assert kept_features(frame, root, p, tmp_path / "none.npz") == [None] * 3

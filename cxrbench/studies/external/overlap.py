@@ -92,34 +92,39 @@ def _load_or_none(path: str):
         return None
 
 
+def kept_features(index: pd.DataFrame, raw: Path, dedupe: dict, kept: str | Path) -> list:
+    """The index stage's copy-search features (:mod:`cxrbench.data.copy_store`) of each image of
+    ``index``, None for one to compute (a DICOM file, a file changed since, or no usable store); read once
+    per stage, for every source's :func:`separate_copies`. Says how many it reuses."""
+    cached, why = copy_store.load(kept, copies.feature_key(dedupe["phash_size"]))
+    files = [Path(raw) / x for x in index["path"]]
+    known = [None if f.suffix.lower() in PI.DICOM_SUFFIXES else copy_store.lookup(cached, rel, f)
+             for rel, f in zip(index["path"], files)]
+    reused = sum(k is not None for k in known)
+    print(f"external: the copy search reuses the index stage's features of {reused} of {len(files)} study "
+          f"images" + (f" ({why})" if why else " (the others' files changed since: computed)"
+                       if reused < len(files) else ""), flush=True)
+    return known
+
+
 def separate_copies(frame: pd.DataFrame, index: pd.DataFrame, raw: Path, src: Source, dedupe: dict,
-                    workers: int = 1, kept: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
+                    workers: int = 1, study_features: list | None = None) -> tuple[pd.DataFrame, dict]:
     """Drop (``exclude_study_patients``) or refuse the patients of images that are copies of study images.
 
     A copy is found as the index stage finds one (:func:`cxrbench.data.copies.copies_between`: the same
     pixels, a perceptual hash within ``dedupe.phash_max_distance``, or ORB keypoints under one similarity of
     any flip or right-angle turn), against every image of data/index.csv read from ``raw``. Its patient is a
     study patient under another id: all their images go. Returns the frame and the count for the metrics.
-    ``kept``: the index stage's features of the study images (:mod:`cxrbench.data.copy_store`), used for
-    each image whose file is unchanged; the others are computed."""
+    ``study_features``: :func:`kept_features` of ``index`` (None: every study image's features computed)."""
     files = [Path(raw) / x for x in index["path"]]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ExternalError(f"{len(missing)} image(s) of data/index.csv are missing ({_listed(missing)}): the "
                             f"external stage compares every source image with the study's images; download "
                             f"them again (dvc repro download)")
-    known = [None] * len(files)
-    if kept is not None:
-        cached, why = copy_store.load(kept, copies.feature_key(dedupe["phash_size"]))
-        known = [None if Path(f).suffix.lower() in PI.DICOM_SUFFIXES else copy_store.lookup(cached, rel, f)
-                 for rel, f in zip(index["path"], files)]
-        reused = sum(k is not None for k in known)
-        print(f"external {src.name}: the copy search reuses the index stage's features of {reused} of "
-              f"{len(files)} study images" + (f" ({why})" if why else
-                                             " (the others' files changed since: computed)" if reused < len(files)
-                                             else ""), flush=True)
     found = copies.copies_between(frame["file"].tolist(), [str(f) for f in files], dedupe, workers,
-                                  loader=_load_or_none, desc=f"external {src.name} vs study", ref_features=known)
+                                  loader=_load_or_none, desc=f"external {src.name} vs study",
+                                  ref_features=study_features)
     pairs = [{"path": frame["path"].iat[c["query"]], "study_path": index["path"].iat[c["ref"]],
               **{k: c[k] for k in ("kind", "inliers", "mirrored", "hash_distance")}} for c in found]
     if pairs and not src.exclude_study_patients:

@@ -39,8 +39,8 @@ from cxrbench.studies.predict import apply as PA
 from cxrbench.studies.predict import inputs as PI
 from cxrbench.studies.predict import load as PL
 from cxrbench.studies.external.images import prepare_images
-from cxrbench.studies.external.overlap import (_listed, cap_per_class, refuse_identical, separate_copies,
-                                               separate_from_study)
+from cxrbench.studies.external.overlap import (_listed, cap_per_class, kept_features, refuse_identical,
+                                               separate_copies, separate_from_study)
 from cxrbench.studies.external.sources import OUT_DIR, ExternalError, fetch_source, list_images, source_root, validate
 from cxrbench.studies.external.stats import (EXTERNAL, INTERNAL, MIX, SAME, Scored, mix_weights, own_cut, score_label,
                                              validation_cut)
@@ -122,6 +122,7 @@ def run_stage(params: dict, device=None, workers: int = 1, show: bool = True) ->
         raise ExternalError(f"{INDEX} not found: the external stage checks its sources against the study's index; "
                             f"run the index stage (dvc repro index)")
     index = pd.read_csv(INDEX, dtype=str, keep_default_na=False)
+    study_features = None           # the index stage's copy-search features, read once for every source
     selected = {}                   # every source selected and checked against the study before any model loads
     for src in cfg.sources:
         origin = fetch_source(src)
@@ -132,8 +133,10 @@ def run_stage(params: dict, device=None, workers: int = 1, show: bool = True) ->
         kept = len(frame)
         frame = cap_per_class(frame, cfg.max_images_per_class, cfg.seed)
         capped = kept - len(frame)
+        if study_features is None:
+            study_features = kept_features(index, Path(paths.RAW), copy_params, paths.COPY_FEATURES)
         frame, study_copies = separate_copies(frame, index, Path(paths.RAW), src, copy_params, workers,
-                                              kept=paths.COPY_FEATURES)
+                                              study_features)
         selected[src.name] = (origin, frame, unparsed, listed, excluded, kept, capped, study_copies)
     union = []
     for spec in cfg.models:
