@@ -25,7 +25,6 @@ OUT/aoppc_table.md (the stage's table text).
 from __future__ import annotations
 
 import argparse
-import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         runs.append({"dir": run_dir, "params": P.load(files["params"]), "aoppc": read_json(files["aoppc"]),
                      "rows": pd.read_csv(files["per_image"], keep_default_na=False)})
-    problem = _check_seeds(runs) if len(runs) > 1 else None
+    problem = P.seed_runs_problem([(r["dir"], r["params"]) for r in runs]) if len(runs) > 1 else None
     if problem:
         print(problem, file=sys.stderr)
         return 2
@@ -95,27 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out / 'aoppc.json'} and {args.out / MD} (statistics of commit {commit}, "
           f"{len(runs)} run(s))")
     return 0
-
-
-def _check_seeds(runs: list[dict]) -> str | None:
-    """None when the runs' params differ in ``train.seed`` alone and no two share a seed; else why not."""
-    seeds = [r["params"].get("train", {}).get("seed") for r in runs]
-    if len(set(seeds)) < len(seeds):
-        return (f"train.seed {seeds}: two runs share a seed (a rerun, not another seed); run the profile "
-                f"with --set train.seed=N for each seed")
-
-    def without_seed(p: dict) -> dict:
-        q = copy.deepcopy(p)
-        q.get("train", {}).pop("seed", None)
-        return q
-
-    base = without_seed(runs[0]["params"])
-    for r in runs[1:]:
-        diff = sorted(k for k in set(base) | set(r["params"]) if base.get(k) != without_seed(r["params"]).get(k))
-        if diff:
-            return (f"{r['dir']}: its params differ from {runs[0]['dir']}'s in {diff}, not only in train.seed; "
-                    f"pool only runs of one profile that differ in the training seed")
-    return None
 
 
 def _seed_samples(runs: list[dict]) -> dict:

@@ -299,8 +299,8 @@ def combine(table, backbones: list[str], folds: list[int], ev: dict, vote_tie: s
     return {"per_fold": per_fold, "fold_records": fold_records, "rocs": rocs, "means": means, "test_rows": test_rows}
 
 
-def compare(per_fold: dict, test_rows: list[dict], backbones: list[str], folds: list[int], stats: dict,
-            vote_rule: str, paper_rule) -> dict:
+def compare(per_fold: dict, test_rows: list[dict], backbones: list[str], folds: list, stats: dict,
+            vote_rule: str, paper_rule, unit: str = "folds") -> dict:
     """Every model summarised over folds (test and val), the ensemble against the best single backbone
     (chosen on validation micro F1, never on test) with a paired CI, and the Table-2-style rows and note."""
     from cxrbench.classify.evaluation import summary_rows
@@ -320,7 +320,7 @@ def compare(per_fold: dict, test_rows: list[dict], backbones: list[str], folds: 
     models = [*backbones, "ensemble"]
     t2 = table2({m: per_fold[m] for m in models}, "test", table2_intervals(test_rows, models, stats, paper_rule))
     note = (f"Ensemble vs best single backbone ({best}, chosen on validation micro F1), test micro F1, mean over "
-            f"{len(folds)} folds: difference {paired['difference']:+.3f}" + (
+            f"{len(folds)} {unit}: difference {paired['difference']:+.3f}" + (
                 f", {stats['confidence']:.0%} CI [{paired['ci']['low']:+.3f}, {paired['ci']['high']:+.3f}] "
                 f"(paired bootstrap over {paired['ci']['groups']} test patient groups, {stats['resamples']} "
                 f"resamples)" if paired["ci"] else ", per-fold CIs in metrics/table2.json (each fold has its own "
@@ -328,3 +328,25 @@ def compare(per_fold: dict, test_rows: list[dict], backbones: list[str], folds: 
             f"; per fold {', '.join(f'{d:+.3f}' for d in paired['fold_differences'])} (training variation). "
             f"Majority vote: {vote_rule}. No p value: 2-5 folds support none.")
     return {"rows": rows, "val_rows": val_rows, "paired": paired, "table2": t2, "note": note}
+
+
+def pool_seeds(combined: dict[int, dict]) -> dict:
+    """Several runs' :func:`combine` outputs (training seed -> output) that differ in the seed alone, as one
+    run whose models are fold x seed: ``per_fold`` (model -> one entry per fold and seed), ``test_rows`` in the
+    same order, and ``folds`` naming each (``f0@seed42``). :func:`compare` on it gives Table 2 with the seeds'
+    models as a source of variance: its second interval resamples the fold x seed models, then the test
+    patients, one weight per patient shared by every model that tests them (the seeds test the same
+    patients)."""
+    if len(combined) < 2:
+        raise ValueError(f"{len(combined)} run(s): pooling training seeds needs at least 2")
+    models = {tuple(c["per_fold"]) for c in combined.values()}
+    if len(models) != 1:
+        raise ValueError(f"the runs have other models ({sorted(models)}); pool runs of one profile")
+    per_fold: dict[str, list[dict]] = {m: [] for m in next(iter(models))}
+    test_rows, folds = [], []
+    for seed, c in sorted(combined.items()):
+        for m, entries in c["per_fold"].items():
+            per_fold[m].extend(entries)
+        test_rows.extend(c["test_rows"])
+        folds.extend(f"f{r['fold']}@seed{seed}" for r in c["fold_records"])
+    return {"per_fold": per_fold, "test_rows": test_rows, "folds": folds}

@@ -254,3 +254,28 @@ def check_nonempty_list(key: str, values: Any) -> list:
     if not isinstance(values, list) or not values:
         raise ParamError(key, f"expected a non-empty list, got {values!r}")
     return values
+
+
+def seed_runs_problem(runs: list[tuple[str, dict]]) -> str | None:
+    """None when the runs' params (``(run folder, params)`` each) differ in ``train.seed`` alone and no two
+    share a seed, so that they may be pooled as training seeds of one study; else why not, in a sentence
+    naming the run and the differing sections."""
+    seeds = [p.get("train", {}).get("seed") for _, p in runs]
+    if len(set(map(str, seeds))) < len(seeds):
+        return (f"train.seed {seeds}: two runs share a seed (a rerun, not another seed); run the profile "
+                f"with --set train.seed=N for each seed")
+
+    def without_seed(p: dict) -> dict:
+        q = dict(p)
+        q["train"] = {k: v for k, v in (p.get("train") or {}).items() if k != "seed"}
+        return q
+
+    first_dir, first = runs[0]
+    base = without_seed(first)
+    for run_dir, p in runs[1:]:
+        other = without_seed(p)
+        diff = sorted(k for k in set(base) | set(other) if base.get(k) != other.get(k))
+        if diff:
+            return (f"{run_dir}: its params differ from {first_dir}'s in {diff}, not only in train.seed; "
+                    f"pool only runs of one profile that differ in the training seed")
+    return None
