@@ -348,17 +348,26 @@ def markdown(robustness: dict, agreement: dict, repeat: dict, s: Settings, resil
         lines.append(f"| {metric} | {_cell(e.get('input_noise'))}{_not(e.get('input_noise'))} | "
                      f"{_cell(e.get('model_noise'))}{_not(e.get('model_noise'))} |")
     lines += ["", "#### Repeatability across independently trained models", "",
-              "The same method's maps of the same held-out images from the models of two folds (**repeat**), "
-              "beside the trained model vs its weight-randomised copy (**randomised**, the attribute stage's "
-              "sanity images). Zero-input pixels excluded; CAMs at feature-map resolution. Flag: the maps change "
-              "more between two trained models than under randomisation. One training seed per fold: "
-              "repeatability across seeds is not measured here.", ""]
+              repeatability_markdown(repeat, pairs, FOLDS_INTRO).rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+FOLDS_INTRO = ("The same method's maps of the same held-out images from the models of two folds (**repeat**), beside "
+               "the trained model vs its weight-randomised copy (**randomised**, the attribute stage's sanity "
+               "images). Zero-input pixels excluded; CAMs at feature-map resolution. Flag: the maps change more "
+               "between two trained models than under randomisation. One training seed per fold: repeatability "
+               "across seeds is scripts/repeat_seeds.py's, over runs of other seeds.")
+
+
+def repeatability_markdown(repeat: dict, pairs: dict | None, intro: str) -> str:
+    """The repeatability table (:func:`summarise_repeatability`) under ``intro``, with each compared pair of
+    models and their test AUROC (``pairs``: name -> {label, test_auroc, cam_side})."""
+    lines = [intro, ""]
     for name, e in (pairs or {}).items():
         auc = ", ".join("not evaluated" if v is None else f"{v:.3f}" for v in e["test_auroc"])
         lines.append(f"- {name}: test AUROC ({e['label']}) {auc}; CAMs compared on a {e['cam_side']} x "
                      f"{e['cam_side']} grid")
-    lines += ["",
-              "| method | similarity | repeat | randomised | flag |", "|---|---|---|---|---|"]
+    lines += ["", "| method | similarity | repeat | randomised | flag |", "|---|---|---|---|---|"]
     for m, per in repeat.items():
         for metric, e in per.items():
             nc = {k: v for k, v in e["repeat"].get("not_compared", {}).items() if v}

@@ -88,8 +88,11 @@ def _robustness(params, cfg, s, bb, k, z, cache, device, group_of) -> list[dict]
     return rows
 
 
-def _repeatability(params, cfg, s, bb, ka, kb, cache, device, group_of) -> list[dict]:
-    za, zb = (np.load(paths.attributions(bb, k), allow_pickle=False) for k in (ka, kb))
+def repeat_pair(params, cfg, s, bb, za, zb, ka, pair: str, cache, device, group_of) -> list[dict]:
+    """Repeatability rows of two models' stored maps of ``bb`` (``za``, ``zb``: attribute-stage files; model A is
+    fold ``ka`` of the current folder's run, whose randomised copy is the control), on the images both explain;
+    each row is labelled ``pair`` (e.g. ``0 vs 1``: two folds; or two seeds of one fold). [] when either file
+    records a skipped model or they share no image."""
     if "skipped" in za.files or "skipped" in zb.files:
         return []
     pa, pb = za["paths"].astype(str), zb["paths"].astype(str)
@@ -111,7 +114,7 @@ def _repeatability(params, cfg, s, bb, ka, kb, cache, device, group_of) -> list[
     rows = RL.repeatability_rows(maps_a, maps_b, rand_a, keep_all[ia], keep_all, cam_side)
     for r in rows:
         p = common[r["image"]] if r["comparison"] == "repeat" else pa[r["image"]]
-        r.update(backbone=bb, folds=f"{ka} vs {kb}", path=p, group=group_of.get(p, p), cam_side=cam_side)
+        r.update(backbone=bb, folds=pair, path=p, group=group_of.get(p, p), cam_side=cam_side)
     return rows
 
 
@@ -144,7 +147,8 @@ def run_stage(params: dict) -> None:
             print(f"reliability {bb}-f{k}: robustness in {time.perf_counter() - t1:.1f}s", flush=True)
         for ka, kb in zip(folds[:-1], folds[1:]):
             with timing.step("repeatability", unit="pair of models"):
-                rows = _repeatability(params, cfg, s, bb, ka, kb, cache, device, group_of)
+                za, zb = (np.load(paths.attributions(bb, k), allow_pickle=False) for k in (ka, kb))
+                rows = repeat_pair(params, cfg, s, bb, za, zb, ka, f"{ka} vs {kb}", cache, device, group_of)
             rep += rows
             if rows:
                 label = str(np.load(paths.attributions(bb, ka), allow_pickle=False)["target_name"][0])
@@ -182,7 +186,8 @@ def run_stage(params: dict) -> None:
             "repeatability": "same method, same test image, models of two folds; randomised: trained model vs "
                              "its weight-randomised copy (attribute stage, first explain.sanity_images images); "
                              "zero-input pixels excluded, CAMs at feature-map resolution; flag: repeat < randomised",
-            "seeds": "one training seed per fold in this pipeline: repeatability across seeds is not measured",
+            "seeds": "one training seed per fold in this pipeline: repeatability across seeds is measured over "
+                     "runs of other seeds by scripts/repeat_seeds.py",
             "resilience": f"MetaQuantus-style, methods {cfg.resilience_methods}: |score change| under input noise "
                           f"(sd {cfg.input_noise:g}) where |P(target) change| <= {cfg.prob_tolerance:g} (lower = "
                           f"resilient), and under multiplicative weight noise (sd {cfg.model_noise:g}) where it is "

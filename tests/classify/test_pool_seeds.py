@@ -1,5 +1,6 @@
-"""Table 2 pooled over training seeds: runs that differ in ``train.seed`` alone become fold x seed models, and
-the interval over models resamples them (scripts/pool_table2.py, cxrbench.classify.ensemble.pool_seeds)."""
+"""Runs that differ in ``train.seed`` alone, pooled: Table 2 over fold x seed models, whose interval over models
+resamples them (scripts/pool_table2.py, cxrbench.classify.ensemble.pool_seeds), and the repeatability of the
+maps across seeds of one fold (scripts/repeat_seeds.py)."""
 
 from __future__ import annotations
 
@@ -66,25 +67,44 @@ def test_the_interval_over_models_exists_only_once_seeds_add_models():
     assert "patients" in two["variance"]
 
 
-@pytest.mark.slow
-def test_the_script_pools_runs_and_refuses_what_is_not_a_seed(template, tmp_path, capsys):  # noqa: F811
-    spec = importlib.util.spec_from_file_location("pool_table2", ROOT / "scripts" / "pool_table2.py")
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    a = tmp_path / "s0"
+    return script
+
+
+@pytest.fixture(scope="module")
+def seed_runs(template, tmp_path_factory):  # noqa: F811
+    """Two run folders that differ only in train.seed (0, 1), with the same trained model, evaluation and maps
+    (a copy): what the scripts read of a finished run."""
+    from stages import attribute
+
+    root = tmp_path_factory.mktemp("seeds")
+    a = root / "s0"
     shutil.copytree(template, a)
     p = yaml.safe_load((a / "params.yaml").read_text())
     p["ensemble"]["min_backbones"] = 1
     p["stats"]["resamples"] = 100
+    p["explain"].update(methods=["saliency", "gradcam"], max_images=4, sanity_images=2)
+    p["explain"]["target_layers"][TINY] = "layer4"
     (a / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     _train(a)
     _evaluate(a)
-    b = tmp_path / "s1"
+    with _cwd(a):
+        attribute.main([TINY, "0"])
+    b = root / "s1"
     shutil.copytree(a, b)
     p["train"]["seed"] = 1
     (b / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    with _cwd(tmp_path):
-        assert script.main([str(a), str(b), "--out", str(tmp_path / "out")]) == 0
+    return a, b, p
+
+
+@pytest.mark.slow
+def test_the_table2_script_pools_runs_and_refuses_what_is_not_a_seed(seed_runs, tmp_path, capsys):
+    script = _script("pool_table2")
+    a, b, p = seed_runs
+    assert script.main([str(a), str(b), "--out", str(tmp_path / "out")]) == 0
     out = json.loads((tmp_path / "out" / "table2.json").read_text())
     assert out["models"] == ["f0@seed0", "f0@seed1"] and out["seeds"] == [0, 1]
     row = {r["key"]: r for r in out["rows"]}[TINY]
@@ -93,8 +113,38 @@ def test_the_script_pools_runs_and_refuses_what_is_not_a_seed(template, tmp_path
     # the same seed twice is a rerun; another setting is another study: both refused with the reason
     assert script.main([str(a), str(a), "--out", str(tmp_path / "x")]) == 2
     assert "share a seed" in capsys.readouterr().err
-    p["train"]["seed"], p["train"]["epochs"] = 2, 5
-    (b / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    assert script.main([str(a), str(b), "--out", str(tmp_path / "x")]) == 2
+    c = tmp_path / "s2"
+    shutil.copytree(b, c)
+    q = yaml.safe_load((c / "params.yaml").read_text())
+    q["train"]["seed"], q["train"]["epochs"] = 2, 5
+    (c / "params.yaml").write_text(yaml.safe_dump(q, sort_keys=False))
+    assert script.main([str(a), str(c), "--out", str(tmp_path / "x")]) == 2
     assert "['train']" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_maps_of_two_seeds_are_compared_image_by_image(seed_runs, tmp_path, capsys):
+    """Identical maps (a copied run) repeat exactly (Spearman 1); the second run's maps shifted by one image
+    (each image paired with another's map) do not, and the script says so."""
+    from cxrbench.core import paths
+
+    script = _script("repeat_seeds")
+    a, b, _ = seed_runs
+    assert script.main([str(a), str(b), "--out", str(tmp_path / "same")]) == 0
+    same = json.loads((tmp_path / "same" / "repeatability_seeds.json").read_text())
+    cell = same["across_seeds"]["saliency"]["spearman_abs"]
+    assert cell["repeat"]["mean"] == pytest.approx(1.0) and cell["repeat"]["n"] == 4 and cell["flag"] is False
+    assert list(same["across_seeds_models"]) == [f"{TINY} f0 seed 0 vs 1"]
+    c = tmp_path / "shifted"
+    shutil.copytree(b, c)
+    f = c / paths.attributions(TINY, 0)
+    z = dict(np.load(f, allow_pickle=False))
+    z["saliency"] = np.roll(z["saliency"], 1, axis=0)
+    np.savez(f, **z)
+    assert script.main([str(a), str(c), "--out", str(tmp_path / "moved")]) == 0
+    moved = json.loads((tmp_path / "moved" / "repeatability_seeds.json").read_text())
+    assert moved["across_seeds"]["saliency"]["spearman_abs"]["repeat"]["mean"] < 0.95
+    assert "seeds" in (tmp_path / "moved" / "repeatability_seeds.md").read_text()
+    assert script.main([str(a), "--out", str(tmp_path / "x")]) == 2
+    assert "two or more seeds" in capsys.readouterr().err
