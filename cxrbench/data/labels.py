@@ -105,3 +105,9 @@ class LabelTable:
     def leaf(self, labels: list[str]) -> str:
         """The most specific label of a set (deepest in the hierarchy); used for stratification."""
         return max(labels, key=lambda lab: (len(self.ancestors(lab)), -self.names.index(lab)))
+
+
+def scored_outputs(frame) -> list[str]:
+    """The outputs a predictions frame scores: each ``prob_NAME`` column with its truth ``y_NAME`` (a multiclass
+    run's snapshot columns, ``prob_sK_CLASS``, have none and are not outputs of their own)."""
+    return [c[len("prob_"):] for c in frame.columns if c.startswith("prob_") and f"y_{c[len('prob_'):]}" in frame]

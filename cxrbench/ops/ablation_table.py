@@ -34,6 +34,7 @@ from cxrbench.core import bootstrap as B
 from cxrbench.classify import paper_scoring as PS
 from cxrbench.classify.evaluation import positive
 from cxrbench.core.io import read_json, write_json, write_text
+from cxrbench.data.labels import scored_outputs
 from cxrbench.ops.ladder import ladder, row_params, validate
 from cxrbench.core.params import apply_protocol, section
 
@@ -43,7 +44,7 @@ METRICS = {"paper_f1": "micro F1, paper scoring (their 14 labels, their cut)",
 
 
 def _labels(pred: pd.DataFrame) -> list[str]:
-    return [c[5:] for c in pred.columns if c.startswith("prob_")]
+    return scored_outputs(pred)
 
 
 def fold_arrays(row_dir: Path, fold: int, images: pd.DataFrame) -> dict:

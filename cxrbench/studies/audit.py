@@ -32,6 +32,7 @@ from cxrbench.core import bootstrap, paths
 from cxrbench.core import params as P
 from cxrbench.core.io import read_json, write_json, write_text
 from cxrbench.data.cache import Cache
+from cxrbench.data.labels import scored_outputs
 from cxrbench.lungs import controls as audit_inputs
 from cxrbench.lungs import segmentation as seg
 from cxrbench.core.params import ParamError, section
@@ -345,7 +346,7 @@ def run(params: dict) -> None:
         for k in folds:
             full = test_part(paths.run("main", bb, k).predictions)
             test_paths = list(full["path"])
-            labels = [c[len("prob_"):] for c in full.columns if c.startswith("prob_")]   # the outputs in use
+            labels = scored_outputs(full)   # the outputs in use
             for name, s in a["scores"].items():    # e.g. a multiclass run's classes: a status, not a crash
                 missing = sorted({v for v in (s["score"], s["truth"]) if not v.startswith("source=")} - set(labels))
                 if missing:

@@ -407,3 +407,15 @@ def test_adam_runs_fused_and_makes_the_same_update():
         ref_opt.step()
     for p, q in zip(ours, ref):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-12)
+
+
+def test_snapshot_columns_are_not_outputs_of_their_own():
+    """A multiclass run with snapshots writes prob_sK_CLASS beside prob_CLASS; only the latter has a truth
+    column and is an output (the audit read every prob_ column and asked for y_s0_covid19)."""
+    import pandas as pd
+
+    from cxrbench.data.labels import scored_outputs
+
+    frame = pd.DataFrame(columns=["path", "split", "y_covid19", "y_normal", "prob_covid19", "prob_normal",
+                                  "prob_s0_covid19", "prob_s0_normal", "prob_s1_covid19"])
+    assert scored_outputs(frame) == ["covid19", "normal"]
