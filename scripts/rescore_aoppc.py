@@ -19,7 +19,9 @@ randomisation counts: per run, in each run's own files).
 
 RUN_DIR: a run's repository root, with the params it ran with in its ``params.yaml`` (a clone that ran
 ``cxrbench run PROFILE --workspace``; for seeds, ``--set train.seed=43``). Writes OUT/aoppc.json and
-OUT/aoppc_table.md (the stage's table text).
+OUT/aoppc_table.md (the stage's table text), and OUT/agreement.{json,md}: the reliability stage's agreement of
+the metrics on the methods' ranking, over the same models and every explained image (a robustness score is
+taken only where it covers every image).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from cxrbench.core import paths
 from cxrbench.core.io import read_json, write_json, write_text
 from cxrbench.explain import aoppc_run
 from cxrbench.explain import runner as A
+from cxrbench.explain import reliability as RL
+from cxrbench.explain.metrics import agreement as AG
 from cxrbench.explain.metrics import rescore
 from cxrbench.explain.metrics.across_models import seed_model
 from cxrbench.explain.metrics import scoring as AS
@@ -91,9 +95,41 @@ def main(argv: list[str] | None = None) -> int:
     text = (aoppc_run.sample_sentence(result["sample"])
             + ATT.markdown(result, methods, s.reference, _region(s, result.get("region"))))
     write_text(args.out / MD, text)
-    print(f"wrote {args.out / 'aoppc.json'} and {args.out / MD} (statistics of commit {commit}, "
-          f"{len(runs)} run(s))")
+    agreement = _agreement(runs, params, s.stats)
+    agreement["rescored"] = result["rescored"]
+    write_json(args.out / "agreement.json", agreement)
+    write_text(args.out / "agreement.md", _agreement_text(agreement))
+    print(f"wrote {args.out / 'aoppc.json'}, {args.out / MD} and {args.out / 'agreement.md'} (statistics of commit "
+          f"{commit}, {len(runs)} run(s))")
     return 0
+
+
+def _agreement(runs: list[dict], params: dict, stats: dict) -> dict:
+    """The agreement of the metrics on the methods' ranking (the reliability stage's, over the same models as the
+    tables above): every metric of ``reliability.agreement_metrics`` that covers every explained image; the
+    robustness scores (each run's metrics/reliability_per_image.csv, where present) only if they do."""
+    rl = RL.validate(params)
+    methods = list(dict.fromkeys([*rl.methods, *RL.CONTROLS]))
+    robust = []
+    for r in runs:
+        f = Path(r["dir"]) / paths.RELIABILITY_PER_IMAGE
+        robust.append(pd.read_csv(f, keep_default_na=False) if f.is_file() else pd.DataFrame())
+    robust = [f[f["status"] == "ok"].drop(columns="status") if len(f) else f for f in robust]
+    if len(runs) == 1:
+        rows, extra = runs[0]["rows"], robust[0]
+    else:
+        seeds = [int(r["params"]["train"]["seed"]) for r in runs]
+        rows = rescore.combine(dict(zip(seeds, (r["rows"] for r in runs))))
+        extra = rescore.combine(dict(zip(seeds, robust))) if all(len(f) for f in robust) else pd.DataFrame()
+    rows = rows.assign(value=pd.to_numeric(rows["value"], errors="coerce"))
+    extra = extra.assign(value=pd.to_numeric(extra["value"], errors="coerce")) if len(extra) else extra
+    return AG.over_covered_items(rows, extra, methods, rl.agreement_metrics, stats)
+
+
+def _agreement_text(agreement: dict) -> str:
+    left = agreement.get("metrics_not_scored") or {}
+    return (AG.markdown(agreement) + ("\nMetrics left out of the agreement: " + "; ".join(
+        f"`{m}` ({why})" for m, why in left.items()) + ".\n" if left else ""))
 
 
 def _seed_samples(runs: list[dict]) -> dict:

@@ -144,3 +144,23 @@ def test_the_tables_state_the_confidence_level_of_stats():
     r = AG.agreement(_frame(vals), methods, metrics, {**STATS, "confidence": 0.9})
     text = AG.markdown(r)
     assert "90 % CI" in text and "95 %" not in text
+
+
+def test_a_robustness_metric_on_fewer_images_is_left_out_not_the_images():
+    """Robustness is scored on the first reliability.images images only: taking it would shrink the common set
+    to them (2 of 6 images here). It is left out with the count, and every image is ranked by the rest; scored on
+    every image, it is kept."""
+    methods = ["a", "b"]
+    per_image = _frame({("a", "aoppc_pixels_morf"): 2.0 + np.arange(6) * 0.01, ("b", "aoppc_pixels_morf"): 1.0,
+                        ("a", "lung_mass"): 0.3, ("b", "lung_mass"): 0.6 + np.arange(6) * 0.01})
+    partial = _frame({("a", "infidelity"): 0.1, ("b", "infidelity"): 0.2})
+    partial = partial[partial["image"] < 2]
+    r = AG.over_covered_items(per_image, partial, methods, ["aoppc_pixels_morf", "lung_mass", "infidelity"], STATS)
+    assert r["items"] == 6 and r["metrics"] == ["aoppc_pixels_morf", "lung_mass"]
+    assert r["metrics_not_scored"] == {"infidelity": "scored on 2 of the 6 items; the common set would shrink to them"}
+    full = _frame({("a", "infidelity"): 0.1, ("b", "infidelity"): 0.2 + np.arange(6) * 0.01})
+    r = AG.over_covered_items(per_image, full, methods, ["aoppc_pixels_morf", "lung_mass", "infidelity"], STATS)
+    assert r["items"] == 6 and r["metrics"] == ["aoppc_pixels_morf", "lung_mass", "infidelity"]
+    assert r["metrics_not_scored"] == {}
+    r = AG.over_covered_items(per_image, pd.DataFrame(), methods, ["aoppc_pixels_morf", "infidelity"], STATS)
+    assert r["metrics"] == ["aoppc_pixels_morf"] and "infidelity" in r["metrics_not_scored"]

@@ -135,6 +135,9 @@ def test_the_script_pools_seeds_and_refuses_what_is_not_a_seed(tmp_path, capsys)
     assert result["gain"]["across_models"]["pooled"]["gradcam|aoppc_threshold_morf"]["models"] == 6
     assert result["rescored"]["runs"] == [str(a), str(b)]
     assert "backbone x fold x training seed" in (tmp_path / "out" / "aoppc_table.md").read_text()
+    agreement = json.loads((tmp_path / "out" / "agreement.json").read_text())     # the metrics' agreement, pooled
+    assert agreement["methods"][-2:] == ["random", "edge"] and "Agreement across metrics" in \
+        (tmp_path / "out" / "agreement.md").read_text()
     # the same seed twice is a rerun; another sample size is another study: both refused, naming the reason
     assert script.main([str(a), str(a), "--out", str(tmp_path / "x")]) == 2
     assert "share a seed" in capsys.readouterr().err

@@ -204,3 +204,29 @@ def agreement(frame, methods: list, metrics: list, stats: dict) -> dict:
             if len(v) else {},
             "ranks": r.tolist(), "tau": pairwise_tau(v, groups, metrics, stats),
             "aggregate": aggregate(v, groups, methods, metrics, stats), "confidence": float(stats["confidence"])}
+
+
+def over_covered_items(per_image, extra, methods: list, metrics: list, stats: dict) -> dict:
+    """:func:`agreement` on ``per_image`` (the aoppc stage's rows) and the rows of ``extra`` (e.g. robustness
+    scores) whose metric covers every (backbone, fold, image) item of ``per_image``. A metric scored on fewer
+    items (robustness runs on ``reliability.images`` per model) is left out, with the count, rather than
+    shrinking the common set to its items; ``metrics_not_scored`` names every metric left out and why."""
+    import pandas as pd
+
+    def items(f):
+        return set(zip(f["backbone"].astype(str), f["fold"].astype(str), f["image"].astype(str)))
+
+    every = items(per_image)
+    parts, left = [per_image], {}
+    for me in [m for m in metrics if m in set(extra["metric"].astype(str))] if len(extra) else []:
+        rows = extra[extra["metric"].astype(str) == me]
+        have = items(rows) & every
+        if have == every:
+            parts.append(rows)
+        else:
+            left[me] = f"scored on {len(have)} of the {len(every)} items; the common set would shrink to them"
+    both = pd.concat(parts, ignore_index=True)
+    kept, not_scored = select(both, methods, [m for m in metrics if m not in left])
+    out = agreement(both, methods, kept, stats)
+    out["metrics_not_scored"] = {**left, **not_scored}
+    return out
