@@ -477,6 +477,26 @@ def test_quantus_map_properties_on_maps_with_known_answers():
     assert {k: len(v) for k, v in MP.properties(np.zeros((0, 8, 8))).items()} == {"sparseness": 0, "complexity": 0}
 
 
+def test_map_properties_of_all_negative_maps_are_those_of_their_magnitude():
+    """Quantus scores |map| but refuses a batch whose values are all negative (the aoppc stage crashed on a
+    signed map of an untrained VGG-16). Negated maps score as the maps themselves, and a mixed-sign batch scores
+    as Quantus scores it when given the signed values."""
+    import quantus
+
+    from cxrbench.explain.metrics import properties as MP
+    rng = np.random.default_rng(1)
+    maps = rng.random((3, 16, 16)).astype(np.float32)
+    pos, neg = MP.properties(maps), MP.properties(-maps)
+    for k in pos:
+        np.testing.assert_array_equal(pos[k], neg[k])
+    mixed = (rng.random((3, 16, 16)) - 0.3).astype(np.float32)
+    x, y = np.zeros_like(mixed[:, None]), np.zeros(3, dtype=int)
+    ours = MP.properties(mixed)
+    for name, metric in (("sparseness", quantus.Sparseness), ("complexity", quantus.Complexity)):
+        theirs = metric(disable_warnings=True)(model=None, x_batch=x, y_batch=y, a_batch=mixed[:, None])
+        np.testing.assert_allclose(ours[name], np.asarray(theirs, np.float64), rtol=1e-6)
+
+
 def test_pooled_cells_carry_a_patient_weighted_mean_beside_the_image_mean():
     from cxrbench.explain.metrics import tables as AT
     patients = np.array([0] * 12 + list(range(1, 5)))          # one patient holds 12 of 16 images

@@ -29,7 +29,10 @@ def properties(maps) -> dict[str, np.ndarray]:
         raise ValueError(f"maps must be (N, H, W), got shape {a.shape}")
     if len(a) == 0:
         return {p: np.zeros(0) for p in PROPERTIES}
-    a = a[:, None]
+    # Quantus scores |map| (abs=True, the maps normalised by their maximum |value|), but its input check refuses a
+    # batch whose values are all negative (a signed map of a model that has learnt little can be): |map| in
+    # gives the same scores and passes it
+    a = np.abs(a)[:, None]
     x, y = np.zeros_like(a), np.zeros(len(a), dtype=int)
     out = {}
     with warnings.catch_warnings():
