@@ -317,8 +317,9 @@ def _cell(e: dict | None) -> str:
 
 
 def markdown(robustness: dict, agreement: dict, repeat: dict, s: Settings, resilience: dict | None = None,
-             pairs: dict | None = None) -> str:
-    """The reliability tables: robustness with its controls, agreement across metrics, repeatability."""
+             pairs: dict | None = None, with_robustness: dict | None = None) -> str:
+    """The reliability tables: robustness with its controls, agreement across metrics (every explained image;
+    ``with_robustness``: the same with the robustness metrics, on the images they were scored on), repeatability."""
     from cxrbench.explain.metrics import agreement as AG
 
     lines = ["### Reliability of the explanation metrics", "",
@@ -337,6 +338,13 @@ def markdown(robustness: dict, agreement: dict, repeat: dict, s: Settings, resil
     if agreement.get("metrics_not_scored"):
         lines += ["", "Metrics left out of the agreement (every method must have a score under each): "
                   + "; ".join(f"`{m}` ({why})" for m, why in agreement["metrics_not_scored"].items()) + "."]
+    if with_robustness:
+        text = AG.markdown(with_robustness).rstrip().replace(
+            "#### Agreement across metrics", "#### Agreement across metrics, with robustness (its images only)", 1)
+        lines += ["", text]
+        if with_robustness.get("metrics_not_scored"):
+            lines += ["", "Left out here: " + "; ".join(
+                f"`{m}` ({why})" for m, why in with_robustness["metrics_not_scored"].items()) + "."]
     lines += ["", "#### Noise resilience and reactivity of each metric (MetaQuantus)", "",
               f"Mean |change of the score| per image, methods {', '.join(s.resilience_methods)} pooled. **Input "
               f"noise** (sd {s.input_noise:g}; images whose P(target) moved by at most {s.prob_tolerance:g}): the "

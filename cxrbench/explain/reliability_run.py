@@ -165,11 +165,18 @@ def run_stage(params: dict) -> None:
     rep_frame = pd.DataFrame(rep)
 
     per_image = pd.read_csv(paths.AOPPC_PER_IMAGE, keep_default_na=False)
-    both = pd.concat([per_image, rob_frame[rob_frame["status"] == "ok"].drop(columns="status")], ignore_index=True)
+    per_image = per_image.assign(value=pd.to_numeric(per_image["value"], errors="coerce"))
+    robust_ok = rob_frame[rob_frame["status"] == "ok"].drop(columns="status")
     methods = list(dict.fromkeys([m for m in cfg.methods] + list(RL.CONTROLS)))
-    kept, metrics_left = AG.select(both, methods, cfg.agreement_metrics)
-    agreement = AG.agreement(both, methods, kept, stats)
-    agreement["metrics_not_scored"] = metrics_left
+    # every explained image, by the metrics that cover them all; robustness (reliability.images per model) beside
+    # it, on the images it was scored on, when it covers fewer
+    agreement = AG.over_covered_items(per_image, robust_ok, methods, cfg.agreement_metrics, stats)
+    with_robustness = None
+    if agreement["metrics_on_fewer_items"]:
+        both = pd.concat([per_image, robust_ok], ignore_index=True)
+        kept, metrics_left = AG.select(both, methods, cfg.agreement_metrics)
+        with_robustness = AG.agreement(both, methods, kept, stats)
+        with_robustness["metrics_not_scored"] = metrics_left
 
     robustness = RL.summarise(rob_frame, stats) if len(rob_frame) else {}
     repeat = RL.summarise_repeatability(rep_frame, stats) if len(rep_frame) else {}
@@ -195,9 +202,9 @@ def run_stage(params: dict) -> None:
             "ci": f"{bootstrap.method_name(stats['method'])} bootstrap resampling patients (stats.*)"},
         "params": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "runtime": rt, "seconds": round(time.perf_counter() - t0, 1), "skipped": skipped,
-        "robustness": robustness, "agreement": agreement, "repeatability": repeat, "repeatability_models": pairs,
-        "resilience": resilience})
-    table = RL.markdown(robustness, agreement, repeat, cfg, resilience, pairs)
+        "robustness": robustness, "agreement": agreement, "agreement_with_robustness": with_robustness,
+        "repeatability": repeat, "repeatability_models": pairs, "resilience": resilience})
+    table = RL.markdown(robustness, agreement, repeat, cfg, resilience, pairs, with_robustness)
     write_text(paths.RELIABILITY_MD, table)
     print(table, end="")
 

@@ -168,10 +168,16 @@ def test_reliability_stage_on_the_sample(tmp_path, monkeypatch, sample_data, par
             assert e["n"] == (cell["status"] == "ok").sum() and e["n"] + sum(e["not_scored"].values()) == 6
             assert (m == "gradcam" or e["n"] == 6) and np.isfinite(e["mean"])
     assert out["robustness"]["random"]["sensitivity_max"]["mean"] > out["robustness"]["edge"]["sensitivity_max"]["mean"]
-    ag = out["agreement"]
-    assert ag["methods"] == methods + ["random", "edge"]
-    assert ag["items"] == per[(per["method"] == "gradcam") & (per["metric"] == "infidelity")]["status"].eq("ok").sum()
-    assert len(ag["tau"]) == 8 * 7 // 2
+    # the agreement ranks every explained image (4 x 2 folds, less degenerate maps) by the 6 metrics that cover
+    # them all; robustness (3 images per model) is left out there, with its count, and ranked beside it on its
+    # own images
+    ag, wr = out["agreement"], out["agreement_with_robustness"]
+    assert ag["methods"] == methods + ["random", "edge"] and wr["methods"] == ag["methods"]
+    assert ag["metrics_on_fewer_items"] == ["sensitivity_max", "infidelity"] and len(ag["tau"]) == 6 * 5 // 2
+    assert ag["metrics_not_scored"]["infidelity"].startswith("scored on 6 of the 8 items")
+    assert ag["items"] > wr["items"] == \
+        per[(per["method"] == "gradcam") & (per["metric"] == "infidelity")]["status"].eq("ok").sum()
+    assert len(wr["tau"]) == 8 * 7 // 2
     rep = out["repeatability"]
     assert set(rep) == set(methods)
     assert out["repeatability_models"]["test_resnet f0 vs f1"]["test_auroc"] == [0.8, None]
@@ -186,6 +192,7 @@ def test_reliability_stage_on_the_sample(tmp_path, monkeypatch, sample_data, par
             assert e[test]["n"] + sum(e[test]["not_counted"].values()) == 6, (metric, test)   # 3 images x 2 folds
     md = Path("metrics/reliability.md").read_text()
     assert "| saliency |" in md and "Kendall" in md and "Repeatability" in md and "MetaQuantus" in md
+    assert "with robustness (its images only)" in md
     assert "0.800, not evaluated" in md
 
 

@@ -229,4 +229,5 @@ def over_covered_items(per_image, extra, methods: list, metrics: list, stats: di
     kept, not_scored = select(both, methods, [m for m in metrics if m not in left])
     out = agreement(both, methods, kept, stats)
     out["metrics_not_scored"] = {**left, **not_scored}
+    out["metrics_on_fewer_items"] = list(left)
     return out
