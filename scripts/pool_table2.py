@@ -17,7 +17,7 @@ in any other param, or share a seed, are refused. Writes OUT/table2.json and OUT
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -36,13 +36,9 @@ def _combined(run_dir: Path, params: dict) -> dict:
     """The run's per-fold ensemble inputs, read from its own folder (the package's paths are relative)."""
     tp, ev = training.validate(params), E.validate(params)
     ens = EN.validate(params, len(tp["backbones"]))
-    old = os.getcwd()
-    os.chdir(run_dir)
-    try:
+    with contextlib.chdir(run_dir):
         return EN.combine(LabelTable.from_params(params), tp["backbones"], tp["folds"], ev, ens["vote_tie"],
                           EN.vote_rule_name(len(tp["backbones"]), ens["vote_tie"]))
-    finally:
-        os.chdir(old)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,18 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.run_dirs) < 2:
         print("one run: its own metrics/table2.md is the table; pool two or more seeds", file=sys.stderr)
         return 2
-    runs = []
-    for run_dir in args.run_dirs:
-        needed = [run_dir / P.PARAMS_FILE, run_dir / paths.INDEX]
-        missing = [str(f) for f in needed if not f.is_file()]
-        if missing:
-            print(f"{', '.join(missing)}: not found; each RUN_DIR must be a run's root after its ensemble stage",
-                  file=sys.stderr)
-            return 2
-        runs.append((str(run_dir), P.load(run_dir / P.PARAMS_FILE)))
-    problem = P.seed_runs_problem(runs)
-    if problem:
-        print(problem, file=sys.stderr)
+    try:
+        runs = P.load_seed_runs(args.run_dirs, [paths.INDEX], "ensemble stage")
+    except ValueError as e:
+        print(e, file=sys.stderr)
         return 2
     params = runs[0][1]
     if TK.task_of(params) == "multiclass":
@@ -75,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ens = EN.validate(params, len(tp["backbones"]))
     vote_rule = EN.vote_rule_name(len(tp["backbones"]), ens["vote_tie"])
     try:
-        pooled = EN.pool_seeds({int(p["train"]["seed"]): _combined(Path(d), p) for d, p in runs})
+        pooled = EN.pool_seeds({int(p["train"]["seed"]): _combined(d, p) for d, p in runs})
     except FileNotFoundError as e:
         print(f"{e}: each RUN_DIR must be a run's root after its evaluate stages", file=sys.stderr)
         return 2
@@ -92,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             f"training seeds' variance. Recomputed by scripts/pool_table2.py at commit {commit}.\n\n")
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "table2.json", {"rows": s["table2"], "paired_test": s["paired"], "models": pooled["folds"],
-                                          "seeds": seeds, "runs": [d for d, _ in runs], "commit": commit,
+                                          "seeds": seeds, "runs": [str(d) for d, _ in runs], "commit": commit,
                                           "stats": stats})
     write_text(args.out / "table2.md", lead + EN.table2_markdown(s["table2"], s["note"], stats["confidence"]))
     print(f"wrote {args.out / 'table2.json'} and {args.out / 'table2.md'} ({len(runs)} runs, "

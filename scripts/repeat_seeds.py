@@ -18,11 +18,10 @@ OUT/repeatability_seeds.json and OUT/repeatability_seeds.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
-import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -44,24 +43,13 @@ FOLDS_INTRO = ("For comparison, the reliability stage's measure within each run:
                "training set too), pooled over the runs, beside the same randomised control.")
 
 
-@contextmanager
-def _inside(run_dir: Path):
-    """Run inside a run's folder: the package's paths are relative to the repository root."""
-    old = os.getcwd()
-    os.chdir(run_dir)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
 def _pairs(run_a: Path, pa: dict, run_b: Path | None = None) -> tuple[list[dict], dict]:
     """Rows and compared-model notes: run A's fold k against run B's fold k (seeds), or, without run B, run A's
     consecutive folds (the stage's comparison)."""
     cfg, seed_a = RL.validate(pa), int(pa["train"]["seed"])
     seed_b = int(P.load(run_b / P.PARAMS_FILE)["train"]["seed"]) if run_b is not None else None
     tag = f"seed {seed_a} vs {seed_b}" if run_b is not None else f"seed {seed_a}"
-    with _inside(run_a):
+    with contextlib.chdir(run_a):
         s, _, backbones, folds, _, device, cache, group_of = A.model_stage(pa)
         rows, notes = [], {}
         steps = [(k, k) for k in folds] if run_b is not None else list(zip(folds[:-1], folds[1:]))
@@ -79,7 +67,7 @@ def _pairs(run_a: Path, pa: dict, run_b: Path | None = None) -> tuple[list[dict]
                 label = str(za["target_name"][0])
                 auc_a = RR.model_auroc(bb, ka, label)
                 if run_b is not None:
-                    with _inside(run_b):
+                    with contextlib.chdir(run_b):
                         auc_b = RR.model_auroc(bb, kb, label)
                 else:
                     auc_b = RR.model_auroc(bb, kb, label)
@@ -104,16 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.run_dirs) < 2:
         print("one run: its metrics/reliability.md compares its folds; give two or more seeds", file=sys.stderr)
         return 2
-    runs = []
-    for run_dir in args.run_dirs:
-        if not (run_dir / P.PARAMS_FILE).is_file() or not (run_dir / paths.ATTRIBUTIONS).is_dir():
-            print(f"{run_dir}: no {P.PARAMS_FILE} or {paths.ATTRIBUTIONS}; each RUN_DIR must be a run's root "
-                  f"after its attribute stages", file=sys.stderr)
-            return 2
-        runs.append((run_dir.resolve(), P.load(run_dir / P.PARAMS_FILE)))
-    problem = P.seed_runs_problem([(str(d), p) for d, p in runs])
-    if problem:
-        print(problem, file=sys.stderr)
+    try:
+        runs = [(d.resolve(), p) for d, p in P.load_seed_runs(args.run_dirs, [paths.ATTRIBUTIONS], "attribute stages")]
+    except ValueError as e:
+        print(e, file=sys.stderr)
         return 2
     seed = {d: int(p["train"]["seed"]) for d, p in runs}
     seed_rows, seed_notes, fold_rows, fold_notes = [], {}, [], {}

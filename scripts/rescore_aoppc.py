@@ -55,21 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="a run's repository root")
     ap.add_argument("--out", type=Path, required=True, help="folder for aoppc.json and aoppc_table.md")
     args = ap.parse_args(argv)
-    runs = []
-    for run_dir in args.run_dirs:
-        files = {name: run_dir / rel for name, rel in
-                 (("params", P.PARAMS_FILE), ("per_image", paths.AOPPC_PER_IMAGE), ("aoppc", paths.AOPPC))}
-        missing = [str(f) for f in files.values() if not f.is_file()]
-        if missing:
-            print(f"{', '.join(missing)}: not found; each RUN_DIR must be a run's root after its aoppc stage "
-                  f"finished", file=sys.stderr)
-            return 2
-        runs.append({"dir": run_dir, "params": P.load(files["params"]), "aoppc": read_json(files["aoppc"]),
-                     "rows": pd.read_csv(files["per_image"], keep_default_na=False)})
-    problem = P.seed_runs_problem([(r["dir"], r["params"]) for r in runs]) if len(runs) > 1 else None
-    if problem:
-        print(problem, file=sys.stderr)
+    try:
+        loaded = P.load_seed_runs(args.run_dirs, [paths.AOPPC_PER_IMAGE, paths.AOPPC], "aoppc stage")
+    except ValueError as e:
+        print(e, file=sys.stderr)
         return 2
+    runs = [{"dir": d, "params": p, "aoppc": read_json(d / paths.AOPPC),
+             "rows": pd.read_csv(d / paths.AOPPC_PER_IMAGE, keep_default_na=False)} for d, p in loaded]
     params = runs[0]["params"]
     methods, s = A.validate(params).methods, AS.validate(params)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

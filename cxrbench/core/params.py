@@ -279,3 +279,21 @@ def seed_runs_problem(runs: list[tuple[str, dict]]) -> str | None:
             return (f"{run_dir}: its params differ from {first_dir}'s in {diff}, not only in train.seed; "
                     f"pool only runs of one profile that differ in the training seed")
     return None
+
+
+def load_seed_runs(run_dirs: list[Path], needed: list[str], after: str) -> list[tuple[Path, dict]]:
+    """Each run folder with its params, for pooling runs of one profile over training seeds: every folder must
+    hold ``needed`` (paths relative to it) and two or more runs must differ in ``train.seed`` alone
+    (:func:`seed_runs_problem`). Raises ValueError saying what is missing (``after``: the stage the runs must
+    have finished) or why the runs are not seeds of one study."""
+    runs = []
+    for run_dir in map(Path, run_dirs):
+        missing = [str(run_dir / f) for f in [PARAMS_FILE, *needed] if not (run_dir / f).exists()]
+        if missing:
+            raise ValueError(f"{', '.join(missing)}: not found; each RUN_DIR must be a run's root after its "
+                             f"{after} finished")
+        runs.append((run_dir, load(run_dir / PARAMS_FILE)))
+    problem = seed_runs_problem([(str(d), p) for d, p in runs]) if len(runs) > 1 else None
+    if problem:
+        raise ValueError(problem)
+    return runs
