@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
             run_one(repo, workdir, name, runs[name], profile)
     if cfg.spread is None:
         raise ParamError("gate.spread", "expected the path the spread JSON is written to")
+    present = [n for n in runs if (workdir / "runs" / n / "run.json").is_file()]
+    if set(present) != set(runs):
+        return _collect_part(workdir, cfg, runs, present, args.snapshot)
     spread = collect(workdir, cfg, list(runs))
     spread["profile"] = profile
     write_json(cfg.spread, spread)
@@ -240,3 +243,41 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def merge(old: dict, part: dict, checks: list) -> dict:
+    """``old`` (the committed spread JSON) with the entries of ``checks`` (those measured over ``spread_runs``)
+    and their runs replaced by ``part`` (:func:`collect` over some of the runs): every other check keeps the
+    spread it was measured with. Leave-one-out is recomputed only for the runs measured in ``part``."""
+    out = {**old, "runs": {**old.get("runs", {}), **part["runs"]},
+           "metrics": {**old.get("metrics", {}), **{c.metric: part["metrics"][c.metric] for c in checks}}}
+    out["leave_one_out"] = {**old.get("leave_one_out", {}), **{f"{k} (over {', '.join(sorted(part['runs']))})": v
+                                                                for k, v in part["leave_one_out"].items()}}
+    return out
+
+
+def _collect_part(workdir: Path, cfg: GateConfig, runs: dict, present: list[str], snapshot: bool) -> int:
+    """Some perturbations have finished runs, not all: refresh only the checks whose ``spread_runs`` are all
+    among them (e.g. paired checks over the machine runs), keep the rest of the committed spread, and say so."""
+    own = [c for c in cfg.checks if c.tolerance == SPREAD and c.spread_runs and set(c.spread_runs) <= set(present)]
+    missing = sorted(set(runs) - set(present))
+    if not own:
+        print(f"spread: no run of {missing} under {workdir / 'runs'}; run `cxrbench spread measure --only "
+              f"{' '.join(missing)}`, or give a check spread_runs among {present}", file=sys.stderr)
+        return 1
+    part_cfg = GateConfig(cfg.baseline, cfg.spread, cfg.spread_factor, own, cfg.per_image_baseline,
+                          cfg.paired_min_share, cfg.paired_max_tolerance)
+    part = collect(workdir, part_cfg, present)
+    old = read_json(cfg.spread) if cfg.spread.is_file() else {"metrics": {}, "runs": {}}
+    write_json(cfg.spread, merge(old, part, own))
+    print(f"wrote {cfg.spread}: {len(own)} check(s) measured over {present} (their spread_runs); the other checks "
+          f"keep the committed spread (runs {missing} not here)")
+    tol = tolerances(own, part, cfg.spread_factor)
+    for c in own:
+        d = part["metrics"][c.metric]
+        print(f"  {c.metric}: range {d['range']}, tolerance {tol[c.metric]}, values {d['values']}")
+    if snapshot:
+        print("spread: --snapshot needs every perturbation's run (the baseline is one reference for every check)",
+              file=sys.stderr)
+        return 1
+    return 0

@@ -174,3 +174,43 @@ def test_a_spread_tolerance_over_chosen_runs_and_its_cap(runs, tmp_path):
                                             "per_image_baseline": base["per_image_baseline"]}})
     code, rows = gate.check(cfg, r["same"])
     assert code == 1 and [row["status"] for row in rows] == ["SPREAD > MAX", "SPREAD > MAX"]
+
+
+def test_collecting_the_machine_runs_refreshes_only_the_checks_measured_over_them(runs, tmp_path, capsys):
+    """`cxrbench spread collect` with the runs of some perturbations (the machine ones) writes the spread of the
+    checks whose spread_runs they are, from those runs' per-image files, and keeps every other check's committed
+    spread (measured over all five runs): tightening those from three runs would be a gate nobody measured."""
+    from cxrbench.ops import spread as SP
+
+    (r, _params_file) = runs
+    work = tmp_path / "spread"
+    for name, root in (("reference", r["same"]), ("threads1", r["same"]), ("isa_avx2", r["shuffled"])):
+        (work / "runs" / name).mkdir(parents=True)
+        (work / "runs" / name / "metrics").symlink_to(Path(root).resolve() / "metrics")
+        (work / "runs" / name / "run.json").write_text(json.dumps({"name": name}))
+    machine = ["reference", "threads1", "isa_avx2"]
+    other = "metrics/data.json:images"
+    committed = {"runs": {n: {"name": n} for n in machine + ["seed43", "seed44"]},
+                 "metrics": {other: {"values": {"reference": 7, "seed43": 9}, "range": 2}},
+                 "leave_one_out": {"seed43": {"passes": True, "failing": []}}}
+    (tmp_path / "s.json").write_text(json.dumps(committed))
+    p = {"cohort": "rebuilt", "gate": {
+        "profile": "ci", "baseline": str(tmp_path / "b.json"), "spread": str(tmp_path / "s.json"), "spread_factor": 2,
+        "per_image_baseline": str(tmp_path / "pi.csv"), "paired_max_tolerance": 0.05,
+        "perturbations": {n: {} if n == "reference" else {"env": {"X": "1"}} for n in machine + ["seed43", "seed44"]},
+        "checks": [{**CHECKS[0], "tolerance": "spread", "spread_runs": machine},
+                   {"metric": other, "tolerance": "spread", "direction": "equal", "reason": "kept"}]}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    assert SP.main(["collect", str(work), "--params", str(tmp_path / "params.yaml")]) == 0
+    out = json.loads((tmp_path / "s.json").read_text())
+    assert out["metrics"][other] == committed["metrics"][other]                          # untouched
+    values = out["metrics"][CHECKS[0]["metric"]]["values"]
+    assert sorted(values) == sorted(machine) and values["reference"] == values["threads1"]
+    assert values["isa_avx2"] < values["reference"] - 0.05          # the shuffled maps' gain is lower
+    assert set(out["runs"]) == set(committed["runs"]) and "seed43" in out["leave_one_out"]
+    assert "keep the committed spread" in capsys.readouterr().out
+    # nothing measured over the runs at hand: an error that names the missing runs, and nothing written
+    p["gate"]["checks"] = p["gate"]["checks"][1:]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    assert SP.main(["collect", str(work), "--params", str(tmp_path / "params.yaml")]) == 1
+    assert "seed43" in capsys.readouterr().err
