@@ -4,6 +4,7 @@ A paired check reads a per-image table (``metrics/aoppc_per_image.csv``: method,
 group, metric, value) and names one method's metric, optionally minus a control's on the same image::
 
     metrics/aoppc_per_image.csv:occlusion|aoppc_pixels_morf - random
+    metrics/aoppc_per_image.csv:resnet18/occlusion|aoppc_pixels_morf - random     # one backbone's models only
 
 Its value in a run is the mean over images of the per-image value (:func:`per_image`, :func:`value`). The
 snapshot keeps each image's value in the per-image baseline (``gate.per_image_baseline``, keyed by backbone,
@@ -29,26 +30,32 @@ __all__ = ["KEY", "parse", "per_image", "value", "baseline_rows", "compare"]
 KEY = ["backbone", "fold", "path"]
 
 
-def parse(metric: str) -> tuple[str, str, str, str | None]:
-    """``FILE:METHOD|METRIC[ - CONTROL]`` -> (file, method, metric, control or None)."""
+def parse(metric: str) -> tuple[str, str, str, str | None, str | None]:
+    """``FILE:[BACKBONE/]METHOD|METRIC[ - CONTROL]`` -> (file, method, metric, control or None, backbone or None).
+    ``BACKBONE/`` keeps that backbone's models only: a backbone whose maps move with the CPU's kernels far more
+    than another's (docs/ci-and-gate.md) would otherwise set the whole check's spread."""
     file, _, rest = metric.partition(":")
     head, _, control = rest.partition(" - ")
     method, _, name = head.partition("|")
-    if not file.endswith(".csv") or not method or not name or (" - " in rest and not control.strip()):
-        raise ParamError("gate.checks", f"paired metric {metric!r}: expected FILE.csv:METHOD|METRIC or "
-                                        f"FILE.csv:METHOD|METRIC - CONTROL")
-    return file, method.strip(), name.strip(), control.strip() or None
+    backbone, _, method = method.strip().rpartition("/")
+    if (not file.endswith(".csv") or not method or not name or (" - " in rest and not control.strip())
+            or ("/" in head and not backbone)):
+        raise ParamError("gate.checks", f"paired metric {metric!r}: expected FILE.csv:[BACKBONE/]METHOD|METRIC or "
+                                        f"FILE.csv:[BACKBONE/]METHOD|METRIC - CONTROL")
+    return file, method.strip(), name.strip(), control.strip() or None, backbone.strip() or None
 
 
 def per_image(metric: str, root: Path = Path(".")) -> pd.DataFrame | None:
     """Per image (``KEY`` + group): the method's value, minus the control's on the same image when named; None
     when the file is missing. An image where either value is missing or not finite is left out."""
-    file, method, name, control = parse(metric)
+    file, method, name, control, backbone = parse(metric)
     path = Path(root) / file
     if not path.is_file():
         return None
     f = pd.read_csv(path, keep_default_na=False, dtype={"path": str, "backbone": str, "group": str})
     f = f[f["metric"] == name]
+    if backbone is not None:
+        f = f[f["backbone"] == backbone]
     cols = KEY + ["group", "value"]
     a = f[f["method"] == method][cols]
     if control is not None:

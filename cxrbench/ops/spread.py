@@ -246,38 +246,57 @@ if __name__ == "__main__":
 
 
 def merge(old: dict, part: dict, checks: list) -> dict:
-    """``old`` (the committed spread JSON) with the entries of ``checks`` (those measured over ``spread_runs``)
-    and their runs replaced by ``part`` (:func:`collect` over some of the runs): every other check keeps the
-    spread it was measured with. Leave-one-out is recomputed only for the runs measured in ``part``."""
-    out = {**old, "runs": {**old.get("runs", {}), **part["runs"]},
-           "metrics": {**old.get("metrics", {}), **{c.metric: part["metrics"][c.metric] for c in checks}}}
-    out["leave_one_out"] = {**old.get("leave_one_out", {}), **{f"{k} (over {', '.join(sorted(part['runs']))})": v
-                                                                for k, v in part["leave_one_out"].items()}}
-    return out
+    """``old`` (the committed spread JSON) with the entries of ``checks`` replaced by ``part`` (:func:`collect`
+    over the runs of their ``spread_runs``): each such entry carries the runs it was measured over (``runs``:
+    commit, machine, seconds), while the top-level ``runs`` and every other check stay the measurement they came
+    from. Leave-one-out of the new runs is added under ``leave_one_out`` with the runs named."""
+    metrics = {**old.get("metrics", {}), **{c.metric: {**part["metrics"][c.metric], "runs": part["runs"]}
+                                            for c in checks}}
+    loo = {**old.get("leave_one_out", {}), **{f"{k} (over {', '.join(sorted(part['runs']))})": v
+                                               for k, v in part["leave_one_out"].items()}}
+    return {**old, "metrics": metrics, "leave_one_out": loo}
 
 
 def _collect_part(workdir: Path, cfg: GateConfig, runs: dict, present: list[str], snapshot: bool) -> int:
     """Some perturbations have finished runs, not all: refresh only the checks whose ``spread_runs`` are all
-    among them (e.g. paired checks over the machine runs), keep the rest of the committed spread, and say so."""
+    among them (e.g. paired checks over the machine runs), keep the rest of the committed spread, and say so.
+    ``snapshot``: their baseline values (and per-image baseline) from this ``reference`` run; every other
+    check keeps its baseline, the reference run of its own spread."""
     own = [c for c in cfg.checks if c.tolerance == SPREAD and c.spread_runs and set(c.spread_runs) <= set(present)]
     missing = sorted(set(runs) - set(present))
     if not own:
         print(f"spread: no run of {missing} under {workdir / 'runs'}; run `cxrbench spread measure --only "
               f"{' '.join(missing)}`, or give a check spread_runs among {present}", file=sys.stderr)
         return 1
+    names = sorted({n for c in own for n in c.spread_runs}, key=list(runs).index)
     part_cfg = GateConfig(cfg.baseline, cfg.spread, cfg.spread_factor, own, cfg.per_image_baseline,
                           cfg.paired_min_share, cfg.paired_max_tolerance)
-    part = collect(workdir, part_cfg, present)
+    part = collect(workdir, part_cfg, names)
     old = read_json(cfg.spread) if cfg.spread.is_file() else {"metrics": {}, "runs": {}}
     write_json(cfg.spread, merge(old, part, own))
-    print(f"wrote {cfg.spread}: {len(own)} check(s) measured over {present} (their spread_runs); the other checks "
+    print(f"wrote {cfg.spread}: {len(own)} check(s) measured over {names} (their spread_runs); the other checks "
           f"keep the committed spread (runs {missing} not here)")
     tol = tolerances(own, part, cfg.spread_factor)
     for c in own:
         d = part["metrics"][c.metric]
         print(f"  {c.metric}: range {d['range']}, tolerance {tol[c.metric]}, values {d['values']}")
     if snapshot:
-        print("spread: --snapshot needs every perturbation's run (the baseline is one reference for every check)",
-              file=sys.stderr)
-        return 1
+        if REFERENCE not in names:
+            print(f"spread: --snapshot needs the {REFERENCE!r} run among {names}", file=sys.stderr)
+            return 1
+        ref = workdir / "runs" / REFERENCE
+        base = read_json(cfg.baseline) if cfg.baseline.is_file() else {}
+        write_json(cfg.baseline, {**base, **current_values(own, ref)})
+        print(f"wrote {cfg.baseline}: the baseline of those {len(own)} check(s) from the {REFERENCE!r} run")
+        if any(c.paired for c in own):
+            import pandas as pd
+
+            from cxrbench.core.io import write_csv
+            from cxrbench.ops import paired
+            new = pd.concat([paired.baseline_rows(c.metric, ref) for c in own if c.paired], ignore_index=True)
+            if cfg.per_image_baseline.is_file():                   # other paired checks keep their rows
+                kept = pd.read_csv(cfg.per_image_baseline, keep_default_na=False, dtype={"path": str, "group": str})
+                new = pd.concat([kept[~kept["metric"].isin(set(new["metric"]))], new], ignore_index=True)
+            write_csv(cfg.per_image_baseline, new)
+            print(f"wrote {cfg.per_image_baseline} ({len(new)} per-image values)")
     return 0

@@ -207,10 +207,36 @@ def test_collecting_the_machine_runs_refreshes_only_the_checks_measured_over_the
     values = out["metrics"][CHECKS[0]["metric"]]["values"]
     assert sorted(values) == sorted(machine) and values["reference"] == values["threads1"]
     assert values["isa_avx2"] < values["reference"] - 0.05          # the shuffled maps' gain is lower
-    assert set(out["runs"]) == set(committed["runs"]) and "seed43" in out["leave_one_out"]
+    assert out["runs"] == committed["runs"] and "seed43" in out["leave_one_out"]   # the other measurement stays
+    assert sorted(out["metrics"][CHECKS[0]["metric"]]["runs"]) == sorted(machine)  # the entry names its own runs
     assert "keep the committed spread" in capsys.readouterr().out
+    # --snapshot: that check's baseline (and per-image rows) from this reference run; the others keep theirs
+    (tmp_path / "b.json").write_text(json.dumps({other: 7}))
+    assert SP.main(["collect", str(work), "--snapshot", "--params", str(tmp_path / "params.yaml")]) == 0
+    base = json.loads((tmp_path / "b.json").read_text())
+    assert base[other] == 7 and base[CHECKS[0]["metric"]] == pytest.approx(values["reference"])
+    rows = pd.read_csv(tmp_path / "pi.csv")
+    assert set(rows["metric"]) == {CHECKS[0]["metric"]} and len(rows) == N
     # nothing measured over the runs at hand: an error that names the missing runs, and nothing written
     p["gate"]["checks"] = p["gate"]["checks"][1:]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     assert SP.main(["collect", str(work), "--params", str(tmp_path / "params.yaml")]) == 1
     assert "seed43" in capsys.readouterr().err
+
+
+def test_a_paired_check_can_keep_one_backbones_models(runs, tmp_path):
+    """``BACKBONE/METHOD`` keeps that backbone's rows: here a second backbone whose values are far off is added to
+    the run, and the restricted check reads exactly the first backbone's mean while the plain one moves."""
+    (r, _) = runs
+    f = pd.read_csv(Path(r["same"]) / "metrics/aoppc_per_image.csv", keep_default_na=False)
+    other = f.assign(backbone="other", value=f["value"].astype(float) + 5.0)
+    (tmp_path / "metrics").mkdir()
+    pd.concat([f, other]).to_csv(tmp_path / "metrics/aoppc_per_image.csv", index=False)
+    plain = CHECKS[0]["metric"]
+    one = plain.replace(":ixg|", ":toy/ixg|")
+    assert paired.parse(one) == ("metrics/aoppc_per_image.csv", "ixg", "aoppc_pixels_morf", "random", "toy")
+    assert paired.parse(plain)[-1] is None
+    assert paired.value(one, tmp_path) == pytest.approx(paired.value(plain, Path(r["same"])), abs=1e-12)
+    assert paired.value(one.replace("toy/", "nobody/"), tmp_path) is None
+    with pytest.raises(ParamError, match="BACKBONE"):
+        paired.parse(plain.replace(":ixg|", ":/ixg|"))
