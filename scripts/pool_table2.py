@@ -47,11 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="a run's repository root")
     ap.add_argument("--out", type=Path, required=True, help="folder for table2.json and table2.md")
     args = ap.parse_args(argv)
-    if len(args.run_dirs) < 2:
-        print("one run: its own metrics/table2.md is the table; pool two or more seeds", file=sys.stderr)
-        return 2
     try:
-        runs = P.load_seed_runs(args.run_dirs, [paths.INDEX], "ensemble stage")
+        runs = P.load_seed_runs(args.run_dirs, [paths.INDEX], "ensemble stage",
+                                one_run="one run: its own metrics/table2.md is the table; pool two or more seeds")
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2

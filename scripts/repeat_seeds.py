@@ -89,11 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="a run's repository root")
     ap.add_argument("--out", type=Path, required=True, help="folder for repeatability_seeds.{json,md}")
     args = ap.parse_args(argv)
-    if len(args.run_dirs) < 2:
-        print("one run: its metrics/reliability.md compares its folds; give two or more seeds", file=sys.stderr)
-        return 2
     try:
-        runs = [(d.resolve(), p) for d, p in P.load_seed_runs(args.run_dirs, [paths.ATTRIBUTIONS], "attribute stages")]
+        loaded = P.load_seed_runs(args.run_dirs, [paths.ATTRIBUTIONS], "attribute stages",
+                                  one_run="one run: its metrics/reliability.md compares its folds; give two or more seeds")
+        runs = [(d.resolve(), p) for d, p in loaded]
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2

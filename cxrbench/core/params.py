@@ -281,11 +281,15 @@ def seed_runs_problem(runs: list[tuple[str, dict]]) -> str | None:
     return None
 
 
-def load_seed_runs(run_dirs: list[Path], needed: list[str], after: str) -> list[tuple[Path, dict]]:
+def load_seed_runs(run_dirs: list[Path], needed: list[str], after: str,
+                   one_run: str | None = None) -> list[tuple[Path, dict]]:
     """Each run folder with its params, for pooling runs of one profile over training seeds: every folder must
     hold ``needed`` (paths relative to it) and two or more runs must differ in ``train.seed`` alone
     (:func:`seed_runs_problem`). Raises ValueError saying what is missing (``after``: the stage the runs must
-    have finished) or why the runs are not seeds of one study."""
+    have finished) or why the runs are not seeds of one study; ``one_run``: the message for a single run where
+    two or more are needed (None: one run is allowed)."""
+    if one_run is not None and len(run_dirs) < 2:
+        raise ValueError(one_run)
     runs = []
     for run_dir in map(Path, run_dirs):
         missing = [str(run_dir / f) for f in [PARAMS_FILE, *needed] if not (run_dir / f).exists()]
