@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="folder for repeatability_seeds.{json,md}")
     args = ap.parse_args(argv)
     try:
-        loaded = P.load_seed_runs(args.run_dirs, [paths.ATTRIBUTIONS], "attribute stages",
-                                  one_run="one run: its metrics/reliability.md compares its folds; give two or more seeds")
+        loaded = P.load_seed_runs(args.run_dirs, [paths.ATTRIBUTIONS], "attribute stages", one_run=(
+            "one run: its metrics/reliability.md compares its folds; give two or more seeds"))
         runs = [(d.resolve(), p) for d, p in loaded]
     except ValueError as e:
         print(e, file=sys.stderr)
