@@ -325,13 +325,17 @@ def paired_rows(cfg: GateConfig, rows: list[dict], root: Path) -> list[dict]:
     return out
 
 
-def write_per_image_baseline(cfg: GateConfig, root: Path) -> None:
-    """The per-image values of every paired check under ``root``, written to ``cfg.per_image_baseline``."""
+def write_per_image_baseline(cfg: GateConfig, root: Path, keep_others: bool = False) -> None:
+    """The per-image values of every paired check of ``cfg`` under ``root``, written to
+    ``cfg.per_image_baseline``; ``keep_others``: the file's rows of other checks stay (a snapshot of some checks)."""
     import pandas as pd
 
     from cxrbench.core.io import write_csv
     from cxrbench.ops import paired
     frame = pd.concat([paired.baseline_rows(c.metric, root) for c in cfg.checks if c.paired], ignore_index=True)
+    if keep_others and Path(cfg.per_image_baseline).is_file():
+        kept = pd.read_csv(cfg.per_image_baseline, keep_default_na=False, dtype={"path": str, "group": str})
+        frame = pd.concat([kept[~kept["metric"].isin(set(frame["metric"]))], frame], ignore_index=True)
     write_csv(cfg.per_image_baseline, frame)
     print(f"wrote {cfg.per_image_baseline} ({len(frame)} per-image values)")
 

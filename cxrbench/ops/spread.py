@@ -37,7 +37,8 @@ import sys
 import time
 from pathlib import Path
 
-from cxrbench.ops.gate import SPREAD, GateConfig, config_from_params, current_values, evaluate, failed, label, tolerances
+from cxrbench.ops.gate import (SPREAD, GateConfig, config_from_params, current_values, evaluate, failed, label,
+                               tolerances, write_per_image_baseline)
 from cxrbench.core import paths
 from cxrbench.core.io import read_json, write_json
 from cxrbench.core.params import ParamError, load, section
@@ -241,10 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def merge(old: dict, part: dict, checks: list) -> dict:
     """``old`` (the committed spread JSON) with the entries of ``checks`` replaced by ``part`` (:func:`collect`
     over the runs of their ``spread_runs``): each such entry carries the runs it was measured over (``runs``:
@@ -289,14 +286,9 @@ def _collect_part(workdir: Path, cfg: GateConfig, runs: dict, present: list[str]
         write_json(cfg.baseline, {**base, **current_values(own, ref)})
         print(f"wrote {cfg.baseline}: the baseline of those {len(own)} check(s) from the {REFERENCE!r} run")
         if any(c.paired for c in own):
-            import pandas as pd
-
-            from cxrbench.core.io import write_csv
-            from cxrbench.ops import paired
-            new = pd.concat([paired.baseline_rows(c.metric, ref) for c in own if c.paired], ignore_index=True)
-            if cfg.per_image_baseline.is_file():                   # other paired checks keep their rows
-                kept = pd.read_csv(cfg.per_image_baseline, keep_default_na=False, dtype={"path": str, "group": str})
-                new = pd.concat([kept[~kept["metric"].isin(set(new["metric"]))], new], ignore_index=True)
-            write_csv(cfg.per_image_baseline, new)
-            print(f"wrote {cfg.per_image_baseline} ({len(new)} per-image values)")
+            write_per_image_baseline(part_cfg, ref, keep_others=True)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
