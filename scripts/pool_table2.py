@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,19 +25,18 @@ from cxrbench.classify import ensemble as EN
 from cxrbench.classify import evaluation as E
 from cxrbench.classify import paper_scoring, training
 from cxrbench.classify import task as TK
-from cxrbench.core import bootstrap, paths
+from cxrbench.core import bootstrap, paths, runtime
 from cxrbench.core import params as P
 from cxrbench.core.io import write_json, write_text
 from cxrbench.data.labels import LabelTable
 
 
-def _combined(run_dir: Path, params: dict) -> dict:
-    """The run's per-fold ensemble inputs, read from its own folder (the package's paths are relative)."""
-    tp, ev = training.validate(params), E.validate(params)
-    ens = EN.validate(params, len(tp["backbones"]))
+def _combined(run_dir: Path, params: dict, tp: dict, vote_tie: str, vote_rule: str) -> dict:
+    """The run's per-fold ensemble inputs, read from its own folder (the package's paths are relative); ``tp``,
+    ``vote_tie``, ``vote_rule``: the validated settings every run shares (they differ in train.seed alone)."""
     with contextlib.chdir(run_dir):
-        return EN.combine(LabelTable.from_params(params), tp["backbones"], tp["folds"], ev, ens["vote_tie"],
-                          EN.vote_rule_name(len(tp["backbones"]), ens["vote_tie"]))
+        return EN.combine(LabelTable.from_params(params), tp["backbones"], tp["folds"], E.validate(params),
+                          vote_tie, vote_rule)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,15 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     ens = EN.validate(params, len(tp["backbones"]))
     vote_rule = EN.vote_rule_name(len(tp["backbones"]), ens["vote_tie"])
     try:
-        pooled = EN.pool_seeds({int(p["train"]["seed"]): _combined(d, p) for d, p in runs})
+        pooled = EN.pool_seeds({int(p["train"]["seed"]): _combined(d, p, tp, ens["vote_tie"], vote_rule)
+                                for d, p in runs})
     except FileNotFoundError as e:
         print(f"{e}: each RUN_DIR must be a run's root after its evaluate stages", file=sys.stderr)
         return 2
     s = EN.compare(pooled["per_fold"], pooled["test_rows"], tp["backbones"], pooled["folds"], stats, vote_rule,
                    paper_scoring.rule(params), unit="fold x seed models")
     seeds = sorted(int(p["train"]["seed"]) for _, p in runs)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    commit = runtime.git_commit(Path(__file__).resolve().parents[1], short=True)
     lead = (f"Pooled over training seeds {', '.join(map(str, seeds))}: each run's folds {tp['folds']} x "
             f"{len(seeds)} seeds = {len(pooled['folds'])} models per row, so *folds* below counts fold x seed "
             f"models and the mean and std are over them. The first interval resamples the test patients (one "

@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cxrbench.core import bootstrap, paths
+from cxrbench.core import bootstrap, paths, runtime
 from cxrbench.core import params as P
 from cxrbench.core.io import write_json, write_text
 from cxrbench.explain import reliability as RL
@@ -109,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     st = bootstrap.validate(runs[0][1])
     by_seed = RL.summarise_repeatability(_frame(seed_rows), st) if seed_rows else {}
     by_fold = RL.summarise_repeatability(_frame(fold_rows), st) if fold_rows else {}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    commit = runtime.git_commit(Path(__file__).resolve().parents[1], short=True)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "repeatability_seeds.json", {
         "seeds": sorted(seed.values()), "runs": [str(d) for d, _ in runs], "commit": commit, "stats": st,

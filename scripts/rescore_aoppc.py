@@ -27,14 +27,13 @@ taken only where it covers every image).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 from cxrbench.core import params as P
-from cxrbench.core import paths
+from cxrbench.core import paths, runtime
 from cxrbench.core.io import read_json, write_json, write_text
 from cxrbench.explain import aoppc_run
 from cxrbench.explain import runner as A
@@ -64,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
              "rows": pd.read_csv(d / paths.AOPPC_PER_IMAGE, keep_default_na=False)} for d, p in loaded]
     params = runs[0]["params"]
     methods, s = A.validate(params).methods, AS.validate(params)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    commit = runtime.git_commit(Path(__file__).resolve().parents[1], short=True)
     if len(runs) == 1:
         scores = rescore.scores_from_rows(runs[0]["rows"])
         result = runs[0]["aoppc"]

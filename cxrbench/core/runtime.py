@@ -131,6 +131,18 @@ def info() -> dict:
     return out
 
 
+def git_commit(root: str | Path = ".", short: bool = False) -> str:
+    """The commit checked out at ``root`` (the provenance of what it computes), or a sentence saying there is
+    none: the report, the model card and the maintenance scripts record it."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"], cwd=root,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
 @contextlib.contextmanager
 def deterministic(device="cpu", seed: int | None = None):
     """Deterministic kernels for a training run, restoring the previous global state after.

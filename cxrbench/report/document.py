@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import platform
 import shutil
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, Callable
 
 import yaml
 
-from cxrbench.core import paths
+from cxrbench.core import paths, runtime
 from cxrbench.core.io import atomic_path
 
 PACKAGES = ("torch", "torchvision", "timm", "captum", "monai", "scikit-learn", "scikit-image", "numpy",
@@ -82,11 +81,7 @@ class Report:
 
 
 def provenance(params: dict, root: Path) -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown (not a git checkout)"
+    commit = runtime.git_commit(root)
     versions = []
     for p in PACKAGES:
         try:
