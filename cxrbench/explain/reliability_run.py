@@ -151,7 +151,7 @@ def run_stage(params: dict) -> None:
                 rows = repeat_pair(params, cfg, s, bb, za, zb, ka, f"{ka} vs {kb}", cache, device, group_of)
             rep += rows
             if rows:
-                label = str(np.load(paths.attributions(bb, ka), allow_pickle=False)["target_name"][0])
+                label = str(za["target_name"][0])
                 pairs[f"{bb} f{ka} vs f{kb}"] = {"label": label, "test_auroc": [model_auroc(bb, ka, label),
                                                                                  model_auroc(bb, kb, label)],
                                                  "cam_side": int(rows[0]["cam_side"])}
