@@ -62,3 +62,9 @@ def test_dvc_would_resolve_a_quoted_interpolation(tmp_path, monkeypatch):
     path.write_text(yaml.safe_dump({"model_card": {"intended_use": "x"}}))
     hydra.apply_overrides(path, ["model_card.intended_use=" + profiles.hydra_value("${oc.env:CXRBENCH_TEST_SECRET}")])
     assert yaml.safe_load(path.read_text())["model_card"]["intended_use"] == "leaked"
+
+
+def test_ci_explains_at_least_30_patients_and_study_cpu_at_least_100():
+    """A patient-level interval in CI rests on no fewer than 30 patients (one image each); the study on 100."""
+    assert profiles.read_profile("ci", ROOT)["explain.max_images"] >= 30
+    assert profiles.read_profile("study-cpu", ROOT)["explain.max_images"] >= 100
