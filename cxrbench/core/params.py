@@ -256,17 +256,21 @@ def check_nonempty_list(key: str, values: Any) -> list:
     return values
 
 
+SEED_POOL_IGNORED = ("gate",)
+
+
 def seed_runs_problem(runs: list[tuple[str, dict]]) -> str | None:
     """None when the runs' params (``(run folder, params)`` each) differ in ``train.seed`` alone and no two
     share a seed, so that they may be pooled as training seeds of one study; else why not, in a sentence
-    naming the run and the differing sections."""
+    naming the run and the differing sections. ``SEED_POOL_IGNORED`` sections (the CI gate's checks and
+    baselines: they judge a run, they compute nothing in it) may differ."""
     seeds = [p.get("train", {}).get("seed") for _, p in runs]
     if len(set(map(str, seeds))) < len(seeds):
         return (f"train.seed {seeds}: two runs share a seed (a rerun, not another seed); run the profile "
                 f"with --set train.seed=N for each seed")
 
     def without_seed(p: dict) -> dict:
-        q = dict(p)
+        q = {k: v for k, v in p.items() if k not in SEED_POOL_IGNORED}
         q["train"] = {k: v for k, v in (p.get("train") or {}).items() if k != "seed"}
         return q
 

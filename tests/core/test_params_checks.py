@@ -142,3 +142,14 @@ def test_params_yaml_reads_an_exponent_without_a_dot_as_a_float(tmp_path):
     t = P.load(f)["train"]
     assert t["schedule"]["min_lr"] == 1e-06 and isinstance(t["schedule"]["min_lr"], float)
     assert t["lr"] == 1e-4 and t["n"] == 12 and t["tag"] == "1e" and t["v"] == "1e-06"   # quoted stays a string
+
+
+def test_seed_runs_may_differ_in_the_gate_but_in_nothing_else_that_computes():
+    """Runs of one profile at two commits whose gate checks differ are still seeds of one study; a changed
+    training setting is not."""
+    from cxrbench.core.params import seed_runs_problem
+    a = {"train": {"seed": 42, "epochs": 4}, "gate": {"checks": [{"metric": "x"}]}, "explain": {"max_images": 30}}
+    b = {"train": {"seed": 43, "epochs": 4}, "gate": {"checks": [{"metric": "y"}]}, "explain": {"max_images": 30}}
+    assert seed_runs_problem([("a", a), ("b", b)]) is None
+    c = {**b, "explain": {"max_images": 16}}
+    assert "['explain']" in seed_runs_problem([("a", a), ("c", c)])
