@@ -6,8 +6,8 @@ every deletion metric, on one backbone's models, with its range over finished sp
 A check can guard a metric only when its tolerance (``gate.spread_factor`` x the range over the runs) is at most
 ``gate.paired_max_tolerance``; among those, the rule in docs/ci-and-gate.md takes the largest gain per tolerance
 under the black fill and under a fill-neutral one (blur or ROAD), and the random-map control itself. This prints
-every candidate, ordered by that ratio, then the three picks (:func:`choose`), so the choice can be checked and
-redone after the sample changes.
+every candidate, ordered by that ratio, then the three picks (``cxrbench.ops.paired.choose``), so that the
+choice can be checked and redone after the sample changes.
 """
 
 from __future__ import annotations
@@ -20,47 +20,6 @@ from cxrbench.core import paths
 from cxrbench.core.params import PARAMS_FILE, load, section
 from cxrbench.ops import paired
 from cxrbench.ops.gate import config_from_params
-
-METRICS = ["aoppc_pixels_morf", "aoppc_threshold_morf", "aoppc_region_black_morf", "aoppc_region_blur_morf",
-           "aoppc_region_road_morf"]
-FILL_NEUTRAL = ("aoppc_region_blur_morf", "aoppc_region_road_morf")
-
-
-def candidates(run_dirs: list[Path], backbone: str, methods: list[str], factor: float) -> list[dict]:
-    """One row per method x metric (and the random control per metric): the value in each run, range, tolerance."""
-    rows = []
-    for name in METRICS:
-        for method in [*methods, "random"]:
-            metric = (f"{paths.AOPPC_PER_IMAGE}:{backbone}/{method}|{name}" +
-                      ("" if method == "random" else " - random"))
-            values = [paired.value(metric, d) for d in run_dirs]
-            if any(v is None for v in values):
-                continue
-            n = len(paired.per_image(metric, run_dirs[0]))
-            spread = max(values) - min(values)
-            rows.append({"metric": metric, "fill_neutral": name in FILL_NEUTRAL, "control": method == "random",
-                         "values": values, "images": n, "range": spread, "tolerance": factor * spread})
-    return rows
-
-
-def _ratio(r: dict) -> float:
-    v = abs(r["values"][0])
-    return v / r["tolerance"] if r["tolerance"] else (float("inf") if v else 0.0)
-
-
-def choose(rows: list[dict], cap: float) -> dict[str, dict]:
-    """The rule of docs/ci-and-gate.md, among the checks whose tolerance is within ``cap``: the largest gain per
-    tolerance under a black fill (pixel deletion, threshold or black region); the largest under a fill-neutral
-    one (blur or ROAD) of another method, so that the two checks watch two methods; and the random-map control
-    under the metric where it stands farthest from 0 per tolerance. Only positive gains are candidates."""
-    ok = [r for r in rows if r["tolerance"] <= cap]
-    gains = [r for r in ok if not r["control"] and r["values"][0] > 0]
-    black = max((r for r in gains if not r["fill_neutral"]), key=_ratio, default=None)
-    method = black["metric"].partition("/")[2].partition("|")[0] if black else None
-    neutral = max((r for r in gains if r["fill_neutral"]
-                   and r["metric"].partition("/")[2].partition("|")[0] != method), key=_ratio, default=None)
-    control = max((r for r in ok if r["control"]), key=_ratio, default=None)
-    return {k: v for k, v in {"black": black, "fill-neutral": neutral, "control": control}.items() if v}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"choose_gate_checks: no per-image AOPPC file at {missing}; run `cxrbench spread measure --only "
               f"{' '.join(args.runs)}` first", file=sys.stderr)
         return 2
-    rows = candidates(dirs, args.backbone, list(section(params, "explain.methods")), cfg.spread_factor)
+    rows = paired.candidates(dirs, args.backbone, list(section(params, "explain.methods")), cfg.spread_factor)
     cap = cfg.paired_max_tolerance
     rows.sort(key=lambda r: (r["control"], -(r["values"][0] / r["tolerance"] if r["tolerance"] else float("inf"))))
-    picks = choose(rows, cap)
+    picks = paired.choose(rows, cap)
     print(f"{len(rows)} checks on {args.backbone}'s models over runs {args.runs}; tolerance = "
           f"{cfg.spread_factor:g} x range, cap {cap:g}\n")
     print("| check | images | " + " | ".join(args.runs) + " | range | tolerance | gain / tolerance | within cap |")

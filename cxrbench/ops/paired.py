@@ -13,7 +13,8 @@ change with a bootstrap CI over patients (:func:`compare`: group_ci's default in
 0, whatever the run's ``stats``: the CI is shown, not judged, and stays one yardstick across profiles). Pairing
 removes the spread of which images were drawn, so the tolerance only has to cover what the images' scores
 themselves move. Fewer paired images than ``min_share`` of the baseline's is its own failure (``UNPAIRED``):
-the sample changed, so the baseline must be renewed deliberately.
+the sample changed, so the baseline must be renewed deliberately. Which checks the gate can guard at all is
+measured over finished spread runs (:func:`candidates`, :func:`choose`; ``scripts/choose_gate_checks.py``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrbench.core import paths
 from cxrbench.core.params import ParamError
 
-__all__ = ["KEY", "parse", "per_image", "value", "baseline_rows", "compare"]
+__all__ = ["KEY", "parse", "per_image", "value", "baseline_rows", "compare", "candidates", "choose"]
 
 KEY = ["backbone", "fold", "path"]
 
@@ -104,3 +106,49 @@ def compare(metric: str, baseline: pd.DataFrame, root: Path = Path("."), min_sha
         ci = group_ci(lambda idx: float(d[idx].mean()), groups, n_boot=n_boot, seed=seed)
         out.update(low=ci["low"], high=ci["high"], patients=ci["groups"])
     return {**out, "status": "paired"}
+
+
+# the deletion metrics a paired check may guard (most relevant first), and those whose fill is not black
+CANDIDATE_METRICS = ["aoppc_pixels_morf", "aoppc_threshold_morf", "aoppc_region_black_morf",
+                     "aoppc_region_blur_morf", "aoppc_region_road_morf"]
+FILL_NEUTRAL = ("aoppc_region_blur_morf", "aoppc_region_road_morf")
+
+
+def candidates(run_dirs: list[Path], backbone: str, methods: list[str], factor: float,
+               file: str = paths.AOPPC_PER_IMAGE) -> list[dict]:
+    """Every check the gate could guard on one backbone's models: one row per method x deletion metric (its gain
+    over the random map) and the random control per metric, with its value in each run folder (``run_dirs``,
+    each holding ``file``), the range over them and the tolerance (``factor`` x range)."""
+    rows = []
+    for name in CANDIDATE_METRICS:
+        for method in [*methods, "random"]:
+            metric = (f"{file}:{backbone}/{method}|{name}" +
+                      ("" if method == "random" else " - random"))
+            values = [value(metric, d) for d in run_dirs]
+            if any(v is None for v in values):
+                continue
+            n = len(per_image(metric, run_dirs[0]))
+            spread = max(values) - min(values)
+            rows.append({"metric": metric, "fill_neutral": name in FILL_NEUTRAL, "control": method == "random",
+                         "values": values, "images": n, "range": spread, "tolerance": factor * spread})
+    return rows
+
+
+def _ratio(r: dict) -> float:
+    v = abs(r["values"][0])
+    return v / r["tolerance"] if r["tolerance"] else (float("inf") if v else 0.0)
+
+
+def choose(rows: list[dict], cap: float) -> dict[str, dict]:
+    """The rule of docs/ci-and-gate.md, among the checks whose tolerance is within ``cap``: the largest gain per
+    tolerance under a black fill (pixel deletion, threshold or black region); the largest under a fill-neutral
+    one (blur or ROAD) of another method, so that the two checks watch two methods; and the random-map control
+    under the metric where it stands farthest from 0 per tolerance. Only positive gains are candidates."""
+    ok = [r for r in rows if r["tolerance"] <= cap]
+    gains = [r for r in ok if not r["control"] and r["values"][0] > 0]
+    black = max((r for r in gains if not r["fill_neutral"]), key=_ratio, default=None)
+    method = black["metric"].partition("/")[2].partition("|")[0] if black else None
+    neutral = max((r for r in gains if r["fill_neutral"]
+                   and r["metric"].partition("/")[2].partition("|")[0] != method), key=_ratio, default=None)
+    control = max((r for r in ok if r["control"]), key=_ratio, default=None)
+    return {k: v for k, v in {"black": black, "fill-neutral": neutral, "control": control}.items() if v}

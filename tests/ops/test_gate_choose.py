@@ -1,12 +1,14 @@
-"""scripts/choose_gate_checks.py: which explanation metrics the gate can guard image by image, from the per-image
-AOPPC files of finished spread runs. The picks follow the rule of docs/ci-and-gate.md and skip a check whose
-tolerance (spread_factor x range over the runs) is over the cap."""
+"""Which explanation metrics the gate can guard image by image (cxrbench.ops.paired.candidates and choose,
+scripts/choose_gate_checks.py), from the per-image AOPPC files of finished spread runs. The picks follow the
+rule of docs/ci-and-gate.md and skip a check whose tolerance (spread_factor x range over the runs) is over the cap."""
 
 import importlib.util
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from cxrbench.ops import paired
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ["reference", "threads1", "isa_avx2"]
@@ -38,9 +40,8 @@ def _write_runs(tmp_path: Path, values: dict) -> list[Path]:
 
 
 def test_the_picks_follow_the_rule_and_respect_the_cap(tmp_path):
-    s = _script()
     black, blur, pixels = "aoppc_region_black_morf", "aoppc_region_blur_morf", "aoppc_pixels_morf"
-    values = {("random", m): [0.0, 0.0, 0.0] for m in s.METRICS}
+    values = {("random", m): [0.0, 0.0, 0.0] for m in paired.CANDIDATE_METRICS}
     values[("random", pixels)] = [-0.30, -0.31, -0.30]
     values.update({
         ("a", black): [0.20, 0.21, 0.20],      # gain 0.20, tolerance 0.02: ratio 10, the black pick
@@ -50,11 +51,11 @@ def test_the_picks_follow_the_rule_and_respect_the_cap(tmp_path):
         ("c", blur): [0.05, 0.06, 0.05],       # ratio 2.5
         ("c", pixels): [-0.2, -0.2, -0.2],     # below the random map: never a gain to guard
     })
-    rows = s.candidates(_write_runs(tmp_path, values), "resnet18", ["a", "b", "c"], factor=2.0)
+    rows = paired.candidates(_write_runs(tmp_path, values), "resnet18", ["a", "b", "c"], factor=2.0)
     by = {r["metric"].partition(":")[2]: r for r in rows}
     assert by["resnet18/b|aoppc_region_black_morf - random"]["tolerance"] == pytest.approx(0.2)
     assert by["resnet18/a|aoppc_region_black_morf - random"]["images"] == 4
-    picks = s.choose(rows, cap=0.05)
+    picks = paired.choose(rows, cap=0.05)
     assert picks["black"]["metric"].endswith("resnet18/a|aoppc_region_black_morf - random")
     assert picks["fill-neutral"]["metric"].endswith("resnet18/b|aoppc_region_blur_morf - random")
     assert picks["control"]["metric"].endswith("resnet18/random|aoppc_pixels_morf")
