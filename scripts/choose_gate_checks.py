@@ -5,9 +5,10 @@ every deletion metric, on one backbone's models, with its range over finished sp
 
 A check can guard a metric only when its tolerance (``gate.spread_factor`` x the range over the runs) is at most
 ``gate.paired_max_tolerance``; among those, the rule in docs/ci-and-gate.md takes the largest gain per tolerance
-under the black fill and under a fill-neutral one (blur or ROAD), and the random-map control itself. This prints
-every candidate, ordered by that ratio, then the three picks (``cxrbench.ops.paired.choose``), so that the
-choice can be checked and redone after the sample changes.
+(the tolerance counted as at least 0.005) under the black fill and under a fill-neutral one (blur or ROAD), and
+the random-map control where a collapse to 0 would move it farthest beyond its tolerance. This prints every
+candidate, ordered by that ratio, then the three picks (``cxrbench.ops.paired.choose``), so that the choice can
+be checked and redone after the sample changes.
 """
 
 from __future__ import annotations

@@ -134,21 +134,24 @@ def candidates(run_dirs: list[Path], backbone: str, methods: list[str], factor: 
     return rows
 
 
-def _ratio(r: dict) -> float:
-    v = abs(r["values"][0])
-    return v / r["tolerance"] if r["tolerance"] else (float("inf") if v else 0.0)
+def _ratio(r: dict, floor: float) -> float:
+    return abs(r["values"][0]) / max(r["tolerance"], floor)
 
 
-def choose(rows: list[dict], cap: float) -> dict[str, dict]:
+def choose(rows: list[dict], cap: float, floor: float = 0.005) -> dict[str, dict]:
     """The rule of docs/ci-and-gate.md, among the checks whose tolerance is within ``cap``: the largest gain per
     tolerance under a black fill (pixel deletion, threshold or black region); the largest under a fill-neutral
     one (blur or ROAD) of another method, so that the two checks watch two methods; and the random-map control
-    under the metric where it stands farthest from 0 per tolerance. Only positive gains are candidates."""
+    under the metric where a control collapsed to 0 would move it farthest beyond its tolerance. Only positive gains are candidates. A tolerance counts as
+    at least ``floor`` in the ratio: three runs that happen to agree to 1e-3 do not make a check more telling
+    than one that a machine not measured could move by a few thousandths."""
     ok = [r for r in rows if r["tolerance"] <= cap]
     gains = [r for r in ok if not r["control"] and r["values"][0] > 0]
-    black = max((r for r in gains if not r["fill_neutral"]), key=_ratio, default=None)
+    black = max((r for r in gains if not r["fill_neutral"]), key=lambda r: _ratio(r, floor), default=None)
     method = black["metric"].partition("/")[2].partition("|")[0] if black else None
     neutral = max((r for r in gains if r["fill_neutral"]
-                   and r["metric"].partition("/")[2].partition("|")[0] != method), key=_ratio, default=None)
-    control = max((r for r in ok if r["control"]), key=_ratio, default=None)
+                   and r["metric"].partition("/")[2].partition("|")[0] != method),
+                  key=lambda r: _ratio(r, floor), default=None)
+    control = max((r for r in ok if r["control"]), key=lambda r: abs(r["values"][0]) - r["tolerance"],
+                  default=None)
     return {k: v for k, v in {"black": black, "fill-neutral": neutral, "control": control}.items() if v}

@@ -49,6 +49,7 @@ def test_the_picks_follow_the_rule_and_respect_the_cap(tmp_path):
         ("a", blur): [0.30, 0.30, 0.31],       # the same method as the black pick: not the fill-neutral pick
         ("b", blur): [0.10, 0.105, 0.10],      # ratio 10 under blur, another method: the fill-neutral pick
         ("c", blur): [0.05, 0.06, 0.05],       # ratio 2.5
+        ("c", "aoppc_region_road_morf"): [0.03, 0.0301, 0.03],  # ratio 150 by its range, 6 at the floor of 0.005
         ("c", pixels): [-0.2, -0.2, -0.2],     # below the random map: never a gain to guard
     })
     rows = paired.candidates(_write_runs(tmp_path, values), "resnet18", ["a", "b", "c"], factor=2.0)
