@@ -5,15 +5,16 @@ every deletion metric, on one backbone's models, with its range over finished sp
 
 A check can guard a metric only when its tolerance (``gate.spread_factor`` x the range over the runs) is at most
 ``gate.paired_max_tolerance``; among those, the rule in docs/ci-and-gate.md takes the largest gain per tolerance
-(the tolerance counted as at least 0.005) under the black fill and under a fill-neutral one (blur or ROAD), and
-the random-map control where a collapse to 0 would move it farthest beyond its tolerance. This prints every
-candidate, ordered by that ratio, then the three picks (``cxrbench.ops.paired.choose``), so that the choice can
-be checked and redone after the sample changes.
+(the tolerance counted as at least ``paired.CHOICE_FLOOR``, 0.005) under the black fill and under a fill-neutral
+one (blur or ROAD), and the random-map control where a collapse to 0 would move it farthest beyond its
+tolerance. This prints every candidate, ordered by that ratio, then the three picks
+(``cxrbench.ops.paired.choose``), so that the choice can be checked and redone after the sample changes.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -42,14 +43,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = paired.candidates(dirs, args.backbone, list(section(params, "explain.methods")), cfg.spread_factor)
     cap = cfg.paired_max_tolerance
-    rows.sort(key=lambda r: (r["control"], -(r["values"][0] / r["tolerance"] if r["tolerance"] else float("inf"))))
+    rows.sort(key=lambda r: (r["control"], -math.copysign(paired.ratio(r), r["values"][0])))
     picks = paired.choose(rows, cap)
     print(f"{len(rows)} checks on {args.backbone}'s models over runs {args.runs}; tolerance = "
-          f"{cfg.spread_factor:g} x range, cap {cap:g}\n")
+          f"{cfg.spread_factor:g} x range, cap {cap:g}; gain / tolerance counts a tolerance as at least "
+          f"{paired.CHOICE_FLOOR:g}\n")
     print("| check | images | " + " | ".join(args.runs) + " | range | tolerance | gain / tolerance | within cap |")
     print("|---|---:|" + "---:|" * len(args.runs) + "---:|---:|---:|---|")
     for r in rows:
-        ratio = "-" if r["control"] or not r["tolerance"] else f"{r['values'][0] / r['tolerance']:.1f}"
+        ratio = "-" if r["control"] else f"{math.copysign(paired.ratio(r), r['values'][0]):.1f}"
         print(f"| `{r['metric'].partition(':')[2]}` | {r['images']} | " +
               " | ".join(f"{v:+.4f}" for v in r["values"]) +
               f" | {r['range']:.4f} | {r['tolerance']:.4f} | {ratio} | {'yes' if r['tolerance'] <= cap else 'no'} |")

@@ -27,7 +27,7 @@ import pandas as pd
 from cxrbench.core import paths
 from cxrbench.core.params import ParamError
 
-__all__ = ["KEY", "parse", "per_image", "value", "baseline_rows", "compare", "candidates", "choose"]
+__all__ = ["KEY", "parse", "per_image", "value", "baseline_rows", "compare", "candidates", "ratio", "choose"]
 
 KEY = ["backbone", "fold", "path"]
 
@@ -122,36 +122,41 @@ def candidates(run_dirs: list[Path], backbone: str, methods: list[str], factor: 
     rows = []
     for name in CANDIDATE_METRICS:
         for method in [*methods, "random"]:
-            metric = (f"{file}:{backbone}/{method}|{name}" +
-                      ("" if method == "random" else " - random"))
-            values = [value(metric, d) for d in run_dirs]
-            if any(v is None for v in values):
+            metric = f"{file}:{backbone}/{method}|{name}" + ("" if method == "random" else " - random")
+            frames = [per_image(metric, d) for d in run_dirs]
+            if any(f is None or not len(f) for f in frames):
                 continue
-            n = len(per_image(metric, run_dirs[0]))
+            values = [float(f["value"].mean()) for f in frames]
             spread = max(values) - min(values)
             rows.append({"metric": metric, "fill_neutral": name in FILL_NEUTRAL, "control": method == "random",
-                         "values": values, "images": n, "range": spread, "tolerance": factor * spread})
+                         "values": values, "images": len(frames[0]), "range": spread,
+                         "tolerance": factor * spread})
     return rows
 
 
-def _ratio(r: dict, floor: float) -> float:
-    return abs(r["values"][0]) / max(r["tolerance"], floor)
+# in the choice, a tolerance counts as at least this: three runs that happen to agree to 1e-3 do not make a
+# check more telling than one that a machine not measured could move by a few thousandths
+CHOICE_FLOOR = 0.005
 
 
-def choose(rows: list[dict], cap: float, floor: float = 0.005) -> dict[str, dict]:
+def ratio(row: dict, floor: float = CHOICE_FLOOR) -> float:
+    """A candidate's reference value per tolerance, the tolerance counted as at least ``floor``."""
+    return abs(row["values"][0]) / max(row["tolerance"], floor)
+
+
+def choose(rows: list[dict], cap: float, floor: float = CHOICE_FLOOR) -> dict[str, dict]:
     """The rule of docs/ci-and-gate.md, among the checks whose tolerance is within ``cap``: the largest gain per
-    tolerance under a black fill (pixel deletion, threshold or black region); the largest under a fill-neutral
-    one (blur or ROAD) of another method, so that the two checks watch two methods; and the random-map control
-    under the metric where a control collapsed to 0 would move it farthest beyond its tolerance. Only positive gains are candidates. A tolerance counts as
-    at least ``floor`` in the ratio: three runs that happen to agree to 1e-3 do not make a check more telling
-    than one that a machine not measured could move by a few thousandths."""
+    tolerance (:func:`ratio`) under a black fill (pixel deletion, threshold or black region); the largest under a
+    fill-neutral one (blur or ROAD) of another method, so that the two checks watch two methods; and the
+    random-map control under the metric where a control collapsed to 0 would move it farthest beyond its
+    tolerance. Only positive gains are candidates."""
     ok = [r for r in rows if r["tolerance"] <= cap]
     gains = [r for r in ok if not r["control"] and r["values"][0] > 0]
-    black = max((r for r in gains if not r["fill_neutral"]), key=lambda r: _ratio(r, floor), default=None)
+    black = max((r for r in gains if not r["fill_neutral"]), key=lambda r: ratio(r, floor), default=None)
     method = black["metric"].partition("/")[2].partition("|")[0] if black else None
     neutral = max((r for r in gains if r["fill_neutral"]
                    and r["metric"].partition("/")[2].partition("|")[0] != method),
-                  key=lambda r: _ratio(r, floor), default=None)
+                  key=lambda r: ratio(r, floor), default=None)
     control = max((r for r in ok if r["control"]), key=lambda r: abs(r["values"][0]) - r["tolerance"],
                   default=None)
     return {k: v for k, v in {"black": black, "fill-neutral": neutral, "control": control}.items() if v}
