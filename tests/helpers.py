@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 
 from cxrbench.classify import training as T
@@ -48,3 +51,11 @@ def tiny_unet(**kw):
                 lr=0.01, seed=0, augment=unet.Augment(rotation_degrees=5.0, intensity_jitter=0.05))
     base.update(kw)
     return unet.UNetConfig(**base)
+
+
+def script(name: str):
+    """``scripts/NAME.py`` loaded as a module (the scripts are not a package), for tests of its ``main``."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,20 +4,18 @@ maps across seeds of one fold (scripts/repeat_seeds.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from helpers import script as load_script
 from test_identity import TINY, _cwd, _evaluate, _train, template  # noqa: F401  (the run folder fixture)
 
 from cxrbench.classify import ensemble as EN
 
-ROOT = Path(__file__).resolve().parents[2]
 STATS = {"resamples": 200, "seed": 0, "confidence": 0.95, "method": "expanded_percentile", "min_valid_share": 0.9}
 
 
@@ -67,13 +65,6 @@ def test_the_interval_over_models_exists_only_once_seeds_add_models():
     assert "patients" in two["variance"]
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
 @pytest.fixture(scope="module")
 def seed_runs(template, tmp_path_factory):  # noqa: F811
     """Two run folders that differ only in train.seed (0, 1), with the same trained model, evaluation and maps
@@ -102,7 +93,7 @@ def seed_runs(template, tmp_path_factory):  # noqa: F811
 
 @pytest.mark.slow
 def test_the_table2_script_pools_runs_and_refuses_what_is_not_a_seed(seed_runs, tmp_path, capsys):
-    script = _script("pool_table2")
+    script = load_script("pool_table2")
     a, b, p = seed_runs
     assert script.main([str(a), str(b), "--out", str(tmp_path / "out")]) == 0
     out = json.loads((tmp_path / "out" / "table2.json").read_text())
@@ -129,7 +120,7 @@ def test_maps_of_two_seeds_are_compared_image_by_image(seed_runs, tmp_path, caps
     (each image paired with another's map) do not, and the script says so."""
     from cxrbench.core import paths
 
-    script = _script("repeat_seeds")
+    script = load_script("repeat_seeds")
     a, b, _ = seed_runs
     assert script.main([str(a), str(b), "--out", str(tmp_path / "same")]) == 0
     same = json.loads((tmp_path / "same" / "repeatability_seeds.json").read_text())

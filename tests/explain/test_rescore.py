@@ -11,6 +11,7 @@ import torch
 
 from cxrbench.explain.metrics import rescore
 from cxrbench.explain.metrics import tables as AT
+from helpers import script as load_script
 from tests.explain.test_degenerate_maps import _fold, _toy_curves
 
 STATS = {"resamples": 200, "seed": 0, "confidence": 0.95, "multiplicity": "holm"}
@@ -124,11 +125,7 @@ def _run_dir(root, seed: int, rows: pd.DataFrame, **change):
 
 
 def test_the_script_pools_seeds_and_refuses_what_is_not_a_seed(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("rescore_aoppc", ROOT / "scripts" / "rescore_aoppc.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("rescore_aoppc")
     a, b = _run_dir(tmp_path, 42, _seed_rows(0)), _run_dir(tmp_path, 43, _seed_rows(1))
     assert script.main([str(a), str(b), "--out", str(tmp_path / "out")]) == 0
     result = json.loads((tmp_path / "out" / "aoppc.json").read_text())

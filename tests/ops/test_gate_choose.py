@@ -2,23 +2,16 @@
 scripts/choose_gate_checks.py), from the per-image AOPPC files of finished spread runs. The picks follow the
 rule of docs/ci-and-gate.md and skip a check whose tolerance (spread_factor x range over the runs) is over the cap."""
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from cxrbench.ops import paired
+from helpers import script
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ["reference", "threads1", "isa_avx2"]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("choose_gate_checks", ROOT / "scripts" / "choose_gate_checks.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
 
 
 def _write_runs(tmp_path: Path, values: dict) -> list[Path]:
@@ -63,5 +56,5 @@ def test_the_picks_follow_the_rule_and_respect_the_cap(tmp_path):
 
 
 def test_missing_runs_are_named(tmp_path, capsys):
-    assert _script().main([str(tmp_path), "--params", str(ROOT / "params.yaml")]) == 2
+    assert script("choose_gate_checks").main([str(tmp_path), "--params", str(ROOT / "params.yaml")]) == 2
     assert "aoppc_per_image.csv" in capsys.readouterr().err

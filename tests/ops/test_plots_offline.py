@@ -4,7 +4,6 @@ and the attribution figures are among the plots."""
 from __future__ import annotations
 
 import configparser
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -15,6 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+
+from helpers import script
 
 ROOT = Path(__file__).resolve().parents[2]
 PLOTS = ROOT / ".dvc" / "plots"
@@ -55,9 +56,7 @@ def test_dvc_plots_show_draws_offline_in_headless_chromium(tmp_path):
     pd.DataFrame({"fpr": x, "tpr": np.sqrt(x)}).to_csv(repo / "plots" / "roc.csv", index=False)
     (repo / "dvc.yaml").write_text("plots:\n  - plots/roc.csv:\n      x: fpr\n      y: tpr\n")
     run("dvc", "plots", "show", "-o", "out")
-    spec = importlib.util.spec_from_file_location("check_report_html", ROOT / "scripts" / "check_report_html.py")
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    check = script("check_report_html")
     shot = tmp_path / "shot.png"
     assert check.check(repo / "out" / "index.html", shot, height=700) == []      # no request, not blank
     rgb = np.asarray(Image.open(shot).convert("RGB"), dtype=int)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -15,6 +14,7 @@ from PIL import Image
 from cxrbench.core import paths
 from cxrbench.report import summary as S
 from cxrbench.report.document import build
+from helpers import script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,9 +89,7 @@ def test_index_html_is_one_self_contained_page(report):
 @pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
                     reason="no Chromium here (Debian: apt-get install chromium); scripts/check_report_html.py")
 def test_index_html_renders_offline_in_headless_chromium(report, tmp_path):
-    spec = importlib.util.spec_from_file_location("check_report_html", ROOT / "scripts" / "check_report_html.py")
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    check = script("check_report_html")
     shot = tmp_path / "shot.png"
     assert check.check(report / S.HTML, shot) == []
     px = np.asarray(Image.open(shot).convert("L"))
