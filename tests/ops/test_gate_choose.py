@@ -38,7 +38,7 @@ def test_the_picks_follow_the_rule_and_respect_the_cap(tmp_path):
     values[("random", pixels)] = [-0.30, -0.31, -0.30]
     values.update({
         ("a", black): [0.20, 0.21, 0.20],      # gain 0.20, tolerance 0.02: ratio 10, the black pick
-        ("b", black): [0.60, 0.50, 0.55],      # larger gain, tolerance 0.20 over the cap of 0.05: never picked
+        ("b", black): [0.90, 0.87, 0.90],      # ratio 15, but tolerance 0.06 over the cap of 0.05: not picked
         ("a", blur): [0.30, 0.30, 0.31],       # the same method as the black pick: not the fill-neutral pick
         ("b", blur): [0.10, 0.105, 0.10],      # ratio 10 under blur, another method: the fill-neutral pick
         ("c", blur): [0.05, 0.06, 0.05],       # ratio 2.5
@@ -47,7 +47,7 @@ def test_the_picks_follow_the_rule_and_respect_the_cap(tmp_path):
     })
     rows = paired.candidates(_write_runs(tmp_path, values), "resnet18", ["a", "b", "c"], factor=2.0)
     by = {r["metric"].partition(":")[2]: r for r in rows}
-    assert by["resnet18/b|aoppc_region_black_morf - random"]["tolerance"] == pytest.approx(0.2)
+    assert by["resnet18/b|aoppc_region_black_morf - random"]["tolerance"] == pytest.approx(0.06)
     assert by["resnet18/a|aoppc_region_black_morf - random"]["images"] == 4
     picks = paired.choose(rows, cap=0.05)
     assert picks["black"]["metric"].endswith("resnet18/a|aoppc_region_black_morf - random")
