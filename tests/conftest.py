@@ -26,6 +26,15 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     import torch
 
     torch.set_num_threads(int(os.environ["CXRBENCH_THREADS"]))
+# the resumable stages keep their checkpoints in a store (cxrbench.core.resume), by default in the working
+# directory: the tests keep theirs in a temporary folder of their own, never in the checkout
+if not os.environ.get("CXRBENCH_RESUME_DIR"):
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["CXRBENCH_RESUME_DIR"] = tempfile.mkdtemp(prefix="cxrbench-resume-")
+    atexit.register(shutil.rmtree, os.environ["CXRBENCH_RESUME_DIR"], ignore_errors=True)
 # fixtures that train a model: every test that uses one is marked slow (pytest -m "not slow" skips them)
 TRAINING_FIXTURES = {"trained", "uninterrupted"}
 

@@ -9,7 +9,8 @@ scaler, epoch, best, RNG states, history); a new best validation loss also
 writes ``best.pt``, and the last epoch ``final.pt``
 (:func:`cxrbench.classify.models.save_classifier`; ``evaluate.checkpoint`` picks one). A rerun with the
 same configuration resumes from ``last.pt`` and reproduces the uninterrupted
-run on CPU (the batch order and augmentation draw from (seed, epoch)). A
+run on CPU (the batch order and augmentation draw from (seed, epoch)), also
+under ``dvc exp run`` (:mod:`cxrbench.core.resume`). A
 non-finite loss stops training with the epoch and batch, and keeps the last
 good checkpoint.
 """
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrbench.lungs import controls as audit_inputs
-from cxrbench.core import checkpoints, timing
+from cxrbench.core import checkpoints, resume, timing
 from cxrbench.classify import cxrnet as CX
 from cxrbench.classify import gpu
 from cxrbench.classify import hierarchy
@@ -464,6 +465,9 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
 
     start, best, history = 0, {"val_loss": math.inf, "epoch": -1}, []
     resumed = False
+    kept = resume.slot(out_dir, identity)       # the checkpoints again, outside the DVC outputs (core.resume)
+    if put_back := resume.restore(kept):
+        print(f"train: {len(put_back)} file(s) of an interrupted run put back from {kept}", flush=True)
     ck, why = checkpoints.load(last_path, identity)
     if ck is not None:
         model.load_state_dict(ck["model"])
@@ -568,6 +572,7 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
             live.log_metric("val_loss", val_loss)
             live.log_metric("best_val_loss", best["val_loss"])
             live.next_step()
+        resume.keep(kept, resume.files_under(out_dir, live_dir))
         timing.add("epoch (train, validation, checkpoint)", time.perf_counter() - t_epoch, unit="epoch")
         print(f"train: {cfg.backbone} f{cfg.fold} epoch {epoch + 1}/{cfg.epochs} train_loss {rec['train_loss']:.4f} "
               f"val_loss {val_loss:.4f}{' *' if best['epoch'] == epoch else ''}", flush=True)
@@ -584,6 +589,7 @@ def _train(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray, train_rows
     if done:
         checkpoints.mark_finished((best_path, final_path, *snap_paths), {**identity, **({"cache": cache_id} if cache_id else {}),
                                                             "epochs": cfg.epochs})
+        resume.forget(kept)
     return {"backbone": cfg.backbone, "fold": cfg.fold, "epochs_done": len(history), "complete": done,
             "stopped_early": stopped, "patience": cfg.patience,
             "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],

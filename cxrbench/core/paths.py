@@ -25,6 +25,9 @@ ATTRIBUTIONS = "data/attributions"
 AOPPC_PARTIAL = "data/aoppc_partial"          # each scored model's part of the aoppc stage (resume)
 ENSEMBLE_PREDICTIONS = "data/ensemble"
 
+# checkpoints of interrupted stages, outside every DVC output (cxrbench.core.resume; not tracked)
+RESUME = ".cxrbench/resume"
+
 # models
 UNET_MODEL = "models/unet/model.pt"
 CLASSIFIERS = "models/classifier"

@@ -15,6 +15,9 @@
   last checkpoint and the stage exits with :data:`DEADLINE_EXIT`, so a
   time-boxed step (``cxrbench bundle run``) ends cleanly and the next
   step resumes. Unset: no deadline. It never changes a result.
+* ``CXRBENCH_RESUME_DIR``: where the resumable stages keep their checkpoints beside their outputs, so
+  that ``dvc exp run`` cannot delete them (:mod:`cxrbench.core.resume`); default ``.cxrbench/resume`` in
+  the repository. It never changes a result.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def _positive_env(name: str) -> int | None:
         raise ValueError(f"environment variable {name}={value!r}: expected a positive integer")
     return n
 
+
+RESUME_ENV = "CXRBENCH_RESUME_DIR"
 
 DEADLINE_EXIT = 75          # EX_TEMPFAIL: the stage stopped at CXRBENCH_DEADLINE; rerun it to resume
 

@@ -3,8 +3,9 @@
 At the study's sizes one model's maps take a quarter of an hour of perturbations on 2 CPU cores, and the
 stage scores every backbone x fold. Each model's part of the accumulator (its per-image values, map
 statuses, randomisation counts, patients, paths and curve rows) is written atomically to
-``core.paths.aoppc_partial(backbone, fold)`` (a ``persist`` output of the stage, so DVC keeps it across an
-interrupted run) with an identity: the digest of everything the part was computed from (the model's
+``core.paths.aoppc_partial(backbone, fold)`` (a ``persist`` output of the stage, so ``dvc repro`` keeps it
+across an interrupted run; ``dvc exp run`` deletes it, so the stage also keeps it in a slot of
+:mod:`cxrbench.core.resume`) with an identity: the digest of everything the part was computed from (the model's
 attribution file and checkpoint, the stage's params and the source of the package folders the stage
 runs). A rerun takes a part only when that identity matches; any other part is scored again.
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from cxrbench.classify import training
 from cxrbench.core import params as P
-from cxrbench.core import paths, runtime
+from cxrbench.core import paths, resume, runtime
 from cxrbench.core.io import write_csv, write_json, write_text
 from cxrbench.data import confounder
 from cxrbench.data.cache import Cache
@@ -47,7 +47,7 @@ def run_stage(params: dict) -> None:
     cache = Cache(paths.CACHE, paths.INDEX)
     confounder.apply(cache)                                 # the planted shortcut (confounder.enabled; else a no-op)
 
-    scores, curves, status, side, drawn, samples = AT.new_scores(), [], {}, None, set(), {}
+    scores, curves, status, side, drawn, samples, slots = AT.new_scores(), [], {}, None, set(), {}, []
     stage_params, code = {k: params.get(k) for k in RESUME_PARAMS}, AR.code_digest()
     Path(paths.AOPPC_PARTIAL).mkdir(parents=True, exist_ok=True)    # a declared output even if no model scores
     for backbone in backbones:
@@ -65,6 +65,11 @@ def run_stage(params: dict) -> None:
             ident = AR.identity(stage_params, Path(paths.attributions(backbone, fold)),
                                 Path(paths.run("main", backbone, fold).model_dir) / training.checkpoint_file(params),
                                 code)
+            kept = resume.slot(part_path, ident)     # the part again, outside the DVC outputs (core.resume)
+            slots.append(kept)
+            if resume.restore(kept):
+                print(f"aoppc {backbone} fold {fold}: {part_path} put back from {kept} (dvc exp run had removed "
+                      f"the stage's outputs)", flush=True)
             saved, why = AR.load(part_path, ident)
             if saved is not None:
                 curves += AR.merge(scores, saved, backbone, fold)
@@ -79,6 +84,7 @@ def run_stage(params: dict) -> None:
                                       controls={AT.EDGE: RB.edge_map(x.detach().cpu().numpy())})
                 curves += rows
                 AR.save(part_path, ident, AR.part(scores, rows, backbone, fold))
+            resume.keep(kept, [part_path])                 # until the stage is done
             status.setdefault(backbone, {})[f"f{fold}"] = AT.fold_status(att["methods"], scores, backbone, fold)
             bad = {m: st for m, st in status[backbone][f"f{fold}"].items() if st != "ok"}
             print(f"aoppc {backbone} fold {fold}: {len(x)} images, {len(methods)} methods"
@@ -120,6 +126,8 @@ def run_stage(params: dict) -> None:
     write_text(paths.AOPPC_MD, table)
     write_csv(paths.AOPPC_PER_IMAGE, pd.DataFrame(AT.per_image_rows(scores, scores.get("paths")),
                                                   columns=AT.PER_IMAGE_COLUMNS))
+    for kept in slots:                                     # the stage is done: nothing left to resume
+        resume.forget(kept)
     print(table, end="")
 
 

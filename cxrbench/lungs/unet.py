@@ -15,7 +15,9 @@ Training is deterministic on the CPU: the batch order comes from
 from a generator seeded with ``seed`` + epoch, so a run resumed from its
 checkpoint repeats an uninterrupted one. The checkpoint ``model.pt`` is written
 atomically after every epoch and holds the config, the best weights
-(``state_dict``) and the last epoch's weights, optimizer and history.
+(``state_dict``) and the last epoch's weights, optimizer and history; it is
+also kept in a slot of :mod:`cxrbench.core.resume` until the last epoch is
+done (``dvc exp run`` deletes an unfinished stage's outputs before it reruns it).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cxrbench.core import checkpoints, timing
+from cxrbench.core import checkpoints, resume, timing
 from cxrbench.core.params import ParamError, check_choice, check_float, check_fraction, check_int, section
 from cxrbench.core.runtime import check_deadline, deterministic
 from cxrbench.core.runtime import device as runtime_device
@@ -359,6 +361,10 @@ def _train(cfg: UNetConfig, images: np.ndarray, masks: np.ndarray, parts: dict[s
     start = 0
 
     identity = {"config": dict(cfg.to_dict(), epochs=None), "data": fingerprint}
+    kept = resume.slot(ckpt_path, identity)     # the checkpoint again, outside the DVC outputs (core.resume)
+    if resume.restore(kept):
+        print(f"train_unet: the checkpoint of an interrupted run put back from {kept} (dvc exp run had removed "
+              f"the stage's outputs)", flush=True)
     ckpt, why = checkpoints.load(ckpt_path, identity)
     if ckpt is not None and ckpt["last"]["epoch"] + 1 <= cfg.epochs:
         done = ckpt["last"]["epoch"] + 1
@@ -409,6 +415,7 @@ def _train(cfg: UNetConfig, images: np.ndarray, masks: np.ndarray, parts: dict[s
                                                                 "optimizer": opt.state_dict(),
                                                                 "history": [_no_clock(h) for h in history]}},
                              identity)
+            resume.keep(kept, [ckpt_path, checkpoints.sidecar(ckpt_path)])
         if live is not None:
             _log(live, h)
         bar.set_postfix(train=f"{h['train_loss']:.3f}", val=f"{val_loss:.3f}", iou=f"{val_iou:.3f}")
@@ -416,6 +423,8 @@ def _train(cfg: UNetConfig, images: np.ndarray, masks: np.ndarray, parts: dict[s
             break
         if epoch + 1 < cfg.epochs:                         # a time-boxed step stops here, checkpoint complete
             check_deadline(time.perf_counter() - te, f"train_unet after epoch {epoch + 1}")
+    if history and history[-1]["epoch"] == cfg.epochs - 1:     # every epoch done: nothing left to resume
+        resume.forget(kept)
     return {"history": history, "best": best, "seconds": time.perf_counter() - t0}
 
 

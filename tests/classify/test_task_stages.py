@@ -84,7 +84,7 @@ def test_pm_ensemble_is_recomputed_from_the_members(mc_run):
     np.testing.assert_allclose(ens[cols].to_numpy(), MC.combine(members, "max"), rtol=1e-12)
 
 
-def test_attribute_and_aoppc_explain_the_covid19_class_with_its_softmax(mc_run):
+def test_attribute_and_aoppc_explain_the_covid19_class_with_its_softmax(mc_run, tmp_path, monkeypatch):
     """The attribute stage explains the covid19 CLASS (its output index among the classes) and the aoppc
     stage scores the maps by the softmax probability of that class."""
     from stages import aoppc, attribute
@@ -93,9 +93,13 @@ def test_attribute_and_aoppc_explain_the_covid19_class_with_its_softmax(mc_run):
     p["explain"].update(methods=["saliency", "gradcam"], max_images=2, sanity_images=1)
     p["explain"]["target_layers"]["test_resnet"] = "layer4"
     (mc_run / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    store = tmp_path / "resume"
+    store.mkdir()
+    monkeypatch.setenv("CXRBENCH_RESUME_DIR", str(store))
     with _cwd(mc_run):
         attribute.main([TINY, "0"])
         aoppc.main([])
+    assert not any(store.iterdir())                      # finished: no part left in the resume store
     arrays = np.load(mc_run / "data/attributions" / f"{TINY}-f0.npz", allow_pickle=False)
     assert (arrays["target"] == list(CLASSES).index("covid19")).all()
     res = json.loads((mc_run / "metrics/aoppc.json").read_text())
@@ -111,12 +115,29 @@ def test_attribute_and_aoppc_explain_the_covid19_class_with_its_softmax(mc_run):
         raise AssertionError("scored again although a saved part of the same identity exists")
     mp = pytest.MonkeyPatch()
     mp.setattr(AS, "score_model", refuse)
+    from cxrbench.explain.metrics.tables import summary
     try:
         with _cwd(mc_run):
             aoppc.main([])
         after = json.loads((mc_run / "metrics/aoppc.json").read_text())
         assert {k: v for k, v in after.items() if k != "runtime"} == \
             {k: v for k, v in json.loads(before).items() if k != "runtime"}
+        # interrupted after the part was saved, then the stage's outputs deleted (dvc exp run does that before
+        # it reruns an unfinished stage): the part is put back from the resume store, not scored again
+        from cxrbench.explain.metrics import tables as AT
+
+        def interrupted(*a, **k):
+            raise KeyboardInterrupt
+        mp.setattr(AT, "summary", interrupted)
+        with _cwd(mc_run), pytest.raises(KeyboardInterrupt):
+            aoppc.main([])
+        mp.setattr(AT, "summary", summary)
+        (mc_run / paths.aoppc_partial(TINY, 0)).unlink()
+        with _cwd(mc_run):
+            aoppc.main([])
+        assert {k: v for k, v in json.loads((mc_run / "metrics/aoppc.json").read_text()).items() if k != "runtime"} \
+            == {k: v for k, v in json.loads(before).items() if k != "runtime"}
+        assert not any(store.iterdir())
         p["aoppc"]["region"]["steps"] = int(p["aoppc"]["region"]["steps"]) + 1
         (mc_run / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
         with _cwd(mc_run), pytest.raises(AssertionError, match="scored again"):
