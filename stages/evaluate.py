@@ -10,7 +10,7 @@ import argparse
 import pandas as pd
 
 from cxrbench.classify import evaluation as E
-from cxrbench.classify import identity, multiclass, training
+from cxrbench.classify import fuse, identity, multiclass, training
 from cxrbench.classify import task as TK
 from cxrbench.core import bootstrap
 from cxrbench.core import params as P
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     device = runtime.device(args.device)
     # refused unless trained to the end on the current params and data (cxrbench.classify.identity)
     model, meta = identity.load(params, args.backbone, args.fold, device, args.variant, args.control)
+    model, _, folded = fuse.fold_batchnorm(model)          # forward passes only: the same function, faster
+    print(f"evaluate {args.backbone} fold {args.fold}: {folded}", flush=True)
     if list(meta["labels"]) != TK.output_names(params, table.names):
         raise RuntimeError(f"classifier labels {meta['labels']} differ from the labels in use (labels.names, or the paper's with cohort: paper and paper_rules.labels: paper): rerun the train stage")
     cache = Cache(paths.CACHE, paths.INDEX)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrbench.classify import training
+from cxrbench.classify import fuse, training
 from cxrbench.core import params as P
 from cxrbench.core import paths, resume, runtime
 from cxrbench.core.io import write_csv, write_json, write_text
@@ -59,6 +59,7 @@ def run_stage(params: dict) -> None:
                 print(f"aoppc {backbone} fold {fold}: skipped ({z['skipped']})")
                 continue
             model, meta = A.load_classifier(params, backbone, fold, device)
+            model, _, folded = fuse.fold_batchnorm(model)   # forward passes only here: the same function, faster
             x = A.classifier_input(cache.images[z["rows"]], meta, device, z["masks"])
             side = int(x.shape[-1])
             part_path = paths.aoppc_partial(backbone, fold)
@@ -87,7 +88,7 @@ def run_stage(params: dict) -> None:
             resume.keep(kept, [part_path])                 # until the stage is done
             status.setdefault(backbone, {})[f"f{fold}"] = AT.fold_status(att["methods"], scores, backbone, fold)
             bad = {m: st for m, st in status[backbone][f"f{fold}"].items() if st != "ok"}
-            print(f"aoppc {backbone} fold {fold}: {len(x)} images, {len(methods)} methods"
+            print(f"aoppc {backbone} fold {fold}: {len(x)} images, {len(methods)} methods; {folded}"
                   + "".join(f"; {m}: {st if isinstance(st, str) else 'failed'}" for m, st in bad.items()), flush=True)
             if backbone not in drawn:                      # the first scored fold of each backbone
                 drawn.add(backbone)
