@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
 import torch
 
@@ -23,14 +22,7 @@ from cxrbench.classify import fuse
 from cxrbench.classify import models as M
 from cxrbench.core import runtime
 
-
-def _rate(fn, n: int, seconds: float) -> float:
-    fn()
-    t, done = time.perf_counter(), 0
-    while time.perf_counter() - t < seconds:
-        fn()
-        done += n
-    return done / (time.perf_counter() - t)
+from bench_channels_last import _rate          # images/s over a few seconds (run from the repository root)
 
 
 def _model(name: str, size: int) -> torch.nn.Module:

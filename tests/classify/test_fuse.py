@@ -54,33 +54,26 @@ def test_training_mode_is_refused():
         fuse.fold_batchnorm(model)
 
 
-class _Shared(nn.Module):
-    """A convolution whose output feeds its batch norm and a skip: folding would change the skip."""
+class _ConvBN(nn.Module):
+    """A convolution and its batch norm in one of two forwards that must not be folded: ``shared``, the
+    convolution's output also feeds a skip (folding would change the skip); ``branching``, the forward
+    branches on the input's values, which torch.fx cannot trace."""
 
-    def __init__(self):
+    def __init__(self, kind: str):
         super().__init__()
+        self.kind = kind
         self.conv = nn.Conv2d(2, 2, 3, padding=1)
         self.bn = nn.BatchNorm2d(2)
 
     def forward(self, x):
-        y = self.conv(x)
-        return self.bn(y) + y
-
-
-class _Branching(nn.Module):
-    """A forward that branches on the input's values, which torch.fx cannot trace."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(2, 2, 3, padding=1)
-        self.bn = nn.BatchNorm2d(2)
-
-    def forward(self, x):
+        if self.kind == "shared":
+            y = self.conv(x)
+            return self.bn(y) + y
         return self.bn(self.conv(x)) if x.sum() > 0 else x
 
 
 def test_a_convolution_with_another_consumer_is_not_folded():
-    model = _random_stats(_Shared()).double()
+    model = _random_stats(_ConvBN("shared")).double()
     x = torch.rand(2, 2, 8, 8, dtype=torch.float64)
     with torch.no_grad():
         before = model(x)
@@ -90,7 +83,7 @@ def test_a_convolution_with_another_consumer_is_not_folded():
 
 
 def test_an_untraceable_network_is_left_as_it_is_and_says_why():
-    model = _random_stats(_Branching())
+    model = _random_stats(_ConvBN("branching"))
     x = torch.rand(2, 2, 8, 8)
     with torch.no_grad():
         before = model(x)
