@@ -118,6 +118,38 @@ def test_region_curves_do_not_depend_on_batching(fill):
     np.testing.assert_allclose(one["drop"], three["drop"], atol=1e-6)
 
 
+class _Counting(nn.Module):
+    """``net`` in float64, counting the images it is fed."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net, self.images = net.double(), 0
+
+    def forward(self, x):
+        self.images += len(x)
+        return self.net(x.double())
+
+
+@pytest.mark.parametrize("scheme", EM.SCHEMES)
+def test_a_given_p0_gives_the_same_curves_without_forwarding_the_originals(scheme):
+    x, maps = torch.rand(5, 1, 32, 32), np.random.default_rng(4).standard_normal((5, 32, 32)).astype(np.float32)
+    target = torch.tensor([1, 0, 1, 1, 0])
+    kw = dict(scheme=scheme, images_per_batch=2, patch=4, steps=12, seed=3)
+    plain, reuse = _Counting(_net()), _Counting(_net())
+    ref = EM.perturbation_curves(plain, x, maps, target, **kw)
+    p0 = EM.target_probability(reuse, x, target, batch=4)
+    fed = reuse.images
+    got = EM.perturbation_curves(reuse, x, maps, target, p0=p0, **kw)
+    n_levels = ref["p"].shape[1]
+    assert plain.images == 5 * (1 + n_levels) and reuse.images - fed == 5 * n_levels
+    # a float64 model: the probabilities of one image in two batch compositions agree to float64 rounding
+    # (then stored as float32 probabilities: within one eps32 = 1.2e-7 of each other)
+    for k in ("p0", "p", "drop", "aoppc"):
+        np.testing.assert_allclose(got[k], ref[k], atol=2.4e-7, rtol=0)
+    with pytest.raises(ValueError, match="p0 holds 4 probabilities for 5 images"):
+        EM.perturbation_curves(reuse, x, maps, target, p0=p0[:4], **kw)
+
+
 def test_region_black_matches_quantus_region_perturbation():
     """Cross-check with Quantus 0.6.0's RegionPerturbation (Samek et al. 2017) on the same model, inputs and
     maps: same patches, same MoRF order, same zero fill -> the same probability drops at every step (our

@@ -42,7 +42,9 @@ levels applied to 1 - map); a random map (uniform noise) is scored the same
 way. A useful map has MoRF AOPPC > random > LeRF AOPPC.
 
 All perturbed copies of an image (plus the original) go through the model in
-one batch; several images may share a batch (``images_per_batch``).
+one batch; several images may share a batch (``images_per_batch``). A caller that
+scores many maps and perturbations of the same images passes their unperturbed
+probabilities once (``p0``, :func:`target_probability`), and only the copies are fed.
 
 Degenerate maps: a map with one value everywhere
 (``constant``, e.g. an all-zero Grad-CAM when the target logit decreases with
@@ -248,6 +250,23 @@ def target_indices(target, b: int, device) -> torch.Tensor:
     return target.to(device).long()
 
 
+def _probability(model: torch.nn.Module, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N, K) logits -> (N,) probability of each row's ``target`` class: softmax over the classes for a
+    multiclass model (:mod:`cxrbench.classify.task`), else the label's own sigmoid."""
+    if getattr(model, "task", "multilabel") == "multiclass":
+        return torch.log_softmax(logits.float(), dim=1).gather(1, target.view(-1, 1)).squeeze(1).exp()
+    return torch.sigmoid(logits.gather(1, target.view(-1, 1)).squeeze(1))
+
+
+@torch.no_grad()
+def target_probability(model: torch.nn.Module, x: torch.Tensor, target, batch: int = 32) -> torch.Tensor:
+    """(B,) probability of ``target`` (an int or B class indices) on the images ``x``, on ``x``'s device, in
+    batches of ``batch``: the ``p0`` every perturbation of these images starts from."""
+    target = target_indices(target, len(x), x.device)
+    out = [_probability(model, model(x[s:s + batch]), target[s:s + batch]) for s in range(0, len(x), batch)]
+    return torch.cat(out) if out else torch.empty(0, device=x.device)
+
+
 def _filled(xs: torch.Tensor, rm: torch.Tensor, fill: str, blur_sigma: float, road_noise: float,
             seeds: list) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(b, C, H, W) images and (b, L, H, W) removal masks -> (b, L, C, H, W) perturbed copies (ROAD: and
@@ -275,8 +294,13 @@ def _filled(xs: torch.Tensor, rm: torch.Tensor, fill: str, blur_sigma: float, ro
 def perturbation_tensors(model: torch.nn.Module, x: torch.Tensor, maps, target, scheme: str = "threshold",
                          order: str = "morf", mode: str = "signed", images_per_batch: int = 1,
                          sequential: bool = False, fill: str = "black", patch: int = 4, steps: int = N_LEVELS,
-                         blur_sigma: float = 2.0, road_noise: float = 0.01, seed: int = 0) -> dict[str, torch.Tensor]:
+                         blur_sigma: float = 2.0, road_noise: float = 0.01, seed: int = 0,
+                         p0: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """:func:`perturbation_curves` as tensors on ``x``'s device (no copy to the host).
+
+    ``p0``: the (B,) probabilities of ``target`` on the unperturbed images (:func:`target_probability`), when the
+    caller already has them: every map and perturbation of an image shares them, so a stage that scores many
+    computes them once instead of feeding the original with every batch of copies (one forward in 1 + L).
 
     Every tensor is made on (or moved to) ``x.device`` before it meets another:
     the maps (a host array or a tensor anywhere) and ``target`` are moved there,
@@ -292,7 +316,13 @@ def perturbation_tensors(model: torch.nn.Module, x: torch.Tensor, maps, target, 
     norm = normalise(importance(maps, mode).to(x.device))
     rm = removal_masks(norm, scheme, order, seed, patch, steps)                # (B, L, H, W)
     n_levels = rm.shape[1]
-    p0 = torch.empty(b, device=x.device)
+    given = p0 is not None
+    if given:
+        p0 = torch.as_tensor(p0, device=x.device).reshape(-1).float()
+        if len(p0) != b:
+            raise ValueError(f"p0 holds {len(p0)} probabilities for {b} images")
+    else:
+        p0 = torch.empty(b, device=x.device)
     p = torch.empty(b, n_levels, device=x.device)
     residual = torch.zeros(b, device=x.device)
     for s in range(0, b, images_per_batch):
@@ -303,20 +333,19 @@ def perturbation_tensors(model: torch.nn.Module, x: torch.Tensor, maps, target, 
             pert, res = _filled(xs, rm[sl], fill, blur_sigma, road_noise, seeds)
         if res is not None:
             residual[sl] = res.to(residual.dtype)
-        batch = torch.cat([xs.unsqueeze(1), pert], 1)                          # (b, 1 + L, C, H, W)
+        batch = pert if given else torch.cat([xs.unsqueeze(1), pert], 1)      # (b, [1 +] L, C, H, W)
         flat = batch.reshape(-1, *x.shape[1:])
         with timing.step(f"{scheme} forward", n=len(xs), unit="image"):
             if sequential:
                 logits = torch.cat([model(flat[i:i + 1]) for i in range(len(flat))])
             else:
                 logits = model(flat)
-        tg = target[sl].repeat_interleave(1 + n_levels)
-        if getattr(model, "task", "multilabel") == "multiclass":     # softmax over the classes (classify.task)
-            logits = torch.log_softmax(logits.float(), dim=1)
-            prob = logits.gather(1, tg.view(-1, 1)).squeeze(1).exp().view(-1, 1 + n_levels)
+        per = n_levels + (0 if given else 1)
+        prob = _probability(model, logits, target[sl].repeat_interleave(per)).view(-1, per)
+        if given:
+            p[sl] = prob
         else:
-            prob = torch.sigmoid(logits.gather(1, tg.view(-1, 1)).squeeze(1)).view(-1, 1 + n_levels)
-        p0[sl], p[sl] = prob[:, 0], prob[:, 1:]
+            p0[sl], p[sl] = prob[:, 0], prob[:, 1:]
     drop = p0.unsqueeze(1) - p
     # eq. 12 (threshold, pixels): the mean over the 10 levels; region (Samek et al. 2017): the mean over
     # steps 0 .. L, step 0 (the image itself) contributing a drop of 0
@@ -335,8 +364,8 @@ def perturbation_curves(model: torch.nn.Module, x: torch.Tensor, maps, target, s
     ``x``: (B, C, H, W) model input; ``maps``: (B, H, W) attributions at input
     resolution; ``target``: int or (B,) class indices. ``sequential`` feeds
     every copy separately (for the speed comparison only). ``perturbation``: the
-    region scheme's ``fill``, ``patch``, ``steps``, ``blur_sigma``, ``road_noise`` and the
-    tie-breaking / noise ``seed`` (:func:`perturbation_tensors`).
+    region scheme's ``fill``, ``patch``, ``steps``, ``blur_sigma``, ``road_noise``, the
+    tie-breaking / noise ``seed`` and a precomputed ``p0`` (:func:`perturbation_tensors`).
     Returns p0 (B,), p (B, L), drop (B, L) = p0 - p, aoppc (B,), removed (B, L) fractions
     (and road_residual (B,) for the ROAD fill), as numpy arrays (computed on ``x``'s device by
     :func:`perturbation_tensors`).

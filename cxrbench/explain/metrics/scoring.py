@@ -104,10 +104,13 @@ def score_model(scores: dict, backbone: str, fold: int, methods: list, s: Settin
     bar = runtime.progress(total=len(named) * len(specs), desc=f"aoppc {backbone} fold {fold}",
                            unit="map x perturbation", every=0.1)
 
+    # the unperturbed images' probabilities, once: every map and perturbation of an image starts from them
+    p0 = EM.target_probability(model, x, target, batch=s.images_per_batch * (1 + max(kw["steps"], EM.N_LEVELS)))
+
     def curves(rows, maps, spec):
         out = EM.perturbation_curves(model, EM.take(x, rows), maps, EM.take(target, rows), scheme=spec["scheme"],
                                      order=spec["order"], fill=spec["fill"], mode=s.importance,
-                                     images_per_batch=s.images_per_batch, **kw)
+                                     images_per_batch=s.images_per_batch, p0=EM.take(p0, rows), **kw)
         bar.update(1)
         return out
 
