@@ -68,6 +68,7 @@ import contextlib
 import numpy as np
 import torch
 
+from cxrbench.classify.task import probabilities
 from cxrbench.core import timing
 from cxrbench.explain.metrics import localisation
 from cxrbench.explain.metrics.fills import ROAD_SOLVERS, ROAD_WEIGHTS, gaussian_blur, noisy_linear_imputation  # noqa: F401 (re-exported: the fills are part of this module's API)
@@ -251,11 +252,11 @@ def target_indices(target, b: int, device) -> torch.Tensor:
 
 
 def _probability(model: torch.nn.Module, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(N, K) logits -> (N,) probability of each row's ``target`` class: softmax over the classes for a
-    multiclass model (:mod:`cxrbench.classify.task`), else the label's own sigmoid."""
-    if getattr(model, "task", "multilabel") == "multiclass":
-        return torch.log_softmax(logits.float(), dim=1).gather(1, target.view(-1, 1)).squeeze(1).exp()
-    return torch.sigmoid(logits.gather(1, target.view(-1, 1)).squeeze(1))
+    """(N, K) logits -> (N,) probability of each row's ``target`` class, as the model's task defines it
+    (:func:`cxrbench.classify.task.probabilities`: softmax over the classes for a multiclass model, else the
+    label's own sigmoid)."""
+    probs = probabilities(logits.float(), getattr(model, "task", "multilabel"))
+    return probs.gather(1, target.view(-1, 1)).squeeze(1)
 
 
 @torch.no_grad()
