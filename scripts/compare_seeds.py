@@ -4,7 +4,7 @@ does another training seed overturn?
 Each run's headline (``metrics/headline/STAGE.json``: what ``cxrbench show`` prints, each value with its
 interval over the test patients where the stage has one) becomes one row per value and a column per seed,
 with the spread over the seeds and a flag where two seeds' intervals do not overlap
-(:func:`cxrbench.core.headline.across_runs`). A one-run interval covers the test patients only; a value
+(:func:`cxrbench.ops.show.across_runs`). A one-run interval covers the test patients only; a value
 flagged here moves more with the training seed than that interval allows. The pooled intervals, with the
 seeds' models resampled, come from ``pool_table2.py`` and ``rescore_aoppc.py``.
 
@@ -29,6 +29,7 @@ from cxrbench.core import headline as H
 from cxrbench.core import params as P
 from cxrbench.core import paths
 from cxrbench.core.io import write_json, write_text
+from cxrbench.ops import show
 from cxrbench.ops._dvc import LOCK_NAME
 
 NOT_RUN = "not run"
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         if stale:
             print(f"seed {s}: {', '.join(stale)}: headline not written by this run (not in its {LOCK_NAME}); "
                   f"shown as {NOT_RUN!r}", file=sys.stderr)
-    rows = H.across_runs({f"seed {s}": flat for s, (flat, _) in got.items()})
+    rows = show.across_runs({f"seed {s}": flat for s, (flat, _) in got.items()})
     write_json(args.out / "headline_seeds.json",
                {"seeds": seeds, "runs": [str(d.resolve()) for d, _ in runs], "rows": rows})
     write_text(args.out / "headline_seeds.md", markdown(rows, seeds))

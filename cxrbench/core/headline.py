@@ -28,7 +28,6 @@ __all__ = [
     "MULTICLASS",
     "NOT_SCORED",
     "SPEC",
-    "across_runs",
     "cell",
     "count",
     "entries",
@@ -250,19 +249,3 @@ def cell(v: Any, n_format: str = " n={}") -> str:
             s += f" ({str(v['ci']).replace('_', ' ')})"
         return s + (n_format.format(v["n"]) if "n" in v else "")
     return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
-def across_runs(flats: dict[str, dict[str, Any]]) -> list[dict]:
-    """The same headline values of several runs (``run label -> flatten(...)``), a row per value: each run's
-    value, the spread (largest minus smallest) and whether two runs' intervals are ``apart`` (they do not
-    overlap: one run lies outside what another's interval claimed). ``apart`` is None where some run has no
-    interval for the value; a value that is not a number in some run (a status, not scored) gets no spread."""
-    rows = []
-    for key in dict.fromkeys(k for f in flats.values() for k in f):
-        vals = {run: f.get(key) for run, f in flats.items()}
-        nums = [v.get("value") if isinstance(v, dict) else _number(v) for v in vals.values()]
-        spread = max(nums) - min(nums) if all(n is not None for n in nums) else None
-        cis = [v for v in vals.values() if isinstance(v, dict) and "low" in v]
-        apart = (max(v["low"] for v in cis) > min(v["high"] for v in cis)) if len(cis) == len(vals) else None
-        rows.append({"key": key, "runs": vals, "spread": spread, "apart": apart})
-    return rows

@@ -8,6 +8,8 @@ Without an argument ``show`` reads the workspace, or the newest experiment when 
     cxrbench show clahe           # the experiment named clahe
     cxrbench diff HEAD clahe      # the committed reference run against an experiment
     cxrbench diff HEAD clahe --changed   # only what moved
+
+:func:`across_runs` lines up the headline of several runs (training seeds: ``scripts/compare_seeds.py``).
 """
 
 from __future__ import annotations
@@ -111,6 +113,22 @@ def diff_text(a: dict[str, dict], b: dict[str, dict], name_a: str, name_b: str, 
         return f"{name_a} and {name_b}: all {same} headline values are equal"
     text = table(rows, ["metric", name_a, name_b, "change"])
     return text + (f"\n{same} other value(s) equal (cxrbench diff without --changed shows them)" if changed else "")
+
+
+def across_runs(flats: dict[str, dict[str, Any]]) -> list[dict]:
+    """The same headline values of several runs (``run label -> flatten(...)``), a row per value: each run's
+    value, the spread (largest minus smallest) and whether two runs' intervals are ``apart`` (they do not
+    overlap: one run lies outside what another's interval claimed). ``apart`` is None where some run has no
+    interval for the value; a value that is not a number in some run (a status, not scored) gets no spread."""
+    rows = []
+    for key in dict.fromkeys(k for f in flats.values() for k in f):
+        vals = {run: f.get(key) for run, f in flats.items()}
+        nums = [_number(v) for v in vals.values()]
+        spread = max(nums) - min(nums) if all(n is not None for n in nums) else None
+        cis = [v for v in vals.values() if isinstance(v, dict) and "low" in v]
+        apart = (max(v["low"] for v in cis) > min(v["high"] for v in cis)) if len(cis) == len(vals) else None
+        rows.append({"key": key, "runs": vals, "spread": spread, "apart": apart})
+    return rows
 
 
 def main(argv: list[str] | None = None, command: str = "show") -> int:

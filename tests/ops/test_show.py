@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cxrbench import cli
+from cxrbench.core import params as P
 from cxrbench.core import paths
 from cxrbench.ops import profiles
 from cxrbench.ops import progress as PR
@@ -97,3 +100,49 @@ def test_the_stage_names_are_those_dvc_lists(monkeypatch):
     monkeypatch.chdir(ROOT)
     listed = subprocess.run(["dvc", "stage", "list", "--name-only"], capture_output=True, text=True, check=True)
     assert set(PR.expected_stages(profiles.load(), ROOT / "dvc.yaml")) == set(listed.stdout.split())
+
+
+def test_across_runs_flags_intervals_that_do_not_overlap():
+    ci = lambda v, lo, hi: {"value": v, "low": lo, "high": hi}
+    rows = {r["key"]: r for r in S.across_runs({
+        "seed 42": {"a.f1": ci(0.80, 0.75, 0.85), "a.auc": ci(0.60, 0.50, 0.70), "a.n": 10, "a.x": ci(0.5, 0.4, 0.6)},
+        "seed 43": {"a.f1": ci(0.90, 0.86, 0.95), "a.auc": ci(0.65, 0.55, 0.75), "a.n": 12, "a.x": "not scored"},
+        "seed 44": {"a.f1": ci(0.82, 0.78, 0.88), "a.auc": ci(0.62, 0.52, 0.72), "a.n": 12},
+    })}
+    assert rows["a.f1"]["apart"] is True                 # 42's [0.75, 0.85] misses 43's [0.86, 0.95]
+    assert rows["a.f1"]["spread"] == pytest.approx(0.10)
+    assert rows["a.auc"]["apart"] is False
+    assert rows["a.n"]["apart"] is None and rows["a.n"]["spread"] == 2
+    assert rows["a.x"]["apart"] is None and rows["a.x"]["spread"] is None   # not scored in one, absent in one
+    assert rows["a.x"]["runs"]["seed 44"] is None
+
+
+def test_compare_seeds_script_writes_the_table_and_refuses_runs_that_are_not_seeds(tmp_path, capsys):
+    from helpers import script
+    mod = script("compare_seeds")
+    runs = []
+    for seed, f1 in ((42, (0.80, 0.75, 0.85)), (43, (0.90, 0.86, 0.95))):
+        run = tmp_path / f"s{seed}"
+        (run / paths.HEADLINE).mkdir(parents=True)
+        (run / P.PARAMS_FILE).write_text(yaml.safe_dump({"train": {"seed": seed, "epochs": 3}}))
+        (run / paths.headline("ensemble")).write_text(json.dumps(
+            {"f1": dict(zip(("value", "low", "high"), f1)), "not_scored": []}))
+        (run / paths.headline("audit")).write_text(json.dumps({"auc": 0.9, "not_scored": []}))
+        outs = [{"path": paths.headline("ensemble"), "md5": hashlib.md5(
+            (run / paths.headline("ensemble")).read_bytes()).hexdigest()}]
+        if seed == 42:     # seed 43's audit headline is a file it did not write (its lock does not record it)
+            outs.append({"path": paths.headline("audit"), "md5": hashlib.md5(
+                (run / paths.headline("audit")).read_bytes()).hexdigest()})
+        (run / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"s": {"outs": outs}}}))
+        runs.append(run)
+    out = tmp_path / "out"
+    assert mod.main([*map(str, runs), "--out", str(out)]) == 0
+    md = (out / "headline_seeds.md").read_text()
+    assert "1 of the 1 values with an interval in every run are apart" in md
+    assert "| ensemble.f1 | 0.800 [0.750, 0.850] | 0.900 [0.860, 0.950] | 0.100 | **apart** |" in md
+    assert "| audit.auc | 0.900 | not run |  |  |" in md
+    assert "seed 43: audit: headline not written by this run" in capsys.readouterr().err
+    assert json.loads((out / "headline_seeds.json").read_text())["seeds"] == [42, 43]
+    (runs[1] / P.PARAMS_FILE).write_text(yaml.safe_dump({"train": {"seed": 43, "epochs": 4}}))
+    assert mod.main([*map(str, runs), "--out", str(out)]) == 2
+    assert "not only in train.seed" in capsys.readouterr().err
