@@ -310,23 +310,32 @@ def compare(per_fold: dict, test_rows: list[dict], backbones: list[str], folds: 
     # the best single backbone is chosen on validation micro F1, never on test
     best = max(backbones, key=lambda b: np.mean([f["val"]["micro"]["f1"] for f in per_fold[b]]))
     paired = {"ensemble": "ensemble (mean probability)", "best_single": best,
-              "best_single_chosen_by": "mean validation micro F1",
-              **paired_difference([t["y"] for t in test_rows], [t["pred"]["ensemble"] for t in test_rows],
-                                  [t["pred"][best] for t in test_rows], [t["groups"] for t in test_rows],
-                                  [t["paths"] for t in test_rows], stats)}
+              "best_single_chosen_by": "mean validation micro F1"}
+    if len(backbones) < 2:     # the ensemble of one backbone is that backbone: a difference of 0 by construction
+        paired.update(status="one_backbone", difference=None, fold_differences=[], ci=None, fold_cis=None)
+    else:
+        paired.update(status="ok", **paired_difference(
+            [t["y"] for t in test_rows], [t["pred"]["ensemble"] for t in test_rows],
+            [t["pred"][best] for t in test_rows], [t["groups"] for t in test_rows],
+            [t["paths"] for t in test_rows], stats))
     for r in rows + val_rows:
         if r["model"] == "vote":
             r["rule"] = vote_rule
     models = [*backbones, "ensemble"]
     t2 = table2({m: per_fold[m] for m in models}, "test", table2_intervals(test_rows, models, stats, paper_rule))
-    note = (f"Ensemble vs best single backbone ({best}, chosen on validation micro F1), test micro F1, mean over "
-            f"{len(folds)} {unit}: difference {paired['difference']:+.3f}" + (
-                f", {stats['confidence']:.0%} CI [{paired['ci']['low']:+.3f}, {paired['ci']['high']:+.3f}] "
-                f"(paired bootstrap over {paired['ci']['groups']} test patient groups, {stats['resamples']} "
-                f"resamples)" if paired["ci"] else ", per-fold CIs in metrics/table2.json (each fold has its own "
-                                                   "test set)") +
-            f"; per fold {', '.join(f'{d:+.3f}' for d in paired['fold_differences'])} (training variation). "
-            f"Majority vote: {vote_rule}. No p value: 2-5 folds support none.")
+    if paired["status"] == "one_backbone":
+        compared = (f"Ensemble vs best single backbone: not compared (one backbone, {best}: the ensemble is its "
+                    f"probability, so their difference is 0 by construction). ")
+    else:
+        compared = (f"Ensemble vs best single backbone ({best}, chosen on validation micro F1), test micro F1, "
+                    f"mean over {len(folds)} {unit}: difference {paired['difference']:+.3f}" + (
+                        f", {stats['confidence']:.0%} CI [{paired['ci']['low']:+.3f}, {paired['ci']['high']:+.3f}] "
+                        f"(paired bootstrap over {paired['ci']['groups']} test patient groups, {stats['resamples']} "
+                        f"resamples)" if paired["ci"] else ", per-fold CIs in metrics/table2.json (each fold has its "
+                                                           "own test set)") +
+                    f"; per fold {', '.join(f'{d:+.3f}' for d in paired['fold_differences'])} (training "
+                    f"variation). No p value: the folds' differences are few and share test patients. ")
+    note = compared + f"Majority vote: {vote_rule}."
     return {"rows": rows, "val_rows": val_rows, "paired": paired, "table2": t2, "note": note}
 
 

@@ -100,7 +100,11 @@ def test_the_table2_script_pools_runs_and_refuses_what_is_not_a_seed(seed_runs, 
     assert out["models"] == ["f0@seed0", "f0@seed1"] and out["seeds"] == [0, 1]
     row = {r["key"]: r for r in out["rows"]}[TINY]
     assert row["folds"] == 2 and "models" in row["f1"]
-    assert "Pooled over training seeds 0, 1" in (tmp_path / "out" / "table2.md").read_text()
+    md = (tmp_path / "out" / "table2.md").read_text()
+    assert "Pooled over training seeds 0, 1" in md
+    # one backbone: the ensemble is that backbone, so no difference of 0 is reported as a comparison
+    assert out["paired_test"]["status"] == "one_backbone" and out["paired_test"]["difference"] is None
+    assert "not compared (one backbone" in md and "difference +0.000" not in md
     # the same seed twice is a rerun; another setting is another study: both refused with the reason
     assert script.main([str(a), str(a), "--out", str(tmp_path / "x")]) == 2
     assert "share a seed" in capsys.readouterr().err
