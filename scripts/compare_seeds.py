@@ -19,11 +19,8 @@ OUT/headline_seeds.json and OUT/headline_seeds.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
-
-import yaml
 
 from cxrbench.core import headline as H
 from cxrbench.core import params as P
@@ -32,26 +29,9 @@ from cxrbench.core.io import write_json, write_text
 from cxrbench.ops import show
 from cxrbench.ops._dvc import LOCK_NAME
 
-NOT_RUN = "not run"
-
 INTRO = ("Each run's headline values (`cxrbench show`), one column per training seed; `[low, high]`: the run's own "
          "95 % interval over its test patients. **apart**: two seeds' intervals do not overlap, so one run's "
          "interval does not hold the other seed's result; blank where a run has no interval for the value.")
-
-
-def run_headline(run_dir: Path) -> tuple[dict, list[str]]:
-    """The run's flattened headline, from the files its own ``dvc.lock`` records (the same md5): a headline
-    file the run did not write (the committed reference's, or an older run's left in the folder) has its values
-    shown as "not run". Returns the values and those stages."""
-    lock = yaml.load((run_dir / LOCK_NAME).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    recorded = {o["path"]: o.get("md5") for st in (lock.get("stages") or {}).values() for o in st.get("outs", [])}
-    heads, stale = H.load(run_dir), []
-    for stage, h in heads.items():
-        path = paths.headline(stage)
-        if recorded.get(path) != hashlib.md5((run_dir / path).read_bytes()).hexdigest():
-            stale.append(stage)
-            heads[stage] = {k: NOT_RUN for k in h if k != "not_scored"}
-    return H.flatten(heads), stale
 
 
 def markdown(rows: list[dict], seeds: list[int]) -> str:
@@ -81,12 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         print(e, file=sys.stderr)
         return 2
     seeds = [int(p["train"]["seed"]) for _, p in runs]
-    got = {s: run_headline(d) for s, (d, _) in zip(seeds, runs)}
+    got = {s: show.load_workspace(d) for s, (d, _) in zip(seeds, runs)}
     for s, (_, stale) in got.items():
         if stale:
             print(f"seed {s}: {', '.join(stale)}: headline not written by this run (not in its {LOCK_NAME}); "
-                  f"shown as {NOT_RUN!r}", file=sys.stderr)
-    rows = show.across_runs({f"seed {s}": flat for s, (flat, _) in got.items()})
+                  f"shown as {show.NOT_RUN!r}", file=sys.stderr)
+    rows = show.across_runs({f"seed {s}": H.flatten(heads) for s, (heads, _) in got.items()})
     write_json(args.out / "headline_seeds.json",
                {"seeds": seeds, "runs": [str(d.resolve()) for d, _ in runs], "rows": rows})
     write_text(args.out / "headline_seeds.md", markdown(rows, seeds))

@@ -9,12 +9,16 @@ Without an argument ``show`` reads the workspace, or the newest experiment when 
     cxrbench diff HEAD clahe      # the committed reference run against an experiment
     cxrbench diff HEAD clahe --changed   # only what moved
 
-:func:`across_runs` lines up the headline of several runs (training seeds: ``scripts/compare_seeds.py``).
+In the workspace, a headline file counts only when the workspace's ``dvc.lock`` records it (the same md5): a
+file its stage has not written there (the committed reference's after a clone, or an older run's) is shown as
+"not run", and with nothing recorded ``show`` falls back to the newest experiment. :func:`across_runs` lines up
+the headline of several runs (training seeds: ``scripts/compare_seeds.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -25,6 +29,7 @@ from cxrbench.core import headline as H
 from cxrbench.core import paths
 
 WORKSPACE = "."
+NOT_RUN = "not run"
 
 
 class RunNotFound(Exception):
@@ -68,6 +73,35 @@ def load(rev: str = WORKSPACE, root: Path = Path(".")) -> dict[str, dict]:
         if r.returncode == 0:
             out[stage] = json.loads(r.stdout)
     return out
+
+
+def unrecorded(headlines: dict[str, dict], root: Path = Path(".")) -> list[str]:
+    """The stages whose headline file under ``root`` is not the one ``root/dvc.lock`` records (another md5, or
+    no entry): their stage has not written it in this workspace. Without a ``dvc.lock``, every stage."""
+    import yaml
+
+    from cxrbench.ops._dvc import LOCK_NAME
+    lock_path = root / LOCK_NAME
+    if not lock_path.is_file():
+        return list(headlines)
+    lock = yaml.load(lock_path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+    recorded = {o["path"]: o.get("md5") for st in (lock.get("stages") or {}).values() for o in st.get("outs", [])}
+    md5 = lambda stage: hashlib.md5((root / paths.headline(stage)).read_bytes()).hexdigest()
+    return [stage for stage in headlines if recorded.get(paths.headline(stage)) != md5(stage)]
+
+
+def mark_not_run(headlines: dict[str, dict], stages: list[str]) -> dict[str, dict]:
+    """The headlines with every value of ``stages`` replaced by :data:`NOT_RUN`."""
+    return {stage: ({k: NOT_RUN for k in h if k != "not_scored"} if stage in stages else h)
+            for stage, h in headlines.items()}
+
+
+def load_workspace(root: Path = Path(".")) -> tuple[dict[str, dict], list[str]]:
+    """The workspace's headlines with the files it has not written marked "not run" (:func:`unrecorded`), and
+    those stages."""
+    heads = H.load(root)
+    stale = unrecorded(heads, root)
+    return mark_not_run(heads, stale), stale
 
 
 def cell(v: Any) -> str:
@@ -144,17 +178,26 @@ def main(argv: list[str] | None = None, command: str = "show") -> int:
     try:
         if command == "show":
             rev = args.run or WORKSPACE
-            runs = load(rev)
-            if not runs and args.run is None and newest_experiment():
-                rev = newest_experiment().rsplit("/", 1)[-1]
+            runs, stale = load_workspace() if rev == WORKSPACE else (load(rev), [])
+            if args.run is None and len(stale) == len(runs) and newest_experiment():
+                rev, stale = newest_experiment().rsplit("/", 1)[-1], []    # nothing run in the workspace
                 runs = load(rev)
-            print(show_text(runs, "workspace" if rev == WORKSPACE else rev))
+            print(show_text(runs, "workspace" if rev == WORKSPACE else rev) + _stale_note(stale))
             return 0
-        print(diff_text(load(args.a), load(args.b), args.a, args.b, changed=args.changed))
+        a, stale_a = load_workspace() if args.a == WORKSPACE else (load(args.a), [])
+        b, stale_b = load_workspace() if args.b == WORKSPACE else (load(args.b), [])
+        print(diff_text(a, b, args.a, args.b, changed=args.changed) + _stale_note(stale_a or stale_b))
         return 0
     except RunNotFound as err:
         print(f"cxrbench {command}: {err}", file=sys.stderr)
         return 2
+
+
+def _stale_note(stale: list[str]) -> str:
+    if not stale:
+        return ""
+    return (f"\n{NOT_RUN}: {', '.join(stale)}: the workspace's dvc.lock does not record these headline files (the "
+            f"committed reference's, or an older run's); run the stages, or read the reference with cxrbench show HEAD")
 
 
 def diff_main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,33 @@ def test_show_prints_values_cis_and_what_was_not_scored(tmp_path):
     assert len(text.splitlines()) < 40
 
 
+def _lock(root: Path, stages: list[str]) -> None:
+    """A dvc.lock that records the current headline files of ``stages``, as DVC writes it after they ran."""
+    outs = [{"path": paths.headline(s), "hash": "md5",
+             "md5": hashlib.md5((root / paths.headline(s)).read_bytes()).hexdigest()} for s in stages]
+    (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"x": {"outs": outs}}}))
+
+
+def test_the_workspace_shows_only_the_headline_files_its_dvc_lock_records(tmp_path, monkeypatch, capsys):
+    """A headline file its stage has not written in this workspace (the committed reference's after a clone, an
+    older run's after a param change) is "not run", never shown as the workspace's result."""
+    _write(tmp_path, "ensemble", ENSEMBLE)
+    _write(tmp_path, "split", {"images": 10, "not_scored": []})
+    heads, stale = S.load_workspace(tmp_path)
+    assert set(stale) == {"ensemble", "split"} and heads["ensemble"]["f1"] == S.NOT_RUN      # no dvc.lock: nothing ran
+    _lock(tmp_path, ["ensemble", "split"])
+    heads, stale = S.load_workspace(tmp_path)
+    assert stale == [] and heads["ensemble"]["f1"] == ENSEMBLE["f1"]
+    _write(tmp_path, "split", {"images": 12, "not_scored": []})                          # not the recorded file
+    heads, stale = S.load_workspace(tmp_path)
+    assert stale == ["split"] and heads["split"] == {"images": S.NOT_RUN} and heads["ensemble"]["vote_f1"] == 0.71
+    monkeypatch.chdir(tmp_path)
+    assert S.main([], "show") == 0
+    out = capsys.readouterr().out
+    assert "split.images" in out and "not run: split: the workspace's dvc.lock does not record" in out
+    assert "ensemble.f1" in out and "0.700 [0.600, 0.800]" in out
+
+
 def test_diff_reads_a_committed_revision_against_the_workspace(tmp_path):
     git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
     git("init", "-q")
