@@ -41,11 +41,12 @@ PATTERNS = (
 
 def _cpu() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:                 # no /proc (macOS, Windows): the platform's own name below
+        text = ""
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 

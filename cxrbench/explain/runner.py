@@ -111,11 +111,10 @@ def target_layer(model: nn.Module, backbone: str, layers: dict) -> tuple[str, nn
     # cxrbench.classify.models.Classifier wraps the timm network as ``backbone``; a two-stage classifier
     # (cxrbench.classify.hierarchy) is explained at its second stage's layer: the stage that separates the group
     # (COVID-19 from other pneumonia), whose target classes the seed profiles explain
+    modules = dict(model.named_modules())
     for candidate in (path, f"backbone.{path}", f"second.backbone.{path}"):
-        try:
-            return candidate, model.get_submodule(candidate)
-        except AttributeError:
-            pass
+        if candidate in modules:
+            return candidate, modules[candidate]
     else:
         inner = model.backbone if isinstance(getattr(model, "backbone", None), nn.Module) else model
         top = [n for n, _ in inner.named_children()]
