@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -28,14 +27,8 @@ import torch
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    from cxrbench.core import runtime
+    return {"cpu": runtime.cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "load_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__}
 
 

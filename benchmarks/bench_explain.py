@@ -110,14 +110,9 @@ def region_vs_quantus(model, x, maps, target, steps: int, patch: int = 8) -> dic
 
 def machine() -> str:
     import os
-    import platform
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU {cpu}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, torch threads {torch.get_num_threads()}"
+
+    from cxrbench.core import runtime
+    return f"CPU {runtime.cpu_model()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, torch threads {torch.get_num_threads()}"
 
 
 def gradcam_libraries(model, prepared, x, target, s, max_batch: int, repeats: int) -> dict:

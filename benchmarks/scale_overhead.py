@@ -17,15 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 
+from cxrbench.core import runtime
 from cxrbench.core.params import load 
 from cxrbench.ops.scale import coordinator, toy, worker 
 from cxrbench.ops.scale import plan as planning 
@@ -33,13 +32,7 @@ from cxrbench.ops.scale.cli import compare_trees
 
 
 def hardware() -> str:
-    model = platform.processor()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"
+    return f"{runtime.cpu_model()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"
 
 
 def main(argv: list[str] | None = None) -> int:

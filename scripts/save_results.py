@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cxrbench.core import runtime
+
 # what is copied, relative to the run's root (glob patterns); every path is named in cxrbench/core/paths.py
 PATTERNS = (
     "metrics/*.md",
@@ -37,17 +39,6 @@ PATTERNS = (
     "plots/shortcut_audit*.png",
     "plots/randomisation/cascade.png",
 )
-
-
-def _cpu() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:                 # no /proc (macOS, Windows): the platform's own name below
-        text = ""
-    for line in text.splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _git(root: Path, *args: str) -> str:
@@ -88,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         skipped.append(f"times.md (cxrbench times failed: {times.stderr.strip()[-200:]})")
     import torch
     run = {"profile": a.profile, "commit": _git(root, "rev-parse", "--short", "HEAD"),
-           "cpu": _cpu(), "cores": __import__("os").cpu_count(), "torch": torch.__version__,
+           "cpu": runtime.cpu_model(), "cores": __import__("os").cpu_count(), "torch": torch.__version__,
            "python": platform.python_version(), "files": copied, "left_out": skipped}
     (a.out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     print(f"{len(copied)} files to {a.out}" + (f"; left out: {', '.join(skipped)}" if skipped else ""))

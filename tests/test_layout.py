@@ -107,3 +107,15 @@ def test_no_function_hides_the_paths_module():
             if binds and reads:
                 found.append(f"{path.relative_to(ROOT)}:{fn.lineno} {fn.name}")
     assert not found, f"rename the local `paths` in {found}"
+
+
+def test_no_exception_is_silently_passed():
+    """No ``except ...: pass`` in the package, the stages, the scripts or the benchmarks: an error is handled
+    (a fallback that says so, a status that is counted) or it propagates."""
+    silent = []
+    for folder in ("cxrbench", "stages", "scripts", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ExceptHandler) and all(isinstance(b, ast.Pass) for b in node.body):
+                    silent.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not silent, f"except ...: pass at {silent}"

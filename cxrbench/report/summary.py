@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from cxrbench.core import headline as H
-from cxrbench.core import paths
+from cxrbench.core import paths, runtime
 from cxrbench.core.io import read_json
 from cxrbench.core.params import flatten
 
@@ -39,12 +39,7 @@ def commit(root: Path) -> str:
 
 def hardware() -> str:
     """The CPU model and cores (``lscpu``'s model name where there is one), and the GPU when torch sees one."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")              # Linux; elsewhere platform.processor() stays
-    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
-             if line.startswith("model name")]
-    model = names[0] if names else model
-    out = f"{model}, {os.cpu_count()} logical CPU(s), {platform.system()} {platform.machine()}"
+    out = f"{runtime.cpu_model()}, {os.cpu_count()} logical CPU(s), {platform.system()} {platform.machine()}"
     try:
         import torch
         if torch.cuda.is_available():
