@@ -38,7 +38,7 @@ def commit(root: Path) -> str:
 
 
 def hardware() -> str:
-    """The CPU model and cores (``lscpu``'s model name where there is one), and the GPU when torch sees one."""
+    """The CPU model (:func:`cxrbench.core.runtime.cpu_model`) and cores, and the GPU when torch sees one."""
     out = f"{runtime.cpu_model()}, {os.cpu_count()} logical CPU(s), {platform.system()} {platform.machine()}"
     try:
         import torch
