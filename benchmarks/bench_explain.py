@@ -112,7 +112,8 @@ def machine() -> str:
     import os
 
     from cxrbench.core import runtime
-    return f"CPU {runtime.cpu_model()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, torch threads {torch.get_num_threads()}"
+    return (f"CPU {runtime.cpu_model()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, "
+            f"torch threads {torch.get_num_threads()}")
 
 
 def gradcam_libraries(model, prepared, x, target, s, max_batch: int, repeats: int) -> dict:

@@ -25,8 +25,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cxrbench.core import headline as H
 from cxrbench.core import paths
+from cxrbench.ops._dvc import LOCK_NAME
 
 WORKSPACE = "."
 NOT_RUN = "not run"
@@ -78,9 +81,6 @@ def load(rev: str = WORKSPACE, root: Path = Path(".")) -> dict[str, dict]:
 def unrecorded(headlines: dict[str, dict], root: Path = Path(".")) -> list[str]:
     """The stages whose headline file under ``root`` is not the one ``root/dvc.lock`` records (another md5, or
     no entry): their stage has not written it in this workspace. Without a ``dvc.lock``, every stage."""
-    import yaml
-
-    from cxrbench.ops._dvc import LOCK_NAME
     lock_path = root / LOCK_NAME
     if not lock_path.is_file():
         return list(headlines)
