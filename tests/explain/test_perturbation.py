@@ -439,6 +439,29 @@ def test_gain_across_models_includes_the_variance_between_trained_models():
     assert "5 models" in md and " !)" in md
 
 
+def test_a_gain_reliably_below_the_random_map_is_starred_and_the_legend_says_two_sided():
+    """The gains' p values are two-sided: a method reliably worse than the random map is marked * too, so the
+    legend must not read "above 0" (it once did, beside saliency's -0.126*)."""
+    from cxrbench.explain.metrics import tables as AT
+    from cxrbench.explain.metrics import tables_text as TT
+    rng = np.random.default_rng(6)
+    patients = np.arange(40).astype(object)
+    folds = []
+    for _ in range(5):
+        rnd = rng.normal(0, 0.02, 40)
+        folds.append({"random": rnd, "a": rnd - 0.2 + rng.normal(0, 0.02, 40)})
+    g = AT.gains(_fold_scores(folds, patients), ["a"], ["aoppc_region_black_morf"], STATS)
+    one = g["pooled"]["a|aoppc_region_black_morf"]
+    two = g["across_models"]["pooled"]["a|aoppc_region_black_morf"]
+    assert one["high"] < 0 and one["significant"] and two["high"] < 0 and two["significant"]
+    md = TT.markdown({"pooled": {"random|aoppc_region_black_morf": {}}, "maps": {"by_method": {}},
+                      "sanity": {"by_method": {}},
+                      "common": {"images": {"pooled": 200, "scored": 200, "by_backbone": {}}, "missing": [],
+                                 "pooled": {}, "by_backbone": {}}, "gain": g}, ["a"], {})
+    assert "above 0 after" not in md and md.count("differs from 0 (two-sided") == 2
+    assert f"| a | - | - | {one['mean']:+.3f} [{one['low']:+.3f}, {one['high']:+.3f}]* |" in md
+
+
 def test_gain_across_models_is_no_ci_with_one_model():
     from cxrbench.explain.metrics import tables as AT
     patients = np.arange(10).astype(object)

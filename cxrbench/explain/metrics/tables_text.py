@@ -104,7 +104,8 @@ def markdown(result: dict, methods: list, reference: dict, region: str = "") -> 
         heads = ["threshold", "pixel deletion"] + [f"region, {fill(me)}" for me in region_metrics]
         n = result["common"]["images"]["pooled"]
         fam = next((v.get("family") for v in g.values() if v.get("family")), None)
-        adj = (f" * = above 0 after {fam['method'].upper() if fam['method'] == 'bh' else 'Holm'} adjustment across "
+        adj = (f" * = differs from 0 (two-sided; above 0 where the gain is positive, below where negative) after "
+               f"{fam['method'].upper() if fam['method'] == 'bh' else 'Holm'} adjustment across "
                f"the table's {fam['size']} comparisons (alpha {fam['alpha']:g});") if fam else ""
         margin = next((v["equivalence"]["margin"] for v in g.values() if v.get("equivalence")), None)
         eq = (f" ≈0 = at chance: an equivalence test (TOST) puts the gain within ±{margin:g};" if margin is not None
@@ -124,8 +125,8 @@ def markdown(result: dict, methods: list, reference: dict, region: str = "") -> 
             lines += ["", f"The same gains with the trained models as a source of variance: {first['models']} models "
                       f"({unit}) and "
                       f"{first['patients']} patients, two-level bootstrap (models, then patients) [95 % CI]; * = "
-                      f"above 0 after adjustment across the table; in brackets the range of the models' own means, "
-                      f"! = a model's mean has the other sign.", ""]
+                      f"differs from 0 (two-sided) after adjustment across the table; in brackets the range of the "
+                      f"models' own means, ! = a model's mean has the other sign.", ""]
             lines += _table(heads, methods[:-1], lambda m, me: _model_gain_cell(gm, m, me), metrics)
         ag = result.get("agreement", {}).get("pooled")
         if ag and ag.get("kendall_w") is not None:
