@@ -19,7 +19,8 @@ randomisation counts: per run, in each run's own files).
 
 RUN_DIR: a run's repository root, with the params it ran with in its ``params.yaml`` (a clone that ran
 ``cxrbench run PROFILE --workspace``; for seeds, ``--set train.seed=43``). Writes OUT/aoppc.json and
-OUT/aoppc_table.md (the stage's table text), and OUT/agreement.{json,md}: the reliability stage's agreement of
+OUT/aoppc_table.md (the stage's table text), OUT/gains_by_model.png (each trained model's gain over the random
+map beside the interval over models and patients; with two or more models), and OUT/agreement.{json,md}: the reliability stage's agreement of
 the metrics on the methods' ranking, over the same models and every explained image (a robustness score is
 taken only where it covers every image).
 """
@@ -36,6 +37,7 @@ from cxrbench.core import params as P
 from cxrbench.core import paths, runtime
 from cxrbench.core.io import read_json, write_json, write_text
 from cxrbench.explain import aoppc_run
+from cxrbench.explain import plots as EP
 from cxrbench.explain import runner as A
 from cxrbench.explain import reliability as RL
 from cxrbench.explain.metrics import agreement as AG
@@ -46,6 +48,7 @@ from cxrbench.explain.metrics import tables as AT
 from cxrbench.explain.metrics import tables_text as ATT
 
 MD = Path(paths.AOPPC_MD).name                       # the stage's table text, under the same name
+FIGURE = "gains_by_model.png"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     text = (aoppc_run.sample_sentence(result["sample"])
             + ATT.markdown(result, methods, s.reference, _region(s, result.get("region"))))
     write_text(args.out / MD, text)
+    across = (result.get("gain") or {}).get("across_models", {}).get("pooled")
+    if across:
+        EP.gains_by_model_figure(across, methods, ATT.gain_columns(result), args.out / FIGURE)
     agreement = _agreement(runs, params, s.stats)
     agreement["rescored"] = result["rescored"]
     write_json(args.out / "agreement.json", agreement)

@@ -1,5 +1,5 @@
-"""Figures of the aoppc stage (attribution panels per backbone, the perturbation curves) and of the
-randomisation stage (the cascade curves)."""
+"""Figures of the aoppc stage (attribution panels per backbone, the perturbation curves, the gains per trained
+model) and of the randomisation stage (the cascade curves)."""
 
 from __future__ import annotations
 
@@ -84,6 +84,56 @@ def curves_figure(frame: pd.DataFrame, path: Path | str) -> None:
             ax.set_xlabel("patches removed (most relevant first)", fontsize=8)
         ax.set_title(f"{scheme}" + (f", {fill} fill" if scheme == "region" else " (black)"), fontsize=9)
     legend_outside(fig, axes[0, 0], "method (MoRF)")
+    save(fig, path)
+
+
+def gains_by_model_figure(across: dict, methods: list, metrics: dict, path: Path | str) -> None:
+    """One panel per metric (``metrics``: name -> panel title): each trained model's mean gain over the random
+    map per method (a dot per model, one colour per training seed where models carry a seed tag), beside the
+    two-level mean and 95 % interval over the models and patients (black bar; ``*`` when it differs from 0
+    after adjustment). The line at 0 is the random map: a method whose dots straddle it is not stable over
+    training runs. ``across``: the ``gain.across_models.pooled`` table of :func:`cxrbench.explain.metrics.
+    tables.gains`."""
+    from cxrbench.explain.metrics.across_models import SEED_TAG
+
+    panels = [me for me in metrics if any(f"{m}|{me}" in across for m in methods)]
+    if not panels:
+        fig = plt.figure()
+        fig.text(0.5, 0.5, "no gains over models (one model, or no scored map)", ha="center")
+        save(fig, path)
+        return
+    models = sorted({k for v in across.values() for k in (v.get("per_model") or {})})
+    groups = sorted({k.split("|")[0].split(SEED_TAG)[-1] if SEED_TAG in k else "" for k in models})
+    colours = dict(zip(groups, plt.cm.tab10.colors))
+    labelled: set[str] = set()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False, sharey=True,
+                             layout="constrained")
+    for ax, me in zip(axes[0], panels):
+        ax.axhline(0, color="black", ls="--", lw=0.8)
+        for i, m in enumerate(methods):
+            v = across.get(f"{m}|{me}")
+            if not v or v.get("mean") is None:
+                continue
+            per = v.get("per_model") or {}
+            for j, (k, y) in enumerate(sorted(per.items())):
+                g = k.split("|")[0].split(SEED_TAG)[-1] if SEED_TAG in k else ""
+                label = f"seed {g}" if g and g not in labelled else None
+                labelled.add(g)
+                ax.plot(i - 0.25 + 0.3 * j / max(len(per) - 1, 1), y, "o", ms=3, color=colours[g], alpha=0.8,
+                        label=label)
+            if v.get("low") is not None:
+                ax.errorbar(i + 0.2, v["mean"], yerr=[[v["mean"] - v["low"]], [v["high"] - v["mean"]]], fmt="s",
+                            color="black", ms=4, capsize=3, lw=1.2)
+                if v.get("significant"):
+                    ax.text(i + 0.28, v["high"], "*", fontsize=9, va="bottom")
+        ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right", fontsize=7)
+        ax.set_title(metrics[me], fontsize=9)
+    axes[0, 0].set_ylabel("gain over the random map (AOPPC)", fontsize=8)
+    first = next(iter(across.values()))
+    fig.suptitle(f"Each trained model's gain (dots) and the mean over {first.get('models', '?')} models and "
+                 f"{first.get('patients', '?')} patients with its 95 % interval (black)", fontsize=9)
+    if len(groups) > 1:
+        legend_outside(fig, axes[0, 0], "models of")
     save(fig, path)
 
 

@@ -137,3 +137,25 @@ def test_the_planted_grid_labels_a_constant_map(monkeypatch):
     assert all(label in [t.get_text() for t in ax.texts] for ax in axes[1])       # the gradcam row
     assert not any(ax.texts for ax in axes[2])                                    # saliency explains something
     PL.plt.close(kept[0])
+
+
+def test_gains_by_model_show_every_model_coloured_by_seed_beside_the_pooled_interval(figures):
+    """One dot per trained model in each panel, one colour per training seed (one legend entry each), and the
+    two-level mean with its interval as an error bar; panels share the y axis and do not overlap."""
+    methods = ["occlusion", "saliency"]
+    models = [f"efficientnet_lite0@seed{s}|f{k}" for s in (42, 43, 44) for k in range(5)]
+    across = {f"{m}|{me}": {"mean": 0.1 * i, "low": 0.1 * i - 0.05, "high": 0.1 * i + 0.05, "significant": i > 0,
+                            "models": 15, "patients": 99,
+                            "per_model": {k: 0.1 * i + 0.01 * j for j, k in enumerate(models)}}
+              for i, m in enumerate(methods) for me in ("aoppc_threshold_morf", "aoppc_region_black_morf")}
+    AP.gains_by_model_figure(across, methods, {"aoppc_threshold_morf": "threshold",
+                                               "aoppc_region_black_morf": "region, black"}, "unused.png")
+    fig = figures[0]
+    assert [ax.get_title() for ax in fig.axes] == ["threshold", "region, black"]
+    for ax in fig.axes:
+        dots = [ln for ln in ax.get_lines() if ln.get_marker() == "o"]
+        assert len(dots) == len(methods) * len(models)
+        assert len({PL.matplotlib.colors.to_hex(ln.get_color()) for ln in dots}) == 3
+        assert len(ax.containers) == len(methods)                      # one error bar per method
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["seed 42", "seed 43", "seed 44"]
+    _no_overlaps(fig)

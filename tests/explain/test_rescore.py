@@ -132,6 +132,7 @@ def test_the_script_pools_seeds_and_refuses_what_is_not_a_seed(tmp_path, capsys)
     assert result["gain"]["across_models"]["pooled"]["gradcam|aoppc_threshold_morf"]["models"] == 6
     assert result["rescored"]["runs"] == [str(a), str(b)]
     assert "backbone x fold x training seed" in (tmp_path / "out" / "aoppc_table.md").read_text()
+    assert (tmp_path / "out" / "gains_by_model.png").stat().st_size > 0
     agreement = json.loads((tmp_path / "out" / "agreement.json").read_text())     # the metrics' agreement, pooled
     assert agreement["methods"][-2:] == ["random", "edge"] and "Agreement across metrics" in \
         (tmp_path / "out" / "agreement.md").read_text()

@@ -74,6 +74,12 @@ def _region_metrics(result: dict) -> list[str]:
             and k.endswith("_morf")]
 
 
+def gain_columns(result: dict) -> dict[str, str]:
+    """The gain tables' columns: metric name -> heading (threshold, pixel deletion, then each region fill)."""
+    return {"aoppc_threshold_morf": "threshold", "aoppc_pixels_morf": "pixel deletion",
+            **{me: f"region, {me[len('aoppc_region_'):-len('_morf')]}" for me in _region_metrics(result)}}
+
+
 def markdown(result: dict, methods: list, reference: dict, region: str = "") -> str:
     """metrics/aoppc_table.md from :func:`summary`'s dict: the per-method table (with its map counts), the
     gains over the random map per perturbation with CIs and the rank agreement across fills, the removed
@@ -100,8 +106,8 @@ def markdown(result: dict, methods: list, reference: dict, region: str = "") -> 
     gain = result.get("gain")
     if gain:
         g = gain["pooled"]
-        metrics = ["aoppc_threshold_morf", "aoppc_pixels_morf"] + region_metrics
-        heads = ["threshold", "pixel deletion"] + [f"region, {fill(me)}" for me in region_metrics]
+        columns = gain_columns(result)
+        metrics, heads = list(columns), list(columns.values())
         n = result["common"]["images"]["pooled"]
         fam = next((v.get("family") for v in g.values() if v.get("family")), None)
         adj = (f" * = differs from 0 (two-sided; above 0 where the gain is positive, below where negative) after "
