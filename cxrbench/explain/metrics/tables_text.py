@@ -119,8 +119,8 @@ def markdown(result: dict, methods: list, reference: dict, region: str = "") -> 
         patients = max((v.get("patients", 0) for v in g.values()), default=0)
         lines += ["", f"Gain over the random map (AOPPC minus the random map's on the same image; chance = 0), MoRF, "
                   f"on the common set ({n} images of {patients} patients), patient-weighted mean [95 % CI, cluster "
-                  f"bootstrap-t over patients; variance: test patients only, one training seed].{adj}{eq} neither: "
-                  f"not shown to differ from chance, nor shown to be at chance. {region}", ""]
+                  f"bootstrap-t over patients; variance: test patients only, the trained models held fixed].{adj}{eq} "
+                  f"neither: not shown to differ from chance, nor shown to be at chance. {region}", ""]
         lines += _table(heads, methods[:-1], lambda m, me: _gain_cell(g, m, me), metrics)
         gm = gain.get("across_models", {}).get("pooled")
         if gm:
