@@ -20,9 +20,9 @@ randomisation counts: per run, in each run's own files).
 RUN_DIR: a run's repository root, with the params it ran with in its ``params.yaml`` (a clone that ran
 ``cxrbench run PROFILE --workspace``; for seeds, ``--set train.seed=43``). Writes OUT/aoppc.json and
 OUT/aoppc_table.md (the stage's table text), OUT/gains_by_model.png (each trained model's gain over the random
-map beside the interval over models and patients; with two or more models), and OUT/agreement.{json,md}: the reliability stage's agreement of
-the metrics on the methods' ranking, over the same models and every explained image (a robustness score is
-taken only where it covers every image).
+map beside the interval over models and patients; with two or more models), and OUT/agreement.{json,md}: the
+reliability stage's agreement of the metrics on the methods' ranking, over the same models and every explained
+image (a robustness score is taken only where it covers every image).
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def gains_by_model_figure(across: dict, methods: list, metrics: dict, path: Path
     after adjustment). The line at 0 is the random map: a method whose dots straddle it is not stable over
     training runs. ``across``: the ``gain.across_models.pooled`` table of :func:`cxrbench.explain.metrics.
     tables.gains`."""
-    from cxrbench.explain.metrics.across_models import SEED_TAG
+    from cxrbench.explain.metrics.across_models import seed_of
 
     panels = [me for me in metrics if any(f"{m}|{me}" in across for m in methods)]
     if not panels:
@@ -102,8 +102,7 @@ def gains_by_model_figure(across: dict, methods: list, metrics: dict, path: Path
         fig.text(0.5, 0.5, "no gains over models (one model, or no scored map)", ha="center")
         save(fig, path)
         return
-    models = sorted({k for v in across.values() for k in (v.get("per_model") or {})})
-    groups = sorted({k.split("|")[0].split(SEED_TAG)[-1] if SEED_TAG in k else "" for k in models})
+    groups = sorted({seed_of(k) for v in across.values() for k in (v.get("per_model") or {})})
     colours = dict(zip(groups, plt.cm.tab10.colors))
     labelled: set[str] = set()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False, sharey=True,
@@ -116,7 +115,7 @@ def gains_by_model_figure(across: dict, methods: list, metrics: dict, path: Path
                 continue
             per = v.get("per_model") or {}
             for j, (k, y) in enumerate(sorted(per.items())):
-                g = k.split("|")[0].split(SEED_TAG)[-1] if SEED_TAG in k else ""
+                g = seed_of(k)
                 label = f"seed {g}" if g and g not in labelled else None
                 labelled.add(g)
                 ax.plot(i - 0.25 + 0.3 * j / max(len(per) - 1, 1), y, "o", ms=3, color=colours[g], alpha=0.8,

@@ -142,3 +142,10 @@ def test_the_script_pools_seeds_and_refuses_what_is_not_a_seed(tmp_path, capsys)
     c = _run_dir(tmp_path, 44, _seed_rows(2), max_images=7)
     assert script.main([str(a), str(c), "--out", str(tmp_path / "x")]) == 2
     assert "['explain']" in capsys.readouterr().err
+
+
+def test_seed_of_reads_back_the_seed_that_seed_model_wrote():
+    from cxrbench.explain.metrics.across_models import seed_model, seed_of
+    assert seed_of(f"{seed_model('resnet18', 43)}|f0") == "43"
+    assert seed_of(seed_model("efficientnet_lite0", 7)) == "7"
+    assert seed_of("resnet18|f0") == ""                                  # an unpooled run's model

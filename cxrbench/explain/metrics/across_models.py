@@ -25,6 +25,13 @@ def seed_model(backbone: str, seed: int) -> str:
     return f"{backbone}{SEED_TAG}{seed}"
 
 
+def seed_of(model: str) -> str:
+    """The training seed in a pooled model's name (``resnet18@seed43|f0`` -> ``"43"``; the inverse of
+    :func:`seed_model`); ``""`` for a model of an unpooled run."""
+    backbone = model.split("|")[0]
+    return backbone.split(SEED_TAG)[-1] if SEED_TAG in backbone else ""
+
+
 def patient_weights(patients: np.ndarray) -> np.ndarray:
     """1 / (the patient's images): a weighted mean with these weights is the patient-weighted mean."""
     _, inverse, counts = np.unique(patients.astype(str), return_inverse=True, return_counts=True)

@@ -74,10 +74,15 @@ def _region_metrics(result: dict) -> list[str]:
             and k.endswith("_morf")]
 
 
+def _fill(metric: str) -> str:
+    """The fill of a region metric: ``aoppc_region_blur_morf`` -> ``blur``."""
+    return metric[len("aoppc_region_"):-len("_morf")]
+
+
 def gain_columns(result: dict) -> dict[str, str]:
     """The gain tables' columns: metric name -> heading (threshold, pixel deletion, then each region fill)."""
     return {"aoppc_threshold_morf": "threshold", "aoppc_pixels_morf": "pixel deletion",
-            **{me: f"region, {me[len('aoppc_region_'):-len('_morf')]}" for me in _region_metrics(result)}}
+            **{me: f"region, {_fill(me)}" for me in _region_metrics(result)}}
 
 
 def markdown(result: dict, methods: list, reference: dict, region: str = "") -> str:
@@ -88,7 +93,6 @@ def markdown(result: dict, methods: list, reference: dict, region: str = "") -> 
     methods = list(methods) + [RANDOM]
     pooled_, maps = result["pooled"], result["maps"]["by_method"]
     region_metrics = _region_metrics(result)
-    fill = lambda me: me[len("aoppc_region_"):-len("_morf")]  # noqa: E731
     lines = ["AOPPC pooled over backbones, folds and images (mean ± std over images; each method over its own "
              "non-degenerate maps). Threshold = CXR-Net eq. 12 (black); pixel deletion = the top 10 %, 20 %, ..., "
              "100 % of pixels zeroed (black; the last level blanks the image for every map). CXR-Net (seed 003) "
@@ -140,14 +144,14 @@ def markdown(result: dict, methods: list, reference: dict, region: str = "") -> 
             wtext = (f" [{wci['low']:.3f}, {wci['high']:.3f}]" if wci.get("low") is not None
                      else f" [no CI: {wci.get('reason', 'too few patients')}]")
             lines += ["", f"Rank agreement of the {len(ag['methods'])} methods across the fills "
-                      f"({', '.join(fill(me) for me in ag['metrics'])}): Kendall's W = {ag['kendall_w']:.3f}{wtext} "
+                      f"({', '.join(_fill(me) for me in ag['metrics'])}): Kendall's W = {ag['kendall_w']:.3f}{wtext} "
                       "(1 = the same ranking under every fill; 95 % CI, bootstrap over patients); Kendall's tau "
                       "per pair: "
                       + ", ".join(f"{k.replace('aoppc_region_', '').replace('_morf', '')} {v:+.3f}"
                                   for k, v in ag["pairs"].items()) + "."]
             wins = result.get("winners", {}).get("by_metric", {})
             for me, order in ag["ranking"].items():
-                lines.append(f"- {fill(me)}: " + " > ".join(order) + _winner_text(wins.get(me)))
+                lines.append(f"- {_fill(me)}: " + " > ".join(order) + _winner_text(wins.get(me)))
             for bb, a in result["agreement"]["by_backbone"].items():
                 if a.get("kendall_w") is not None:
                     lines.append(f"- within {bb}: W = {a['kendall_w']:.3f}")
@@ -175,7 +179,7 @@ def markdown(result: dict, methods: list, reference: dict, region: str = "") -> 
     cols = (["aoppc_threshold_morf", "aoppc_pixels_morf", "aoppc_pixels_lerf"] + region_metrics + ["lung_mass"]
             + list(MP.PROPERTIES))
     head = ["| method | AOPPC threshold (eq. 12) | pixel deletion MoRF | pixel deletion LeRF | "
-            + "".join(f"region {fill(me)} | " for me in region_metrics)
+            + "".join(f"region {_fill(me)} | " for me in region_metrics)
             + "lung mass | sparseness (Quantus) | complexity (Quantus) |",
             "|---" * (len(cols) + 1) + "|"]
 
